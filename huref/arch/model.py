@@ -1,0 +1,277 @@
+"""A checkpoint bound to its architecture definition: weights by role, checked both ways.
+
+Binding checks that every tensor the definition declares is present (unless optional) and that
+every tensor in the checkpoint is claimed by a rule or explicitly ignored; shapes are checked
+against the config from headers alone. Reads return float32 tensors in canonical [out, in]
+orientation with fused layouts already split.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from huref.arch.families import spec_for
+from huref.arch.spec import ArchConfig, ArchSpec, Rule
+from huref.checkpoint import Checkpoint, open_checkpoint
+from huref.errors import ArchitectureError
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str  # checkpoint tensor name
+    rule: Rule
+    part: int  # index of this role among the rule's fused roles
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A normalisation layer's parameters, applied to rows of a [n, d] matrix."""
+
+    kind: str  # 'rms' | 'layer'
+    weight: torch.Tensor | None  # effective gain (Gemma's 1 + w already applied)
+    bias: torch.Tensor | None
+    eps: float
+
+    def apply(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        if self.kind == "rms":
+            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            mu = x.mean(-1, keepdim=True)
+            var = (x - mu).pow(2).mean(-1, keepdim=True)
+            y = (x - mu) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if with_bias and self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+def _expected_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
+    d, hd, H, K, f = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff
+    shapes: dict[str, tuple[int, ...]] = {
+        "attn_q": (H * hd, d),
+        "attn_k": (K * hd, d),
+        "attn_v": (K * hd, d),
+        "attn_o": (d, H * hd),
+        "mlp_gate": (f, d),
+        "mlp_up": (f, d),
+        "mlp_down": (d, f),
+        "attn_q_norm": (hd,),
+        "attn_k_norm": (hd,),
+        "attn_q_norm_bias": (hd,),
+        "attn_k_norm_bias": (hd,),
+        "lm_head": (cfg.vocab_size, d),
+        "lm_head_bias": (cfg.vocab_size,),
+    }
+    for role in ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"):
+        shapes[role + "_bias"] = (shapes[role][0],)
+    for role in ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "final_norm", "embed_norm"):
+        shapes[role] = (d,)
+        shapes[role + "_bias"] = (d,)
+    d_embed = int(cfg.extra.get("d_embed", d))
+    shapes["embed"] = (cfg.vocab_size, d_embed)
+    shapes["embed_proj_in"] = (d, d_embed)
+    shapes["embed_proj_out"] = (d_embed, d)
+    if "embed_norm" in shapes and d_embed != d:
+        pass
+    return shapes
+
+
+def _split_sizes(rule: Rule, cfg: ArchConfig) -> list[int] | None:
+    if rule.split == "halves":
+        return None
+    if cfg.qkv_layout == "concat":
+        return [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
+    return None
+
+
+def split_fused(t: torch.Tensor, rule: Rule, cfg: ArchConfig) -> list[torch.Tensor]:
+    """Split a fused [out, ...] tensor into its roles along the output dimension."""
+    rest = t.shape[1:]
+    if rule.split == "halves":
+        return list(t.chunk(2, dim=0))
+    H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    layout = cfg.qkv_layout
+    if layout == "concat":
+        return list(torch.split(t, _split_sizes(rule, cfg) or [], dim=0))
+    if layout == "per_head":
+        v = t.reshape(H, 3, hd, *rest)  # [heads, (q,k,v), hd, in]
+        return [v[:, i].reshape(H * hd, *rest) for i in range(3)]
+    if layout == "per_kv_group":
+        g = H // K
+        v = t.reshape(K, g + 2, hd, *rest)  # [kv heads, (q x group, k, v), hd, in]
+        q = v[:, :g].reshape(H * hd, *rest)
+        return [q, v[:, g].reshape(K * hd, *rest), v[:, g + 1].reshape(K * hd, *rest)]
+    raise ArchitectureError(f"fused tensor with unknown layout {layout!r}")
+
+
+def _fused_total(rule: Rule, cfg: ArchConfig, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    parts = [shapes[r] for r in rule.roles]
+    return (sum(p[0] for p in parts), *parts[0][1:])
+
+
+class Model:
+    """Role-level, lazy access to one checkpoint."""
+
+    def __init__(self, ckpt: Checkpoint, spec: ArchSpec | None = None) -> None:
+        self.ckpt = ckpt
+        self.spec = spec or spec_for(ckpt.config)
+        self.cfg: ArchConfig = self.spec.read_config(ckpt.config)
+        names = ckpt.source.names()
+        present = set(names)
+        self.prefix = self._detect_prefix(present)
+        self._bind: dict[tuple[str, int | None], Binding] = {}
+        claimed: set[str] = set()
+        missing: list[str] = []
+        rules = [(r, self.prefix) for r in self.spec.rules] + [(r, "") for r in self.spec.outside_prefix]
+        for rule, prefix in rules:
+            if not rule.when(self.cfg):
+                continue
+            layers: Sequence[int | None] = range(self.cfg.n_layers) if rule.per_layer else [None]
+            for layer in layers:
+                name = prefix + (rule.template.replace("{L}", str(layer)) if layer is not None else rule.template)
+                if name not in present:
+                    if not rule.optional:
+                        missing.append(name)
+                    continue
+                claimed.add(name)
+                for i, role in enumerate(rule.roles):
+                    self._bind[(role, layer)] = Binding(name, rule, i)
+        ignored = [re.compile(p) for p in self.spec.ignored]
+        unclaimed = [n for n in names if n not in claimed and not any(p.search(n) for p in ignored)]
+        where = f"{ckpt.path} ({self.spec.name}, {self.cfg.n_layers} layers)"
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ArchitectureError(f"{where}: missing tensors {', '.join(missing[:5])}{more}")
+        if unclaimed:
+            more = f" and {len(unclaimed) - 5} more" if len(unclaimed) > 5 else ""
+            raise ArchitectureError(
+                f"{where}: tensors not claimed by the {self.spec.name} definition: "
+                f"{', '.join(unclaimed[:5])}{more}"
+            )
+        self._check_shapes()
+        self._cache: tuple[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ binding
+    def _detect_prefix(self, present: set[str]) -> str:
+        embed_rules = [r for r in self.spec.rules if "embed" in r.roles]
+        for prefix in self.spec.prefixes:
+            if any(prefix + r.template in present for r in embed_rules):
+                return prefix
+        raise ArchitectureError(
+            f"{self.ckpt.path}: no token embedding found for the {self.spec.name} family "
+            f"(looked for {', '.join(p + embed_rules[0].template for p in self.spec.prefixes)})"
+        )
+
+    def _check_shapes(self) -> None:
+        shapes = _expected_shapes(self.cfg)
+        seen: set[str] = set()
+        for (role, layer), b in self._bind.items():
+            if b.name in seen:
+                continue
+            seen.add(b.name)
+            info = self.ckpt.source.info(b.name)
+            got = info.shape[::-1] if b.rule.storage == "conv1d" else info.shape
+            if len(b.rule.roles) > 1:
+                want = _fused_total(b.rule, self.cfg, shapes)
+            else:
+                want = shapes.get(role, got)
+            if role in ("pos_embed", "type_embed"):
+                want = (got[0], shapes["embed"][1]) if got else got
+            if tuple(got) != tuple(want):
+                raise ArchitectureError(
+                    f"{self.ckpt.path}: tensor {b.name} has shape {list(info.shape)}, but config.json "
+                    f"implies {list(want[::-1] if b.rule.storage == 'conv1d' else want)}"
+                )
+
+    # ------------------------------------------------------------------ access
+    def has(self, role: str, layer: int | None = None) -> bool:
+        return (role, layer) in self._bind
+
+    def binding(self, role: str, layer: int | None = None) -> Binding:
+        try:
+            return self._bind[(role, layer)]
+        except KeyError:
+            where = f" in layer {layer}" if layer is not None else ""
+            raise ArchitectureError(f"{self.ckpt.path}: no {role!r}{where}") from None
+
+    def roles(self, layer: int | None = None) -> list[str]:
+        return sorted(r for (r, ly) in self._bind if ly == layer)
+
+    def _raw(self, name: str) -> torch.Tensor:
+        if self._cache is not None and self._cache[0] == name:
+            return self._cache[1]
+        t = self.ckpt.source.read(name)
+        self._cache = (name, t)
+        return t
+
+    def tensor(self, role: str, layer: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """One role's tensor, canonical orientation, split from its fused parent if need be."""
+        b = self.binding(role, layer)
+        t = self._raw(b.name)
+        if b.rule.storage == "conv1d":
+            t = t.t()
+        if len(b.rule.roles) > 1:
+            t = split_fused(t, b.rule, self.cfg)[b.part]
+        t = t.to(dtype)
+        if not torch.isfinite(t).all():
+            raise ArchitectureError(f"{self.ckpt.path}: tensor {b.name} contains NaN or infinite values")
+        return t.contiguous()
+
+    def optional(self, role: str, layer: int | None = None) -> torch.Tensor | None:
+        return self.tensor(role, layer) if self.has(role, layer) else None
+
+    def norm(self, role: str, layer: int | None = None) -> Norm | None:
+        if not self.has(role, layer):
+            return None
+        w = self.tensor(role, layer) + self.cfg.norm_offset
+        return Norm(self.cfg.norm, w, self.optional(role + "_bias", layer), self.cfg.norm_eps)
+
+    def embed_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        """Token-embedding rows [n, d] for the given ids, read row-wise (projected if OPT-350m style)."""
+        b = self.binding("embed")
+        x = self.ckpt.source.read_rows(b.name, list(ids)).to(torch.float32)
+        if not torch.isfinite(x).all():
+            raise ArchitectureError(f"{self.ckpt.path}: token embedding contains NaN or infinite values")
+        if self.has("embed_proj_in"):
+            x = x @ self.tensor("embed_proj_in").t()  # [n, d_embed] -> [n, d]
+        return x * float(self.cfg.extra.get("embed_scale", 1.0))
+
+    def input_norm_roles(self, layer: int, sub: str) -> list[tuple[str, int | None]]:
+        """(role, layer) of the norms applied, in order, to embedding rows to form a sub-layer's input.
+
+        Pre-LN: the stream (after any embedding norm) goes through the sub-layer's own norm; a
+        parallel block without an MLP norm feeds the MLP from the attention's norm.
+        Post-LN: the stream entering layer l is the output of layer l-1's last norm (or of the
+        embedding norm), so that is what the attention reads; the MLP reads the output of the
+        attention's norm in the same layer.
+        """
+        if sub not in ("attn", "mlp"):
+            raise ValueError(sub)
+        chain: list[tuple[str, int | None]]
+        if self.cfg.placement == "pre":
+            own: tuple[str, int | None] = ("attn_norm", layer)
+            if sub == "mlp" and self.has("mlp_norm", layer):
+                own = ("mlp_norm", layer)
+            chain = [("embed_norm", None), own]
+        elif sub == "attn":
+            chain = [("embed_norm", None) if layer == 0 else ("mlp_norm", layer - 1)]
+        else:
+            chain = [("attn_norm", layer)]
+        return [c for c in chain if self.has(*c)]
+
+    def input_norms(self, layer: int, sub: str) -> list[Norm]:
+        return [n for r, ly in self.input_norm_roles(layer, sub) if (n := self.norm(r, ly)) is not None]
+
+    def parameter_count(self) -> int:
+        return sum(self.ckpt.source.info(n).numel for n in self.ckpt.source.names())
+
+
+def load_model(path_or_ckpt: str | Path | Checkpoint) -> Model:
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else open_checkpoint(path_or_ckpt)
+    return Model(ckpt)

@@ -1,0 +1,165 @@
+"""llama2.c "legacy" exports (``.bin``): a 7-int32 header, then float32 arrays.
+
+The file is presented as the Hugging Face LLaMA checkpoint it is equivalent to: the same tensor
+names, a synthesised ``config.json``, and the query/key rows reordered from llama2.c's
+interleaved rotary pairs (x0, x1), (x2, x3)... to Hugging Face's half-split layout, so that a
+``LlamaForCausalLM`` built from it generates the same tokens.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from huref.checkpoint.source import TensorInfo
+from huref.errors import CheckpointError
+
+HEADER = struct.Struct("<7i")
+
+
+def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder q/k rows per head from rotary pairs (2i, 2i+1) to (i, i + head_dim/2)."""
+    out_dim, in_dim = w.shape
+    hd = out_dim // n_heads
+    # [heads, hd/2 pairs, 2, in] -> [heads, 2, hd/2, in]: evens first, then odds
+    return w.reshape(n_heads, hd // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    out_dim, in_dim = w.shape
+    hd = out_dim // n_heads
+    return w.reshape(n_heads, 2, hd // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+class Llama2cSource:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(HEADER.size)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
+        if len(head) < HEADER.size:
+            raise CheckpointError(f"{self.path}: not a llama2.c export (file too short)")
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = HEADER.unpack(head)
+        shared = vocab > 0
+        vocab = abs(vocab)
+        if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) <= 0 or dim % n_heads or n_heads % n_kv:
+            raise CheckpointError(f"{self.path}: not a llama2.c export (implausible header)")
+        hd = dim // n_heads
+        kv_dim = hd * n_kv
+        L = n_layers
+        # (name, shape) in file order; per-layer arrays are stored stacked over layers.
+        layout: list[tuple[str, tuple[int, ...]]] = [
+            ("tok", (vocab, dim)),
+            ("rms_att", (L, dim)),
+            ("wq", (L, dim, dim)),
+            ("wk", (L, kv_dim, dim)),
+            ("wv", (L, kv_dim, dim)),
+            ("wo", (L, dim, dim)),
+            ("rms_ffn", (L, dim)),
+            ("w1", (L, hidden, dim)),
+            ("w2", (L, dim, hidden)),
+            ("w3", (L, hidden, dim)),
+            ("rms_final", (dim,)),
+            ("freq_real", (seq_len, hd // 2)),
+            ("freq_imag", (seq_len, hd // 2)),
+        ]
+        if not shared:
+            layout.append(("cls", (vocab, dim)))
+        need = HEADER.size + 4 * sum(int(np.prod(s)) for _, s in layout)
+        if size < need:
+            raise CheckpointError(
+                f"{self.path}: truncated llama2.c export ({size} bytes, header implies {need})"
+            )
+        if size > need:
+            raise CheckpointError(
+                f"{self.path}: {size - need} unexpected trailing bytes after the llama2.c arrays"
+            )
+        self._mm = np.memmap(self.path, dtype="<f4", mode="r", offset=HEADER.size)
+        self._arrays: dict[str, np.ndarray] = {}
+        off = 0
+        for name, shape in layout:
+            n = int(np.prod(shape))
+            self._arrays[name] = self._mm[off : off + n].reshape(shape)
+            off += n
+        self.config = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": dim,
+            "intermediate_size": hidden,
+            "num_hidden_layers": n_layers,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": n_kv,
+            "vocab_size": vocab,
+            "max_position_embeddings": seq_len,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": shared,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32",
+        }
+        self._n_heads, self._n_kv = n_heads, n_kv
+        self._map: dict[str, tuple[str, int | None]] = {
+            "model.embed_tokens.weight": ("tok", None),
+            "model.norm.weight": ("rms_final", None),
+        }
+        if not shared:
+            self._map["lm_head.weight"] = ("cls", None)
+        per_layer = {
+            "input_layernorm.weight": "rms_att",
+            "self_attn.q_proj.weight": "wq",
+            "self_attn.k_proj.weight": "wk",
+            "self_attn.v_proj.weight": "wv",
+            "self_attn.o_proj.weight": "wo",
+            "post_attention_layernorm.weight": "rms_ffn",
+            "mlp.gate_proj.weight": "w1",
+            "mlp.down_proj.weight": "w2",
+            "mlp.up_proj.weight": "w3",
+        }
+        for i in range(n_layers):
+            for suffix, arr in per_layer.items():
+                self._map[f"model.layers.{i}.{suffix}"] = (arr, i)
+
+    def names(self) -> list[str]:
+        return list(self._map)
+
+    def _array(self, name: str) -> np.ndarray:
+        try:
+            arr, layer = self._map[name]
+        except KeyError:
+            raise CheckpointError(f"no tensor named {name!r} in this checkpoint") from None
+        a = self._arrays[arr]
+        return a[layer] if layer is not None else a
+
+    def info(self, name: str) -> TensorInfo:
+        return TensorInfo(name, tuple(self._array(name).shape), "F32", self.path)
+
+    def read(self, name: str) -> torch.Tensor:
+        t = torch.from_numpy(np.array(self._array(name), dtype=np.float32))
+        if name.endswith("q_proj.weight"):
+            t = interleaved_to_half_split(t, self._n_heads)
+        elif name.endswith("k_proj.weight"):
+            t = interleaved_to_half_split(t, self._n_kv)
+        return t
+
+    def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            return self.read(name)[torch.as_tensor(list(rows), dtype=torch.long)]
+        a = self._array(name)
+        return torch.from_numpy(np.array(a[np.asarray(rows, dtype=np.int64)], dtype=np.float32))
+
+    def weight_files(self) -> list[Path]:
+        return [self.path]
+
+    def metadata(self) -> dict[str, str]:
+        return {}

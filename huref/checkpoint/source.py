@@ -1,0 +1,100 @@
+"""The tensor-source abstraction every checkpoint format implements.
+
+A source answers inventory questions (names, shapes, dtypes) from headers alone and reads one
+tensor, or a band of its rows, at a time. Peak memory of any reader is therefore bounded by the
+largest tensor (or row band) asked for, never by the size of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+# safetensors dtype strings <-> torch dtypes; the inventory speaks safetensors' names.
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+ITEMSIZE: dict[str, int] = {k: torch.empty(0, dtype=v).element_size() for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Header-level facts about one stored tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors name, e.g. "BF16"; quantized GGUF tensors say e.g. "Q8_0"
+    file: Path
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class TensorSource(Protocol):
+    """Lazy access to the tensors of one checkpoint."""
+
+    def names(self) -> list[str]: ...
+
+    def info(self, name: str) -> TensorInfo: ...
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole tensor, in its stored dtype (quantized formats: dequantized float32)."""
+        ...
+
+    def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
+        """Selected rows (first dimension) only; reads no more than those rows where it can."""
+        ...
+
+    def weight_files(self) -> list[Path]: ...
+
+    def metadata(self) -> dict[str, str]: ...
+
+
+def gather_rows_by_runs(
+    rows: Sequence[int], read_range: "RangeReader"
+) -> torch.Tensor:  # [len(rows), ...]
+    """Read selected rows as few contiguous ranges, in the caller's order.
+
+    Sorting the requested rows turns a scattered gather into sequential range reads; the result
+    is put back into the order asked for.
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    srt = [rows[i] for i in order]
+    pieces: list[torch.Tensor] = []
+    start = 0
+    while start < len(srt):
+        end = start
+        while end + 1 < len(srt) and srt[end + 1] <= srt[end] + 1:
+            end += 1
+        lo, hi = srt[start], srt[end] + 1
+        block = read_range(lo, hi)  # [hi - lo, ...]
+        pieces.append(block[torch.tensor(srt[start : end + 1]) - lo])
+        start = end + 1
+    stacked = torch.cat(pieces, dim=0)
+    out = torch.empty_like(stacked)
+    out[torch.tensor(order)] = stacked
+    return out
+
+
+class RangeReader(Protocol):
+    def __call__(self, lo: int, hi: int) -> torch.Tensor: ...

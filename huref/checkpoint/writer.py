@@ -1,0 +1,167 @@
+"""Writing checkpoints incrementally and atomically.
+
+Each shard's header is computed from the plan (names, shapes, dtypes known in advance), written
+first, and the tensor bytes are streamed after it, so no more than one tensor is ever held. The
+whole output is built in a temporary folder beside the destination and renamed into place at the
+end, the index last: an interrupted write leaves no partial checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from huref.checkpoint.source import DTYPE_NAMES, ITEMSIZE
+from huref.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = ITEMSIZE[DTYPE_NAMES[self.dtype]]
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> bytes. Units are explicit so that parameters and bytes are never confused."""
+    t = text.strip().upper()
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    for u in sorted(units, key=len, reverse=True):
+        if t.endswith(u):
+            try:
+                return int(float(t[: -len(u)]) * units[u])
+            except ValueError:
+                break
+    raise UsageError(f"cannot read size {text!r}: write it with a unit, e.g. 5GB or 500MB")
+
+
+def _header(plan: Sequence[TensorPlan], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt", **metadata}}
+    offset = 0
+    for p in plan:
+        header[p.name] = {
+            "dtype": DTYPE_NAMES[p.dtype],
+            "shape": list(p.shape),
+            "data_offsets": [offset, offset + p.nbytes],
+        }
+        offset += p.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_safetensors_file(
+    path: Path,
+    plan: Sequence[TensorPlan],
+    produce: Callable[[TensorPlan], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Stream tensors into one safetensors file (not atomic by itself: write into a temp dir)."""
+    with open(path, "wb") as f:
+        f.write(_header(plan, metadata or {}))
+        for p in plan:
+            t = produce(p)
+            if tuple(t.shape) != p.shape or t.dtype != p.dtype:
+                raise ValueError(
+                    f"tensor {p.name}: produced {tuple(t.shape)} {t.dtype}, planned {p.shape} {p.dtype}"
+                )
+            t = t.detach().contiguous().cpu()
+            if t.numel():
+                f.write(memoryview(t.view(torch.uint8).numpy()).cast("B"))
+
+
+def shard_plan(plan: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
+    shards: list[list[TensorPlan]] = [[]]
+    size = 0
+    for p in plan:
+        if shards[-1] and size + p.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(p)
+        size += p.nbytes
+    return shards
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; rename it to ``dest`` only on success."""
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} already exists; choose a new output path")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(dest: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path in ``dest``'s folder; rename to ``dest`` only on success."""
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_checkpoint(
+    dest: Path,
+    plan: Sequence[TensorPlan],
+    produce: Callable[[TensorPlan], torch.Tensor],
+    config: dict | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    metadata: dict[str, str] | None = None,
+    max_shard_bytes: int = 2 * 10**9,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hugging Face style folder: shards, then config and extras, then the index."""
+    shards = shard_plan(plan, max_shard_bytes)
+    with atomic_dir(dest, overwrite=overwrite) as tmp:
+        if len(shards) == 1:
+            write_safetensors_file(tmp / "model.safetensors", shards[0], produce, metadata)
+        else:
+            weight_map: dict[str, str] = {}
+            total = 0
+            for i, shard in enumerate(shards, 1):
+                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                write_safetensors_file(tmp / fname, shard, produce, metadata)
+                for p in shard:
+                    weight_map[p.name] = fname
+                    total += p.nbytes
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        if config is not None:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for fname, data in (extra_files or {}).items():
+            (tmp / fname).write_bytes(data)
+        if len(shards) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return Path(dest)

@@ -1,0 +1,66 @@
+"""Top-level typer app; sub-commands live in their own modules and register here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from huref import __version__
+from huref.errors import HurefError
+
+app = typer.Typer(
+    name="huref",
+    help="Forensic audit toolkit for large language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_DEBUG = {"on": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"huref {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _DEBUG["on"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from huref.cli import inspect_cmd  # noqa: F401  (registers commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: any HurefError becomes one line on stderr and exit code 2."""
+    _register()
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, standalone_mode=False)
+    except HurefError as e:
+        if _DEBUG["on"] or "--debug" in args:
+            raise
+        print(f"huref: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.Abort:
+        print("huref: aborted", file=sys.stderr)
+        return 130
+    except Exception as e:  # click usage errors arrive as ClickException subclasses
+        code = getattr(e, "exit_code", None)
+        show = getattr(e, "format_message", None)
+        if code is not None and show is not None:
+            print(f"huref: error: {show()}", file=sys.stderr)
+            return 2
+        raise
+    return 0

@@ -1,0 +1,48 @@
+"""``huref inspect MODEL``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from huref.cli.app import app
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(help="Checkpoint: HF folder, .safetensors, .bin, llama2.c .bin or .gguf")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip the SHA-256 of weight files.")] = False,
+) -> None:
+    """Architecture, roles, shapes, dtypes, parameter count, tokenizer and file hashes."""
+    from huref.inspect import inspect_checkpoint
+
+    info = inspect_checkpoint(model, hashes=not no_hash)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    con = Console()
+    c = info["config"]
+    con.print(f"[bold]{info['path']}[/bold]  ({info['format']})")
+    con.print(
+        f"architecture {info['architecture']} ({info['model_type']}): {c['n_layers']} layers, d={c['d_model']}, "
+        f"heads {c['n_heads']}/{c['n_kv_heads']} kv, head_dim {c['head_dim']}, d_ff {c['d_ff']}, vocab {c['vocab_size']}"
+    )
+    con.print(
+        f"norm {c['norm']} ({c['placement']}-LN{', parallel' if c['parallel'] else ''}), "
+        f"{'gated' if c['gated_mlp'] else 'plain'} MLP ({c['activation']}), positions {c['positions']}, "
+        f"{'tied' if c['tied_embeddings'] else 'untied'} embeddings, qkv {c['qkv_layout']}"
+    )
+    con.print(f"parameters {info['parameters']:,} in {info['tensors']} tensors; dtypes {info['dtypes']}")
+    tok = info["tokenizer"]
+    con.print("tokenizer: " + ("none (token ids are used)" if tok is None else f"{tok['size']} tokens, {tok['style']}"))
+    t = Table("role", "shape", title="roles (global and layer 0)")
+    for r, s in {**info["roles"]["global"], **info["roles"]["layer_0"]}.items():
+        t.add_row(r, str(s))
+    con.print(t)
+    for f in info["files"]:
+        con.print(f"{f['name']}  {f['bytes']:,} bytes  {f.get('sha256', '')}")

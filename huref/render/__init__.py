@@ -1,0 +1,1 @@
+"""Dog images: renderers that turn a Gaussian vector into a portrait."""

@@ -1,0 +1,157 @@
+"""Every architecture family: read through huref, checked both ways, and shown to reproduce the
+projections that the real transformers forward pass computes (activations captured with hooks)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from archkit import FAMILIES, Family, randomise_
+from transformers import AttentionInterface
+from transformers.activations import ACT2FN
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from huref.arch import load_model
+
+_CAPTURED: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+
+def _capture_attention(module, q, k, v, mask, **kw):  # noqa: ANN001, ANN202 - transformers' signature
+    if kw.get("scaling") == 1.0 and getattr(module, "scaling", 1.0) != 1.0:
+        q = q / module.scaling  # OPT multiplies the query by the scale before this call
+    _CAPTURED.append((q.detach(), k.detach(), v.detach()))  # each [b, heads, s, hd]
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is not None:  # the family's own reference implementation (softcapping etc.)
+        return eager(module, q, k, v, mask, **kw)
+    return sdpa_attention_forward(module, q, k, v, mask, **kw)
+
+
+AttentionInterface.register("huref_capture", _capture_attention)
+
+CASES = [(f, tie, sharded) for f in FAMILIES for tie in f.ties for sharded in (False, True)]
+
+
+def _module_of(model: torch.nn.Module, tensor_name: str) -> torch.nn.Module:
+    return model.get_submodule(tensor_name.rsplit(".", 1)[0])
+
+
+def _wrap_split(attn: torch.nn.Module, method: str, seq_first: bool) -> None:
+    """Falcon and BLOOM split fused q/k/v in a method of their own: record what it returns."""
+    original = getattr(attn, method)
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        q, k, v = original(*args, **kwargs)  # Falcon: [b, s, heads, hd]; BLOOM: [b, heads, s, hd]
+        qkv = tuple(t.detach().transpose(1, 2) if seq_first else t.detach() for t in (q, k, v))
+        _CAPTURED.append(qkv)  # type: ignore[arg-type]
+        return q, k, v
+
+    setattr(attn, method, wrapper)
+
+
+def _build(fam: Family, tie: bool, sharded: bool, out: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config, cls = fam.make(tie)
+    model = cls(config).eval()
+    randomise_(model)
+    if tie and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.save_pretrained(out, max_shard_size="40KB" if sharded else "1GB")
+    return model
+
+
+@pytest.mark.parametrize("fam,tie,sharded", CASES, ids=[f"{f.name}-{'tied' if t else 'untied'}-{'sharded' if s else 'single'}" for f, t, s in CASES])
+def test_family_roles_reproduce_transformers_projections(fam: Family, tie: bool, sharded: bool, tmp_path: Path) -> None:
+    hf = _build(fam, tie, sharded, tmp_path)
+    if sharded:
+        assert (tmp_path / "model.safetensors.index.json").is_file(), "the sharded case must really be sharded"
+    m = load_model(tmp_path)  # raises if the both-way check fails
+    cfg = m.cfg
+    assert cfg.n_layers == 2
+
+    # hooks: inputs/outputs of the modules that own each role's weight
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for layer in range(cfg.n_layers):
+        for role in ("attn_q", "attn_o", "mlp_up", "mlp_down", "attn_norm", "mlp_norm"):
+            if not m.has(role, layer):
+                continue
+            mod = _module_of(hf, m.binding(role, layer).name)
+
+            def hook(_mod, args, out, key=f"{role}.{layer}"):  # noqa: ANN001, ANN202
+                o = out if isinstance(out, torch.Tensor) else out[0]
+                seen[key] = (args[0].detach().clone(), o.detach().clone())  # clone: some callers add in place
+
+            hooks.append(mod.register_forward_hook(hook))
+    if fam.capture == "interface":
+        hf.config._attn_implementation = "huref_capture"
+    else:
+        method = "_split_heads" if fam.capture == "falcon" else "_reshape"
+        for layer in range(cfg.n_layers):
+            attn = hf.get_submodule(m.binding("attn_o", layer).name.rsplit(".", 2)[0])
+            _wrap_split(attn, method, seq_first=fam.capture == "falcon")
+    _CAPTURED.clear()
+    ids = torch.randint(0, cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hf(ids)
+    for h in hooks:
+        h.remove()
+    assert len(_CAPTURED) == cfg.n_layers
+
+    act = ACT2FN[cfg.activation]
+    for layer in range(cfg.n_layers):
+        x = seen[f"attn_q.{layer}"][0]  # [b, s, d] the attention's input
+        q_hf, k_hf, v_hf = _CAPTURED[layer]
+
+        def heads(w: str, b: str, n: int) -> torch.Tensor:
+            y = x @ m.tensor(w, layer).t()
+            if m.has(b, layer):
+                y = y + m.tensor(b, layer)
+            return y.reshape(*x.shape[:2], n, cfg.head_dim).transpose(1, 2)  # [b, n, s, hd]
+
+        q = heads("attn_q", "attn_q_bias", cfg.n_heads)
+        k = heads("attn_k", "attn_k_bias", cfg.n_kv_heads)
+        v = heads("attn_v", "attn_v_bias", cfg.n_kv_heads)
+        if k_hf.shape[1] != k.shape[1]:  # implementations that broadcast kv heads to all heads
+            k, v = (t.repeat_interleave(k_hf.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        # position 0 carries no rotary rotation, so q and k compare exactly there
+        torch.testing.assert_close(q[:, :, 0], q_hf[:, :, 0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(k[:, :, 0], k_hf[:, :, 0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v, v_hf, rtol=1e-4, atol=1e-5)
+
+        a_in, a_out = seen[f"attn_o.{layer}"]
+        o = a_in @ m.tensor("attn_o", layer).t()
+        if m.has("attn_o_bias", layer):
+            o = o + m.tensor("attn_o_bias", layer)
+        torch.testing.assert_close(o, a_out, rtol=1e-4, atol=1e-5)
+
+        xf = seen[f"mlp_up.{layer}"][0]
+        up = xf @ m.tensor("mlp_up", layer).t() + (m.tensor("mlp_up_bias", layer) if m.has("mlp_up_bias", layer) else 0)
+        if cfg.gated:
+            gate = xf @ m.tensor("mlp_gate", layer).t()
+            if m.has("mlp_gate_bias", layer):
+                gate = gate + m.tensor("mlp_gate_bias", layer)
+            h = act(gate) * up
+        else:
+            h = act(up)
+        d_in, d_out = seen[f"mlp_down.{layer}"]
+        torch.testing.assert_close(h, d_in, rtol=1e-4, atol=1e-5)
+        down = h @ m.tensor("mlp_down", layer).t()
+        if m.has("mlp_down_bias", layer):
+            down = down + m.tensor("mlp_down_bias", layer)
+        torch.testing.assert_close(down, d_out, rtol=1e-4, atol=1e-5)
+
+        for role in ("attn_norm", "mlp_norm"):
+            if f"{role}.{layer}" in seen:
+                s_in, s_out = seen[f"{role}.{layer}"]
+                norm = m.norm(role, layer)
+                assert norm is not None
+                torch.testing.assert_close(norm.apply(s_in), s_out, rtol=1e-4, atol=1e-4)
+        # the norm huref says feeds each sub-layer is the one whose output the sub-layer reads
+        for sub, reader in (("attn", "attn_q"), ("mlp", "mlp_up")):
+            role, ly = m.input_norm_roles(layer, sub)[-1]
+            if f"{role}.{ly}" in seen:
+                torch.testing.assert_close(seen[f"{role}.{ly}"][1], seen[f"{reader}.{layer}"][0])
+            else:
+                assert role == "embed_norm" and layer == 0

@@ -1,0 +1,94 @@
+"""pkl -> safetensors conversion: atomic write, str->str metadata, identical images on reload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from huref.errors import RenderError
+from huref.render.stylegan2 import (
+    convert_pickle_to_safetensors,
+    generator_from_pickle,
+    load_generator,
+    load_generator_safetensors,
+)
+from huref.render.stylegan2.convert import META_KIND, META_KWARGS, META_SOURCE
+
+FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures" / "stylegan2"
+PKL = FIXTURES / "generator-64.pkl"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"{FIXTURES} is absent")
+    out_dir = tmp_path_factory.mktemp("converted")
+    out = convert_pickle_to_safetensors(PKL, out_dir / "generator-64.safetensors")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["generator-64.safetensors"]  # no temp
+    return out
+
+
+def test_converted_file_has_metadata_and_all_tensors(converted: Path) -> None:
+    with safe_open(str(converted), framework="pt") as f:
+        meta = f.metadata()
+        names = list(f.keys())
+    assert meta["format"] == "pt"
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    kwargs = json.loads(meta[META_KWARGS])
+    assert kwargs["z_dim"] == 64 and kwargs["img_resolution"] == 64
+    assert kwargs["synthesis_kwargs"]["channel_base"] == 2048
+    assert kwargs["mapping_kwargs"]["lr_multiplier"] == 0.01
+    assert meta[META_SOURCE] == hashlib.sha256(PKL.read_bytes()).hexdigest()
+    assert meta[META_KIND] == "huref.stylegan2.generator"
+    assert len(names) == 106
+
+
+def test_reloaded_generator_gives_identical_images(converted: Path) -> None:
+    from_pkl = generator_from_pickle(PKL)
+    from_st = load_generator_safetensors(converted)
+    z = torch.randn(3, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for psi, cutoff in [(1.0, None), (0.5, 8)]:
+            a = from_pkl(z, psi, cutoff, noise_mode="const")
+            b = from_st(z, psi, cutoff, noise_mode="const")
+            assert torch.equal(a, b)
+    ref = load_file(str(FIXTURES / "reference-64.safetensors"))
+    with torch.no_grad():
+        img = load_generator(converted)(ref["z"], 0.5, 8)  # format told apart by content
+    diff = (img - ref["img_psi05_cutoff8"]).abs().max().item()
+    print(f"safetensors img_psi05_cutoff8: max abs diff {diff:.3g}")
+    assert diff <= 1e-4
+
+
+def test_tampered_safetensors_is_refused(converted: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(converted))
+    with safe_open(str(converted), framework="pt") as f:
+        meta = f.metadata()
+    dropped = dict(tensors)
+    dropped.pop("synthesis.b32.torgb.bias")
+    save_file(dropped, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(RenderError, match=r"lacks tensor synthesis\.b32\.torgb\.bias"):
+        load_generator_safetensors(tmp_path / "missing.safetensors")
+    reshaped = dict(tensors, **{"mapping.w_avg": torch.zeros(65)})
+    save_file(reshaped, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(RenderError, match=r"mapping\.w_avg has shape \[65\]"):
+        load_generator_safetensors(tmp_path / "shape.safetensors")
+    save_file(tensors, str(tmp_path / "nometa.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RenderError, match="not a huref StyleGAN2 generator"):
+        load_generator(tmp_path / "nometa.safetensors")
+
+
+def test_convert_errors_leave_nothing_behind(tmp_path: Path) -> None:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"{FIXTURES} is absent")
+    with pytest.raises(RenderError, match="does not exist"):
+        convert_pickle_to_safetensors(PKL, tmp_path / "no" / "such" / "dir.safetensors")
+    with pytest.raises(RenderError, match="does not exist"):
+        convert_pickle_to_safetensors(tmp_path / "absent.pkl", tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
