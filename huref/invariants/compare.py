@@ -1,0 +1,132 @@
+"""Comparing two fingerprints: robust ICS with layer alignment, paper ICS, PCS, Z, p, verdict.
+
+Verdict rule (documented in the report's method notes):
+- ``derived``      if the neuron-matching test gives p < 1e-6; when no test is possible (no
+                   shared FFN responses), if Z >= 6 against the independent-pairs null;
+- ``independent``  if p >= 0.01 and Z < 3 (or, without a test, Z < 3);
+- ``inconclusive`` otherwise (the two lines of evidence disagree, or sit between thresholds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huref.checkpoint import Checkpoint
+from huref.errors import FingerprintError
+from huref.invariants.fingerprint import Fingerprint
+from huref.invariants.pcs import parameter_cosine
+from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
+from huref.invariants.stats import BUILTIN_NULL, NullModel, combine_log10, neuron_test
+
+P_DERIVED = 1e-6
+P_INDEPENDENT = 0.01
+Z_DERIVED = 6.0
+Z_INDEPENDENT = 3.0
+VERDICT_RULE = (
+    "derived if the neuron-matching test gives p < 1e-6 (or, without a test, Z >= 6); independent if "
+    "p >= 0.01 and Z < 3; inconclusive otherwise"
+)
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    ics: float | None
+    ics_paper: float | None
+    pcs: float | None
+    z: float | None
+    p_value: float | None
+    log10_p_value: float | None
+    layer_alignment: list[list[Any]]
+    verdict: str
+    rule: str = VERDICT_RULE
+    shared_tokens: int = 0
+    shared_tokens_paper: int = 0
+    layer_similarity: list[list[float]] = field(default_factory=list)
+    layer_tests: list[dict[str, Any]] = field(default_factory=list)
+    null: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verdict_for(log10_p: float | None, z: float | None) -> str:
+    if log10_p is not None:
+        if log10_p < math.log10(P_DERIVED):
+            return "derived"
+        if log10_p >= math.log10(P_INDEPENDENT) and (z is None or z < Z_INDEPENDENT):
+            return "independent"
+        return "inconclusive"
+    if z is None:
+        return "inconclusive"
+    if z >= Z_DERIVED:
+        return "derived"
+    return "independent" if z < Z_INDEPENDENT else "inconclusive"
+
+
+def compare_fingerprints(
+    fa: Fingerprint,
+    fb: Fingerprint,
+    null: NullModel | None = None,
+    ckpt_a: Checkpoint | None = None,
+    ckpt_b: Checkpoint | None = None,
+) -> Comparison:
+    null = null or BUILTIN_NULL
+    if (fa.robust is None) != (fb.robust is None) and (fa.paper is None) != (fb.paper is None):
+        raise FingerprintError("mismatched modes: one fingerprint is robust-only and the other paper-only")
+    if fa.robust is None and fa.paper is None:
+        raise FingerprintError(f"{fa.name}: fingerprint holds no terms")
+    ics = z = log10_p = None
+    alignment: list[list[Any]] = []
+    sim: list[list[float]] = []
+    tests: list[dict[str, Any]] = []
+    shared = shared_p = 0
+    if fa.robust is not None and fb.robust is not None:
+        ta, tb, shared = shared_terms(fa.robust, fb.robust)
+        s = layer_similarity(ta, tb)
+        pairs = monotone_alignment(s)
+        ics = sum(p[2] for p in pairs) / len(pairs)
+        alignment = [[a, b, round(v, 4)] for a, b, v in pairs]
+        sim = [[round(float(v), 4) for v in row] for row in s]
+        z = null.z(ics)
+        if fa.responses is not None and fb.responses is not None:
+            signed_b = fa.responses.views[1] == "out"
+            lt = neuron_test(fa.responses, fb.responses, [(a, b) for a, b, _ in pairs], signed_b)
+            tests = [asdict(t) for t in lt]
+            if lt:
+                log10_p = combine_log10([t.log10_p for t in lt])
+    ics_paper = None
+    if fa.paper is not None and fb.paper is not None:
+        pa, pb, shared_p = shared_terms(fa.paper, fb.paper)
+        ics_paper = paper_ics(pa, pb)
+    pcs = parameter_cosine(ckpt_a, ckpt_b) if ckpt_a is not None and ckpt_b is not None else None
+    p_value = None if log10_p is None else 10.0**log10_p
+    return Comparison(
+        a=fa.name, b=fb.name, ics=ics, ics_paper=ics_paper, pcs=pcs, z=z, p_value=p_value, log10_p_value=log10_p,
+        layer_alignment=alignment, verdict=verdict_for(log10_p, z), shared_tokens=shared,
+        shared_tokens_paper=shared_p, layer_similarity=sim, layer_tests=tests,
+        null={"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
+    )
+
+
+def load_any(path: str | Path, settings: Any = None) -> tuple[Fingerprint, Checkpoint | None]:
+    """A fingerprint from a fingerprint file, or computed from a checkpoint (returned too)."""
+    from huref.arch import load_model
+    from huref.invariants.extract import fingerprint_model
+    from huref.invariants.fpfile import is_fingerprint_file, load_fingerprint
+
+    if is_fingerprint_file(path):
+        return load_fingerprint(path), None
+    m = load_model(path)
+    return fingerprint_model(m, settings), m.ckpt
+
+
+def compare_paths(a: str | Path, b: str | Path, settings: Any = None, null: NullModel | None = None,
+                  with_pcs: bool = True) -> Comparison:
+    fa, ca = load_any(a, settings)
+    fb, cb = load_any(b, settings)
+    return compare_fingerprints(fa, fb, null, ca if with_pcs else None, cb if with_pcs else None)

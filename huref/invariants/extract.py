@@ -1,0 +1,177 @@
+"""Computing a model's fingerprint layer by layer: one layer's weights in memory at a time.
+
+The n x d token-row products (normalised rows, per-layer inputs) are formed once per layer and
+reused by every term; bf16/fp16 weights are converted to float32 before any product.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from huref import __version__
+from huref.arch import Model, load_model
+from huref.checkpoint import Checkpoint
+from huref.errors import UsageError
+from huref.invariants import kernels as K
+from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
+from huref.invariants.tokens import DEFAULT_KEY, TokenSet, key_digest, read_frequency_list, select_least_frequent, select_tokens
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N = 1024  # robust mode; see README "Choosing n" for the accuracy/cost trade-off
+PAPER_N = 4096  # the published choice
+DEFAULT_N_RESPONSES = 128
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int = DEFAULT_N
+    paper_n: int = PAPER_N
+    n_responses: int = DEFAULT_N_RESPONSES
+    modes: tuple[str, ...] = ("robust", "paper")
+    key: bytes = DEFAULT_KEY
+    frequency_list: Path | None = None
+    device: str = "cpu"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no GPU is available")
+    return torch.device(device)
+
+
+def _apply(norms: list, x: torch.Tensor) -> torch.Tensor:
+    for nm in norms:
+        x = nm.apply(x, with_bias=False)  # gains kept (they cancel against readers), biases dropped
+    return x
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.read = 0.0
+        self.compute = 0.0
+
+    def weights(self, m: Model, roles: list[str], layer: int, dev: torch.device) -> dict[str, torch.Tensor]:
+        t = time.perf_counter()
+        out = {r: m.tensor(r, layer).to(dev) for r in roles if m.has(r, layer)}
+        self.read += time.perf_counter() - t
+        return out
+
+
+def _tokens(m: Model, n: int, settings: Settings, mode: str) -> TokenSet:
+    rows = m.cfg.vocab_size
+    if mode == "paper" and settings.frequency_list is not None:
+        return select_least_frequent(m.ckpt.vocab, rows, n, read_frequency_list(settings.frequency_list))
+    return select_tokens(m.ckpt.vocab, rows, n, settings.key)
+
+
+def _stream_rows(m: Model, ids: list[int], dev: torch.device) -> torch.Tensor:
+    x = m.embed_rows(ids).to(dev)
+    en = m.norm("embed_norm")
+    return en.apply(x, with_bias=False) if en is not None and m.cfg.placement == "pre" else x
+
+
+def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings | None = None) -> Fingerprint:
+    s = settings or Settings()
+    m = model if isinstance(model, Model) else load_model(model)
+    dev = resolve_device(s.device)
+    cfg = m.cfg
+    H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    clock = _Clock()
+    t_start = time.perf_counter()
+    robust = paper = responses = None
+    roles = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"]
+
+    if "robust" in s.modes:
+        tok = _tokens(m, s.n, s, "robust")
+        t = time.perf_counter()
+        x = _stream_rows(m, list(tok.ids), dev)  # [n, d]
+        clock.read += time.perf_counter() - t
+        xr = K.rms_rows(x)
+        n_r = min(s.n_responses, len(tok.ids))
+        terms = torch.empty(cfg.n_layers, 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
+        views_a, views_b = [], []
+        for layer in range(cfg.n_layers):
+            w = clock.weights(m, roles, layer, dev)
+            t = time.perf_counter()
+            xa = _apply(m.input_norms(layer, "attn"), x)
+            xf = _apply(m.input_norms(layer, "mlp"), x)
+            a = K.attn_qk(xa, xa, w["attn_q"], w["attn_k"], H, KV, hd)
+            b = K.attn_vo(xa, xr, w["attn_v"], w["attn_o"], H, KV, hd)
+            gate = w.get("mlp_gate")
+            h = K.ffn_hidden(xf, w["mlp_up"], gate)
+            f = K.ffn_out(h, w["mlp_down"], xr)
+            for i, term in enumerate((a, b, f)):
+                terms[layer, i] = K.standardise(term).to("cpu", torch.float16)
+            # two views of the same neurons on the first n_r probe tokens
+            xs = xf[:n_r]
+            if gate is not None:
+                va, vb = xs @ gate.t(), xs @ w["mlp_up"].t()
+            else:
+                va, vb = xs @ w["mlp_up"].t(), xr[:n_r] @ w["mlp_down"]
+            views_a.append(_colstd(va))
+            views_b.append(_colstd(vb))
+            clock.compute += time.perf_counter() - t
+            del w
+        robust = ModeTerms("robust", list(range(cfg.n_layers)), list(tok.ids), list(tok.strings), tok.source, terms,
+                           key_digest(s.key))
+        responses = Responses(("gate", "up") if cfg.gated else ("in", "out"), list(tok.strings[:n_r]),
+                              list(range(cfg.n_layers)), views_a, views_b)
+
+    if "paper" in s.modes:
+        tok = _tokens(m, s.paper_n, s, "paper")
+        t = time.perf_counter()
+        x = m.embed_rows(list(tok.ids)).to(dev)  # raw rows, as published
+        clock.read += time.perf_counter() - t
+        layers = list(range(max(0, cfg.n_layers - 2), cfg.n_layers))
+        terms = torch.empty(len(layers), 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
+        for j, layer in enumerate(layers):
+            w = clock.weights(m, roles, layer, dev)
+            t = time.perf_counter()
+            terms[j, 0] = K.standardise(K.attn_qk(x, x, w["attn_q"], w["attn_k"], H, KV, hd)).cpu().half()
+            terms[j, 1] = K.standardise(K.attn_vo(x, x, w["attn_v"], w["attn_o"], H, KV, hd)).cpu().half()
+            terms[j, 2] = K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
+            clock.compute += time.perf_counter() - t
+        paper = ModeTerms("paper", layers, list(tok.ids), list(tok.strings), tok.source, terms, key_digest(s.key))
+
+    meta = {
+        "format": FORMAT_VERSION,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": m.ckpt.name,
+            "path": str(m.ckpt.path),
+            "format": m.ckpt.format,
+            "sha256": m.ckpt.sha256s(),
+        },
+        "architecture": {
+            "family": m.spec.name,
+            "model_type": cfg.model_type,
+            "n_layers": cfg.n_layers,
+            "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "d_ff": cfg.d_ff,
+            "vocab_size": cfg.vocab_size,
+            "gated": cfg.gated,
+            "parameters": m.parameter_count(),
+        },
+        "settings": {"n": s.n, "paper_n": s.paper_n, "n_responses": s.n_responses, "modes": list(s.modes),
+                     "frequency_list": str(s.frequency_list) if s.frequency_list else None},
+    }
+    timing = {"total_s": time.perf_counter() - t_start, "read_s": clock.read, "compute_s": clock.compute}
+    return Fingerprint(meta, robust, paper, responses, timing)
+
+
+def _colstd(v: torch.Tensor) -> torch.Tensor:
+    v = v - v.mean(0, keepdim=True)
+    sd = v.std(0, keepdim=True)
+    return (v / torch.where(sd > 0, sd, torch.ones_like(sd))).to("cpu", torch.float16)

@@ -1,0 +1,124 @@
+"""Fingerprint files: safetensors tensors plus JSON metadata, sealed with a content hash.
+
+A fingerprint can be published without the parameters: it holds the standardised terms, the
+token strings they were computed on, the neuron responses of the independence test, and the
+identity of the model (weight-file SHA-256s). The seal is a SHA-256 over the metadata and every
+tensor's bytes; a file whose seal does not verify is refused as tampered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from huref.checkpoint.safetensors_io import SafetensorsFile
+from huref.checkpoint.source import DTYPE_NAMES
+from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.errors import CheckpointError, FingerprintError
+from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
+
+META_KEY = "huref.fingerprint"
+SEAL_KEY = "huref.seal"
+
+
+def _tensors(fp: Fingerprint) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for mt in (fp.robust, fp.paper):
+        if mt is not None:
+            out[f"{mt.mode}.terms"] = mt.terms.to(torch.float16).contiguous()
+            out[f"{mt.mode}.token_ids"] = torch.tensor(mt.token_ids, dtype=torch.int64)
+    if fp.responses is not None:
+        for i, layer in enumerate(fp.responses.layers):
+            out[f"responses.{layer}.a"] = fp.responses.a[i].to(torch.float16).contiguous()
+            out[f"responses.{layer}.b"] = fp.responses.b[i].to(torch.float16).contiguous()
+    return out
+
+
+def _doc(fp: Fingerprint) -> dict:
+    doc = dict(fp.meta)
+    for mt in (fp.robust, fp.paper):
+        if mt is not None:
+            doc[mt.mode] = {"layers": mt.layers, "tokens": mt.token_strings, "token_source": mt.token_source,
+                            "key_digest": mt.key_digest, "n": mt.n}
+    if fp.responses is not None:
+        doc["responses"] = {"views": list(fp.responses.views), "tokens": fp.responses.token_strings,
+                            "layers": fp.responses.layers}
+    doc["timing"] = fp.timing
+    return doc
+
+
+def _seal(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(DTYPE_NAMES[t.dtype]).encode())
+        h.update(json.dumps(list(t.shape)).encode())
+        if t.numel():
+            h.update(memoryview(t.view(torch.uint8).numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
+    path = Path(path)
+    tensors = _tensors(fp)
+    meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=False)
+    plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
+    with atomic_file(path) as tmp:
+        write_safetensors_file(tmp, plan, lambda p: tensors[p.name],
+                               {META_KEY: meta_json, SEAL_KEY: _seal(meta_json, tensors)})
+    return path
+
+
+def is_fingerprint_file(path: str | Path) -> bool:
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return False
+    try:
+        return META_KEY in SafetensorsFile(p).metadata()
+    except CheckpointError:
+        return False
+
+
+def load_fingerprint(path: str | Path) -> Fingerprint:
+    p = Path(path)
+    try:
+        sf = SafetensorsFile(p)
+    except CheckpointError as e:
+        raise FingerprintError(f"{p}: not a readable fingerprint ({e})") from None
+    meta = sf.metadata()
+    if META_KEY not in meta:
+        raise FingerprintError(f"{p}: not a huref fingerprint (no '{META_KEY}' metadata)")
+    try:
+        doc = json.loads(meta[META_KEY])
+    except json.JSONDecodeError:
+        raise FingerprintError(f"{p}: corrupt fingerprint metadata") from None
+    fmt = doc.get("format")
+    if fmt != FORMAT_VERSION:
+        raise FingerprintError(
+            f"{p}: fingerprint format {fmt!r} (tool {doc.get('tool_version')!r}) is not {FORMAT_VERSION!r}; "
+            "recompute it with this version of huref"
+        )
+    tensors = {n: sf.read(n) for n in sf.names()}
+    if _seal(meta[META_KEY], tensors) != meta.get(SEAL_KEY):
+        raise FingerprintError(f"{p}: fingerprint seal does not verify: the file was modified after it was written")
+    try:
+        modes = {}
+        for mode in ("robust", "paper"):
+            if mode in doc:
+                d = doc[mode]
+                modes[mode] = ModeTerms(mode, list(d["layers"]), tensors[f"{mode}.token_ids"].tolist(),
+                                        list(d["tokens"]), d["token_source"], tensors[f"{mode}.terms"], d["key_digest"])
+        resp = None
+        if "responses" in doc:
+            r = doc["responses"]
+            resp = Responses(tuple(r["views"]), list(r["tokens"]), list(r["layers"]),  # type: ignore[arg-type]
+                             [tensors[f"responses.{ly}.a"] for ly in r["layers"]],
+                             [tensors[f"responses.{ly}.b"] for ly in r["layers"]])
+    except KeyError as e:
+        raise FingerprintError(f"{p}: incomplete fingerprint (missing {e})") from None
+    meta_out = {k: v for k, v in doc.items() if k not in ("robust", "paper", "responses", "timing")}
+    return Fingerprint(meta_out, modes.get("robust"), modes.get("paper"), resp, doc.get("timing", {}))

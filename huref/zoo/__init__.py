@@ -1,0 +1,1 @@
+"""A model zoo built on the CPU: bases, derivatives and disguised copies with ground truth."""

@@ -1,0 +1,257 @@
+"""Function-preserving transforms of a LLaMA-style checkpoint (DESIGN.md §3).
+
+Each attack returns a model that computes exactly the same function as its input (checked by
+the zoo at build time against logits), while changing the weights in ways an adversary could use
+to hide a model's origin. Conventions: Linear weights are [out, in]; the residual stream is a row
+vector x, so a read-in weight W sees x @ W.T. Transforming the stream x -> x Q (Q invertible)
+therefore maps read-in weights W -> W Q^-T ... here every Q used is orthogonal or diagonal, and
+the formulas are written out per attack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from huref.zoo.rolestate import RoleState
+
+READ_ROLES = ("attn_q", "attn_k", "attn_v", "mlp_gate", "mlp_up")  # read the residual stream
+WRITE_ROLES = ("attn_o", "mlp_down")  # write into the residual stream
+NORM_READERS = {"attn_norm": ("attn_q", "attn_k", "attn_v"), "mlp_norm": ("mlp_gate", "mlp_up")}
+
+
+@dataclass
+class AttackResult:
+    state: RoleState
+    tokenizer_json: dict[str, Any] | None = None  # rewritten tokenizer, for vocabulary attacks
+    id_map: torch.Tensor | None = None  # new id of each old id (vocabulary attacks)
+    old_vocab: int | None = None  # compare logits on this many original ids (expansion)
+
+
+def _layers(s: RoleState) -> range:
+    return range(s.n_layers)
+
+
+def _stream_linear(s: RoleState, q: torch.Tensor) -> None:
+    """Residual stream x -> x @ q with q orthogonal (permutation, signed permutation, rotation).
+
+    Requires unit norm gains (or gains that commute with q: plain permutations move them).
+    Read-in W -> W @ q (x q q^T W^T = x W^T); write-out W -> q^T @ W; embed and lm_head columns
+    -> @ q. RMSNorm commutes with orthogonal q because it preserves the row norm.
+    """
+    s.set("embed", None, s.get("embed") @ q)
+    s.set("lm_head", None, s.get("lm_head") @ q)
+    for layer in _layers(s):
+        for r in READ_ROLES:
+            s.set(r, layer, s.get(r, layer) @ q)
+        for r in WRITE_ROLES:
+            s.set(r, layer, q.t() @ s.get(r, layer))
+
+
+def _fold_gains(s: RoleState) -> None:
+    """Move every RMSNorm gain into the weights that read the norm's output; gains become 1."""
+    for layer in _layers(s):
+        for norm, readers in NORM_READERS.items():
+            g = s.get(norm, layer)
+            for r in readers:
+                s.set(r, layer, s.get(r, layer) * g)  # scales input columns
+            s.set(norm, layer, torch.ones_like(g))
+    g = s.get("final_norm")
+    s.set("lm_head", None, s.get("lm_head") * g)
+    s.set("final_norm", None, torch.ones_like(g))
+
+
+def residual_permutation(s: RoleState, g: torch.Generator, signed: bool = False) -> AttackResult:
+    """x -> x P (optionally P with random signs). Gains are permuted with the stream; signs need
+    no gain change because RMSNorm commutes with sign flips and gains are per-coordinate."""
+    s.untie()
+    d = s.get("embed").shape[1]
+    perm = torch.randperm(d, generator=g)
+    q = torch.eye(d)[:, perm]  # x @ q permutes columns
+    if signed:
+        q = q * torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0)
+    _stream_linear(s, q)
+    for layer in _layers(s):
+        for norm in NORM_READERS:
+            s.set(norm, layer, s.get(norm, layer)[perm])
+    s.set("final_norm", None, s.get("final_norm")[perm])
+    return AttackResult(s)
+
+
+def residual_rotation(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Fold gains into readers, then rotate the stream by a random orthogonal matrix (QuaRot-style)."""
+    s.untie()
+    _fold_gains(s)
+    d = s.get("embed").shape[1]
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    q = (q * torch.sign(torch.diagonal(r))).to(torch.float32)
+    _stream_linear(s, q)
+    return AttackResult(s)
+
+
+def norm_gain_rescaling(s: RoleState, g: torch.Generator) -> AttackResult:
+    """gamma -> gamma * c, readers W -> W / c (per input column)."""
+    s.untie()
+    d = s.get("embed").shape[1]
+    for layer in _layers(s):
+        for norm, readers in NORM_READERS.items():
+            c = torch.exp(torch.randn(d, generator=g) * 0.7)
+            s.set(norm, layer, s.get(norm, layer) * c)
+            for r in readers:
+                s.set(r, layer, s.get(r, layer) / c)
+    c = torch.exp(torch.randn(d, generator=g) * 0.7)
+    s.set("final_norm", None, s.get("final_norm") * c)
+    s.set("lm_head", None, s.get("lm_head") / c)
+    return AttackResult(s)
+
+
+def _heads(t: torch.Tensor, hd: int) -> torch.Tensor:
+    return t.reshape(-1, hd, t.shape[-1])  # [heads * hd, d] -> [heads, hd, d]
+
+
+def qk_mixing(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Per KV group, a scaled rotation inside each rotary plane (dims i and i + hd/2 in the
+    half-split layout) applied to q rows and inverse-transposed to k rows: it commutes with RoPE,
+    so q.k is unchanged at every position. Query heads are also permuted within their group."""
+    cfg = s.config
+    H, K = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // H
+    grp = H // K
+    for layer in _layers(s):
+        q = _heads(s.get("attn_q", layer), hd).clone()  # [H, hd, d]
+        k = _heads(s.get("attn_k", layer), hd).clone()  # [K, hd, d]
+        o = s.get("attn_o", layer).reshape(-1, H, hd).clone()  # [d, H, hd]
+        for kv in range(K):
+            half = hd // 2
+            theta = torch.rand(half, generator=g) * 6.283
+            a = torch.exp(torch.randn(half, generator=g) * 0.5)
+            c, sn = torch.cos(theta), torch.sin(theta)
+            m = torch.zeros(hd, hd)  # acts on rows of a head: new = m @ old
+            idx = torch.arange(half)
+            m[idx, idx], m[idx, idx + half] = a * c, -a * sn
+            m[idx + half, idx], m[idx + half, idx + half] = a * sn, a * c
+            m_k = torch.linalg.inv(m).t()  # (m q) . (m^-T k) = q . k
+            for h in range(kv * grp, (kv + 1) * grp):
+                q[h] = m @ q[h]
+            k[kv] = m_k @ k[kv]
+            perm = torch.randperm(grp, generator=g) + kv * grp
+            q[kv * grp : (kv + 1) * grp] = q[perm].clone()
+            o[:, kv * grp : (kv + 1) * grp] = o[:, perm].clone()
+        s.set("attn_q", layer, q.reshape(H * hd, -1))
+        s.set("attn_k", layer, k.reshape(K * hd, -1))
+        s.set("attn_o", layer, o.reshape(o.shape[0], H * hd))
+    return AttackResult(s)
+
+
+def vo_mixing(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Per KV head an invertible m: v rows -> m @ v, and every o column block of the query heads
+    that read it -> o_h @ m^-1 (the head output a_h becomes a_h m^T)."""
+    cfg = s.config
+    H, K = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // H
+    grp = H // K
+    for layer in _layers(s):
+        v = _heads(s.get("attn_v", layer), hd).clone()
+        o = s.get("attn_o", layer).reshape(-1, H, hd).clone()  # [d, H, hd]
+        for kv in range(K):
+            # orthogonal times positive diagonal: a generic invertible map that stays well conditioned
+            rot, _ = torch.linalg.qr(torch.randn(hd, hd, generator=g))
+            m = rot * torch.exp(0.3 * torch.randn(hd, generator=g))
+            v[kv] = m @ v[kv]
+            inv = torch.linalg.inv(m)
+            for h in range(kv * grp, (kv + 1) * grp):
+                o[:, h] = o[:, h] @ inv
+        s.set("attn_v", layer, v.reshape(K * hd, -1))
+        s.set("attn_o", layer, o.reshape(o.shape[0], H * hd))
+    return AttackResult(s)
+
+
+def ffn_permutation(s: RoleState, g: torch.Generator) -> AttackResult:
+    for layer in _layers(s):
+        f = s.get("mlp_up", layer).shape[0]
+        p = torch.randperm(f, generator=g)
+        s.set("mlp_gate", layer, s.get("mlp_gate", layer)[p])
+        s.set("mlp_up", layer, s.get("mlp_up", layer)[p])
+        s.set("mlp_down", layer, s.get("mlp_down", layer)[:, p])
+    return AttackResult(s)
+
+
+def updown_rescaling(s: RoleState, g: torch.Generator) -> AttackResult:
+    """SwiGLU is linear in the up branch: up row j * c_j, down column j / c_j."""
+    for layer in _layers(s):
+        f = s.get("mlp_up", layer).shape[0]
+        c = torch.exp(torch.randn(f, generator=g))
+        s.set("mlp_up", layer, s.get("mlp_up", layer) * c[:, None])
+        s.set("mlp_down", layer, s.get("mlp_down", layer) / c[None, :])
+    return AttackResult(s)
+
+
+def global_scaling(s: RoleState, g: torch.Generator) -> AttackResult:
+    """x -> c x everywhere: embeddings and writers times c; RMSNorm removes c (eps scaled by c^2)."""
+    c = 7.5
+    s.untie()
+    s.set("embed", None, s.get("embed") * c)
+    for layer in _layers(s):
+        for r in WRITE_ROLES:
+            s.set(r, layer, s.get(r, layer) * c)
+    s.config["rms_norm_eps"] = float(s.config.get("rms_norm_eps", 1e-6)) * c * c
+    return AttackResult(s)
+
+
+def _tokenizer_json(s: RoleState) -> dict[str, Any]:
+    import json
+
+    return json.loads((s.source / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def vocab_permutation(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Token ids shuffled: embedding and classifier rows, and the tokenizer's id map, together."""
+    s.untie()
+    V = s.get("embed").shape[0]
+    new_of_old = torch.randperm(V, generator=g)
+    old_of_new = torch.argsort(new_of_old)
+    s.set("embed", None, s.get("embed")[old_of_new])
+    s.set("lm_head", None, s.get("lm_head")[old_of_new])
+    tok = _tokenizer_json(s)
+    vocab = tok["model"]["vocab"]
+    tok["model"]["vocab"] = {t: int(new_of_old[i]) for t, i in vocab.items()}
+    for a in tok.get("added_tokens") or []:
+        a["id"] = int(new_of_old[a["id"]])
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(s.config.get(key), int):
+            s.config[key] = int(new_of_old[s.config[key]])
+    return AttackResult(s, tokenizer_json=tok, id_map=new_of_old)
+
+
+def vocab_expansion(s: RoleState, g: torch.Generator, n_new: int = 48) -> AttackResult:
+    """New tokens appended (rows after the old vocabulary); old ids keep their meaning."""
+    s.untie()
+    e, h = s.get("embed"), s.get("lm_head")
+    V = e.shape[0]
+    s.set("embed", None, torch.cat([e, e.mean(0) + e.std(0) * torch.randn(n_new, e.shape[1], generator=g)]))
+    s.set("lm_head", None, torch.cat([h, h.mean(0) + h.std(0) * torch.randn(n_new, h.shape[1], generator=g)]))
+    s.config["vocab_size"] = V + n_new
+    tok = _tokenizer_json(s)
+    added = tok.setdefault("added_tokens", [])
+    for i in range(n_new):
+        added.append({"id": V + i, "content": f"<|new_{i}|>", "single_word": False, "lstrip": False,
+                      "rstrip": False, "normalized": False, "special": False})
+    return AttackResult(s, tokenizer_json=tok, old_vocab=V)
+
+
+ATTACKS: dict[str, Callable[[RoleState, torch.Generator], AttackResult]] = {
+    "residual-perm": residual_permutation,
+    "residual-signed-perm": lambda s, g: residual_permutation(s, g, signed=True),
+    "residual-rotation": residual_rotation,
+    "norm-gain": norm_gain_rescaling,
+    "qk-mix": qk_mixing,
+    "vo-mix": vo_mixing,
+    "ffn-perm": ffn_permutation,
+    "updown-scale": updown_rescaling,
+    "global-scale": global_scaling,
+    "vocab-perm": vocab_permutation,
+    "vocab-expand": vocab_expansion,
+}
