@@ -6,12 +6,44 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from huref.arch import load_model
+from huref.arch import Model, load_model
+from huref.checkpoint.source import all_finite
+from huref.errors import ArchitectureError
 
 
-def inspect_checkpoint(path: str | Path, hashes: bool = True) -> dict[str, Any]:
-    """A JSON-ready description of one checkpoint (reads headers, and weight files for hashes)."""
+def non_finite_tensors(m: Model) -> list[str]:
+    """Checkpoint names of the role tensors that hold NaN or infinite values.
+
+    Tensors are read one at a time in their stored dtype (no float32 copy), so the cost is one
+    read of the weights plus one summation, and peak memory is one tensor; tensors no role uses
+    are not read.
+    """
+    names: dict[str, None] = {}  # ordered set: a fused tensor serves several roles
+    for layer in [None, *range(m.cfg.n_layers)]:
+        for role in m.roles(layer):
+            names[m.binding(role, layer).name] = None
+    bad = []
+    for name in names:
+        t = m.ckpt.source.read(name)
+        if not all_finite(t):
+            bad.append(name)
+    return bad
+
+
+def inspect_checkpoint(path: str | Path, hashes: bool = True, check_values: bool = False) -> dict[str, Any]:
+    """A JSON-ready description of one checkpoint (reads headers, and weight files for hashes).
+
+    ``check_values`` also reads every role tensor and raises ArchitectureError naming those that
+    hold NaN or infinite values; it is off by default because it reads the whole model again.
+    """
     m = load_model(path)
+    if check_values:
+        bad = non_finite_tensors(m)
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise ArchitectureError(
+                f"{path}: NaN or infinite values in {len(bad)} tensor(s): {', '.join(bad[:5])}{more}"
+            )
     src = m.ckpt.source
     cfg = m.cfg
     dtypes = Counter(src.info(n).dtype for n in src.names())
@@ -43,6 +75,7 @@ def inspect_checkpoint(path: str | Path, hashes: bool = True) -> dict[str, Any]:
         "tensors": len(src.names()),
         "dtypes": dict(dtypes),
         "parameters": m.parameter_count(),
+        "values_checked": check_values,
         "tokenizer": None
         if m.ckpt.vocab is None
         else {"size": len(m.ckpt.vocab), "style": m.ckpt.vocab.style, "special": len(m.ckpt.vocab.special)},

@@ -21,3 +21,31 @@ def stories_path() -> Path:
     if not STORIES.is_file():
         pytest.skip("../shared/models/stories260K is absent (outside this project's CI)")
     return STORIES
+
+
+def _zoo_dir() -> Path:
+    return Path(os.environ.get("HUREF_ZOO_CACHE", REPO / ".zoo" / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo() -> Path:
+    """The tiny zoo, built once per machine (reused while its recipe matches) with stories260K."""
+    from huref.zoo.build import build_zoo
+
+    stories = STORIES if STORIES.is_file() else None
+    return build_zoo(_zoo_dir(), "tiny", stories=stories, workers=2)
+
+
+@pytest.fixture(scope="session")
+def zoo_manifest(tiny_zoo: Path) -> dict:
+    import json
+
+    return json.loads((tiny_zoo / "zoo.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def zoo_fingerprints(tiny_zoo: Path, zoo_manifest: dict) -> dict:
+    """Fingerprints (robust + paper, default settings) of every zoo model, computed once."""
+    from huref.invariants import Settings, fingerprint_model
+
+    return {m["name"]: fingerprint_model(tiny_zoo / m["path"], Settings()) for m in zoo_manifest["models"]}

@@ -92,3 +92,22 @@ def test_convert_errors_leave_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="does not exist"):
         convert_pickle_to_safetensors(tmp_path / "absent.pkl", tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_old_output_and_no_temp_file(
+    converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huref.render.stylegan2.convert as convert
+
+    out = tmp_path / "g.safetensors"
+    out.write_bytes(b"previous version")
+
+    def half_write(tensors: dict, filename: str, metadata: dict) -> None:
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        convert.save_generator(load_generator_safetensors(converted), out)
+    assert out.read_bytes() == b"previous version"
+    assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"]

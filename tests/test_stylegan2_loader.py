@@ -179,9 +179,11 @@ def _official_like(g_state: dict, top: dict | None = None, src: str = "# omitted
 
 
 def _globals_in(data: bytes) -> set[str]:
-    return {
-        str(arg).replace(" ", ".") for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"
-    }
+    found = set()
+    for op, arg, _ in pickletools.genops(data):  # reads opcodes, executes nothing
+        if op.name == "GLOBAL":
+            found.add(str(arg).replace(" ", "."))
+    return found
 
 
 def _plain_state() -> dict:
@@ -250,7 +252,13 @@ def test_module_src_is_never_executed(official_globals: None, tmp_path: Path) ->
 def test_allowed_global_with_out_of_bounds_view_is_refused(tmp_path: Path) -> None:
     storage = torch.zeros(4).storage()  # pickles as torch.storage._load_from_bytes(blob)
     view = _Call(
-        torch._utils._rebuild_tensor_v2, storage, 0, (1000,), (1,), False, collections.OrderedDict()
+        torch._utils._rebuild_tensor_v2,
+        storage,
+        0,
+        (1000,),
+        (1,),
+        False,
+        collections.OrderedDict(),
     )
     path = tmp_path / "oob.pkl"
     path.write_bytes(pickle.dumps({"G_ema": view}, protocol=3))
@@ -317,7 +325,8 @@ def _child(record: PersistentRecord, dotted: str) -> PersistentRecord:
         ),
         (
             lambda g: g.state["_init_kwargs"]["synthesis_kwargs"].__setitem__(
-                "architecture", "resnet"
+                "architecture",
+                "resnet",
             ),
             r"architecture 'resnet' is not supported",
         ),

@@ -119,7 +119,8 @@ def _explicit_modconv(x, weight, styles, noise, demodulate, up):  # type: ignore
 
 
 @pytest.mark.parametrize(
-    ("up", "kernel", "demodulate"), [(1, 3, True), (1, 1, False), (2, 3, True)]
+    ("up", "kernel", "demodulate"),
+    [(1, 3, True), (1, 1, False), (2, 3, True)],
 )
 def test_modulated_conv2d_matches_per_sample_loop(up: int, kernel: int, demodulate: bool) -> None:
     g = torch.Generator().manual_seed(7)

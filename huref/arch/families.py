@@ -8,7 +8,7 @@ the config may omit are written out here, next to the family they belong to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from huref.arch.spec import ArchConfig, ArchSpec, Rule
 from huref.errors import ArchitectureError
@@ -26,7 +26,13 @@ def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     return default
 
 
-def _heads(cfg: dict[str, Any], d: int, h: int, kv: int, hd: int | None = None) -> dict[str, int]:
+class _Heads(TypedDict):
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+def _heads(cfg: dict[str, Any], d: int, h: int, kv: int, hd: int | None = None) -> _Heads:
     hd = hd or d // h
     if h % kv:
         raise ArchitectureError(f"config.json: {h} attention heads do not divide into {kv} key/value heads")

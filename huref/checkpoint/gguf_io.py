@@ -159,7 +159,11 @@ class GGUFSource:
             arr = self._gguf.quants.dequantize(t.data, t.tensor_type)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(f"{self.path}: cannot dequantize {t.name!r} ({e})") from None
-        out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(self._shape(name))
+        # F32 "dequantization" returns a view of the read-only file mapping: writing to a tensor
+        # sharing it would crash the process, so such views are copied (fresh arrays are not).
+        if arr.dtype != np.float32 or not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, dtype=np.float32, order="C")
+        out = torch.from_numpy(arr).reshape(self._shape(name))
         if self._interleaved and name.endswith("q_proj.weight"):
             out = interleaved_to_half_split(out, self._n_heads)
         elif self._interleaved and name.endswith("k_proj.weight"):

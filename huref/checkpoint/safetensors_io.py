@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from huref.checkpoint.source import DTYPES, ITEMSIZE, TensorInfo, gather_rows_by_runs
+from huref.checkpoint.source import DTYPES, ITEMSIZE, TensorInfo, empty_tensor, gather_rows_by_runs
 from huref.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+PARALLEL_READ_MIN_BYTES = 32 * 2**20  # tensors at least this large are read by several threads
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+PART_ALIGN = 2 * 2**20  # thread ranges start on huge-page boundaries of the destination
 
 
 @dataclass(frozen=True)
@@ -106,24 +110,52 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}") from None
 
     def _read_bytes_into(self, out: torch.Tensor, offset: int) -> None:
-        buf = memoryview(out.view(torch.uint8).numpy()).cast("B") if out.numel() else memoryview(b"")
+        buf = out.view(torch.uint8).numpy().data.cast("B") if out.numel() else memoryview(b"")
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
             raise CheckpointError(f"{self.path}: cannot open ({e.strerror})") from None
         try:
-            done = 0
-            while done < len(buf):
-                got = os.preadv(fd, [buf[done:]], offset + done)
-                if got <= 0:
-                    raise CheckpointError(f"{self.path}: truncated while reading")
-                done += got
+            # A large tensor is read as a few disjoint ranges in parallel: one thread's kernel copy
+            # (and first-touch faults) reaches about half the speed of a read from the page cache.
+            parts = READ_THREADS if len(buf) >= PARALLEL_READ_MIN_BYTES else 1
+            step = -(-len(buf) // parts)  # ceil
+            step = -(-step // PART_ALIGN) * PART_ALIGN  # rounded up to whole huge pages
+            ranges = [(lo, min(lo + step, len(buf))) for lo in range(0, len(buf), step or 1)]
+            errors: list[BaseException] = []
+
+            def part(lo: int, hi: int) -> None:
+                try:
+                    self._pread_exactly(fd, buf[lo:hi], offset + lo)
+                except BaseException as e:  # re-raised by the caller's thread below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=part, args=r, daemon=True) for r in ranges[1:]]
+            for t in threads:
+                t.start()
+            if ranges:
+                part(*ranges[0])
+            for t in threads:
+                t.join()  # every reader is done with fd before it is closed
+            if errors:
+                raise errors[0]
         finally:
             os.close(fd)
 
+    def _pread_exactly(self, fd: int, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                got = os.preadv(fd, [view[done:]], offset + done)
+            except OSError as e:
+                raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
+            if got <= 0:
+                raise CheckpointError(f"{self.path}: truncated while reading")
+            done += got
+
     def read(self, name: str) -> torch.Tensor:
         e = self._entry(name)
-        out = torch.empty(e.info.shape, dtype=DTYPES[e.info.dtype])
+        out = empty_tensor(e.info.shape, DTYPES[e.info.dtype])
         self._read_bytes_into(out, e.begin)
         return out
 
@@ -134,7 +166,7 @@ class SafetensorsFile:
         if not shape or not (0 <= lo <= hi <= shape[0]):
             raise CheckpointError(f"{self.path}: row range {lo}:{hi} outside tensor {name!r}")
         row_bytes = (e.end - e.begin) // shape[0] if shape[0] else 0
-        out = torch.empty((hi - lo, *shape[1:]), dtype=DTYPES[e.info.dtype])
+        out = empty_tensor((hi - lo, *shape[1:]), DTYPES[e.info.dtype])
         self._read_bytes_into(out, e.begin + lo * row_bytes)
         return out
 
@@ -196,15 +228,15 @@ class SafetensorsSource:
         for name, shard in weight_map.items():
             sf = self._where.get(name)
             if sf is None:
-                raise CheckpointError(f"{index.name}: tensor {name!r} is not in shard {shard!r}")
+                raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
             if sf.path.name != shard:
                 raise CheckpointError(
-                    f"{index.name}: tensor {name!r} is indexed in {shard!r} but stored in {sf.path.name!r}"
+                    f"{index}: tensor {name!r} is indexed in {shard!r} but stored in {sf.path.name!r}"
                 )
         extra = sorted(set(self._where) - set(weight_map))
         if extra:
             raise CheckpointError(
-                f"{index.name}: shard tensors missing from the index: {', '.join(extra[:5])}"
+                f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}"
             )
 
     def names(self) -> list[str]:

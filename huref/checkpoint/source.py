@@ -7,6 +7,9 @@ largest tensor (or row band) asked for, never by the size of the model.
 
 from __future__ import annotations
 
+import math
+import mmap
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,43 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 ITEMSIZE: dict[str, int] = {k: torch.empty(0, dtype=v).element_size() for k, v in DTYPES.items()}
+
+
+# Tensors at least this large are allocated on transparent huge pages where the OS allows it.
+HUGE_PAGE_MIN_BYTES = 16 * 2**20
+
+
+def empty_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor to read or convert weights into.
+
+    Fresh memory costs one page fault and one kernel zeroing per page on first touch; with 4 KiB
+    pages that is ~25k faults per 100 MB tensor and halves the speed of a read from the page
+    cache. Large tensors are therefore backed by a private anonymous mapping advised to use
+    2 MiB pages (Linux; an advice, not a requirement). The mapping is owned by the tensor and
+    unmapped when the tensor is freed.
+    """
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    if nbytes < HUGE_PAGE_MIN_BYTES or not sys.platform.startswith("linux"):
+        return torch.empty(tuple(shape), dtype=dtype)
+    mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mem.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(mem, dtype=dtype, count=numel).view(tuple(shape))
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN and no infinity anywhere in ``t``.
+
+    A NaN or an infinity anywhere makes the sum NaN or infinite, so a finite sum proves the
+    tensor finite at the cost of one streaming reduction (~20x faster than ``isfinite(t).all()``,
+    which writes a boolean per element). Only a sum that overflows from finite values can
+    mislead; a non-finite sum is therefore confirmed element by element.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 @dataclass(frozen=True)
@@ -58,7 +98,10 @@ class TensorSource(Protocol):
     def info(self, name: str) -> TensorInfo: ...
 
     def read(self, name: str) -> torch.Tensor:
-        """The whole tensor, in its stored dtype (quantized formats: dequantized float32)."""
+        """The whole tensor, in its stored dtype (quantized formats: dequantized float32).
+
+        Always a fresh tensor the caller owns: never a view of a file mapping or of a cache.
+        """
         ...
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
@@ -71,7 +114,7 @@ class TensorSource(Protocol):
 
 
 def gather_rows_by_runs(
-    rows: Sequence[int], read_range: "RangeReader"
+    rows: Sequence[int], read_range: RangeReader
 ) -> torch.Tensor:  # [len(rows), ...]
     """Read selected rows as few contiguous ranges, in the caller's order.
 

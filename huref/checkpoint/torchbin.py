@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,18 +24,26 @@ def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
     """Weights-only load; code-carrying pickles raise UnsafeFileError, never run."""
     mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
     try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK" and not mmap:  # torch.load's own error here is "[Errno 22]"
+                raise CheckpointError(f"{path}: corrupt or truncated PyTorch file (zip without a central directory)")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        if "Weights only load failed" in first or "Unsupported" in str(e) or "global" in str(e):
+        # The weights-only unpickler names the callable or class it refused: "GLOBAL posix.system"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if refused:
             raise UnsafeFileError(
                 f"{path}: refused, the pickle asks to run code or build objects other than "
-                "tensors (loaded with weights_only=True, nothing was executed)"
+                f"tensors ({refused.group(1)}; loaded with weights_only=True, nothing was executed)"
             ) from None
-        raise CheckpointError(f"{path}: corrupt pickle ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load ({msg})") from None
+        why = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+        raise CheckpointError(f"{path}: corrupt pickle ({why.group(1) if why else 'unreadable'})") from None
+    except Exception as e:  # any other failure to parse untrusted bytes is corruption
+        msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({msg})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -58,10 +67,10 @@ class TorchBinSource:
             wm = _read_weight_map(index)
             for name, shard in wm.items():
                 if name not in self._where or self._where[name].name != shard:
-                    raise CheckpointError(f"{index.name}: tensor {name!r} is not in shard {shard!r}")
+                    raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
             extra = sorted(set(self._where) - set(wm))
             if extra:
-                raise CheckpointError(f"{index.name}: shard tensors missing from the index: {extra[:5]}")
+                raise CheckpointError(f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}")
 
     @classmethod
     def from_index(cls, index: Path) -> TorchBinSource:

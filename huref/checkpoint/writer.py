@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +82,7 @@ def write_safetensors_file(
                 )
             t = t.detach().contiguous().cpu()
             if t.numel():
-                f.write(memoryview(t.view(torch.uint8).numpy()).cast("B"))
+                f.write(t.view(torch.uint8).numpy().data.cast("B"))
 
 
 def shard_plan(plan: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
@@ -97,6 +97,11 @@ def shard_plan(plan: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[Te
     return shards
 
 
+def _temp_name(dest: Path) -> Path:
+    """A fresh hidden name beside ``dest``, so that the final rename stays on one file system."""
+    return dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; rename it to ``dest`` only on success."""
@@ -104,7 +109,8 @@ def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} already exists; choose a new output path")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = _temp_name(dest)
+    tmp.mkdir()  # not mkdtemp: its 0700 would survive the rename; this honours the umask
     try:
         yield tmp
         if dest.exists():
@@ -122,8 +128,8 @@ def atomic_file(dest: Path, overwrite: bool = True) -> Iterator[Path]:
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    os.close(fd)
+    tmp = _temp_name(dest)
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies, unlike mkstemp's 0600
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

@@ -37,7 +37,7 @@ def _root(
 
 
 def _register() -> None:
-    from huref.cli import inspect_cmd  # noqa: F401  (registers commands)
+    from huref.cli import inspect_cmd, science_cmds  # noqa: F401  (registers commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=args, standalone_mode=False)
+        rv = app(args=args, standalone_mode=False)
     except HurefError as e:
         if _DEBUG["on"] or "--debug" in args:
             raise
@@ -63,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"huref: error: {show()}", file=sys.stderr)
             return 2
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0

@@ -17,11 +17,15 @@ def inspect_cmd(
     model: Annotated[str, typer.Argument(help="Checkpoint: HF folder, .safetensors, .bin, llama2.c .bin or .gguf")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip the SHA-256 of weight files.")] = False,
+    check_values: Annotated[
+        bool,
+        typer.Option("--check-values", help="Read every role tensor; fail if any holds NaN or inf."),
+    ] = False,
 ) -> None:
     """Architecture, roles, shapes, dtypes, parameter count, tokenizer and file hashes."""
     from huref.inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(model, hashes=not no_hash)
+    info = inspect_checkpoint(model, hashes=not no_hash, check_values=check_values)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

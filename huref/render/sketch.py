@@ -8,14 +8,17 @@ z ~ N(0, I) each feature is uniform on (0, 1), and (iii) the feature map is Lips
 and colours through continuous functions only (colour paths, blends, opacity ramps): no feature is
 ever chosen by a threshold, so no small change of z flips an ear or a colour.
 
-Why bit-exact: the projection uses exactly rounded sums (``math.fsum``) rather than BLAS, and the
-features are snapped to a 2**-16 grid before drawing, so platform-level last-bit differences in
-``erf``/``cos`` cannot reach the pixels except with negligible probability.
+Why (nearly) bit-exact everywhere: the projection is built and applied with exactly rounded sums
+(``math.fsum``) instead of BLAS, whose summation order varies between machines, and features are
+snapped to a 2**-16 grid, so a last-bit difference in a C library's ``erf`` changes a feature only
+if it straddles a grid point; drawing is then Pillow rasterisation of float coordinates. Pixels
+are therefore identical wherever Pillow's rasteriser is; PNG bytes also need the same zlib.
 """
 
 from __future__ import annotations
 
 import colorsys
+import itertools
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -49,12 +52,15 @@ COAT_PATH: tuple[Colour, ...] = (
 )  # fmt: skip
 # Greys (silver, blue, charcoal) come from desaturating the coat ("coat_grey"), not from a stop
 # after black: a path that folds back towards its middle makes unrelated dogs look alike.
-SECOND_PATH: tuple[Colour, ...] = (
+SECOND_PATH: tuple[Colour, ...] = (  # markings: black, liver, red, tan, blue-grey
     (30, 26, 26), (92, 56, 32), (176, 96, 44), (214, 170, 104), (120, 118, 124),
-)  # black, liver, red, tan, blue-grey
+)  # fmt: skip
 EYE_PATH: tuple[Colour, ...] = ((58, 34, 20), (112, 66, 30), (186, 128, 46), (96, 150, 200))
-FRAME_ENDS: tuple[Colour, Colour] = ((120, 160, 214), (236, 178, 116))  # dusk blue, apricot
-HALO_ENDS: tuple[Colour, Colour] = ((196, 240, 206), (250, 200, 232))  # mint, pink
+FRAME_PATH: tuple[Colour, ...] = ((112, 150, 216), (110, 196, 170), (238, 176, 104))  # blue-apricot
+HALO_PATH: tuple[Colour, ...] = ((192, 238, 250), (246, 244, 184), (250, 196, 226))  # ice-pink
+# The nose in units of its half-width: the left half of its lower edge, then its upper edge.
+NOSE_LOWER = ((-1.0, -0.35), (-1.1, 0.7), (-0.3, 0.75), (0.0, 0.75))
+NOSE_UPPER = ((1.0, -0.35), (0.6, -0.75), (-0.6, -0.75), (-1.0, -0.35))
 LIGHT: Colour = (250, 246, 236)  # the white of blazes, chests and light muzzles
 PINK: Colour = (232, 118, 136)
 
@@ -117,24 +123,24 @@ def _mix(c1: Sequence[float], c2: Sequence[float], t: float) -> Colour:
     return (r, g, b)
 
 
-def _path(stops: Sequence[Colour], t: float) -> Colour:
-    """The point at fraction t of a polyline through the stops, measured by RGB arc length.
-
-    Arc length, not stop count: otherwise a short hop (cream to tan) and a long one (black to
-    grey) would take the same step of t and the long one would change a dog too fast.
-    """
-    seg = [math.dist(p, q) for p, q in zip(stops, stops[1:], strict=False)]
-    x = min(max(t, 0.0), 1.0) * sum(seg)
-    for i, length in enumerate(seg):
-        if x <= length or i == len(seg) - 1:
-            return _mix(stops[i], stops[i + 1], min(1.0, x / length))
-        x -= length
-    raise AssertionError("unreachable")
-
-
 def _hsv(h: float, s: float, v: float) -> Colour:
     r, g, b = colorsys.hsv_to_rgb(h, s, v)
     return (round(255 * r), round(255 * g), round(255 * b))
+
+
+def _path(stops: Sequence[Colour], t: float) -> Colour:
+    """The point at fraction t of a polyline through the stops, measured by RGB arc length.
+
+    Arc length, not stop count: otherwise a short hop (cream to tan) and a long one (brown to
+    black) would take the same step of t, and the long one would change a dog too fast.
+    """
+    seg = [math.dist(p, q) for p, q in itertools.pairwise(stops)]
+    x = min(max(t, 0.0), 1.0) * sum(seg)
+    for i, length in enumerate(seg[:-1]):
+        if x <= length:
+            return _mix(stops[i], stops[i + 1], x / length)
+        x -= length
+    return _mix(stops[-2], stops[-1], min(1.0, x / seg[-1]))
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 72) -> np.ndarray:
@@ -142,9 +148,17 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 72) -> np.ndar
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)  # [n, 2]
 
 
-def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, n: int = 24):
+def _bezier(ctrl: Sequence[Sequence[float]] | np.ndarray, n: int = 24) -> np.ndarray:
+    """Points [n, 2] along the cubic Bezier curve with 4 control points [4, 2]."""
+    p = np.asarray(ctrl, dtype=np.float64)
     t = np.linspace(0.0, 1.0, n)[:, None]
-    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    s = 1.0 - t
+    return s**3 * p[0] + 3 * s**2 * t * p[1] + 3 * s * t**2 * p[2] + t**3 * p[3]
+
+
+def _mirrored(half: np.ndarray, cx: float) -> np.ndarray:
+    """A left half-outline [n, 2] closed with its mirror image about x = cx."""
+    return np.concatenate([half, half[::-1] * [-1, 1] + [2 * cx, 0]])
 
 
 class _Canvas:
@@ -157,16 +171,10 @@ class _Canvas:
     def _px(self, pts: np.ndarray) -> list[tuple[float, float]]:
         return [(float(x), float(y)) for x, y in pts * self.size]
 
-    def _box(self, px: list[tuple[float, float]]) -> tuple[int, int, int, int]:
-        xs, ys = [p[0] for p in px], [p[1] for p in px]
-        x0, y0 = max(0, math.floor(min(xs)) - 1), max(0, math.floor(min(ys)) - 1)
-        x1, y1 = min(self.size, math.ceil(max(xs)) + 2), min(self.size, math.ceil(max(ys)) + 2)
-        return x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)
-
-    def mask(self, pts: np.ndarray, alpha: float = 1.0) -> Image.Image:
-        """A full-canvas coverage mask (for clipping later shapes to this one)."""
+    def mask(self, pts: np.ndarray) -> Image.Image:
+        """A full-canvas coverage mask, for clipping later shapes to this one."""
         m = Image.new("L", (self.size, self.size), 0)
-        ImageDraw.Draw(m).polygon(self._px(pts), fill=round(255 * alpha))
+        ImageDraw.Draw(m).polygon(self._px(pts), fill=255)
         return m
 
     def fill(
@@ -177,16 +185,190 @@ class _Canvas:
         if level <= 0:
             return
         px = self._px(pts)
-        box = self._box(px)
-        m = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
-        ImageDraw.Draw(m).polygon([(x - box[0], y - box[1]) for x, y in px], fill=level)
+        xs, ys = [p[0] for p in px], [p[1] for p in px]
+        x0, y0 = max(0, math.floor(min(xs)) - 1), max(0, math.floor(min(ys)) - 1)
+        x1 = max(x0 + 1, min(self.size, math.ceil(max(xs)) + 2))
+        y1 = max(y0 + 1, min(self.size, math.ceil(max(ys)) + 2))
+        m = Image.new("L", (x1 - x0, y1 - y0), 0)
+        ImageDraw.Draw(m).polygon([(x - x0, y - y0) for x, y in px], fill=level)
         if clip is not None:
-            m = ImageChops.multiply(m, clip.crop(box))
-        self.img.paste(colour, box, m)
+            m = ImageChops.multiply(m, clip.crop((x0, y0, x1, y1)))
+        self.img.paste(colour, (x0, y0, x1, y1), m)
 
     def stroke(self, pts: np.ndarray, colour: Colour, width: float, closed: bool = False) -> None:
         px = self._px(np.concatenate([pts, pts[:1]]) if closed else pts)
-        ImageDraw.Draw(self.img).line(px, fill=colour, width=max(1, round(width * self.size)), joint="curve")
+        w = max(1, round(width * self.size))
+        ImageDraw.Draw(self.img).line(px, fill=colour, width=w, joint="curve")
+
+
+class _Portrait:
+    """One dog drawn from one feature dict, back to front; all geometry in design units."""
+
+    LINE = 0.006  # outline width
+    MOUTH: Colour = (28, 20, 20)
+
+    def __init__(self, f: dict[str, float], size: int) -> None:
+        self.f = f
+        # Backgrounds follow gently bent colour paths (a hue circle bends back on itself, so far
+        # hues would look no further apart than middling ones). The frame and the halo behind
+        # the head take one feature each: features that share no pixels add up in a pixel
+        # distance, where several stacked on the same pixels would mask one another.
+        self.cv = _Canvas(size, _path(FRAME_PATH, f["bg_hue"]))
+        coat = _path(COAT_PATH, f["coat"])
+        luma = 0.3 * coat[0] + 0.59 * coat[1] + 0.11 * coat[2]
+        self.coat = _mix(coat, (luma, luma, luma + 6), 0.9 * _ramp(f["coat_grey"], 0.4, 1.0))
+        self.second = _path(SECOND_PATH, f["second"])
+        self.ink = _mix(self.coat, (20, 16, 16), 0.72)  # outlines: a dark shade of the coat
+        self.cx, self.cy = 0.5, 0.46
+        self.a = _lerp(0.19, 0.27, f["head_width"])  # head half-width
+        self.b = _lerp(0.18, 0.25, f["head_height"])  # head half-height
+        self.eye_dx = self.a * _lerp(0.32, 0.52, f["eye_spacing"])
+        self.eye_y = self.cy - self.b * _lerp(0.02, 0.3, f["eye_height"])
+        self.eye_r = self.a * _lerp(0.10, 0.17, f["eye_size"])
+
+    def head_point(self, theta: np.ndarray) -> np.ndarray:
+        """Points [n, 2] on the head outline; theta = -pi/2 is the top, y grows downwards."""
+        f, c, s = self.f, np.cos(theta), np.sin(theta)
+        low = np.clip(s, 0.0, None)  # jowls and chin act on the lower half only
+        jowl = 0.24 * f["jowls"] * np.sin(2 * theta) ** 2
+        xf = 1.0 - 0.32 * f["chin_taper"] * low**2 + jowl * low
+        return np.stack([self.cx + self.a * c * xf, self.cy + self.b * s * (1 + 0.1 * low)], -1)
+
+    def draw(self) -> Image.Image:
+        r = _lerp(0.36, 0.47, self.f["halo_size"])
+        self.cv.fill(_ellipse(0.5, 0.5, r, r, 120), _path(HALO_PATH, self.f["halo_hue"]))
+        self.body()
+        self.head()
+        for side in (-1.0, 1.0):
+            self.ear(side)
+        self.eyes()
+        self.muzzle()
+        return self.cv.img
+
+    def body(self) -> None:
+        """Neck and shoulders, with the chest bib and the collar clipped to them."""
+        f, cv, cx, cy, b = self.f, self.cv, self.cx, self.cy, self.b
+        nw = self.a * _lerp(0.5, 0.8, f["neck_width"])
+        left = _bezier(
+            [(cx - nw, cy + 0.3 * b), (cx - nw, cy + b + 0.1), (cx - 0.3, 0.88), (cx - 0.38, 1.02)]
+        )
+        body = _mirrored(left, cx)
+        cv.fill(body, self.coat)
+        clip = cv.mask(body)
+        yc, bw = cy + b + 0.02, _lerp(0.06, 0.16, f["chest_width"])
+        bib = _bezier([(cx, yc), (cx - bw * 0.6, yc), (cx - bw, 0.92), (cx - bw * 1.1, 1.02)])
+        cv.fill(_mirrored(bib, cx), LIGHT, _ramp(f["chest"], 0.35, 0.95), clip)
+        band = np.concatenate([_ellipse(cx, yc + dy, nw * 1.3, 0.06, 60) for dy in (0, 0.035)])
+        cv.fill(band[30:90], _hsv(0.8 * f["collar_hue"], 0.72, 0.78), 1.0, clip)
+        cv.stroke(body[: len(left)], self.ink, self.LINE)
+        cv.stroke(body[len(left) :], self.ink, self.LINE)
+
+    def head(self) -> None:
+        """The head, then its markings clipped to it, then its outline."""
+        f, cv, cx, cy, a, b = self.f, self.cv, self.cx, self.cy, self.a, self.b
+        ex, ey, er = self.eye_dx, self.eye_y, self.eye_r
+        head = self.head_point(np.linspace(-math.pi / 2, 1.5 * math.pi, 180, endpoint=False))
+        cv.fill(head, self.coat)
+        clip = cv.mask(head)
+        phase = f["spot_phase"] * 2 * math.pi
+        for i in range(9):  # fixed spot sites that drift and swell as spot_phase turns
+            ang = i * 2.4 + 0.9 * math.sin(phase + i)
+            rad = 0.55 + 0.3 * math.sin(i * 1.9 + 0.8 * math.cos(phase - i))
+            r = a * (0.07 + 0.05 * math.sin(phase * 2 + i * 1.3) ** 2)
+            x, y = cx + a * rad * math.cos(ang), cy + b * rad * math.sin(ang)
+            spot = _ellipse(x, y, r, r * 0.85, 36)
+            cv.fill(spot, self.second, _ramp(f["spots"], 0.55, 0.85), clip)
+        # Eye patches: patch_side slides one patch from the left eye to the right one.
+        sides = ((-1, 1.5 - 2 * f["patch_side"]), (1, 2 * f["patch_side"] - 0.5))
+        for side, w in sides:
+            patch = _ellipse(cx + side * ex * 1.05, ey - 0.01, er * 2.4, er * 2.1)
+            cv.fill(patch, self.second, _ramp(f["patch"], 0.5, 0.8) * min(1.0, max(0.0, w)), clip)
+        bw, top, low = a * _lerp(0.06, 0.22, f["blaze_width"]), cy - 1.05 * b, cy + 0.2 * b
+        blaze = np.array([(cx - bw / 2, top), (cx + bw / 2, top), (cx + bw, low), (cx - bw, low)])
+        cv.fill(blaze, LIGHT, _ramp(f["blaze"], 0.45, 0.8), clip)
+        for side in (-1, 1):  # tan "eyebrow" spots, as on rottweilers and dobermanns
+            brow = _ellipse(cx + side * ex * 0.95, ey - er * 2.0, er * 0.75, er * 0.5, 36)
+            cv.fill(brow, (200, 138, 70), _ramp(f["brows"], 0.55, 0.85), clip)
+        cv.stroke(head, self.ink, self.LINE, closed=True)
+
+    def ear(self, s: float) -> None:
+        """One ear (s = -1 left, +1 right), drawn over the head outline.
+
+        One construction for every breed: the base sits on the head outline, and the direction,
+        length, width and tip roundness blend continuously from erect-pointed (ear_flop = 0) to
+        floppy-hanging (ear_flop = 1), so no value of z switches ear type abruptly.
+        """
+        f, a, b = self.f, self.a, self.b
+        flop = f["ear_flop"]
+        length = b * _lerp(0.9, 1.45, f["ear_size"]) * (1.1 + 0.2 * flop)
+        half = a * _lerp(0.18, 0.3, f["ear_width"]) * (0.85 + 0.2 * flop)  # base half-width
+        anchor = self.head_point(
+            np.array(-math.pi / 2 + s * (_lerp(0.5, 1.0, f["ear_spread"]) + 0.45 * flop))
+        )
+        head_c = np.array([self.cx, self.cy])
+        inward = (head_c - anchor) / np.linalg.norm(head_c - anchor)
+        mid = anchor + inward * half * 0.6  # sunk into the head, so the flat base never shows
+        # The ear swings outwards from up (tilted by ear_spread) to hanging down, with its base
+        # turning along: a tip slid from up to down would pass the base and give stubby ears.
+        psi = s * _lerp(_lerp(0.2, 0.6, f["ear_spread"]), math.pi - 0.2, flop)  # from vertical
+        u = np.array([math.sin(psi), -math.cos(psi)])
+        w = s * np.array([-u[1], u[0]])  # across the ear, outwards while it stands up
+        tip = mid + length * u
+        bulge = half * (0.3 + 0.4 * flop)
+        # Round tips arrive across the ear axis, pointed ones along it.
+        rnd = min(1.0, _lerp(0.0, 0.4, f["ear_tip_round"]) + 0.8 * flop)
+        sides = []
+        for n in (-w, w):
+            base, near_tip = mid + n * half, tip - u * 0.2 * length * (1 - rnd) + n * half * rnd
+            sides.append([base, base + u * 0.45 * length + n * bulge, near_tip, tip])
+        outline = np.concatenate([_bezier(sides[0]), _bezier(sides[1][::-1])])
+        colour = _mix(self.coat, self.second, 0.8 * f["ear_dark"])
+        self.cv.fill(outline, colour)
+        centre = mid + u * 0.4 * length
+        inner_alpha = (1 - flop) ** 2 * _lerp(0.35, 0.9, f["ear_inner"])  # hidden as ears fold
+        self.cv.fill(centre + (outline - centre) * 0.6, _mix(PINK, colour, 0.45), inner_alpha)
+        self.cv.stroke(outline, self.ink, self.LINE)
+
+    def eyes(self) -> None:
+        """Dark rim, coloured iris, pupil and a highlight."""
+        iris, r, y = _path(EYE_PATH, self.f["eye_colour"]), self.eye_r, self.eye_y
+        for side in (-1, 1):
+            x = self.cx + side * self.eye_dx
+            self.cv.fill(_ellipse(x, y, r, r * 1.08), (24, 18, 16))
+            self.cv.fill(_ellipse(x, y, r * 0.78, r * 0.85), iris)
+            self.cv.fill(_ellipse(x, y + r * 0.05, r * 0.45, r * 0.5), (16, 12, 12))
+            glint = _ellipse(x - r * 0.3, y - r * 0.35, r * 0.22, r * 0.22, 24)
+            self.cv.fill(glint, (255, 255, 255))
+
+    def muzzle(self) -> None:
+        """Muzzle, dark mask, tongue, mouth and nose."""
+        f, cv, cx = self.f, self.cv, self.cx
+        my = self.cy + self.b * _lerp(0.42, 0.68, f["snout_length"])
+        mw = self.a * _lerp(0.4, 0.62, f["snout_width"])
+        mh = self.b * _lerp(0.36, 0.6, f["snout_length"])
+        muzzle = _ellipse(cx, my, mw, mh)
+        cv.fill(muzzle, _mix(self.coat, LIGHT, _lerp(0.0, 0.85, f["muzzle_light"])))
+        mask = _ellipse(cx, my - mh * 0.1, mw * 1.12, mh * 1.12)
+        cv.fill(mask, self.second, 0.9 * _ramp(f["mask"], 0.5, 0.85))
+        cv.stroke(muzzle[8:29], self.ink, self.LINE * 0.8)  # the chin line
+        mouth_y, curl = my + mh * 0.32, _lerp(0.1, 0.55, f["smile"])
+        tongue_len = mh * 1.1 * _ramp(f["tongue"], 0.3, 1.0)
+        if tongue_len > 0:
+            tw = mw * 0.34
+            lolling = _ellipse(cx, mouth_y + tongue_len * 0.55, tw, tongue_len * 0.55 + 0.004)[:37]
+            cv.fill(np.concatenate([[(cx - tw, mouth_y)], lolling, [(cx + tw, mouth_y)]]), PINK)
+            groove = np.array([(cx, mouth_y), (cx, mouth_y + tongue_len * 0.7)])
+            cv.stroke(groove, (196, 80, 100), self.LINE * 0.6)
+        for s in (-1, 1):
+            lip = np.array([(0, 0), (0.2 * s, curl), (0.55 * s, curl), (0.7 * s, -0.2 * curl)])
+            cv.stroke(_bezier(lip * [mw, mh] + [cx, mouth_y]), self.MOUTH, self.LINE)
+        ny, nr = my - mh * 0.42, self.a * _lerp(0.13, 0.26, f["nose_size"])
+        nose = np.concatenate([_mirrored(_bezier(NOSE_LOWER), 0.0), _bezier(NOSE_UPPER)])
+        liver = f["nose_colour"] ** 2  # mostly black noses, some liver ones
+        cv.fill(nose * nr + [cx, ny], _mix((22, 18, 18), (112, 62, 44), liver))
+        cv.stroke(np.array([(cx, ny + nr * 0.7), (cx, mouth_y)]), self.MOUTH, self.LINE)
+        shine = _ellipse(cx - nr * 0.35, ny - nr * 0.3, nr * 0.3, nr * 0.16, 24)
+        cv.fill(shine, (236, 236, 236), 0.75)
 
 
 class SketchRenderer:
@@ -195,153 +377,16 @@ class SketchRenderer:
     name = "sketch"
 
     def __init__(self, size: int = 512, supersample: int = 2) -> None:
+        if size < 16 or supersample < 1:
+            raise RenderError("sketch renderer needs size >= 16 and supersample >= 1")
         self.size = size
         self.supersample = supersample  # drawn this many times larger, then LANCZOS-reduced
 
     def render(self, z: np.ndarray) -> Image.Image:
-        f = features(z)
-        img = _draw(f, self.size * self.supersample)
+        """The portrait of z, size x size RGB; identical pixels for identical z."""
+        img = _Portrait(features(z), self.size * self.supersample).draw()
         return img.resize((self.size, self.size), Image.Resampling.LANCZOS)
 
 
-def _draw(f: dict[str, float], size: int) -> Image.Image:
-    """The portrait for one feature dict; all geometry in design units ([0, 1]^2)."""
-    # Backgrounds blend along straight lines in RGB (a hue circle bends back on itself, so far
-    # hues would look no further apart than middling ones). The frame and the halo behind the
-    # head take one feature each: features that share no pixels add up in a pixel distance,
-    # where several stacked on the same pixels would mask one another.
-    cv = _Canvas(size, _mix(FRAME_ENDS[0], FRAME_ENDS[1], f["bg_hue"]))
-    halo = _ellipse(0.5, 0.5, _lerp(0.36, 0.47, f["halo_size"]), _lerp(0.36, 0.47, f["halo_size"]), 120)
-    cv.fill(halo, _mix(HALO_ENDS[0], HALO_ENDS[1], f["halo_hue"]))
-
-    coat = _path(COAT_PATH, f["coat"])
-    luma = 0.3 * coat[0] + 0.59 * coat[1] + 0.11 * coat[2]
-    coat = _mix(coat, (luma, luma, luma + 6), 0.9 * _ramp(f["coat_grey"], 0.4, 1.0))
-    second = _path(SECOND_PATH, f["second"])
-    ink = _mix(coat, (20, 16, 16), 0.72)  # outlines: a darker shade of the coat, not pure black
-    line = 0.006
-
-    cx, cy = 0.5, 0.46
-    a = _lerp(0.19, 0.27, f["head_width"])  # head half-width
-    b = _lerp(0.18, 0.25, f["head_height"])  # head half-height
-
-    def head_point(theta: np.ndarray) -> np.ndarray:
-        c, s = np.cos(theta), np.sin(theta)
-        low = np.clip(s, 0.0, None)  # jowls and chin act on the lower half only
-        xf = 1.0 - 0.32 * f["chin_taper"] * low**2 + 0.24 * f["jowls"] * np.sin(2 * theta) ** 2 * low
-        return np.stack([cx + a * c * xf, cy + b * s * (1.0 + 0.1 * low)], axis=-1)
-
-    head = head_point(np.linspace(-math.pi / 2, 1.5 * math.pi, 180, endpoint=False))
-
-    # Neck and shoulders, with collar and chest patch clipped to them.
-    nw = a * _lerp(0.5, 0.8, f["neck_width"])
-    top, bottom = cy + 0.3 * b, 1.02
-    left = _bezier(*(np.array(p) for p in [(cx - nw, top), (cx - nw, cy + b + 0.1), (cx - 0.3, bottom - 0.14), (cx - 0.38, bottom)]))
-    body = np.concatenate([left, left[::-1] * [-1, 1] + [2 * cx, 0]])
-    cv.fill(body, coat)
-    body_mask = cv.mask(body)
-    yc = cy + b + 0.02
-    bib_w = _lerp(0.06, 0.16, f["chest_width"])
-    bib = _bezier(*(np.array(p) for p in [(cx, yc), (cx - bib_w * 0.6, yc), (cx - bib_w, bottom - 0.1), (cx - bib_w * 1.1, bottom)]))
-    bib = np.concatenate([bib, bib[::-1] * [-1, 1] + [2 * cx, 0]])
-    cv.fill(bib, LIGHT, _ramp(f["chest"], 0.35, 0.95), body_mask)
-    collar = np.concatenate([_ellipse(cx, yc, nw * 1.3, 0.06, 60)[30:], _ellipse(cx, yc + 0.035, nw * 1.3, 0.06, 60)[:30]])
-    cv.fill(collar, _hsv(0.8 * f["collar_hue"], 0.72, 0.78), 1.0, body_mask)
-    cv.stroke(left, ink, line)
-    cv.stroke(left * [-1, 1] + [2 * cx, 0], ink, line)
-
-    # Head, then markings clipped to it.
-    cv.fill(head, coat)
-    head_mask = cv.mask(head)
-    eye_dx = a * _lerp(0.32, 0.52, f["eye_spacing"])
-    eye_y = cy - b * _lerp(0.02, 0.3, f["eye_height"])
-    eye_r = a * _lerp(0.10, 0.17, f["eye_size"])
-    phase = f["spot_phase"] * 2 * math.pi
-    for i in range(9):  # fixed spot sites that drift and swell with spot_phase
-        ang = i * 2.4 + 0.9 * math.sin(phase + i)
-        rad = 0.55 + 0.3 * math.sin(i * 1.9 + 0.8 * math.cos(phase - i))
-        r = a * (0.07 + 0.05 * math.sin(phase * 2 + i * 1.3) ** 2)
-        cv.fill(_ellipse(cx + a * rad * math.cos(ang), cy + b * rad * math.sin(ang), r, r * 0.85, 36), second, _ramp(f["spots"], 0.55, 0.85), head_mask)
-    patch_a = _ramp(f["patch"], 0.5, 0.8)
-    for side, w in ((-1, min(1.0, max(0.0, 1.5 - 2 * f["patch_side"]))), (1, min(1.0, max(0.0, 2 * f["patch_side"] - 0.5)))):
-        cv.fill(_ellipse(cx + side * eye_dx * 1.05, eye_y - 0.01, eye_r * 2.4, eye_r * 2.1), second, patch_a * w, head_mask)
-    bw = a * _lerp(0.06, 0.22, f["blaze_width"])
-    blaze = np.array([(cx - bw * 0.5, cy - b * 1.05), (cx + bw * 0.5, cy - b * 1.05), (cx + bw, cy + 0.2 * b), (cx - bw, cy + 0.2 * b)])
-    cv.fill(blaze, LIGHT, _ramp(f["blaze"], 0.45, 0.8), head_mask)
-    for side in (-1, 1):  # tan "eyebrow" spots, as on rottweilers and dobermanns
-        cv.fill(_ellipse(cx + side * eye_dx * 0.95, eye_y - eye_r * 2.0, eye_r * 0.75, eye_r * 0.5, 36), (200, 138, 70), _ramp(f["brows"], 0.55, 0.85), head_mask)
-
-    cv.stroke(head, ink, line, closed=True)
-
-    # Ears, drawn over the head outline: one construction whose control points blend from erect-pointed to floppy-hanging.
-    flop = f["ear_flop"]
-    ear_len = b * _lerp(0.8, 1.35, f["ear_size"]) * (1.15 - 0.15 * flop)
-    phi = _lerp(0.45, 0.9, f["ear_spread"]) + 0.3 * flop  # base: radians from the head's top
-    delta = _lerp(0.22, 0.38, f["ear_width"])
-    ear_rgb = _mix(coat, second, 0.8 * f["ear_dark"])
-    roundness = min(1.0, _lerp(0.0, 0.4, f["ear_tip_round"]) + 0.8 * flop)  # erect ears: pointed
-    for s in (-1.0, 1.0):
-        theta = -math.pi / 2 + s * phi
-        b_in, b_out = head_point(np.array([theta - s * delta, theta + s * delta]))
-        mid = (b_in + b_out) / 2
-        psi = s * _lerp(0.2, 0.6, f["ear_spread"])
-        tip_up = mid + ear_len * np.array([math.sin(psi), -math.cos(psi)])
-        tip_down = np.array([b_out[0] + s * a * 0.06, mid[1] + ear_len * 1.3])
-        tip = tip_up + (tip_down - tip_up) * flop
-        u = (tip - mid) / np.linalg.norm(tip - mid)
-        half = np.linalg.norm(b_out - b_in) / 2 * (0.85 + 0.75 * flop)
-        n_in, n_out = (b_in - mid) / np.linalg.norm(b_in - mid), (b_out - mid) / np.linalg.norm(b_out - mid)
-        bulge = half * (0.3 + 0.6 * flop)
-
-        def edge(scale: float, centre: np.ndarray) -> np.ndarray:
-            p = [b_in, b_in + u * 0.45 * ear_len + n_in * bulge, tip + (-u * 0.2 * ear_len) * (1 - roundness) + n_in * half * roundness]
-            q = [tip + (-u * 0.2 * ear_len) * (1 - roundness) + n_out * half * roundness, b_out + u * 0.45 * ear_len + n_out * bulge, b_out]
-            pts = np.concatenate([_bezier(p[0], p[1], p[2], tip), _bezier(tip, q[0], q[1], q[2])])
-            return centre + (pts - centre) * scale
-
-        outer = edge(1.0, mid)
-        cv.fill(outer, ear_rgb)
-        inner_alpha = (1 - flop) ** 2 * _lerp(0.35, 0.9, f["ear_inner"])
-        cv.fill(edge(0.6, mid + u * 0.4 * ear_len), _mix(PINK, ear_rgb, 0.45), inner_alpha)
-        cv.stroke(outer, ink, line)
-
-    # Eyes: dark rim, coloured iris, pupil and a highlight.
-    iris = _path(EYE_PATH, f["eye_colour"])
-    for side in (-1, 1):
-        ex = cx + side * eye_dx
-        cv.fill(_ellipse(ex, eye_y, eye_r, eye_r * 1.08), (24, 18, 16))
-        cv.fill(_ellipse(ex, eye_y, eye_r * 0.78, eye_r * 0.85), iris)
-        cv.fill(_ellipse(ex, eye_y + eye_r * 0.05, eye_r * 0.45, eye_r * 0.5), (16, 12, 12))
-        cv.fill(_ellipse(ex - eye_r * 0.3, eye_y - eye_r * 0.35, eye_r * 0.22, eye_r * 0.22, 24), (255, 255, 255))
-
-    # Muzzle, mask, nose, mouth, tongue.
-    my = cy + b * _lerp(0.42, 0.68, f["snout_length"])
-    mw = a * _lerp(0.4, 0.62, f["snout_width"])
-    mh = b * _lerp(0.36, 0.6, f["snout_length"])
-    muzzle = _ellipse(cx, my, mw, mh)
-    cv.fill(muzzle, _mix(coat, LIGHT, _lerp(0.0, 0.85, f["muzzle_light"])))
-    cv.fill(_ellipse(cx, my - mh * 0.1, mw * 1.12, mh * 1.12), second, 0.9 * _ramp(f["mask"], 0.5, 0.85))
-    cv.stroke(muzzle[8:29], ink, line * 0.8)
-    mouth_y = my + mh * 0.32
-    curl = _lerp(0.1, 0.55, f["smile"]) * mh
-    tongue_len = mh * 1.1 * _ramp(f["tongue"], 0.3, 1.0)
-    if tongue_len > 0:
-        tw = mw * 0.34
-        tongue = np.concatenate([[(cx - tw, mouth_y)], _ellipse(cx, mouth_y + tongue_len * 0.55, tw, tongue_len * 0.55 + 0.004)[:37], [(cx + tw, mouth_y)]])
-        cv.fill(tongue, PINK)
-        cv.stroke(np.array([(cx, mouth_y), (cx, mouth_y + tongue_len * 0.7)]), (196, 80, 100), line * 0.6)
-    for s in (-1, 1):
-        cv.stroke(_bezier(*(np.array(p) for p in [(cx, mouth_y), (cx + s * mw * 0.2, mouth_y + curl), (cx + s * mw * 0.55, mouth_y + curl), (cx + s * mw * 0.7, mouth_y - curl * 0.2)])), (28, 20, 20), line)
-    nose_y = my - mh * 0.42
-    nr = a * _lerp(0.13, 0.26, f["nose_size"])
-    nose_rgb = _mix((22, 18, 18), (112, 62, 44), f["nose_colour"] ** 2)  # mostly black, some liver
-    nose = _bezier(np.array([cx - nr, nose_y - nr * 0.35]), np.array([cx - nr * 1.1, nose_y + nr * 0.7]), np.array([cx - nr * 0.3, nose_y + nr * 0.75]), np.array([cx, nose_y + nr * 0.75]))
-    nose = np.concatenate([nose, nose[::-1] * [-1, 1] + [2 * cx, 0], _bezier(np.array([cx + nr, nose_y - nr * 0.35]), np.array([cx + nr * 0.6, nose_y - nr * 0.75]), np.array([cx - nr * 0.6, nose_y - nr * 0.75]), np.array([cx - nr, nose_y - nr * 0.35]))])
-    cv.fill(nose, nose_rgb)
-    cv.stroke(np.array([(cx, nose_y + nr * 0.7), (cx, mouth_y)]), (28, 20, 20), line)
-    cv.fill(_ellipse(cx - nr * 0.35, nose_y - nr * 0.3, nr * 0.3, nr * 0.16, 24), (236, 236, 236), 0.75)
-    return cv.img
-
-
-if "sketch" not in RENDERERS:  # the module may be imported under two names in tests
+if "sketch" not in RENDERERS:  # re-imports (importlib.reload in tests) must not collide
     RENDERERS.add("sketch", SketchRenderer)

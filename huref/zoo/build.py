@@ -263,7 +263,12 @@ def _run_phase(jobs: list[tuple[Callable[..., list[dict]], tuple]], workers: int
 
 
 def recipe_hash(preset: Preset, stories: Path | None) -> str:
-    blob = json.dumps({"v": ZOO_VERSION, "preset": preset.recipe(), "stories": bool(stories)}, sort_keys=True)
+    """Preset, stories flag and the zoo's own source code: a changed recipe rebuilds the zoo."""
+    code = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(f.read_bytes())
+    blob = json.dumps({"v": ZOO_VERSION, "preset": preset.recipe(), "stories": bool(stories),
+                       "code": code.hexdigest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -337,6 +342,16 @@ def build_zoo(dest: str | Path, preset: str = "tiny", stories: Path | None = Non
         raise
     log.info("zoo built in %.1f s at %s", time.time() - t0, dest)
     return dest
+
+
+def default_stories() -> Path | None:
+    """../shared/models/stories260K/stories260K.bin beside the checkout, or $HUREF_STORIES."""
+    env = os.environ.get("HUREF_STORIES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2]
+    cand = here.parent / "shared" / "models" / "stories260K" / "stories260K.bin"
+    return cand if cand.is_file() else None
 
 
 def load_manifest(zoo: str | Path) -> dict:

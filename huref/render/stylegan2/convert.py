@@ -40,16 +40,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _standalone(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous float32 CPU copy: safetensors refuses shared or strided tensors."""
+    return t.detach().to("cpu", torch.float32).contiguous().clone()
+
+
 def save_generator(generator: Generator, out: str | Path, source_sha256: str = "") -> Path:
     """Write ``generator`` as safetensors atomically (temp file in the same folder, rename)."""
     out = Path(out)
     if not out.parent.is_dir():
         raise RenderError(f"output folder {out.parent} does not exist")
-    # clone: safetensors refuses tensors that share memory or are non-contiguous views
-    tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous().clone()
-        for k, v in generator.state_dict().items()
-    }
+    tensors = {k: _standalone(v) for k, v in generator.state_dict().items()}
     metadata = {
         "format": "pt",
         META_KIND: KIND,
@@ -103,17 +104,14 @@ def load_generator_safetensors(path: str | Path, device: str = "cpu") -> Generat
             names = set(f.keys())
             missing, unclaimed = sorted(set(expected) - names), sorted(names - set(expected))
             if missing or unclaimed:
-                what = (
-                    f"lacks tensor {missing[0]}"
-                    if missing
-                    else f"has unexpected tensor {unclaimed[0]}"
-                )
-                raise RenderError(f"{path} {what}")
+                if missing:
+                    raise RenderError(f"{path} lacks tensor {missing[0]}")
+                raise RenderError(f"{path} has unexpected tensor {unclaimed[0]}")
             for name, target in expected.items():
                 shape = list(f.get_slice(name).get_shape())
                 if shape != list(target.shape):
                     raise RenderError(
-                        f"{path}: {name} has shape {shape}, expected {list(target.shape)}"
+                        f"{path}: {name} has shape {shape}, expected {list(target.shape)}",
                     )
                 target.copy_(f.get_tensor(name).to(torch.float32))
     except (OSError, json.JSONDecodeError) as exc:

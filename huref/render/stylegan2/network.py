@@ -103,5 +103,5 @@ def _check_keys(what: str, given: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(given) - known)
     if unknown:
         raise RenderError(
-            f"unsupported {what} in the generator configuration: {', '.join(unknown)}"
+            f"unsupported {what} in the generator configuration: {', '.join(unknown)}",
         )

@@ -81,7 +81,11 @@ def fully_connected(
     bias_gain: float,
     act: str = "linear",
 ) -> torch.Tensor:
-    """Equalised-learning-rate dense layer: ``act(x @ (weight * weight_gain)^T + bias * bias_gain)``."""
+    """Equalised-learning-rate dense layer: ``act(x @ (weight * wg)^T + bias * bg)``.
+
+    The gains are applied at run time (not baked into the stored weights) because that is how
+    the checkpoints store them: ``weight`` is N(0, 1) / lr_multiplier at init.
+    """
     w = weight * weight_gain  # [out, in]
     b = bias * bias_gain if (bias is not None and bias_gain != 1) else bias
     if act == "linear" and b is not None:

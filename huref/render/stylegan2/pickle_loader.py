@@ -68,8 +68,11 @@ def _load_from_bytes(data: Any) -> Any:
         raise UnsafeFileError(f"storage blob is a {type(data).__name__}, not bytes")
     try:
         storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"storage blob refused by torch.load(weights_only=True): {exc}")
+    except pickle.UnpicklingError as exc:  # what weights_only raises on a refused global
+        msg = f"storage blob refused by torch.load(weights_only=True): {exc}"
+        raise UnsafeFileError(msg.splitlines()[0]) from None
+    except Exception as exc:  # truncated blob, absurd sizes: corrupt, not malicious
+        raise RenderError(f"corrupt storage blob: {str(exc).splitlines()[0]}") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise UnsafeFileError(f"storage blob holds a {type(storage).__name__}, not a storage")
     return storage
@@ -103,7 +106,8 @@ def _rebuild_tensor_v2(
             dtype, untyped = torch.uint8, storage
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = untyped.nbytes() // itemsize
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
+    span = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    last = storage_offset + span if all(size) else -1  # an empty view touches no element
     if storage_offset < 0 or last >= numel:
         raise UnsafeFileError(f"tensor view [{storage_offset}, {last}] exceeds storage of {numel}")
     return torch.empty((0,), dtype=dtype).set_(untyped, storage_offset, size, stride)
@@ -180,13 +184,13 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafeFileError(
-                f"refused global {module}.{name}: not one of the {len(_ALLOWED)} globals a "
-                "stylegan2-ada-pytorch checkpoint may reference (nothing was executed)"
+                f"refused global {module}.{name}: not on the allowlist of what a "
+                "stylegan2-ada-pytorch checkpoint needs (nothing was executed)"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeFileError(
-            f"refused persistent id {str(pid)[:60]!r}: official stylegan2 pickles use none"
+            f"refused persistent id {str(pid)[:60]!r}: official stylegan2 pickles use none",
         )
 
 
@@ -205,11 +209,13 @@ def load_stylegan_pickle_stream(stream: BinaryIO, source: str = "<stream>") -> d
         payload = io.BytesIO(head + stream.read())
     try:
         data = RestrictedUnpickler(payload).load()
-    except UnsafeFileError:
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"{source}: {exc}") from None
+    except RenderError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        # TypeError/AttributeError: an allowed callable used with the wrong arguments
-        raise RenderError(f"{source} is not a readable stylegan2 pickle: {exc}") from exc
+    except Exception as exc:  # truncated stream, or allowed callables used with bad arguments
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RenderError(f"{source} is not a readable stylegan2 pickle: {first}") from exc
     if not isinstance(data, dict):
         raise RenderError(f"{source} holds a {type(data).__name__}, not the official dict")
     return data

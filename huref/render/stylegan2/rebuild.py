@@ -82,7 +82,7 @@ def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
         raise RenderError(f"{where}: expected a {expected} record, found {type(record).__name__}")
     if record.class_name != expected:
         raise RenderError(
-            f"{where}: unknown or misplaced class {record.class_name!r} (expected {expected})"
+            f"{where}: unknown or misplaced class {record.class_name!r} (expected {expected})",
         )
     state = record.state
     for attr, ours in getattr(module, "official_attrs", dict)().items():
@@ -100,13 +100,13 @@ def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
         raise RenderError(f"checkpoint lacks tensor {where}.{missing[0]}")
     if unclaimed:
         raise RenderError(
-            f"checkpoint tensor {where}.{unclaimed[0]} is not part of the StyleGAN2 structure"
+            f"checkpoint tensor {where}.{unclaimed[0]} is not part of the StyleGAN2 structure",
         )
     for name, target in ours_t.items():
         source = theirs_t[name]
         if tuple(source.shape) != tuple(target.shape):
             raise RenderError(
-                f"{where}.{name} has shape {list(source.shape)}, expected {list(target.shape)}"
+                f"{where}.{name} has shape {list(source.shape)}, expected {list(target.shape)}",
             )
         if not (source.is_floating_point() and torch.isfinite(source).all()):
             raise RenderError(f"{where}.{name} is not a finite floating-point tensor")

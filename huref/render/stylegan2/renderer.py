@@ -33,12 +33,10 @@ def to_pil(img: torch.Tensor, size: int = OUTPUT_SIZE) -> Image.Image:
         raise RenderError(f"cannot make an RGB image from a tensor of shape {tuple(img.shape)}")
     pixels = (img.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # [H, W, C]
     array = pixels.cpu().numpy()
-    image = (
-        Image.fromarray(array[:, :, 0], "L")
-        if array.shape[2] == 1
-        else Image.fromarray(array, "RGB")
-    )
-    image = image.convert("RGB")
+    if array.shape[2] == 1:  # grey-level generators: repeat the channel
+        image = Image.fromarray(array[:, :, 0], "L").convert("RGB")
+    else:
+        image = Image.fromarray(array, "RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return image
@@ -85,7 +83,7 @@ class StyleGAN2Renderer:
     ) -> None:
         if generator.z_dim > Z_DIM:
             raise RenderError(
-                f"generator wants z of {generator.z_dim} values but renderers get {Z_DIM}"
+                f"generator wants z of {generator.z_dim} values but renderers get {Z_DIM}",
             )
         if not math.isfinite(psi):
             raise RenderError(f"truncation psi {psi!r} is not a finite number")
@@ -105,7 +103,10 @@ class StyleGAN2Renderer:
         zt = torch.as_tensor(vec[: self.generator.z_dim], dtype=torch.float32)
         with torch.inference_mode(), strict_float32(self.device):
             img = self.generator(
-                zt.unsqueeze(0).to(self.device), self.psi, self.cutoff, noise_mode="const"
+                zt.unsqueeze(0).to(self.device),
+                self.psi,
+                self.cutoff,
+                noise_mode="const",
             )
         return img[0].float().cpu()
 

@@ -54,9 +54,8 @@ class SynthesisLayer(nn.Module):
         self.act_gain = ops.activation_default_gain(activation)
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         # registration order = official state_dict order: weight, noise_strength, bias
-        self.weight = nn.Parameter(
-            torch.zeros([out_channels, in_channels, kernel_size, kernel_size])
-        )
+        shape = [out_channels, in_channels, kernel_size, kernel_size]
+        self.weight = nn.Parameter(torch.zeros(shape))
         self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         if use_noise:
             self.register_buffer("noise_const", torch.zeros([resolution, resolution]))
@@ -98,7 +97,11 @@ class SynthesisLayer(nn.Module):
             resample_filter=self.resample_filter,
         )
         return ops.bias_act(
-            x, self.bias, act=self.activation, gain=self.act_gain, clamp=self.conv_clamp
+            x,
+            self.bias,
+            act=self.activation,
+            gain=self.act_gain,
+            clamp=self.conv_clamp,
         )
 
 
@@ -118,9 +121,8 @@ class ToRGBLayer(nn.Module):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(
-            torch.zeros([out_channels, in_channels, kernel_size, kernel_size])
-        )
+        shape = [out_channels, in_channels, kernel_size, kernel_size]
+        self.weight = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
@@ -262,7 +264,7 @@ class SynthesisNetwork(nn.Module):
             raise RenderError(f"noise_mode {noise_mode!r} is not one of {NOISE_MODES}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise RenderError(
-                f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]"
+                f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]",
             )
         x = img = None
         w_idx = 0

@@ -1,0 +1,118 @@
+"""``huref fingerprint``, ``huref compare`` and ``huref zoo build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from huref.cli.app import app
+from huref.errors import UsageError
+
+zoo_app = typer.Typer(help="Build the CPU model zoo used by tests, benchmarks and the demo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+NOpt = Annotated[int, typer.Option("--n", help="Probe tokens in robust mode.")]
+KeyOpt = Annotated[str | None, typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same).")]
+DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU when present).")]
+FreqOpt = Annotated[Path | None, typer.Option("--frequency-list", help="Paper mode: 'token<TAB>count' lines; the n least frequent are used.")]
+
+
+def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> object:
+    from huref.invariants.extract import Settings
+    from huref.invariants.tokens import DEFAULT_KEY
+
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    bad = [m for m in wanted if m not in ("robust", "paper")]
+    if bad or not wanted:
+        raise UsageError(f"--modes takes robust and/or paper, got {modes!r}")
+    if n < 16 or paper_n < 16:
+        raise UsageError("--n and --paper-n must be at least 16")
+    return Settings(n=n, paper_n=paper_n, modes=wanted, key=key.encode() if key else DEFAULT_KEY, device=device,
+                    frequency_list=freq)
+
+
+@app.command("fingerprint")
+def fingerprint_cmd(
+    model: Annotated[str, typer.Argument(help="Checkpoint to fingerprint.")],
+    out: Annotated[Path, typer.Option("-o", "--output", help="Fingerprint file to write (.safetensors).")],
+    n: NOpt = 512,
+    paper_n: Annotated[int, typer.Option("--paper-n", help="Probe tokens in paper mode.")] = 4096,
+    modes: Annotated[str, typer.Option("--modes", help="robust,paper")] = "robust,paper",
+    token_key: KeyOpt = None,
+    device: DevOpt = "cpu",
+    frequency_list: FreqOpt = None,
+) -> None:
+    """Extract the invariants of one checkpoint into a fingerprint file."""
+    from huref.invariants import fingerprint_model, save_fingerprint
+
+    if out.suffix != ".safetensors":
+        raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
+    fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))  # type: ignore[arg-type]
+    save_fingerprint(fp, out)
+    Console(stderr=True).print(
+        f"wrote {out} ({fp.meta['architecture']['n_layers']} layers, "
+        f"n={fp.robust.n if fp.robust else '-'} robust, {fp.paper.n if fp.paper else '-'} paper) "
+        f"in {fp.timing['total_s']:.1f} s"
+    )
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[str, typer.Argument(help="Checkpoint or fingerprint file.")],
+    b: Annotated[str, typer.Argument(help="Checkpoint or fingerprint file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    n: NOpt = 512,
+    paper_n: Annotated[int, typer.Option("--paper-n")] = 4096,
+    token_key: KeyOpt = None,
+    device: DevOpt = "cpu",
+    frequency_list: FreqOpt = None,
+    no_pcs: Annotated[bool, typer.Option("--no-pcs", help="Skip the parameter cosine (reads all weights).")] = False,
+    registry: Annotated[bool, typer.Option("--registry/--no-registry", help="Use the registry's independent pairs as the Z null.")] = True,
+    fail_on: Annotated[str | None, typer.Option("--fail-on", help="Exit 1 when the verdict is this (e.g. derived).")] = None,
+) -> None:
+    """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
+    from huref.invariants import compare_paths
+
+    null = _registry_null() if registry else None
+    c = compare_paths(a, b, _settings(n, paper_n, token_key, device, frequency_list, "robust,paper"), null,
+                      with_pcs=not no_pcs)
+    if as_json:
+        typer.echo(json.dumps(c.to_json()))
+    else:
+        con = Console()
+        f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+        con.print(f"[bold]{c.a}[/bold] vs [bold]{c.b}[/bold]  ({c.shared_tokens} shared probe tokens)")
+        con.print(f"robust ICS {f(c.ics)}   paper ICS {f(c.ics_paper)}   PCS {f(c.pcs)}")
+        con.print(f"Z {f(c.z)} (null: {c.null['source']})   p {('n/a' if c.log10_p_value is None else f'1e{c.log10_p_value:.1f}')}")
+        con.print("alignment " + ", ".join(f"{x}->{y} ({s:.1f})" for x, y, s in c.layer_alignment))
+        con.print(f"verdict: [bold]{c.verdict}[/bold]  ({c.rule})")
+    if fail_on and c.verdict == fail_on:
+        raise typer.Exit(1)
+
+
+def _registry_null() -> object | None:
+    try:
+        from huref.registry.store import default_null
+    except ImportError:
+        return None
+    return default_null()
+
+
+@zoo_app.command("build")
+def zoo_build_cmd(
+    dest: Annotated[Path, typer.Argument(help="Folder to build the zoo in (reused when its recipe matches).")],
+    preset: Annotated[str, typer.Option("--preset", help="tiny (tests, < 3 min) or demo.")] = "tiny",
+    stories: Annotated[Path | None, typer.Option("--stories", help="stories260K.bin to import (default: ../shared/models/stories260K if present).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching zoo exists.")] = False,
+) -> None:
+    """Build a zoo of bases, derivatives and function-preserving attacks with a zoo.json manifest."""
+    from huref.zoo.build import build_zoo, default_stories
+
+    path = build_zoo(dest, preset, stories or default_stories(), workers, force)
+    doc = json.loads((path / "zoo.json").read_text())
+    Console(stderr=True).print(f"zoo at {path}: {len(doc['models'])} models (built in {doc['build_seconds']} s)")

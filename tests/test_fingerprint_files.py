@@ -1,0 +1,103 @@
+"""Fingerprint files: round trip, CLI compare from files, and refused inputs (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from huref.cli import main
+from huref.invariants import Settings, compare_fingerprints, fingerprint_model, load_fingerprint, save_fingerprint
+from huref.invariants.fpfile import META_KEY
+
+
+def _fp(zoo: Path, name: str, tmp: Path, modes: str = "robust,paper") -> Path:
+    out = tmp / f"{name}-{modes.replace(',', '-')}.safetensors"
+    assert main(["fingerprint", str(zoo / name), "-o", str(out), "--modes", modes]) == 0
+    return out
+
+
+def test_round_trip_preserves_comparison(tiny_zoo: Path, tmp_path: Path) -> None:
+    fa = fingerprint_model(tiny_zoo / "llama-a", Settings())
+    fb = fingerprint_model(tiny_zoo / "llama-a-sft", Settings())
+    pa, pb = save_fingerprint(fa, tmp_path / "a.safetensors"), save_fingerprint(fb, tmp_path / "b.safetensors")
+    c0 = compare_fingerprints(fa, fb)
+    c1 = compare_fingerprints(load_fingerprint(pa), load_fingerprint(pb))
+    assert c1.verdict == c0.verdict == "derived"
+    assert abs(c1.ics - c0.ics) < 1e-3 and abs(c1.ics_paper - c0.ics_paper) < 1e-3
+    assert c1.layer_alignment == c0.layer_alignment
+    meta = load_fingerprint(pa).meta
+    assert meta["model"]["sha256"] and meta["architecture"]["n_layers"] == 4
+
+
+def test_cli_compare_json_from_files_has_documented_fields(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = _fp(tiny_zoo, "llama-a", tmp_path), _fp(tiny_zoo, "llama-b", tmp_path)
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--json", "--no-registry"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("ics", "ics_paper", "pcs", "z", "p_value", "layer_alignment", "verdict"):
+        assert key in out
+    assert out["pcs"] is None  # no weights behind fingerprint files
+    assert out["verdict"] == "independent"
+    assert main(["compare", str(a), str(tiny_zoo / "llama-a-cpt"), "--fail-on", "derived", "--no-registry"]) == 1
+
+
+def _expect_refusal(args: list[str], capsys: pytest.CaptureFixture, needle: str) -> None:
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("huref: error:"), err
+    assert needle in err[0], err[0]
+
+
+def _rewrite_metadata(src: Path, dst: Path, edit) -> None:  # noqa: ANN001
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = edit(header["__metadata__"])
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    dst.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
+
+
+def test_tampered_fingerprint_is_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _fp(tiny_zoo, "llama-a", tmp_path)
+    bad = tmp_path / "tampered.safetensors"
+    raw = bytearray(a.read_bytes())
+    raw[-3] ^= 0xFF  # one byte of the last tensor
+    bad.write_bytes(bytes(raw))
+    _expect_refusal(["compare", str(bad), str(a)], capsys, "seal does not verify")
+
+
+def test_fingerprint_from_other_version_is_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _fp(tiny_zoo, "llama-a", tmp_path)
+    old = tmp_path / "old.safetensors"
+
+    def edit(meta: dict) -> dict:
+        doc = json.loads(meta[META_KEY])
+        doc["format"] = "huref-fingerprint/0"
+        meta[META_KEY] = json.dumps(doc)
+        return meta
+
+    _rewrite_metadata(a, old, edit)
+    _expect_refusal(["compare", str(old), str(a)], capsys, "recompute it")
+
+
+def test_mismatched_modes_are_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    r = _fp(tiny_zoo, "llama-a", tmp_path, "robust")
+    p = _fp(tiny_zoo, "llama-a-sft", tmp_path, "paper")
+    _expect_refusal(["compare", str(r), str(p)], capsys, "mismatched modes")
+
+
+def test_models_without_shared_tokens_are_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if not (tiny_zoo / "stories260k").is_dir():
+        pytest.skip("stories260K is not available outside this project's CI")
+    a = _fp(tiny_zoo, "llama-a", tmp_path)
+    s = _fp(tiny_zoo, "stories260k", tmp_path)
+    _expect_refusal(["compare", str(a), str(s)], capsys, "share only 0")
+
+
+def test_fingerprint_output_name_is_checked_and_nothing_written(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _expect_refusal(["fingerprint", str(tiny_zoo / "llama-a"), "-o", str(tmp_path / "fp.bin")], capsys, ".safetensors")
+    assert list(tmp_path.iterdir()) == []

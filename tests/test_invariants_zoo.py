@@ -1,0 +1,65 @@
+"""Verdicts on the tiny zoo, calibration of the p-values, and layer alignment of pruned models."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from huref.errors import FingerprintError
+from huref.invariants import compare_fingerprints
+
+
+def _derivatives(manifest: dict) -> list[dict]:
+    return [m for m in manifest["models"] if m["root"] != m["name"]]
+
+
+def test_every_derivative_is_derived_with_tiny_p(zoo_manifest: dict, zoo_fingerprints: dict) -> None:
+    rows = []
+    for m in _derivatives(zoo_manifest):
+        c = compare_fingerprints(zoo_fingerprints[m["root"]], zoo_fingerprints[m["name"]])
+        rows.append((m["name"], c.verdict, c.log10_p_value, c.ics))
+        assert c.verdict == "derived", f"{m['name']}: {c.verdict} (ICS {c.ics:.1f}, log10 p {c.log10_p_value})"
+        assert c.log10_p_value is not None and c.log10_p_value < -6
+    assert len(rows) >= 30
+
+
+def test_independent_bases_are_independent(zoo_manifest: dict, zoo_fingerprints: dict) -> None:
+    bases = [m["name"] for m in zoo_manifest["models"] if m["relation"] == "base"]
+    checked = 0
+    for a, b in itertools.combinations(bases, 2):
+        try:
+            c = compare_fingerprints(zoo_fingerprints[a], zoo_fingerprints[b])
+        except FingerprintError as e:  # no shared vocabulary: not comparable, and said so
+            assert "share only" in str(e)
+            continue
+        checked += 1
+        assert c.verdict == "independent", f"{a} vs {b}: {c.verdict} (ICS {c.ics:.1f}, p 1e{c.log10_p_value:.2f})"
+        assert c.log10_p_value is not None and c.log10_p_value >= -2.0, f"{a} vs {b}: p below 0.01"
+    assert checked >= 10
+
+
+def test_depth_pruned_alignment_recovers_kept_layers(zoo_manifest: dict, zoo_fingerprints: dict) -> None:
+    m = next(x for x in zoo_manifest["models"] if x["relation"] == "prune-depth")
+    c = compare_fingerprints(zoo_fingerprints["llama-a"], zoo_fingerprints[m["name"]])
+    kept = m["notes"]["kept_layers"]
+    assert [a for a, _, _ in c.layer_alignment] == kept
+    assert [b for _, b, _ in c.layer_alignment] == list(range(len(kept)))
+
+
+def test_compare_is_symmetric_in_verdict_and_alignment(zoo_fingerprints: dict) -> None:
+    ab = compare_fingerprints(zoo_fingerprints["llama-a"], zoo_fingerprints["llama-a-prune-depth"])
+    ba = compare_fingerprints(zoo_fingerprints["llama-a-prune-depth"], zoo_fingerprints["llama-a"])
+    assert ab.verdict == ba.verdict
+    assert [(a, b) for a, b, _ in ab.layer_alignment] == [(b, a) for a, b, _ in ba.layer_alignment]
+    assert math.isclose(ab.ics, ba.ics, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("other", ["llama-b", "llama-c", "neox-a", "gpt2-a"])
+def test_independent_p_values_are_not_small_per_layer(other: str, zoo_fingerprints: dict) -> None:
+    """The null's per-layer agreement counts stay near their expectation (about one neuron)."""
+    c = compare_fingerprints(zoo_fingerprints["llama-a"], zoo_fingerprints[other])
+    assert c.layer_tests
+    for t in c.layer_tests:
+        assert t["agreements"] <= 6, t
