@@ -36,8 +36,18 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+# Command modules; each registers its commands on ``app`` when imported.
+COMMAND_MODULES = (
+    "huref.cli.inspect_cmd",
+    "huref.cli.science_cmds",
+)
+
+
 def _register() -> None:
-    from huref.cli import inspect_cmd, science_cmds  # noqa: F401  (registers commands)
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> int:
