@@ -1,0 +1,63 @@
+"""One audit, end to end: resolve candidates, gather evidence, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huref.errors import UsageError
+from huref.invariants import Settings
+from huref.report.evidence import Candidate, candidate_from_path, gather
+from huref.report.html import write_report
+
+
+def _registry_candidates(names: list[str] | None) -> tuple[list[Candidate], Any]:
+    """Registered bases (all, or the named ones) and the registry's Z null."""
+    try:
+        from huref.registry.store import Registry, default_null
+    except ImportError:  # pragma: no cover - the registry ships with huref
+        raise UsageError("this huref has no registry support") from None
+    reg = Registry.open_default()
+    out = []
+    for entry in reg.list_bases():
+        if names is None or entry.name in names:
+            out.append(Candidate(entry.name, "registry", reg.load_fingerprint(entry.name), None))
+    return out, default_null()
+
+
+def run_audit(
+    suspect: str | Path,
+    out: str | Path,
+    bases: list[str],
+    use_registry: bool,
+    vectors: list[tuple[Path, Path]],
+    settings: Settings,
+    argv: list[str] | None = None,
+    with_pcs: bool = True,
+    with_dogs: bool = True,
+) -> tuple[dict[str, Any], Path, Path]:
+    candidates: list[Candidate] = []
+    null = None
+    named = []
+    for b in bases:
+        if Path(b).exists():
+            candidates.append(candidate_from_path(b, settings))
+        else:
+            named.append(b)
+    if named or use_registry:
+        reg_cands, null = _registry_candidates(None if use_registry else named)
+        missing = set(named) - {c.name for c in reg_cands}
+        if missing:
+            raise UsageError(f"no such file, and not a registered base: {', '.join(sorted(missing))}")
+        candidates += [c for c in reg_cands if c.name not in {x.name for x in candidates}]
+    active = [_active(suspect, v, k) for v, k in vectors]
+    ev = gather(suspect, candidates, settings, null, active, argv, with_pcs=with_pcs, with_dogs=with_dogs)
+    html_path, json_path = write_report(ev, out)
+    return ev, html_path, json_path
+
+
+def _active(suspect: str | Path, vector: Path, keys: Path) -> dict[str, Any]:
+    """FP-Vec verification of the suspect with one vector's keys."""
+    from huref.fpvec.report import active_evidence
+
+    return active_evidence(suspect, vector, keys)

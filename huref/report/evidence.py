@@ -1,0 +1,169 @@
+"""Gathering the evidence of one audit into a JSON-ready record (report.json).
+
+The HTML report is rendered from this record alone, so the JSON file and the page can never
+disagree. Every section is filled only when its evidence exists: passive comparisons always,
+dog images when the encoder is available, active (FP-Vec) checks when vectors and keys are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from huref import __version__
+from huref.arch import Model, load_model
+from huref.errors import FingerprintError, HurefError, ReportError
+from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
+from huref.invariants.compare import VERDICT_RULE
+from huref.invariants.stats import BUILTIN_NULL, NullModel
+
+log = logging.getLogger(__name__)
+SCHEMA_ID = "huref-report/1"
+
+
+@dataclass
+class Candidate:
+    """A base to compare against: its name, where it came from, its fingerprint."""
+
+    name: str
+    source: str  # a path, or 'registry'
+    fingerprint: Fingerprint
+    model: Model | None = None
+
+
+def _identity(m: Model) -> dict[str, Any]:
+    files = m.ckpt.weight_files()
+    sums = m.ckpt.sha256s()
+    cfg = m.cfg
+    return {
+        "name": m.ckpt.name,
+        "path": str(m.ckpt.path),
+        "format": m.ckpt.format,
+        "architecture": {
+            "family": m.spec.name, "model_type": cfg.model_type, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff, "vocab_size": cfg.vocab_size,
+            "norm": cfg.norm, "gated_mlp": cfg.gated, "tied_embeddings": cfg.tied,
+        },
+        "config_strings": {k: str(v) for k, v in sorted(m.ckpt.config.items()) if isinstance(v, str)},
+        "parameters": m.parameter_count(),
+        "tokenizer": None if m.ckpt.vocab is None else {"size": len(m.ckpt.vocab), "style": m.ckpt.vocab.style},
+        "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sums[p.name]} for p in files],
+    }
+
+
+def candidate_from_path(path: str | Path, settings: Settings) -> Candidate:
+    from huref.invariants.fpfile import is_fingerprint_file, load_fingerprint
+
+    if is_fingerprint_file(path):
+        fp = load_fingerprint(path)
+        return Candidate(fp.name, str(path), fp, None)
+    m = load_model(path)
+    return Candidate(m.ckpt.name, str(path), fingerprint_model(m, settings), m)
+
+
+def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]]) -> dict[str, Any]:
+    """Derived if any base is derived passively (smallest p wins) or any vector verifies (FSR >=
+    0.9 with a clean near-miss control); independent if every base is independent and no vector
+    fires; inconclusive otherwise."""
+    derived = [p for p in passive if p.get("verdict") == "derived"]
+    fired = [a for a in active if a.get("fsr", 0) >= 0.9 and a.get("near_miss_fsr", 0) == 0]
+    if derived or fired:
+        best = min(derived, key=lambda p: (p["log10_p_value"] if p["log10_p_value"] is not None else 0.0,
+                                           -(p["ics"] or 0))) if derived else None
+        why = []
+        if best:
+            why.append(f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f}, "
+                       f"log10 p {best['log10_p_value']:.1f})" if best["log10_p_value"] is not None
+                       else f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f})")
+        for a in fired:
+            why.append(f"active: fingerprint vector {a['vector_name']} answers {a['hits']}/{a['n']} keys")
+        return {"verdict": "derived", "base": best["base"] if best else fired[0].get("base"), "because": why}
+    all_independent = bool(passive) and all(p.get("verdict") == "independent" for p in passive)
+    if all_independent and all(a.get("fsr", 0) == 0 for a in active):
+        return {"verdict": "independent", "base": None,
+                "because": [f"independent of all {len(passive)} candidate base(s); no fingerprint vector fires"]}
+    return {"verdict": "inconclusive", "base": None,
+            "because": ["the evidence does not reach either threshold (see the per-base rows)"]}
+
+
+def gather(
+    suspect: str | Path,
+    candidates: list[Candidate],
+    settings: Settings | None = None,
+    null: NullModel | None = None,
+    active: list[dict[str, Any]] | None = None,
+    argv: list[str] | None = None,
+    with_pcs: bool = True,
+    with_dogs: bool = True,
+) -> dict[str, Any]:
+    """The whole evidence record of one audit."""
+    settings = settings or Settings()
+    started = datetime.now(timezone.utc)
+    if not candidates and not active:
+        raise ReportError("nothing to compare the suspect with: give --base, --registry or --fpvec")
+    sm = load_model(suspect)
+    sfp = fingerprint_model(sm, settings)
+    null = null or BUILTIN_NULL
+    passive: list[dict[str, Any]] = []
+    for c in candidates:
+        try:
+            cmp = compare_fingerprints(c.fingerprint, sfp, null, c.model.ckpt if (with_pcs and c.model) else None,
+                                       sm.ckpt if with_pcs and c.model else None)
+        except FingerprintError as e:
+            passive.append({"base": c.name, "source": c.source, "comparable": False, "error": str(e),
+                            "verdict": None, "ics": None, "ics_paper": None, "pcs": None, "z": None,
+                            "p_value": None, "log10_p_value": None, "layer_alignment": [], "layer_similarity": [],
+                            "shared_tokens": 0, "base_layers": c.fingerprint.n_layers})
+            continue
+        row = cmp.to_json()
+        row.update({"base": c.name, "source": c.source, "comparable": True, "error": None,
+                    "base_layers": c.fingerprint.n_layers})
+        row.pop("a", None)
+        row.pop("b", None)
+        passive.append(row)
+    comparable = [p for p in passive if p["comparable"]]
+    dogs = _dogs(sfp, candidates, passive) if with_dogs else None
+    active = active or []
+    return {
+        "schema": SCHEMA_ID,
+        "huref_version": __version__,
+        "created": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": list(argv if argv is not None else sys.argv),
+        "settings": {"n": settings.n, "paper_n": settings.paper_n, "n_responses": settings.n_responses,
+                     "device": settings.device, "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs,
+                                                         "source": null.source}},
+        "suspect": {**_identity(sm), "n_layers": sm.cfg.n_layers},
+        "verdict": {**overall_verdict(comparable, active), "rule": VERDICT_RULE},
+        "passive": passive,
+        "dogs": dogs,
+        "active": active,
+    }
+
+
+def _dogs(sfp: Fingerprint, candidates: list[Candidate], passive: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Dog images (PNG data) of the suspect and every base, when the encoder is available."""
+    try:
+        from huref import dogs
+    except ImportError:
+        return None
+    import base64
+
+    import numpy as np
+
+    try:
+        zs = dogs.dog_vector(sfp)
+        out = {"suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()}, "bases": []}
+        for c in candidates:
+            zb = dogs.dog_vector(c.fingerprint)
+            cos = float(np.dot(zs, zb) / (np.linalg.norm(zs) * np.linalg.norm(zb)))
+            out["bases"].append({"base": c.name, "png": base64.b64encode(dogs.dog_png_bytes(c.fingerprint)).decode(),
+                                 "cosine": cos})
+        return out
+    except HurefError as e:  # a dog that cannot be drawn must not sink the audit; the page says why
+        log.warning("dog images skipped: %s", e)
+        return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}

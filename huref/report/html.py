@@ -1,0 +1,62 @@
+"""Rendering the evidence record as one self-contained HTML file (jinja2, autoescaped).
+
+Everything that comes from a model (names, paths, config strings, generated text) reaches the
+page only through autoescaped template fields or the escaping SVG builders; the page loads
+nothing from the network (a Content-Security-Policy forbids it) and embeds images as data URIs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from huref.checkpoint.writer import atomic_file
+from huref.report.plots import alignment_svg, heatmap_svg
+
+
+def _fmt(v: float | None, d: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{d}f}"
+
+
+def _pfmt(log10_p: float | None) -> str:
+    if log10_p is None:
+        return "n/a"
+    if log10_p > -3:
+        return f"{10 ** log10_p:.3g}"
+    return f"1e{log10_p:.1f}"
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("huref.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(fmt=_fmt, pfmt=_pfmt, heatmap=_heatmap, alignment=_alignment)
+    return env
+
+
+def _heatmap(p: dict[str, Any]) -> str:
+    hi = [(int(a), int(b)) for a, b, _ in p["layer_alignment"]]
+    return heatmap_svg(p["layer_similarity"], f"base {p['base']}", "suspect", highlight=hi)
+
+
+def _alignment(p: dict[str, Any]) -> str:
+    n_b = len(p["layer_similarity"][0]) if p["layer_similarity"] else 0
+    return alignment_svg(p["layer_alignment"], len(p["layer_similarity"]), n_b, f"base {p['base']}", "suspect")
+
+
+def render_html(ev: dict[str, Any], json_name: str = "report.json") -> str:
+    return _env().get_template("audit.html.j2").render(ev=ev, json_name=json_name)
+
+
+def write_report(ev: dict[str, Any], html_path: str | Path) -> tuple[Path, Path]:
+    """Write report.html and its evidence (same stem, .json) atomically; returns both paths."""
+    html_path = Path(html_path)
+    json_path = html_path.with_suffix(".json")
+    page = render_html(ev, json_path.name)
+    with atomic_file(json_path) as tmp:
+        tmp.write_text(json.dumps(ev, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_file(html_path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return html_path, json_path
