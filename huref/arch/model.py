@@ -229,20 +229,28 @@ class Model:
         The result is always the caller's own contiguous tensor (never a view of a cached one).
         """
         b = self.binding(role, layer)
-        fused = len(b.rule.roles) > 1
-        raw = self._raw(b.name, keep=fused)
+        raw = self._raw(b.name, keep=len(b.rule.roles) > 1)
+        return self.convert(raw, b, dtype)
+
+    def role_view(self, raw: torch.Tensor, b: Binding) -> torch.Tensor:
+        """The role's part of a stored tensor, in [out, in] orientation (a view, no copy)."""
         t = raw.t() if b.rule.storage == "conv1d" else raw  # [in, out] -> [out, in]
-        if fused:
-            t = split_fused(t, b.rule, self.cfg)[b.part]
-        if t is raw and not fused and t.dtype == dtype and t.is_contiguous():
-            out = t  # a source read is a fresh tensor already
+        return split_fused(t, b.rule, self.cfg)[b.part] if len(b.rule.roles) > 1 else t
+
+    def convert(self, raw: torch.Tensor, b: Binding, dtype: torch.dtype = torch.float32,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Role view of ``raw`` converted to ``dtype`` (into ``out`` when given), checked finite."""
+        t = self.role_view(raw, b)
+        if out is None and t is raw and t.dtype == dtype and t.is_contiguous():
+            res = t  # a source read is a fresh tensor already
         else:
-            out = empty_tensor(t.shape, dtype).copy_(t)  # converts; ~2.5x faster than .to() on big ones
+            dest = out if out is not None else empty_tensor(t.shape, dtype)
+            res = dest.copy_(t)  # converts; ~2.5x faster than .to() on big ones
         # a widening conversion (bf16/f16 -> f32) keeps finiteness: check the smaller stored tensor
-        widening = t.is_floating_point() and out.is_floating_point() and _max(out.dtype) >= _max(t.dtype)
-        if not all_finite(t if widening else out):
+        widening = t.is_floating_point() and res.is_floating_point() and _max(res.dtype) >= _max(t.dtype)
+        if not all_finite(t if widening else res):
             raise ArchitectureError(f"{self.ckpt.path}: tensor {b.name} contains NaN or infinite values")
-        return out
+        return res
 
     def optional(self, role: str, layer: int | None = None) -> torch.Tensor | None:
         return self.tensor(role, layer) if self.has(role, layer) else None

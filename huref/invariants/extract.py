@@ -16,6 +16,7 @@ import torch
 
 from huref import __version__
 from huref.arch import Model, load_model
+from huref.arch.layers import LayerStream
 from huref.checkpoint import Checkpoint
 from huref.errors import UsageError
 from huref.invariants import kernels as K
@@ -59,12 +60,6 @@ class _Clock:
         self.read = 0.0
         self.compute = 0.0
 
-    def weights(self, m: Model, roles: list[str], layer: int, dev: torch.device) -> dict[str, torch.Tensor]:
-        t = time.perf_counter()
-        out = {r: m.tensor(r, layer).to(dev) for r in roles if m.has(r, layer)}
-        self.read += time.perf_counter() - t
-        return out
-
 
 def _tokens(m: Model, n: int, settings: Settings, mode: str) -> TokenSet:
     rows = m.cfg.vocab_size
@@ -99,8 +94,9 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
         n_r = min(s.n_responses, len(tok.ids))
         terms = torch.empty(cfg.n_layers, 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
         views_a, views_b = [], []
-        for layer in range(cfg.n_layers):
-            w = clock.weights(m, roles, layer, dev)
+        stream = LayerStream(m, roles)
+        for layer, w in stream:
+            w = {r: t.to(dev) for r, t in w.items()}
             t = time.perf_counter()
             xa = _apply(m.input_norms(layer, "attn"), x)
             xf = _apply(m.input_norms(layer, "mlp"), x)
@@ -121,6 +117,7 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
             views_b.append(_colstd(vb))
             clock.compute += time.perf_counter() - t
             del w
+        clock.read += stream.read_seconds
         robust = ModeTerms("robust", list(range(cfg.n_layers)), list(tok.ids), list(tok.strings), tok.source, terms,
                            key_digest(s.key))
         responses = Responses(("gate", "up") if cfg.gated else ("in", "out"), list(tok.strings[:n_r]),
@@ -133,13 +130,16 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
         clock.read += time.perf_counter() - t
         layers = list(range(max(0, cfg.n_layers - 2), cfg.n_layers))
         terms = torch.empty(len(layers), 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
-        for j, layer in enumerate(layers):
-            w = clock.weights(m, roles, layer, dev)
+        stream = LayerStream(m, roles, layers=layers)
+        for j, (layer, w) in enumerate(stream):
+            w = {r: t.to(dev) for r, t in w.items()}
             t = time.perf_counter()
             terms[j, 0] = K.standardise(K.attn_qk(x, x, w["attn_q"], w["attn_k"], H, KV, hd)).cpu().half()
             terms[j, 1] = K.standardise(K.attn_vo(x, x, w["attn_v"], w["attn_o"], H, KV, hd)).cpu().half()
             terms[j, 2] = K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
             clock.compute += time.perf_counter() - t
+            assert layer == layers[j]
+        clock.read += stream.read_seconds
         paper = ModeTerms("paper", layers, list(tok.ids), list(tok.strings), tok.source, terms, key_digest(s.key))
 
     meta = {
