@@ -58,11 +58,22 @@ def child(path: str, mode: str, device: str) -> None:
     wall = time.perf_counter() - t
     mt = fp.robust if mode == "robust" else fp.paper
     assert mt is not None
-    print(json.dumps({
-        "mode": mode, "device": dev, "wall_s": wall, "read_s": fp.timing["read_s"],
-        "compute_s": fp.timing["compute_s"], "flops": fc.get_total_flops(), "n": mt.n, "layers": len(mt.layers),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "device": dev,
+                "wall_s": wall,
+                "read_s": fp.timing["read_s"],
+                "compute_s": fp.timing["compute_s"],
+                "flops": fc.get_total_flops(),
+                "n": mt.n,
+                "layers": len(mt.layers),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -85,8 +96,12 @@ def main() -> int:
     print(f"large-matmul throughput on {dev}: {peak:.1f} GFLOP/s (float32, 4096^3)\n")
     rows = []
     for mode in ("paper", "robust"):
-        out = subprocess.run([sys.executable, __file__, "--child", str(path), mode, args.device],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(path), mode, args.device],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     peak_after = matmul_peak(dev)
     ref = max(peak, peak_after)
@@ -95,8 +110,10 @@ def main() -> int:
     print("-" * len(hdr))
     for r in rows:
         rate = r["flops"] / r["compute_s"] / 1e9
-        print(f"{r['mode']:7s} {r['layers']:6d} {r['n']:5d} {r['wall_s']:8.1f} {r['read_s']:7.1f} {r['compute_s']:9.1f} "
-              f"{r['flops'] / 1e12:7.2f} {rate:8.1f} {rate / ref:7.2f} {r['peak_rss_mb'] / 1024:8.2f}G")
+        print(
+            f"{r['mode']:7s} {r['layers']:6d} {r['n']:5d} {r['wall_s']:8.1f} {r['read_s']:7.1f} {r['compute_s']:9.1f} "
+            f"{r['flops'] / 1e12:7.2f} {rate:8.1f} {rate / ref:7.2f} {r['peak_rss_mb'] / 1024:8.2f}G"
+        )
     print(f"\nreference throughput: best of before/after runs ({peak:.1f} / {peak_after:.1f} GFLOP/s)")
     print("targets: peak RSS < 3 GB for both modes; robust mode < 600 s; compute at >= 0.6 of the reference")
     return 0

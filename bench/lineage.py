@@ -10,6 +10,7 @@ AUC and TPR at 1% FPR for paper mode and robust mode side by side.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import math
@@ -41,7 +42,7 @@ def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
     if not pos or not neg:
         return float("nan")
     neg_sorted = np.sort(np.asarray(neg))[::-1]
-    allowed = int(math.floor(fpr * len(neg_sorted)))
+    allowed = math.floor(fpr * len(neg_sorted))
     thresh = neg_sorted[allowed] if allowed < len(neg_sorted) else -np.inf
     return float((np.asarray(pos) > thresh).mean())
 
@@ -51,7 +52,14 @@ def resolve_local(model_id: str, models_dir: Path | None) -> Path | None:
     cands = []
     if models_dir:
         cands += [models_dir / model_id, models_dir / model_id.replace("/", "--")]
-    hub = Path.home() / ".cache" / "huggingface" / "hub" / ("models--" + model_id.replace("/", "--")) / "snapshots"
+    hub = (
+        Path.home()
+        / ".cache"
+        / "huggingface"
+        / "hub"
+        / ("models--" + model_id.replace("/", "--"))
+        / "snapshots"
+    )
     if hub.is_dir():
         cands += sorted(hub.iterdir())
     for c in cands:
@@ -68,7 +76,7 @@ def zoo_pairs(manifest: dict) -> list[tuple[str, str, str, bool]]:
     bases = [m["name"] for m in models if m["relation"] == "base"]
     for b in bases:
         for m in models:
-            if m["root"] != b and (m["relation"] == "base" and m["name"] > b or m["relation"] != "base"):
+            if m["root"] != b and ((m["relation"] == "base" and m["name"] > b) or m["relation"] != "base"):
                 pairs.append((b, m["name"], "independent", False))
     return pairs
 
@@ -92,7 +100,10 @@ def main() -> int:
     if args.pairs.is_file():
         with open(args.pairs, newline="") as f:
             for r in csv.DictReader(f):
-                pa, pb = resolve_local(r["model_a"], args.models_dir), resolve_local(r["model_b"], args.models_dir)
+                pa, pb = (
+                    resolve_local(r["model_a"], args.models_dir),
+                    resolve_local(r["model_b"], args.models_dir),
+                )
                 if pa is None or pb is None:
                     skipped += 1
                     continue
@@ -107,16 +118,16 @@ def main() -> int:
     base_names = [m["name"] for m in manifest["models"] if m["relation"] == "base"]
     null_vals = []
     for a, b in itertools.combinations(base_names, 2):
-        try:
+        with contextlib.suppress(HurefError):
             null_vals.append(compare_fingerprints(fps[a], fps[b]).ics)
-        except HurefError:
-            pass
     null = null_from_values(null_vals, f"harness independent base pairs (n={len(null_vals)})")
 
     header = f"{'a':22s} {'b':40s} {'relation':26s} {'paper':>7s} {'robust':>7s} {'PCS':>7s} {'Z':>6s} {'log10p':>8s} {'verdict':13s} ok"
     print(header)
     print("-" * len(header))
-    scores: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in ("paper", "robust", "robust_p")}
+    scores: dict[str, tuple[list[float], list[float]]] = {
+        k: ([], []) for k in ("paper", "robust", "robust_p")
+    }
     correct = total = incomparable = 0
     from huref.arch import load_model
     from huref.invariants.pcs import parameter_cosine
@@ -129,7 +140,11 @@ def main() -> int:
             continue
         pcs = None
         try:
-            pcs = parameter_cosine(load_model(zoo / a).ckpt, load_model(zoo / b).ckpt) if (zoo / a).is_dir() else None
+            pcs = (
+                parameter_cosine(load_model(zoo / a).ckpt, load_model(zoo / b).ckpt)
+                if (zoo / a).is_dir()
+                else None
+            )
         except HurefError:
             pcs = None
         want = "derived" if y else "independent"
@@ -137,19 +152,28 @@ def main() -> int:
         correct += ok
         total += 1
         f = lambda v, w=7, d=1: ("n/a" if v is None else f"{v:.{d}f}").rjust(w)  # noqa: E731
-        print(f"{a:22s} {b:40s} {rel:26s} {f(c.ics_paper)} {f(c.ics)} {f(pcs)} {f(c.z, 6)} {f(c.log10_p_value, 8)} {c.verdict:13s} {'yes' if ok else 'NO'}")
+        print(
+            f"{a:22s} {b:40s} {rel:26s} {f(c.ics_paper)} {f(c.ics)} {f(pcs)} {f(c.z, 6)} {f(c.log10_p_value, 8)} {c.verdict:13s} {'yes' if ok else 'NO'}"
+        )
         for key, v in (("paper", c.ics_paper), ("robust", c.ics), ("robust_p", -(c.log10_p_value or 0.0))):
             if v is not None:
                 scores[key][0 if y else 1].append(v)
     print()
-    print(f"pairs: {total} compared ({sum(1 for r in rows if r[3])} derived by ground truth), {incomparable} "
-          f"incomparable (no shared vocabulary), {skipped} lineage_pairs.csv pairs skipped (models not local)")
-    print(f"verdict accuracy: {correct}/{total} = {correct / max(total, 1):.3f}   (Z null: {null.source}, "
-          f"mean {null.mean:.2f}, std {null.std:.2f})")
+    print(
+        f"pairs: {total} compared ({sum(1 for r in rows if r[3])} derived by ground truth), {incomparable} "
+        f"incomparable (no shared vocabulary), {skipped} lineage_pairs.csv pairs skipped (models not local)"
+    )
+    print(
+        f"verdict accuracy: {correct}/{total} = {correct / max(total, 1):.3f}   (Z null: {null.source}, "
+        f"mean {null.mean:.2f}, std {null.std:.2f})"
+    )
     print()
     print(f"{'score':34s} {'AUC':>7s} {'TPR@1%FPR':>10s}")
-    labels = {"paper": "paper mode ICS (published method)", "robust": "robust mode ICS",
-              "robust_p": "robust mode -log10 p (neuron test)"}
+    labels = {
+        "paper": "paper mode ICS (published method)",
+        "robust": "robust mode ICS",
+        "robust_p": "robust mode -log10 p (neuron test)",
+    }
     for key, (pos, neg) in scores.items():
         print(f"{labels[key]:34s} {auc(pos, neg):7.3f} {tpr_at_fpr(pos, neg):10.3f}")
     print(f"\n({time.time() - t0:.1f} s)")

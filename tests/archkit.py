@@ -19,72 +19,160 @@ class Family:
 
 
 def _llama(tie: bool) -> tuple[Any, type]:
-    return T.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=96, tie_word_embeddings=tie), T.LlamaForCausalLM
+    return T.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.LlamaForCausalLM
 
 
 def _mistral(tie: bool) -> tuple[Any, type]:
-    return T.MistralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=1, vocab_size=96, tie_word_embeddings=tie), T.MistralForCausalLM
+    return T.MistralConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.MistralForCausalLM
 
 
 def _qwen2(tie: bool) -> tuple[Any, type]:
-    return T.Qwen2Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=96, tie_word_embeddings=tie), T.Qwen2ForCausalLM
+    return T.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.Qwen2ForCausalLM
 
 
 def _gemma(tie: bool) -> tuple[Any, type]:
-    return T.GemmaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=1, head_dim=8, vocab_size=96, tie_word_embeddings=tie), T.GemmaForCausalLM
+    return T.GemmaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.GemmaForCausalLM
 
 
 def _gemma2(tie: bool) -> tuple[Any, type]:
-    return T.Gemma2Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=8, vocab_size=96, tie_word_embeddings=tie), T.Gemma2ForCausalLM
+    return T.Gemma2Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.Gemma2ForCausalLM
 
 
 def _gpt2(tie: bool) -> tuple[Any, type]:
-    return T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=64,
-                        tie_word_embeddings=tie), T.GPT2LMHeadModel
+    return T.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=64, tie_word_embeddings=tie
+    ), T.GPT2LMHeadModel
 
 
 def _neox(tie: bool) -> tuple[Any, type]:
-    return T.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           vocab_size=96, tie_word_embeddings=tie), T.GPTNeoXForCausalLM
+    return T.GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.GPTNeoXForCausalLM
 
 
 def _opt(tie: bool) -> tuple[Any, type]:
-    return T.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=96,
-                       word_embed_proj_dim=32, max_position_embeddings=64, tie_word_embeddings=tie), T.OPTForCausalLM
+    return T.OPTConfig(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        word_embed_proj_dim=32,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    ), T.OPTForCausalLM
 
 
 def _bloom(tie: bool) -> tuple[Any, type]:
-    return T.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=96, tie_word_embeddings=tie), T.BloomForCausalLM
+    return T.BloomConfig(
+        hidden_size=32, n_layer=2, n_head=4, vocab_size=96, tie_word_embeddings=tie
+    ), T.BloomForCausalLM
 
 
 def _falcon_new(tie: bool) -> tuple[Any, type]:
-    return T.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
-                          new_decoder_architecture=True, vocab_size=96, tie_word_embeddings=tie), T.FalconForCausalLM
+    return T.FalconConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.FalconForCausalLM
 
 
 def _falcon_mq(tie: bool) -> tuple[Any, type]:
-    return T.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
-                          parallel_attn=True, vocab_size=96, tie_word_embeddings=tie), T.FalconForCausalLM
+    return T.FalconConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.FalconForCausalLM
 
 
 def _phi(tie: bool) -> tuple[Any, type]:
-    return T.PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       vocab_size=96, tie_word_embeddings=tie), T.PhiForCausalLM
+    return T.PhiConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        tie_word_embeddings=tie,
+    ), T.PhiForCausalLM
 
 
 def _phi3(tie: bool) -> tuple[Any, type]:
-    return T.Phi3Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=96, pad_token_id=0, tie_word_embeddings=tie), T.Phi3ForCausalLM
+    return T.Phi3Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        pad_token_id=0,
+        tie_word_embeddings=tie,
+    ), T.Phi3ForCausalLM
 
 
 def _bert(tie: bool) -> tuple[Any, type]:
-    return T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        vocab_size=96, max_position_embeddings=64), T.BertForMaskedLM
+    return T.BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        max_position_embeddings=64,
+    ), T.BertForMaskedLM
 
 
 FAMILIES = [
@@ -109,7 +197,7 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> None:
     """Give norms and biases non-trivial values so every path of a layout shows up in a test."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
             else:

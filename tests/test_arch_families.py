@@ -18,7 +18,7 @@ from huref.arch import load_model
 _CAPTURED: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
 
-def _capture_attention(module, q, k, v, mask, **kw):  # noqa: ANN001, ANN202 - transformers' signature
+def _capture_attention(module, q, k, v, mask, **kw):
     if kw.get("scaling") == 1.0 and getattr(module, "scaling", 1.0) != 1.0:
         q = q / module.scaling  # OPT multiplies the query by the scale before this call
     _CAPTURED.append((q.detach(), k.detach(), v.detach()))  # each [b, heads, s, hd]
@@ -41,7 +41,7 @@ def _wrap_split(attn: torch.nn.Module, method: str, seq_first: bool) -> None:
     """Falcon and BLOOM split fused q/k/v in a method of their own: record what it returns."""
     original = getattr(attn, method)
 
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def wrapper(*args, **kwargs):
         q, k, v = original(*args, **kwargs)  # Falcon: [b, s, heads, hd]; BLOOM: [b, heads, s, hd]
         qkv = tuple(t.detach().transpose(1, 2) if seq_first else t.detach() for t in (q, k, v))
         _CAPTURED.append(qkv)  # type: ignore[arg-type]
@@ -61,11 +61,19 @@ def _build(fam: Family, tie: bool, sharded: bool, out: Path) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("fam,tie,sharded", CASES, ids=[f"{f.name}-{'tied' if t else 'untied'}-{'sharded' if s else 'single'}" for f, t, s in CASES])
-def test_family_roles_reproduce_transformers_projections(fam: Family, tie: bool, sharded: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fam,tie,sharded",
+    CASES,
+    ids=[f"{f.name}-{'tied' if t else 'untied'}-{'sharded' if s else 'single'}" for f, t, s in CASES],
+)
+def test_family_roles_reproduce_transformers_projections(
+    fam: Family, tie: bool, sharded: bool, tmp_path: Path
+) -> None:
     hf = _build(fam, tie, sharded, tmp_path)
     if sharded:
-        assert (tmp_path / "model.safetensors.index.json").is_file(), "the sharded case must really be sharded"
+        assert (tmp_path / "model.safetensors.index.json").is_file(), (
+            "the sharded case must really be sharded"
+        )
     m = load_model(tmp_path)  # raises if the both-way check fails
     cfg = m.cfg
     assert cfg.n_layers == 2
@@ -79,7 +87,7 @@ def test_family_roles_reproduce_transformers_projections(fam: Family, tie: bool,
                 continue
             mod = _module_of(hf, m.binding(role, layer).name)
 
-            def hook(_mod, args, out, key=f"{role}.{layer}"):  # noqa: ANN001, ANN202
+            def hook(_mod, args, out, key=f"{role}.{layer}"):
                 o = out if isinstance(out, torch.Tensor) else out[0]
                 seen[key] = (args[0].detach().clone(), o.detach().clone())  # clone: some callers add in place
 
@@ -104,15 +112,15 @@ def test_family_roles_reproduce_transformers_projections(fam: Family, tie: bool,
         x = seen[f"attn_q.{layer}"][0]  # [b, s, d] the attention's input
         q_hf, k_hf, v_hf = _CAPTURED[layer]
 
-        def heads(w: str, b: str, n: int) -> torch.Tensor:
+        def heads(x: torch.Tensor, layer: int, w: str, b: str, n: int) -> torch.Tensor:
             y = x @ m.tensor(w, layer).t()
             if m.has(b, layer):
                 y = y + m.tensor(b, layer)
             return y.reshape(*x.shape[:2], n, cfg.head_dim).transpose(1, 2)  # [b, n, s, hd]
 
-        q = heads("attn_q", "attn_q_bias", cfg.n_heads)
-        k = heads("attn_k", "attn_k_bias", cfg.n_kv_heads)
-        v = heads("attn_v", "attn_v_bias", cfg.n_kv_heads)
+        q = heads(x, layer, "attn_q", "attn_q_bias", cfg.n_heads)
+        k = heads(x, layer, "attn_k", "attn_k_bias", cfg.n_kv_heads)
+        v = heads(x, layer, "attn_v", "attn_v_bias", cfg.n_kv_heads)
         if k_hf.shape[1] != k.shape[1]:  # implementations that broadcast kv heads to all heads
             k, v = (t.repeat_interleave(k_hf.shape[1] // t.shape[1], dim=1) for t in (k, v))
         # position 0 carries no rotary rotation, so q and k compare exactly there
@@ -127,7 +135,9 @@ def test_family_roles_reproduce_transformers_projections(fam: Family, tie: bool,
         torch.testing.assert_close(o, a_out, rtol=1e-4, atol=1e-5)
 
         xf = seen[f"mlp_up.{layer}"][0]
-        up = xf @ m.tensor("mlp_up", layer).t() + (m.tensor("mlp_up_bias", layer) if m.has("mlp_up_bias", layer) else 0)
+        up = xf @ m.tensor("mlp_up", layer).t() + (
+            m.tensor("mlp_up_bias", layer) if m.has("mlp_up_bias", layer) else 0
+        )
         if cfg.gated:
             gate = xf @ m.tensor("mlp_gate", layer).t()
             if m.has("mlp_gate_bias", layer):

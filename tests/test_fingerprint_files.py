@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from huref.cli import main
-from huref.invariants import Settings, compare_fingerprints, fingerprint_model, load_fingerprint, save_fingerprint
+from huref.invariants import (
+    Settings,
+    compare_fingerprints,
+    fingerprint_model,
+    load_fingerprint,
+    save_fingerprint,
+)
 from huref.invariants.fpfile import META_KEY
 
 
@@ -21,7 +27,10 @@ def _fp(zoo: Path, name: str, tmp: Path, modes: str = "robust,paper") -> Path:
 def test_round_trip_preserves_comparison(tiny_zoo: Path, tmp_path: Path) -> None:
     fa = fingerprint_model(tiny_zoo / "llama-a", Settings())
     fb = fingerprint_model(tiny_zoo / "llama-a-sft", Settings())
-    pa, pb = save_fingerprint(fa, tmp_path / "a.safetensors"), save_fingerprint(fb, tmp_path / "b.safetensors")
+    pa, pb = (
+        save_fingerprint(fa, tmp_path / "a.safetensors"),
+        save_fingerprint(fb, tmp_path / "b.safetensors"),
+    )
     c0 = compare_fingerprints(fa, fb)
     c1 = compare_fingerprints(load_fingerprint(pa), load_fingerprint(pb))
     assert c1.verdict == c0.verdict == "derived"
@@ -31,7 +40,9 @@ def test_round_trip_preserves_comparison(tiny_zoo: Path, tmp_path: Path) -> None
     assert meta["model"]["sha256"] and meta["architecture"]["n_layers"] == 4
 
 
-def test_cli_compare_json_from_files_has_documented_fields(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_compare_json_from_files_has_documented_fields(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     a, b = _fp(tiny_zoo, "llama-a", tmp_path), _fp(tiny_zoo, "llama-b", tmp_path)
     capsys.readouterr()
     assert main(["compare", str(a), str(b), "--json", "--no-registry"]) == 0
@@ -40,7 +51,9 @@ def test_cli_compare_json_from_files_has_documented_fields(tiny_zoo: Path, tmp_p
         assert key in out
     assert out["pcs"] is None  # no weights behind fingerprint files
     assert out["verdict"] == "independent"
-    assert main(["compare", str(a), str(tiny_zoo / "llama-a-cpt"), "--fail-on", "derived", "--no-registry"]) == 1
+    assert (
+        main(["compare", str(a), str(tiny_zoo / "llama-a-cpt"), "--fail-on", "derived", "--no-registry"]) == 1
+    )
 
 
 def _expect_refusal(args: list[str], capsys: pytest.CaptureFixture, needle: str) -> None:
@@ -51,7 +64,7 @@ def _expect_refusal(args: list[str], capsys: pytest.CaptureFixture, needle: str)
     assert needle in err[0], err[0]
 
 
-def _rewrite_metadata(src: Path, dst: Path, edit) -> None:  # noqa: ANN001
+def _rewrite_metadata(src: Path, dst: Path, edit) -> None:
     raw = src.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
@@ -61,7 +74,9 @@ def _rewrite_metadata(src: Path, dst: Path, edit) -> None:  # noqa: ANN001
     dst.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
 
 
-def test_tampered_fingerprint_is_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tampered_fingerprint_is_refused(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     a = _fp(tiny_zoo, "llama-a", tmp_path)
     bad = tmp_path / "tampered.safetensors"
     raw = bytearray(a.read_bytes())
@@ -70,7 +85,9 @@ def test_tampered_fingerprint_is_refused(tiny_zoo: Path, tmp_path: Path, capsys:
     _expect_refusal(["compare", str(bad), str(a)], capsys, "seal does not verify")
 
 
-def test_fingerprint_from_other_version_is_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fingerprint_from_other_version_is_refused(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     a = _fp(tiny_zoo, "llama-a", tmp_path)
     old = tmp_path / "old.safetensors"
 
@@ -90,7 +107,9 @@ def test_mismatched_modes_are_refused(tiny_zoo: Path, tmp_path: Path, capsys: py
     _expect_refusal(["compare", str(r), str(p)], capsys, "mismatched modes")
 
 
-def test_models_without_shared_tokens_are_refused(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_models_without_shared_tokens_are_refused(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     if not (tiny_zoo / "stories260k").is_dir():
         pytest.skip("stories260K is not available outside this project's CI")
     a = _fp(tiny_zoo, "llama-a", tmp_path)
@@ -98,6 +117,10 @@ def test_models_without_shared_tokens_are_refused(tiny_zoo: Path, tmp_path: Path
     _expect_refusal(["compare", str(a), str(s)], capsys, "share only 0")
 
 
-def test_fingerprint_output_name_is_checked_and_nothing_written(tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _expect_refusal(["fingerprint", str(tiny_zoo / "llama-a"), "-o", str(tmp_path / "fp.bin")], capsys, ".safetensors")
+def test_fingerprint_output_name_is_checked_and_nothing_written(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _expect_refusal(
+        ["fingerprint", str(tiny_zoo / "llama-a"), "-o", str(tmp_path / "fp.bin")], capsys, ".safetensors"
+    )
     assert list(tmp_path.iterdir()) == []

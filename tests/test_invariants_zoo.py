@@ -20,7 +20,9 @@ def test_every_derivative_is_derived_with_tiny_p(zoo_manifest: dict, zoo_fingerp
     for m in _derivatives(zoo_manifest):
         c = compare_fingerprints(zoo_fingerprints[m["root"]], zoo_fingerprints[m["name"]])
         rows.append((m["name"], c.verdict, c.log10_p_value, c.ics))
-        assert c.verdict == "derived", f"{m['name']}: {c.verdict} (ICS {c.ics:.1f}, log10 p {c.log10_p_value})"
+        assert c.verdict == "derived", (
+            f"{m['name']}: {c.verdict} (ICS {c.ics:.1f}, log10 p {c.log10_p_value})"
+        )
         assert c.log10_p_value is not None and c.log10_p_value < -6
     assert len(rows) >= 30
 
@@ -35,7 +37,9 @@ def test_independent_bases_are_independent(zoo_manifest: dict, zoo_fingerprints:
             assert "share only" in str(e)
             continue
         checked += 1
-        assert c.verdict == "independent", f"{a} vs {b}: {c.verdict} (ICS {c.ics:.1f}, p 1e{c.log10_p_value:.2f})"
+        assert c.verdict == "independent", (
+            f"{a} vs {b}: {c.verdict} (ICS {c.ics:.1f}, p 1e{c.log10_p_value:.2f})"
+        )
         assert c.log10_p_value is not None and c.log10_p_value >= -2.0, f"{a} vs {b}: p below 0.01"
     assert checked >= 10
 

@@ -19,14 +19,23 @@ def _read_llama2c(path: Path) -> tuple[tuple[int, ...], dict[str, torch.Tensor]]
     dim, hidden, layers, heads, kv, vocab, seq = struct.unpack("<7i", raw[:28])
     a = np.frombuffer(raw[28:], dtype="<f4")
     hd = dim // heads
-    shapes = [("tok", (abs(vocab), dim)), ("att", (layers, dim)), ("wq", (layers, dim, dim)),
-              ("wk", (layers, kv * hd, dim)), ("wv", (layers, kv * hd, dim)), ("wo", (layers, dim, dim)),
-              ("ffn", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
-              ("w3", (layers, hidden, dim)), ("fin", (dim,))]
+    shapes = [
+        ("tok", (abs(vocab), dim)),
+        ("att", (layers, dim)),
+        ("wq", (layers, dim, dim)),
+        ("wk", (layers, kv * hd, dim)),
+        ("wv", (layers, kv * hd, dim)),
+        ("wo", (layers, dim, dim)),
+        ("ffn", (layers, dim)),
+        ("w1", (layers, hidden, dim)),
+        ("w2", (layers, dim, hidden)),
+        ("w3", (layers, hidden, dim)),
+        ("fin", (dim,)),
+    ]
     out, off = {}, 0
     for name, shp in shapes:
         n = int(np.prod(shp))
-        out[name] = torch.from_numpy(a[off: off + n].copy()).reshape(shp)
+        out[name] = torch.from_numpy(a[off : off + n].copy()).reshape(shp)
         off += n
     return (dim, hidden, layers, heads, kv, abs(vocab), seq), out
 
@@ -69,7 +78,7 @@ def _llama2c_forward(hp: tuple[int, ...], w: dict[str, torch.Tensor], ids: list[
     return x @ w["tok"].t()  # shared classifier
 
 
-def _greedy(step, n: int) -> list[int]:  # noqa: ANN001
+def _greedy(step, n: int) -> list[int]:
     ids = [1]  # BOS
     for _ in range(n):
         ids.append(int(step(ids)[-1].argmax()))

@@ -39,11 +39,11 @@ def _heads(cfg: dict[str, Any], d: int, h: int, kv: int, hd: int | None = None) 
     return {"n_heads": h, "n_kv_heads": kv, "head_dim": hd}
 
 
-def _when(key: str, value: Any = True):  # noqa: ANN202 - small predicate factory
+def _when(key: str, value: Any = True):
     return lambda c: c.extra.get(key) == value
 
 
-def _not(key: str):  # noqa: ANN202
+def _not(key: str):
     return lambda c: not c.extra.get(key)
 
 
@@ -143,8 +143,8 @@ ARCHITECTURES.add(
         name="phi3",
         model_types=("phi3",),
         prefixes=("model.", ""),
-        rules=_LLAMA_COMMON
-        + (
+        rules=(
+            *_LLAMA_COMMON,
             # q | k | v concatenated along the output dimension
             Rule("layers.{L}.self_attn.qkv_proj.weight", ("attn_q", "attn_k", "attn_v"), split="qkv"),
             # gate | up concatenated along the output dimension
@@ -186,7 +186,7 @@ def _norm_pair(template: str, role: str) -> tuple[Rule, Rule]:
     )
 
 
-def _linear_pair(template: str, role: str, storage: str = "linear", bias_when=None) -> tuple[Rule, ...]:  # noqa: ANN001
+def _linear_pair(template: str, role: str, storage: str = "linear", bias_when=None) -> tuple[Rule, ...]:
     w = Rule(template + ".weight", (role,), storage)  # type: ignore[arg-type]
     if bias_when is False:
         return (w,)
@@ -484,10 +484,30 @@ ARCHITECTURES.add(
             *_linear_pair("layers.{L}.self_attn.k_proj", "attn_k"),
             *_linear_pair("layers.{L}.self_attn.v_proj", "attn_v"),
             *_linear_pair("layers.{L}.self_attn.dense", "attn_o"),
-            Rule("layers.{L}.self_attn.q_layernorm.weight", ("attn_q_norm",), "vector", when=_when("qk_layernorm")),
-            Rule("layers.{L}.self_attn.q_layernorm.bias", ("attn_q_norm_bias",), "vector", when=_when("qk_layernorm")),
-            Rule("layers.{L}.self_attn.k_layernorm.weight", ("attn_k_norm",), "vector", when=_when("qk_layernorm")),
-            Rule("layers.{L}.self_attn.k_layernorm.bias", ("attn_k_norm_bias",), "vector", when=_when("qk_layernorm")),
+            Rule(
+                "layers.{L}.self_attn.q_layernorm.weight",
+                ("attn_q_norm",),
+                "vector",
+                when=_when("qk_layernorm"),
+            ),
+            Rule(
+                "layers.{L}.self_attn.q_layernorm.bias",
+                ("attn_q_norm_bias",),
+                "vector",
+                when=_when("qk_layernorm"),
+            ),
+            Rule(
+                "layers.{L}.self_attn.k_layernorm.weight",
+                ("attn_k_norm",),
+                "vector",
+                when=_when("qk_layernorm"),
+            ),
+            Rule(
+                "layers.{L}.self_attn.k_layernorm.bias",
+                ("attn_k_norm_bias",),
+                "vector",
+                when=_when("qk_layernorm"),
+            ),
             *_linear_pair("layers.{L}.mlp.fc1", "mlp_up"),
             *_linear_pair("layers.{L}.mlp.fc2", "mlp_down"),
         ),

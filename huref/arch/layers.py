@@ -10,6 +10,7 @@ reads layer l+1 in a background thread while the caller works on layer l. Yielde
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -65,7 +66,8 @@ def plan_runs(model: Model, names: Sequence[str]) -> list[_Run] | None:
 def _make_run(items: list) -> _Run:
     begin = items[0][1]
     pieces = tuple(
-        _Piece(e.info.name, b - begin, end - b, DTYPES[e.info.dtype], e.info.shape) for _, b, end, _, e in items
+        _Piece(e.info.name, b - begin, end - b, DTYPES[e.info.dtype], e.info.shape)
+        for _, b, end, _, e in items
     )
     return _Run(items[0][3], begin, items[-1][2] - begin, pieces)
 
@@ -100,8 +102,15 @@ def read_raw(model: Model, names: Sequence[str], arena: _Arena | None) -> dict[s
 class LayerStream:
     """for layer, weights in LayerStream(model, roles): ... (weights: role -> tensor)."""
 
-    def __init__(self, model: Model, roles: Sequence[str], dtype: torch.dtype | None = torch.float32,
-                 prefetch: bool = True, reuse: bool = True, layers: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        roles: Sequence[str],
+        dtype: torch.dtype | None = torch.float32,
+        prefetch: bool = True,
+        reuse: bool = True,
+        layers: Sequence[int] | None = None,
+    ) -> None:
         self.model = model
         self.layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
         self.roles = list(roles)
@@ -167,13 +176,13 @@ class LayerStream:
             stop.set()
             free.put(None)
             while th.is_alive():  # unblock a reader waiting to hand over a layer nobody will take
-                try:
+                with contextlib.suppress(queue.Empty):
                     q.get_nowait()
-                except queue.Empty:
-                    pass
                 th.join(timeout=0.05)
 
-    def _convert(self, layer: int, raw: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _convert(
+        self, layer: int, raw: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         out = {}
         for role, b in self._bindings(layer).items():
             if self.dtype is None:

@@ -144,7 +144,9 @@ class Model:
                 continue
             layers: Sequence[int | None] = range(self.cfg.n_layers) if rule.per_layer else [None]
             for layer in layers:
-                name = prefix + (rule.template.replace("{L}", str(layer)) if layer is not None else rule.template)
+                name = prefix + (
+                    rule.template.replace("{L}", str(layer)) if layer is not None else rule.template
+                )
                 if name not in present:
                     if not rule.optional:
                         missing.append(name)
@@ -237,8 +239,13 @@ class Model:
         t = raw.t() if b.rule.storage == "conv1d" else raw  # [in, out] -> [out, in]
         return split_fused(t, b.rule, self.cfg)[b.part] if len(b.rule.roles) > 1 else t
 
-    def convert(self, raw: torch.Tensor, b: Binding, dtype: torch.dtype = torch.float32,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+    def convert(
+        self,
+        raw: torch.Tensor,
+        b: Binding,
+        dtype: torch.dtype = torch.float32,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Role view of ``raw`` converted to ``dtype`` (into ``out`` when given), checked finite."""
         t = self.role_view(raw, b)
         if out is None and t is raw and t.dtype == dtype and t.is_contiguous():

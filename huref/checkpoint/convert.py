@@ -15,8 +15,13 @@ from huref.checkpoint.source import DTYPES
 from huref.checkpoint.writer import TensorPlan, write_checkpoint
 
 
-def export_hf(src: str | Path | Checkpoint, dest: str | Path, dtype: torch.dtype | None = None,
-              max_shard_bytes: int = 2 * 10**9, overwrite: bool = False) -> Path:
+def export_hf(
+    src: str | Path | Checkpoint,
+    dest: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 2 * 10**9,
+    overwrite: bool = False,
+) -> Path:
     """Write ``src`` as ``dest/`` (config.json + safetensors), atomically."""
     ck = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     names = ck.source.names()
@@ -29,6 +34,10 @@ def export_hf(src: str | Path | Checkpoint, dest: str | Path, dtype: torch.dtype
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
     return write_checkpoint(
-        Path(dest), plan, lambda p: ck.source.read(p.name).to(p.dtype), config=config,
-        max_shard_bytes=max_shard_bytes, overwrite=overwrite,
+        Path(dest),
+        plan,
+        lambda p: ck.source.read(p.name).to(p.dtype),
+        config=config,
+        max_shard_bytes=max_shard_bytes,
+        overwrite=overwrite,
     )

@@ -72,7 +72,9 @@ class GGUFSource:
             raise CheckpointError(f"{self.path}: corrupt GGUF file ({msg})") from None
         arch = _field(reader, "general.architecture")
         if arch not in _ARCHS:
-            raise CheckpointError(f"{self.path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(_ARCHS)})")
+            raise CheckpointError(
+                f"{self.path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(_ARCHS)})"
+            )
         model_type, cls, interleaved = _ARCHS[arch]
         self._interleaved = interleaved
 
@@ -120,7 +122,9 @@ class GGUFSource:
             self._tensors[hf] = t
         if unknown:
             raise CheckpointError(f"{self.path}: GGUF tensors not understood: {', '.join(unknown[:5])}")
-        vocab = self._shape("model.embed_tokens.weight")[0] if "model.embed_tokens.weight" in self._tensors else 0
+        vocab = (
+            self._shape("model.embed_tokens.weight")[0] if "model.embed_tokens.weight" in self._tensors else 0
+        )
         ffn = self._shape("model.layers.0.mlp.gate_proj.weight")[0] if n_layers else 0
         self.config: dict[str, Any] = {
             "architectures": [cls],

@@ -74,7 +74,15 @@ def _is_llama2c(path: Path) -> bool:
         return False
     vals = struct.unpack("<7i", head)
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq = vals
-    return 0 < dim < 1 << 16 and 0 < hidden < 1 << 18 and 0 < n_layers < 1024 and 0 < n_heads <= dim and 0 < n_kv <= n_heads and vocab != 0 and 0 < seq < 1 << 22
+    return (
+        0 < dim < 1 << 16
+        and 0 < hidden < 1 << 18
+        and 0 < n_layers < 1024
+        and 0 < n_heads <= dim
+        and 0 < n_kv <= n_heads
+        and vocab != 0
+        and 0 < seq < 1 << 22
+    )
 
 
 def _open_folder(folder: Path) -> Checkpoint:

@@ -194,8 +194,7 @@ class SafetensorsSource:
             for name in sf.names():
                 if name in self._where:
                     raise CheckpointError(
-                        f"tensor {name!r} is stored twice ({self._where[name].path.name} "
-                        f"and {sf.path.name})"
+                        f"tensor {name!r} is stored twice ({self._where[name].path.name} and {sf.path.name})"
                     )
                 self._where[name] = sf
         if index is not None:
@@ -235,9 +234,7 @@ class SafetensorsSource:
                 )
         extra = sorted(set(self._where) - set(weight_map))
         if extra:
-            raise CheckpointError(
-                f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}"
-            )
+            raise CheckpointError(f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}")
 
     def names(self) -> list[str]:
         return list(self._where)

@@ -113,9 +113,7 @@ class TensorSource(Protocol):
     def metadata(self) -> dict[str, str]: ...
 
 
-def gather_rows_by_runs(
-    rows: Sequence[int], read_range: RangeReader
-) -> torch.Tensor:  # [len(rows), ...]
+def gather_rows_by_runs(rows: Sequence[int], read_range: RangeReader) -> torch.Tensor:  # [len(rows), ...]
     """Read selected rows as few contiguous ranges, in the caller's order.
 
     Sorting the requested rows turns a scattered gather into sequential range reads; the result

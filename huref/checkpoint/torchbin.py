@@ -26,7 +26,9 @@ def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             if f.read(2) == b"PK" and not mmap:  # torch.load's own error here is "[Errno 22]"
-                raise CheckpointError(f"{path}: corrupt or truncated PyTorch file (zip without a central directory)")
+                raise CheckpointError(
+                    f"{path}: corrupt or truncated PyTorch file (zip without a central directory)"
+                )
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     try:
@@ -70,7 +72,9 @@ class TorchBinSource:
                     raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
             extra = sorted(set(self._where) - set(wm))
             if extra:
-                raise CheckpointError(f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}")
+                raise CheckpointError(
+                    f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}"
+                )
 
     @classmethod
     def from_index(cls, index: Path) -> TorchBinSource:

@@ -96,7 +96,9 @@ def _style_from_tokenizer_json(data: dict) -> str:
 def _from_tokenizer_json(path: Path) -> Vocab:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        vocab: dict[str, int] = dict(data["model"]["vocab"]) if isinstance(data["model"].get("vocab"), dict) else {}
+        vocab: dict[str, int] = (
+            dict(data["model"]["vocab"]) if isinstance(data["model"].get("vocab"), dict) else {}
+        )
         if not vocab and isinstance(data["model"].get("vocab"), list):  # Unigram: [[piece, score], ...]
             vocab = {p[0]: i for i, p in enumerate(data["model"]["vocab"])}
         added = data.get("added_tokens") or []
@@ -131,7 +133,9 @@ def load_vocab(folder: Path) -> Vocab | None:
             vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{folder / 'vocab.json'}: corrupt vocabulary") from None
-        return _build({str(k): int(v) for k, v in vocab.items()}, set(), "byte_level", str(folder / "vocab.json"))
+        return _build(
+            {str(k): int(v) for k, v in vocab.items()}, set(), "byte_level", str(folder / "vocab.json")
+        )
     if (folder / "vocab.txt").is_file():  # BERT WordPiece
         lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
         vocab = {t: i for i, t in enumerate(lines)}

@@ -129,7 +129,9 @@ def atomic_file(dest: Path, overwrite: bool = True) -> Iterator[Path]:
         raise UsageError(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(dest)
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies, unlike mkstemp's 0600
+    os.close(
+        os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    )  # umask applies, unlike mkstemp's 0600
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

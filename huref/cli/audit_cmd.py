@@ -16,16 +16,32 @@ from huref.errors import UsageError
 @app.command("audit")
 def audit_cmd(
     suspect: Annotated[str, typer.Argument(help="The suspect checkpoint.")],
-    out: Annotated[Path, typer.Option("-o", "--output", help="report.html to write (report.json beside it).")],
-    base: Annotated[list[str] | None, typer.Option("--base", help="A candidate base: checkpoint, fingerprint file or registered name (repeatable).")] = None,
-    registry: Annotated[bool, typer.Option("--registry", help="Compare with every base in the registry.")] = False,
-    fpvec: Annotated[list[Path] | None, typer.Option("--fpvec", help="An FP-Vec vector file (repeatable, each with a --keys).")] = None,
-    keys: Annotated[list[Path] | None, typer.Option("--keys", help="The key file of the matching --fpvec.")] = None,
+    out: Annotated[
+        Path, typer.Option("-o", "--output", help="report.html to write (report.json beside it).")
+    ],
+    base: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--base", help="A candidate base: checkpoint, fingerprint file or registered name (repeatable)."
+        ),
+    ] = None,
+    registry: Annotated[
+        bool, typer.Option("--registry", help="Compare with every base in the registry.")
+    ] = False,
+    fpvec: Annotated[
+        list[Path] | None,
+        typer.Option("--fpvec", help="An FP-Vec vector file (repeatable, each with a --keys)."),
+    ] = None,
+    keys: Annotated[
+        list[Path] | None, typer.Option("--keys", help="The key file of the matching --fpvec.")
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Probe tokens in robust mode.")] = 512,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     no_pcs: Annotated[bool, typer.Option("--no-pcs", help="Skip the parameter cosine.")] = False,
     no_dogs: Annotated[bool, typer.Option("--no-dogs", help="Leave out the dog images.")] = False,
-    fail_on: Annotated[str | None, typer.Option("--fail-on", help="Exit 1 when the overall verdict is this.")] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Exit 1 when the overall verdict is this.")
+    ] = None,
 ) -> None:
     """Write a self-contained HTML audit report and its JSON evidence."""
     from huref.invariants import Settings
@@ -38,9 +54,19 @@ def audit_cmd(
     if len(vectors) != len(key_files):
         raise UsageError("give one --keys for every --fpvec, in the same order")
     settings = Settings(n=n, device=device)
-    ev, html_path, json_path = run_audit(suspect, out, list(base or []), registry, list(zip(vectors, key_files, strict=True)),
-                                         settings, argv=["huref", *sys.argv[1:]], with_pcs=not no_pcs,
-                                         with_dogs=not no_dogs)
-    Console(stderr=True).print(f"verdict: [bold]{ev['verdict']['verdict']}[/bold]; wrote {html_path} and {json_path}")
+    ev, html_path, json_path = run_audit(
+        suspect,
+        out,
+        list(base or []),
+        registry,
+        list(zip(vectors, key_files, strict=True)),
+        settings,
+        argv=["huref", *sys.argv[1:]],
+        with_pcs=not no_pcs,
+        with_dogs=not no_dogs,
+    )
+    Console(stderr=True).print(
+        f"verdict: [bold]{ev['verdict']['verdict']}[/bold]; wrote {html_path} and {json_path}"
+    )
     if fail_on and ev["verdict"]["verdict"] == fail_on:
         raise typer.Exit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,16 +12,30 @@ from rich.console import Console
 from huref.cli.app import app
 from huref.errors import UsageError
 
-zoo_app = typer.Typer(help="Build the CPU model zoo used by tests, benchmarks and the demo.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from huref.invariants.extract import Settings
+    from huref.invariants.stats import NullModel
+
+zoo_app = typer.Typer(
+    help="Build the CPU model zoo used by tests, benchmarks and the demo.", no_args_is_help=True
+)
 app.add_typer(zoo_app, name="zoo")
 
 NOpt = Annotated[int, typer.Option("--n", help="Probe tokens in robust mode.")]
-KeyOpt = Annotated[str | None, typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same).")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same)."),
+]
 DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU when present).")]
-FreqOpt = Annotated[Path | None, typer.Option("--frequency-list", help="Paper mode: 'token<TAB>count' lines; the n least frequent are used.")]
+FreqOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--frequency-list", help="Paper mode: 'token<TAB>count' lines; the n least frequent are used."
+    ),
+]
 
 
-def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> object:
+def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> Settings:
     from huref.invariants.extract import Settings
     from huref.invariants.tokens import DEFAULT_KEY
 
@@ -31,8 +45,14 @@ def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | N
         raise UsageError(f"--modes takes robust and/or paper, got {modes!r}")
     if n < 16 or paper_n < 16:
         raise UsageError("--n and --paper-n must be at least 16")
-    return Settings(n=n, paper_n=paper_n, modes=wanted, key=key.encode() if key else DEFAULT_KEY, device=device,
-                    frequency_list=freq)
+    return Settings(
+        n=n,
+        paper_n=paper_n,
+        modes=wanted,
+        key=key.encode() if key else DEFAULT_KEY,
+        device=device,
+        frequency_list=freq,
+    )
 
 
 @app.command("fingerprint")
@@ -51,7 +71,7 @@ def fingerprint_cmd(
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
-    fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))  # type: ignore[arg-type]
+    fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))
     save_fingerprint(fp, out)
     Console(stderr=True).print(
         f"wrote {out} ({fp.meta['architecture']['n_layers']} layers, "
@@ -70,16 +90,28 @@ def compare_cmd(
     token_key: KeyOpt = None,
     device: DevOpt = "cpu",
     frequency_list: FreqOpt = None,
-    no_pcs: Annotated[bool, typer.Option("--no-pcs", help="Skip the parameter cosine (reads all weights).")] = False,
-    registry: Annotated[bool, typer.Option("--registry/--no-registry", help="Use the registry's independent pairs as the Z null.")] = True,
-    fail_on: Annotated[str | None, typer.Option("--fail-on", help="Exit 1 when the verdict is this (e.g. derived).")] = None,
+    no_pcs: Annotated[
+        bool, typer.Option("--no-pcs", help="Skip the parameter cosine (reads all weights).")
+    ] = False,
+    registry: Annotated[
+        bool,
+        typer.Option("--registry/--no-registry", help="Use the registry's independent pairs as the Z null."),
+    ] = True,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Exit 1 when the verdict is this (e.g. derived).")
+    ] = None,
 ) -> None:
     """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
     from huref.invariants import compare_paths
 
     null = _registry_null() if registry else None
-    c = compare_paths(a, b, _settings(n, paper_n, token_key, device, frequency_list, "robust,paper"), null,
-                      with_pcs=not no_pcs)
+    c = compare_paths(
+        a,
+        b,
+        _settings(n, paper_n, token_key, device, frequency_list, "robust,paper"),
+        null,
+        with_pcs=not no_pcs,
+    )
     if as_json:
         typer.echo(json.dumps(c.to_json()))
     else:
@@ -87,14 +119,16 @@ def compare_cmd(
         f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         con.print(f"[bold]{c.a}[/bold] vs [bold]{c.b}[/bold]  ({c.shared_tokens} shared probe tokens)")
         con.print(f"robust ICS {f(c.ics)}   paper ICS {f(c.ics_paper)}   PCS {f(c.pcs)}")
-        con.print(f"Z {f(c.z)} (null: {c.null['source']})   p {('n/a' if c.log10_p_value is None else f'1e{c.log10_p_value:.1f}')}")
+        con.print(
+            f"Z {f(c.z)} (null: {c.null['source']})   p {('n/a' if c.log10_p_value is None else f'1e{c.log10_p_value:.1f}')}"
+        )
         con.print("alignment " + ", ".join(f"{x}->{y} ({s:.1f})" for x, y, s in c.layer_alignment))
         con.print(f"verdict: [bold]{c.verdict}[/bold]  ({c.rule})")
     if fail_on and c.verdict == fail_on:
         raise typer.Exit(1)
 
 
-def _registry_null() -> object | None:
+def _registry_null() -> NullModel | None:
     try:
         from huref.registry.store import default_null
     except ImportError:
@@ -104,9 +138,16 @@ def _registry_null() -> object | None:
 
 @zoo_app.command("build")
 def zoo_build_cmd(
-    dest: Annotated[Path, typer.Argument(help="Folder to build the zoo in (reused when its recipe matches).")],
+    dest: Annotated[
+        Path, typer.Argument(help="Folder to build the zoo in (reused when its recipe matches).")
+    ],
     preset: Annotated[str, typer.Option("--preset", help="tiny (tests, < 3 min) or demo.")] = "tiny",
-    stories: Annotated[Path | None, typer.Option("--stories", help="stories260K.bin to import (default: ../shared/models/stories260K if present).")] = None,
+    stories: Annotated[
+        Path | None,
+        typer.Option(
+            "--stories", help="stories260K.bin to import (default: ../shared/models/stories260K if present)."
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching zoo exists.")] = False,
 ) -> None:
@@ -115,4 +156,6 @@ def zoo_build_cmd(
 
     path = build_zoo(dest, preset, stories or default_stories(), workers, force)
     doc = json.loads((path / "zoo.json").read_text())
-    Console(stderr=True).print(f"zoo at {path}: {len(doc['models'])} models (built in {doc['build_seconds']} s)")
+    Console(stderr=True).print(
+        f"zoo at {path}: {len(doc['models'])} models (built in {doc['build_seconds']} s)"
+    )

@@ -106,9 +106,20 @@ def compare_fingerprints(
     pcs = parameter_cosine(ckpt_a, ckpt_b) if ckpt_a is not None and ckpt_b is not None else None
     p_value = None if log10_p is None else 10.0**log10_p
     return Comparison(
-        a=fa.name, b=fb.name, ics=ics, ics_paper=ics_paper, pcs=pcs, z=z, p_value=p_value, log10_p_value=log10_p,
-        layer_alignment=alignment, verdict=verdict_for(log10_p, z), shared_tokens=shared,
-        shared_tokens_paper=shared_p, layer_similarity=sim, layer_tests=tests,
+        a=fa.name,
+        b=fb.name,
+        ics=ics,
+        ics_paper=ics_paper,
+        pcs=pcs,
+        z=z,
+        p_value=p_value,
+        log10_p_value=log10_p,
+        layer_alignment=alignment,
+        verdict=verdict_for(log10_p, z),
+        shared_tokens=shared,
+        shared_tokens_paper=shared_p,
+        layer_similarity=sim,
+        layer_tests=tests,
         null={"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
     )
 
@@ -125,8 +136,9 @@ def load_any(path: str | Path, settings: Any = None) -> tuple[Fingerprint, Check
     return fingerprint_model(m, settings), m.ckpt
 
 
-def compare_paths(a: str | Path, b: str | Path, settings: Any = None, null: NullModel | None = None,
-                  with_pcs: bool = True) -> Comparison:
+def compare_paths(
+    a: str | Path, b: str | Path, settings: Any = None, null: NullModel | None = None, with_pcs: bool = True
+) -> Comparison:
     fa, ca = load_any(a, settings)
     fb, cb = load_any(b, settings)
     return compare_fingerprints(fa, fb, null, ca if with_pcs else None, cb if with_pcs else None)

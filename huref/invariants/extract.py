@@ -21,7 +21,14 @@ from huref.checkpoint import Checkpoint
 from huref.errors import UsageError
 from huref.invariants import kernels as K
 from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
-from huref.invariants.tokens import DEFAULT_KEY, TokenSet, key_digest, read_frequency_list, select_least_frequent, select_tokens
+from huref.invariants.tokens import (
+    DEFAULT_KEY,
+    TokenSet,
+    key_digest,
+    read_frequency_list,
+    select_least_frequent,
+    select_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,9 @@ def _stream_rows(m: Model, ids: list[int], dev: torch.device) -> torch.Tensor:
     return en.apply(x, with_bias=False) if en is not None and m.cfg.placement == "pre" else x
 
 
-def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings | None = None) -> Fingerprint:
+def fingerprint_model(
+    model: str | Path | Checkpoint | Model, settings: Settings | None = None
+) -> Fingerprint:
     s = settings or Settings()
     m = model if isinstance(model, Model) else load_model(model)
     dev = resolve_device(s.device)
@@ -118,10 +127,22 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
             clock.compute += time.perf_counter() - t
             del w
         clock.read += stream.read_seconds
-        robust = ModeTerms("robust", list(range(cfg.n_layers)), list(tok.ids), list(tok.strings), tok.source, terms,
-                           key_digest(s.key))
-        responses = Responses(("gate", "up") if cfg.gated else ("in", "out"), list(tok.strings[:n_r]),
-                              list(range(cfg.n_layers)), views_a, views_b)
+        robust = ModeTerms(
+            "robust",
+            list(range(cfg.n_layers)),
+            list(tok.ids),
+            list(tok.strings),
+            tok.source,
+            terms,
+            key_digest(s.key),
+        )
+        responses = Responses(
+            ("gate", "up") if cfg.gated else ("in", "out"),
+            list(tok.strings[:n_r]),
+            list(range(cfg.n_layers)),
+            views_a,
+            views_b,
+        )
 
     if "paper" in s.modes:
         tok = _tokens(m, s.paper_n, s, "paper")
@@ -136,11 +157,15 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
             t = time.perf_counter()
             terms[j, 0] = K.standardise(K.attn_qk(x, x, w["attn_q"], w["attn_k"], H, KV, hd)).cpu().half()
             terms[j, 1] = K.standardise(K.attn_vo(x, x, w["attn_v"], w["attn_o"], H, KV, hd)).cpu().half()
-            terms[j, 2] = K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
+            terms[j, 2] = (
+                K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
+            )
             clock.compute += time.perf_counter() - t
             assert layer == layers[j]
         clock.read += stream.read_seconds
-        paper = ModeTerms("paper", layers, list(tok.ids), list(tok.strings), tok.source, terms, key_digest(s.key))
+        paper = ModeTerms(
+            "paper", layers, list(tok.ids), list(tok.strings), tok.source, terms, key_digest(s.key)
+        )
 
     meta = {
         "format": FORMAT_VERSION,
@@ -164,8 +189,13 @@ def fingerprint_model(model: str | Path | Checkpoint | Model, settings: Settings
             "gated": cfg.gated,
             "parameters": m.parameter_count(),
         },
-        "settings": {"n": s.n, "paper_n": s.paper_n, "n_responses": s.n_responses, "modes": list(s.modes),
-                     "frequency_list": str(s.frequency_list) if s.frequency_list else None},
+        "settings": {
+            "n": s.n,
+            "paper_n": s.paper_n,
+            "n_responses": s.n_responses,
+            "modes": list(s.modes),
+            "frequency_list": str(s.frequency_list) if s.frequency_list else None,
+        },
     }
     timing = {"total_s": time.perf_counter() - t_start, "read_s": clock.read, "compute_s": clock.compute}
     return Fingerprint(meta, robust, paper, responses, timing)

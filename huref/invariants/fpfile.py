@@ -41,11 +41,19 @@ def _doc(fp: Fingerprint) -> dict:
     doc = dict(fp.meta)
     for mt in (fp.robust, fp.paper):
         if mt is not None:
-            doc[mt.mode] = {"layers": mt.layers, "tokens": mt.token_strings, "token_source": mt.token_source,
-                            "key_digest": mt.key_digest, "n": mt.n}
+            doc[mt.mode] = {
+                "layers": mt.layers,
+                "tokens": mt.token_strings,
+                "token_source": mt.token_source,
+                "key_digest": mt.key_digest,
+                "n": mt.n,
+            }
     if fp.responses is not None:
-        doc["responses"] = {"views": list(fp.responses.views), "tokens": fp.responses.token_strings,
-                            "layers": fp.responses.layers}
+        doc["responses"] = {
+            "views": list(fp.responses.views),
+            "tokens": fp.responses.token_strings,
+            "layers": fp.responses.layers,
+        }
     doc["timing"] = fp.timing
     return doc
 
@@ -58,7 +66,7 @@ def _seal(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(DTYPE_NAMES[t.dtype]).encode())
         h.update(json.dumps(list(t.shape)).encode())
         if t.numel():
-            h.update(memoryview(t.view(torch.uint8).numpy()).cast("B"))
+            h.update(t.view(torch.uint8).numpy().data.cast("B"))
     return h.hexdigest()
 
 
@@ -68,8 +76,9 @@ def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
     meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=False)
     plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
     with atomic_file(path) as tmp:
-        write_safetensors_file(tmp, plan, lambda p: tensors[p.name],
-                               {META_KEY: meta_json, SEAL_KEY: _seal(meta_json, tensors)})
+        write_safetensors_file(
+            tmp, plan, lambda p: tensors[p.name], {META_KEY: meta_json, SEAL_KEY: _seal(meta_json, tensors)}
+        )
     return path
 
 
@@ -104,20 +113,33 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         )
     tensors = {n: sf.read(n) for n in sf.names()}
     if _seal(meta[META_KEY], tensors) != meta.get(SEAL_KEY):
-        raise FingerprintError(f"{p}: fingerprint seal does not verify: the file was modified after it was written")
+        raise FingerprintError(
+            f"{p}: fingerprint seal does not verify: the file was modified after it was written"
+        )
     try:
         modes = {}
         for mode in ("robust", "paper"):
             if mode in doc:
                 d = doc[mode]
-                modes[mode] = ModeTerms(mode, list(d["layers"]), tensors[f"{mode}.token_ids"].tolist(),
-                                        list(d["tokens"]), d["token_source"], tensors[f"{mode}.terms"], d["key_digest"])
+                modes[mode] = ModeTerms(
+                    mode,
+                    list(d["layers"]),
+                    tensors[f"{mode}.token_ids"].tolist(),
+                    list(d["tokens"]),
+                    d["token_source"],
+                    tensors[f"{mode}.terms"],
+                    d["key_digest"],
+                )
         resp = None
         if "responses" in doc:
             r = doc["responses"]
-            resp = Responses(tuple(r["views"]), list(r["tokens"]), list(r["layers"]),  # type: ignore[arg-type]
-                             [tensors[f"responses.{ly}.a"] for ly in r["layers"]],
-                             [tensors[f"responses.{ly}.b"] for ly in r["layers"]])
+            resp = Responses(
+                tuple(r["views"]),
+                list(r["tokens"]),
+                list(r["layers"]),  # type: ignore[arg-type]
+                [tensors[f"responses.{ly}.a"] for ly in r["layers"]],
+                [tensors[f"responses.{ly}.b"] for ly in r["layers"]],
+            )
     except KeyError as e:
         raise FingerprintError(f"{p}: incomplete fingerprint (missing {e})") from None
     meta_out = {k: v for k, v in doc.items() if k not in ("robust", "paper", "responses", "timing")}

@@ -15,11 +15,20 @@ def expand_kv(t: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> torch.
     if n_heads == n_kv:
         return t
     n = t.shape[0]
-    return t.reshape(n, n_kv, head_dim).repeat_interleave(n_heads // n_kv, dim=1).reshape(n, n_heads * head_dim)
+    return (
+        t.reshape(n, n_kv, head_dim).repeat_interleave(n_heads // n_kv, dim=1).reshape(n, n_heads * head_dim)
+    )
 
 
-def attn_qk(xq: torch.Tensor, xk: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, n_heads: int, n_kv: int,
-            head_dim: int) -> torch.Tensor:
+def attn_qk(
+    xq: torch.Tensor,
+    xk: torch.Tensor,
+    w_q: torch.Tensor,
+    w_k: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
     """sum over heads of (xq W_Q,h)(xk W_K,g(h))^T  ->  [n, n]. Summing heads removes any
     per-head mixing C with W_Q C, W_K C^-T and any head permutation within a KV group."""
     q = xq @ w_q.t()  # [n, H*hd]
@@ -27,8 +36,15 @@ def attn_qk(xq: torch.Tensor, xk: torch.Tensor, w_q: torch.Tensor, w_k: torch.Te
     return q @ k.t()
 
 
-def attn_vo(xv: torch.Tensor, xo: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv: int,
-            head_dim: int) -> torch.Tensor:
+def attn_vo(
+    xv: torch.Tensor,
+    xo: torch.Tensor,
+    w_v: torch.Tensor,
+    w_o: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
     """(xv W_V W_O) xo^T with GQA expansion of V heads -> [n, n]; V/O mixing per head cancels."""
     v = expand_kv(xv @ w_v.t(), n_heads, n_kv, head_dim)  # [n, H*hd]
     return (v @ w_o.t()) @ xo.t()  # [n, d] @ [d, n]
@@ -49,7 +65,9 @@ def ffn_out(h: torch.Tensor, w_down: torch.Tensor, xo: torch.Tensor) -> torch.Te
     return (h @ w_down.t()) @ xo.t()
 
 
-def hadamard_ffn(x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor) -> torch.Tensor:
+def hadamard_ffn(
+    x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor
+) -> torch.Tensor:
     """The published M_f: X (W_gate ⊙ W_up) W_down X^T (⊙ of the weight matrices), or X W_1 W_2 X^T."""
     w_in = w_up if w_gate is None else w_gate * w_up  # [d_ff, d]
     return ((x @ w_in.t()) @ w_down.t()) @ x.t()

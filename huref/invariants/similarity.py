@@ -39,7 +39,9 @@ def restrict(mt: ModeTerms, idx: list[int]) -> torch.Tensor:
 
 def shared_terms(a: ModeTerms, b: ModeTerms) -> tuple[torch.Tensor, torch.Tensor, int]:
     if a.key_digest != b.key_digest:
-        raise FingerprintError("the two fingerprints chose tokens with different keys; recompute one with the other's key")
+        raise FingerprintError(
+            "the two fingerprints chose tokens with different keys; recompute one with the other's key"
+        )
     ia, ib = shared_index(a.token_strings, b.token_strings)
     if len(ia) < MIN_SHARED_TOKENS:
         raise FingerprintError(

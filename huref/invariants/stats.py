@@ -102,15 +102,17 @@ class LayerTest:
     log10_p: float
 
 
-def neuron_test(ra: Responses, rb: Responses, pairs: list[tuple[int, int]], signed_b: bool) -> list[LayerTest]:
+def neuron_test(
+    ra: Responses, rb: Responses, pairs: list[tuple[int, int]], signed_b: bool
+) -> list[LayerTest]:
     """One test per aligned layer pair present in both response sets."""
     ia, ib = shared_index(ra.token_strings, rb.token_strings)
     if len(ia) < 8:
         return []
     ta, tb = torch.tensor(ia), torch.tensor(ib)
     out = []
-    pos_a = {l: i for i, l in enumerate(ra.layers)}
-    pos_b = {l: i for i, l in enumerate(rb.layers)}
+    pos_a = {ly: i for i, ly in enumerate(ra.layers)}
+    pos_b = {ly: i for i, ly in enumerate(rb.layers)}
     for la, lb in pairs:
         if la not in pos_a or lb not in pos_b:
             continue
@@ -166,7 +168,9 @@ class NullModel:
 # Built-in null, used while the registry holds fewer than 5 independent pairs. Measured on the
 # tiny zoo's 11 comparable independent base pairs (bench/lineage.py); the spread is inflated by 1.5x so a
 # small sample does not make Z overconfident.
-BUILTIN_NULL = NullModel(mean=4.4, std=4.2, n_pairs=11, source="built-in: tiny-zoo independent base pairs (mean 4.4, sd 2.8 x1.5)")
+BUILTIN_NULL = NullModel(
+    mean=4.4, std=4.2, n_pairs=11, source="built-in: tiny-zoo independent base pairs (mean 4.4, sd 2.8 x1.5)"
+)
 
 
 def null_from_values(values: list[float], source: str) -> NullModel:

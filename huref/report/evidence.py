@@ -44,13 +44,23 @@ def _identity(m: Model) -> dict[str, Any]:
         "path": str(m.ckpt.path),
         "format": m.ckpt.format,
         "architecture": {
-            "family": m.spec.name, "model_type": cfg.model_type, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
-            "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff, "vocab_size": cfg.vocab_size,
-            "norm": cfg.norm, "gated_mlp": cfg.gated, "tied_embeddings": cfg.tied,
+            "family": m.spec.name,
+            "model_type": cfg.model_type,
+            "n_layers": cfg.n_layers,
+            "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "d_ff": cfg.d_ff,
+            "vocab_size": cfg.vocab_size,
+            "norm": cfg.norm,
+            "gated_mlp": cfg.gated,
+            "tied_embeddings": cfg.tied,
         },
         "config_strings": {k: str(v) for k, v in sorted(m.ckpt.config.items()) if isinstance(v, str)},
         "parameters": m.parameter_count(),
-        "tokenizer": None if m.ckpt.vocab is None else {"size": len(m.ckpt.vocab), "style": m.ckpt.vocab.style},
+        "tokenizer": None
+        if m.ckpt.vocab is None
+        else {"size": len(m.ckpt.vocab), "style": m.ckpt.vocab.style},
         "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sums[p.name]} for p in files],
     }
 
@@ -72,22 +82,40 @@ def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]])
     derived = [p for p in passive if p.get("verdict") == "derived"]
     fired = [a for a in active if a.get("fsr", 0) >= 0.9 and a.get("near_miss_fsr", 0) == 0]
     if derived or fired:
-        best = min(derived, key=lambda p: (p["log10_p_value"] if p["log10_p_value"] is not None else 0.0,
-                                           -(p["ics"] or 0))) if derived else None
+        best = (
+            min(
+                derived,
+                key=lambda p: (
+                    p["log10_p_value"] if p["log10_p_value"] is not None else 0.0,
+                    -(p["ics"] or 0),
+                ),
+            )
+            if derived
+            else None
+        )
         why = []
         if best:
-            why.append(f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f}, "
-                       f"log10 p {best['log10_p_value']:.1f})" if best["log10_p_value"] is not None
-                       else f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f})")
+            why.append(
+                f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f}, "
+                f"log10 p {best['log10_p_value']:.1f})"
+                if best["log10_p_value"] is not None
+                else f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f})"
+            )
         for a in fired:
             why.append(f"active: fingerprint vector {a['vector_name']} answers {a['hits']}/{a['n']} keys")
         return {"verdict": "derived", "base": best["base"] if best else fired[0].get("base"), "because": why}
     all_independent = bool(passive) and all(p.get("verdict") == "independent" for p in passive)
     if all_independent and all(a.get("fsr", 0) == 0 for a in active):
-        return {"verdict": "independent", "base": None,
-                "because": [f"independent of all {len(passive)} candidate base(s); no fingerprint vector fires"]}
-    return {"verdict": "inconclusive", "base": None,
-            "because": ["the evidence does not reach either threshold (see the per-base rows)"]}
+        return {
+            "verdict": "independent",
+            "base": None,
+            "because": [f"independent of all {len(passive)} candidate base(s); no fingerprint vector fires"],
+        }
+    return {
+        "verdict": "inconclusive",
+        "base": None,
+        "because": ["the evidence does not reach either threshold (see the per-base rows)"],
+    }
 
 
 def gather(
@@ -111,17 +139,44 @@ def gather(
     passive: list[dict[str, Any]] = []
     for c in candidates:
         try:
-            cmp = compare_fingerprints(c.fingerprint, sfp, null, c.model.ckpt if (with_pcs and c.model) else None,
-                                       sm.ckpt if with_pcs and c.model else None)
+            cmp = compare_fingerprints(
+                c.fingerprint,
+                sfp,
+                null,
+                c.model.ckpt if (with_pcs and c.model) else None,
+                sm.ckpt if with_pcs and c.model else None,
+            )
         except FingerprintError as e:
-            passive.append({"base": c.name, "source": c.source, "comparable": False, "error": str(e),
-                            "verdict": None, "ics": None, "ics_paper": None, "pcs": None, "z": None,
-                            "p_value": None, "log10_p_value": None, "layer_alignment": [], "layer_similarity": [],
-                            "shared_tokens": 0, "base_layers": c.fingerprint.n_layers})
+            passive.append(
+                {
+                    "base": c.name,
+                    "source": c.source,
+                    "comparable": False,
+                    "error": str(e),
+                    "verdict": None,
+                    "ics": None,
+                    "ics_paper": None,
+                    "pcs": None,
+                    "z": None,
+                    "p_value": None,
+                    "log10_p_value": None,
+                    "layer_alignment": [],
+                    "layer_similarity": [],
+                    "shared_tokens": 0,
+                    "base_layers": c.fingerprint.n_layers,
+                }
+            )
             continue
         row = cmp.to_json()
-        row.update({"base": c.name, "source": c.source, "comparable": True, "error": None,
-                    "base_layers": c.fingerprint.n_layers})
+        row.update(
+            {
+                "base": c.name,
+                "source": c.source,
+                "comparable": True,
+                "error": None,
+                "base_layers": c.fingerprint.n_layers,
+            }
+        )
         row.pop("a", None)
         row.pop("b", None)
         passive.append(row)
@@ -134,9 +189,13 @@ def gather(
         "created": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": list(argv if argv is not None else sys.argv),
-        "settings": {"n": settings.n, "paper_n": settings.paper_n, "n_responses": settings.n_responses,
-                     "device": settings.device, "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs,
-                                                         "source": null.source}},
+        "settings": {
+            "n": settings.n,
+            "paper_n": settings.paper_n,
+            "n_responses": settings.n_responses,
+            "device": settings.device,
+            "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
+        },
         "suspect": {**_identity(sm), "n_layers": sm.cfg.n_layers},
         "verdict": {**overall_verdict(comparable, active), "rule": VERDICT_RULE},
         "passive": passive,
@@ -145,7 +204,9 @@ def gather(
     }
 
 
-def _dogs(sfp: Fingerprint, candidates: list[Candidate], passive: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _dogs(
+    sfp: Fingerprint, candidates: list[Candidate], passive: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """Dog images (PNG data) of the suspect and every base, when the encoder is available."""
     try:
         from huref import dogs
@@ -157,12 +218,17 @@ def _dogs(sfp: Fingerprint, candidates: list[Candidate], passive: list[dict[str,
 
     try:
         zs = dogs.dog_vector(sfp)
-        out = {"suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()}, "bases": []}
+        out: dict[str, Any] = {"suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()}, "bases": []}
         for c in candidates:
             zb = dogs.dog_vector(c.fingerprint)
             cos = float(np.dot(zs, zb) / (np.linalg.norm(zs) * np.linalg.norm(zb)))
-            out["bases"].append({"base": c.name, "png": base64.b64encode(dogs.dog_png_bytes(c.fingerprint)).decode(),
-                                 "cosine": cos})
+            out["bases"].append(
+                {
+                    "base": c.name,
+                    "png": base64.b64encode(dogs.dog_png_bytes(c.fingerprint)).decode(),
+                    "cosine": cos,
+                }
+            )
         return out
     except HurefError as e:  # a dog that cannot be drawn must not sink the audit; the page says why
         log.warning("dog images skipped: %s", e)

@@ -25,13 +25,18 @@ def _pfmt(log10_p: float | None) -> str:
     if log10_p is None:
         return "n/a"
     if log10_p > -3:
-        return f"{10 ** log10_p:.3g}"
+        return f"{10**log10_p:.3g}"
     return f"1e{log10_p:.1f}"
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("huref.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("huref.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.globals.update(fmt=_fmt, pfmt=_pfmt, heatmap=_heatmap, alignment=_alignment)
     return env
 
@@ -43,7 +48,9 @@ def _heatmap(p: dict[str, Any]) -> str:
 
 def _alignment(p: dict[str, Any]) -> str:
     n_b = len(p["layer_similarity"][0]) if p["layer_similarity"] else 0
-    return alignment_svg(p["layer_alignment"], len(p["layer_similarity"]), n_b, f"base {p['base']}", "suspect")
+    return alignment_svg(
+        p["layer_alignment"], len(p["layer_similarity"]), n_b, f"base {p['base']}", "suspect"
+    )
 
 
 def render_html(ev: dict[str, Any], json_name: str = "report.json") -> str:

@@ -237,8 +237,17 @@ def vocab_expansion(s: RoleState, g: torch.Generator, n_new: int = 48) -> Attack
     tok = _tokenizer_json(s)
     added = tok.setdefault("added_tokens", [])
     for i in range(n_new):
-        added.append({"id": V + i, "content": f"<|new_{i}|>", "single_word": False, "lstrip": False,
-                      "rstrip": False, "normalized": False, "special": False})
+        added.append(
+            {
+                "id": V + i,
+                "content": f"<|new_{i}|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": False,
+            }
+        )
     return AttackResult(s, tokenizer_json=tok, old_vocab=V)
 
 

@@ -47,9 +47,18 @@ class Ctx:
     stories: Path | None
 
 
-def _entry(name: str, arch: str, parent: str | list[str] | None, relation: str, root: str, **notes: Any) -> dict:
-    return {"name": name, "path": name, "arch": arch, "parent": parent, "relation": relation, "root": root,
-            "notes": notes}
+def _entry(
+    name: str, arch: str, parent: str | list[str] | None, relation: str, root: str, **notes: Any
+) -> dict:
+    return {
+        "name": name,
+        "path": name,
+        "arch": arch,
+        "parent": parent,
+        "relation": relation,
+        "root": root,
+        "notes": notes,
+    }
 
 
 def _streams(ctx: Ctx) -> dict[str, torch.Tensor]:
@@ -73,15 +82,33 @@ def job_base(ctx: Ctx, arch: str, name: str, seed: int) -> list[dict]:
     model = new_model(arch, p, p.vocab, seed)
     losses = train_lm(model, s["pretrain"], p.base_steps, p.base_lr, seed, p.batch, p.seq)
     save_hf(model, ctx.root / name, _tok(ctx))
-    return [_entry(name, arch, None, "base", name, seed=seed, seconds=round(time.time() - t0, 1), **_loss_notes(losses))]
+    return [
+        _entry(
+            name,
+            arch,
+            None,
+            "base",
+            name,
+            seed=seed,
+            seconds=round(time.time() - t0, 1),
+            **_loss_notes(losses),
+        )
+    ]
 
 
-def _stories_samples(model: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
+def _stories_samples(model: Any, n: int, seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
     bos = torch.full((n, 1), 1, dtype=torch.long)
     with torch.no_grad():
-        out = model.generate(input_ids=bos, attention_mask=torch.ones_like(bos), do_sample=True, temperature=1.0,
-                             max_new_tokens=127, pad_token_id=0, eos_token_id=None)
+        out = model.generate(
+            input_ids=bos,
+            attention_mask=torch.ones_like(bos),
+            do_sample=True,
+            temperature=1.0,
+            max_new_tokens=127,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     return out  # [n, 128], each row starting with BOS
 
 
@@ -100,37 +127,75 @@ def job_stories(ctx: Ctx) -> list[dict]:
     import transformers as T
 
     torch.manual_seed(11)
-    indep = T.LlamaForCausalLM(T.LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures",)})).eval()
+    indep = T.LlamaForCausalLM(
+        T.LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures",)})
+    ).eval()
     losses = train_lm(indep, data, 300, 3e-3, 11, 16, 64)
     save_hf(indep, ctx.root / "stories260k-indep", dest)
     return [
-        _entry("stories260k", "llama", None, "base", "stories260k", source="llama2.c stories260K (real, pretrained)"),
-        _entry("stories260k-indep", "llama", None, "base", "stories260k-indep", seed=11,
-               data="stories260K's own samples", **_loss_notes(losses)),
+        _entry(
+            "stories260k",
+            "llama",
+            None,
+            "base",
+            "stories260k",
+            source="llama2.c stories260K (real, pretrained)",
+        ),
+        _entry(
+            "stories260k-indep",
+            "llama",
+            None,
+            "base",
+            "stories260k-indep",
+            seed=11,
+            data="stories260K's own samples",
+            **_loss_notes(losses),
+        ),
     ]
 
 
-def _train_derivative(ctx: Ctx, parent: str, name: str, stream: torch.Tensor, steps: int, lr: float, seed: int,
-                      relation: str, arch: str, root: str, tok_dir: Path | None = None) -> dict:
+def _train_derivative(
+    ctx: Ctx,
+    parent: str,
+    name: str,
+    stream: torch.Tensor,
+    steps: int,
+    lr: float,
+    seed: int,
+    relation: str,
+    arch: str,
+    root: str,
+    tok_dir: Path | None = None,
+) -> dict:
     model = load_hf(ctx.root / parent)
     losses = train_lm(model, stream, steps, lr, seed, ctx.preset.batch, ctx.preset.seq)
     save_hf(model, ctx.root / name, tok_dir or (ctx.root / parent))
     change = derive.relative_change(ctx.root / parent, ctx.root / name)
-    return _entry(name, arch, parent, relation, root, lr=lr, relative_weight_change=change, **_loss_notes(losses))
+    return _entry(
+        name, arch, parent, relation, root, lr=lr, relative_weight_change=change, **_loss_notes(losses)
+    )
 
 
 def job_llama_trained(ctx: Ctx) -> list[dict]:
     p, s = ctx.preset, _streams(ctx)
     out = [
-        _train_derivative(ctx, "llama-a", "llama-a-sft", s["sft"], p.sft_steps, p.sft_lr, 21, "sft", "llama", "llama-a"),
-        _train_derivative(ctx, "llama-a", "llama-a-cpt", s["cpt"], p.cpt_steps, p.cpt_lr, 22, "cpt", "llama", "llama-a"),
+        _train_derivative(
+            ctx, "llama-a", "llama-a-sft", s["sft"], p.sft_steps, p.sft_lr, 21, "sft", "llama", "llama-a"
+        ),
+        _train_derivative(
+            ctx, "llama-a", "llama-a-cpt", s["cpt"], p.cpt_steps, p.cpt_lr, 22, "cpt", "llama", "llama-a"
+        ),
     ]
     # LoRA fine-tune, merged back into dense weights
     from peft import LoraConfig, get_peft_model
 
     model = load_hf(ctx.root / "llama-a")
-    lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lcfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     pm = get_peft_model(model, lcfg)
     losses = train_lm(pm, s["sft"], p.lora_steps, 2e-3, 23, p.batch, p.seq)
     merged = pm.merge_and_unload()
@@ -163,8 +228,17 @@ def _vocab_expand_trained(ctx: Ctx) -> dict:
     stream = torch.tensor(tok.encode(text).ids)
     losses = train_lm(model, stream, p.heal_steps + 20, 1e-3, 24, p.batch, p.seq)
     save_hf(model, ctx.root / "llama-a-vocab-expand", tmp_tok)
-    return _entry("llama-a-vocab-expand", "llama", "llama-a", "vocab-expand", "llama-a", new_tokens=len(new),
-                  vocab_before=old, vocab_after=tok.get_vocab_size(), **_loss_notes(losses))
+    return _entry(
+        "llama-a-vocab-expand",
+        "llama",
+        "llama-a",
+        "vocab-expand",
+        "llama-a",
+        new_tokens=len(new),
+        vocab_before=old,
+        vocab_after=tok.get_vocab_size(),
+        **_loss_notes(losses),
+    )
 
 
 def job_llama_structural(ctx: Ctx) -> list[dict]:
@@ -190,15 +264,23 @@ def job_llama_structural(ctx: Ctx) -> list[dict]:
     losses = train_lm(model, s["pretrain"], p.heal_steps, 1e-3, 25, p.batch, p.seq)  # brief healing
     save_hf(model, ctx.root / "llama-a-prune-width", base)
     shutil.rmtree(tmp)
-    out.append(_entry("llama-a-prune-width", "llama", "llama-a", "prune-width", "llama-a", **info, **_loss_notes(losses)))
+    out.append(
+        _entry(
+            "llama-a-prune-width", "llama", "llama-a", "prune-width", "llama-a", **info, **_loss_notes(losses)
+        )
+    )
     return out
 
 
 def job_gpt2_derivs(ctx: Ctx) -> list[dict]:
     p, s = ctx.preset, _streams(ctx)
     return [
-        _train_derivative(ctx, "gpt2-a", "gpt2-a-sft", s["sft"], p.sft_steps, p.sft_lr, 31, "sft", "gpt2", "gpt2-a"),
-        _train_derivative(ctx, "gpt2-a", "gpt2-a-cpt", s["cpt"], p.cpt_steps, p.cpt_lr, 32, "cpt", "gpt2", "gpt2-a"),
+        _train_derivative(
+            ctx, "gpt2-a", "gpt2-a-sft", s["sft"], p.sft_steps, p.sft_lr, 31, "sft", "gpt2", "gpt2-a"
+        ),
+        _train_derivative(
+            ctx, "gpt2-a", "gpt2-a-cpt", s["cpt"], p.cpt_steps, p.cpt_lr, 32, "cpt", "gpt2", "gpt2-a"
+        ),
     ]
 
 
@@ -209,10 +291,21 @@ def job_stories_derivs(ctx: Ctx) -> list[dict]:
     body = (_streams(ctx)["cpt"] % 509 + 3)[: 400 * 63].reshape(400, 63)
     foreign = torch.cat([torch.ones(400, 1, dtype=torch.long), body], dim=1)
     return [
-        _train_derivative(ctx, "stories260k", "stories260k-sft", own, p.sft_steps, 5e-4, 41, "sft", "llama",
-                          "stories260k"),
-        _train_derivative(ctx, "stories260k", "stories260k-cpt", foreign, p.cpt_steps, 2e-3, 42, "cpt", "llama",
-                          "stories260k"),
+        _train_derivative(
+            ctx, "stories260k", "stories260k-sft", own, p.sft_steps, 5e-4, 41, "sft", "llama", "stories260k"
+        ),
+        _train_derivative(
+            ctx,
+            "stories260k",
+            "stories260k-cpt",
+            foreign,
+            p.cpt_steps,
+            2e-3,
+            42,
+            "cpt",
+            "llama",
+            "stories260k",
+        ),
     ]
 
 
@@ -234,7 +327,9 @@ def job_merges(ctx: Ctx) -> list[dict]:
     a, b = ctx.root / "llama-a-sft", ctx.root / "llama-a-lora"
     lin = derive.merge_linear(RoleState.load(a), RoleState.load(b), 0.5)
     lin.save(ctx.root / "llama-a-merge-linear")
-    ties = derive.merge_ties(RoleState.load(ctx.root / "llama-a"), [RoleState.load(a), RoleState.load(b)], 0.2, 1.0)
+    ties = derive.merge_ties(
+        RoleState.load(ctx.root / "llama-a"), [RoleState.load(a), RoleState.load(b)], 0.2, 1.0
+    )
     ties.save(ctx.root / "llama-a-merge-ties")
     parents = ["llama-a-sft", "llama-a-lora"]
     return [
@@ -257,7 +352,9 @@ def _run_phase(jobs: list[tuple[Callable[..., list[dict]], tuple]], workers: int
     if workers <= 1:
         _init_worker()
         return [e for fn, args in jobs for e in fn(*args)]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
+    ) as ex:
         futures = [ex.submit(fn, *args) for fn, args in jobs]
         return [e for f in futures for e in f.result()]
 
@@ -267,13 +364,16 @@ def recipe_hash(preset: Preset, stories: Path | None) -> str:
     code = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):
         code.update(f.read_bytes())
-    blob = json.dumps({"v": ZOO_VERSION, "preset": preset.recipe(), "stories": bool(stories),
-                       "code": code.hexdigest()}, sort_keys=True)
+    blob = json.dumps(
+        {"v": ZOO_VERSION, "preset": preset.recipe(), "stories": bool(stories), "code": code.hexdigest()},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_zoo(dest: str | Path, preset: str = "tiny", stories: Path | None = None, workers: int = 2,
-              force: bool = False) -> Path:
+def build_zoo(
+    dest: str | Path, preset: str = "tiny", stories: Path | None = None, workers: int = 2, force: bool = False
+) -> Path:
     """Build (or reuse) a zoo; returns its folder. ``stories``: path to stories260K.bin, optional."""
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
@@ -298,16 +398,22 @@ def build_zoo(dest: str | Path, preset: str = "tiny", stories: Path | None = Non
     root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
     try:
         (root / "_data").mkdir()
-        text = {sl: corpus_text(sl, p.corpus_chars if sl == "pretrain" else p.corpus_chars // 4)
-                for sl in ("pretrain", "sft", "cpt", "heldout")}
+        text = {
+            sl: corpus_text(sl, p.corpus_chars if sl == "pretrain" else p.corpus_chars // 4)
+            for sl in ("pretrain", "sft", "cpt", "heldout")
+        }
         tok = train_tokenizer(text["pretrain"], p.vocab)
         save_tokenizer(tok, root / "_tokenizer")
-        save_file({k: torch.tensor(tok.encode(v).ids, dtype=torch.long) for k, v in text.items()},
-                  str(root / "_data" / "streams.safetensors"))
+        save_file(
+            {k: torch.tensor(tok.encode(v).ids, dtype=torch.long) for k, v in text.items()},
+            str(root / "_data" / "streams.safetensors"),
+        )
         ctx = Ctx(root, p, stories)
         phase1: list[tuple[Callable[..., list[dict]], tuple]] = [
             (job_base, (ctx, "llama", "llama-a", 1)),
-            *[(job_base, (ctx, "llama", f"llama-{c}", 1 + i)) for i, c in enumerate("bc", start=1)][: p.independent_bases - 1],
+            *[(job_base, (ctx, "llama", f"llama-{c}", 1 + i)) for i, c in enumerate("bc", start=1)][
+                : p.independent_bases - 1
+            ],
             (job_base, (ctx, "gpt2", "gpt2-a", 4)),
             (job_base, (ctx, "gpt_neox", "neox-a", 5)),
         ]

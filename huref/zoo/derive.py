@@ -62,7 +62,7 @@ def prune_width(s: RoleState, ffn_frac: float = 0.25, drop_kv_groups: int = 1, d
     for layer in range(s.n_layers):
         gate, up, down = s.get("mlp_gate", layer), s.get("mlp_up", layer), s.get("mlp_down", layer)
         score = gate.norm(dim=1) * up.norm(dim=1) * down.norm(dim=0)
-        f_keep = torch.argsort(score, descending=True)[: int(round(gate.shape[0] * (1 - ffn_frac)))].sort().values
+        f_keep = torch.argsort(score, descending=True)[: round(gate.shape[0] * (1 - ffn_frac))].sort().values
         s.set("mlp_gate", layer, gate[f_keep][:, dims_keep])
         s.set("mlp_up", layer, up[f_keep][:, dims_keep])
         s.set("mlp_down", layer, down[dims_keep][:, f_keep])
@@ -92,7 +92,11 @@ def prune_width(s: RoleState, ffn_frac: float = 0.25, drop_kv_groups: int = 1, d
         num_key_value_heads=new_k,
         head_dim=hd,
     )
-    return {"residual_dims_kept": len(dims_keep), "kv_groups_kept": new_k, "ffn_kept": cfg["intermediate_size"]}
+    return {
+        "residual_dims_kept": len(dims_keep),
+        "kv_groups_kept": new_k,
+        "ffn_kept": cfg["intermediate_size"],
+    }
 
 
 def merge_linear(a: RoleState, b: RoleState, w: float = 0.5) -> RoleState:

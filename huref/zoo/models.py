@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers as T
@@ -16,27 +17,42 @@ from huref.zoo.rolestate import TOKENIZER_FILES
 ARCH_CLASSES = {"llama": T.LlamaForCausalLM, "gpt2": T.GPT2LMHeadModel, "gpt_neox": T.GPTNeoXForCausalLM}
 
 
-def new_model(arch: str, p: Preset, vocab: int, seed: int) -> torch.nn.Module:
+def new_model(arch: str, p: Preset, vocab: int, seed: int) -> Any:
     torch.manual_seed(seed)
-    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    ids: dict[str, Any] = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    cfg: Any
     if arch == "llama":
         cfg = T.LlamaConfig(
-            hidden_size=p.d_model, intermediate_size=p.d_ff, num_hidden_layers=p.n_layers,
-            num_attention_heads=p.n_heads, num_key_value_heads=p.n_kv_heads, vocab_size=vocab,
-            max_position_embeddings=256, tie_word_embeddings=False, **ids,
+            hidden_size=p.d_model,
+            intermediate_size=p.d_ff,
+            num_hidden_layers=p.n_layers,
+            num_attention_heads=p.n_heads,
+            num_key_value_heads=p.n_kv_heads,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **ids,
         )
     elif arch == "gpt2":
-        cfg = T.GPT2Config(n_embd=p.d_model, n_layer=p.n_layers, n_head=p.n_heads, vocab_size=vocab,
-                           n_positions=256, **ids)
+        cfg = T.GPT2Config(
+            n_embd=p.d_model, n_layer=p.n_layers, n_head=p.n_heads, vocab_size=vocab, n_positions=256, **ids
+        )
     elif arch == "gpt_neox":
-        cfg = T.GPTNeoXConfig(hidden_size=p.d_model, intermediate_size=4 * p.d_model, num_hidden_layers=p.n_layers,
-                              num_attention_heads=p.n_heads, vocab_size=vocab, max_position_embeddings=256, **ids)
+        cfg = T.GPTNeoXConfig(
+            hidden_size=p.d_model,
+            intermediate_size=4 * p.d_model,
+            num_hidden_layers=p.n_layers,
+            num_attention_heads=p.n_heads,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+            **ids,
+        )
     else:
         raise ValueError(arch)
     return ARCH_CLASSES[arch](cfg).eval()
 
 
-def save_hf(model: torch.nn.Module, dest: Path, tokenizer_dir: Path | None) -> Path:
+def save_hf(model: Any, dest: Path, tokenizer_dir: Path | None) -> Path:
     """save_pretrained into a temporary folder, add the tokenizer files, then rename into place."""
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -55,13 +71,14 @@ def save_hf(model: torch.nn.Module, dest: Path, tokenizer_dir: Path | None) -> P
     return dest
 
 
-def load_hf(path: Path) -> torch.nn.Module:
+def load_hf(path: Path) -> Any:
     return T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 @torch.no_grad()
-def same_function_error(orig: Path, new: Path, id_map: torch.Tensor | None = None,
-                        old_vocab: int | None = None, seed: int = 0) -> float:
+def same_function_error(
+    orig: Path, new: Path, id_map: torch.Tensor | None = None, old_vocab: int | None = None, seed: int = 0
+) -> float:
     """max |logits_new - logits_orig| / max |logits_orig| on random token sequences.
 
     For a vocabulary permutation the new model reads the permuted ids and its logits are read

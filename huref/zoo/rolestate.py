@@ -19,7 +19,13 @@ from huref.checkpoint.writer import TensorPlan, write_checkpoint
 from huref.errors import ArchitectureError
 
 Key = tuple[str, int | None]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 @dataclass
@@ -48,7 +54,9 @@ class RoleState:
             if layer is not None:
                 templates[role] = m.prefix + b.rule.template
         lm_rule = next(r for r in m.spec.outside_prefix if "lm_head" in r.roles)
-        return cls(tensors, dict(m.ckpt.config), names, Path(path), lm_rule.template, templates, m.cfg.n_layers)
+        return cls(
+            tensors, dict(m.ckpt.config), names, Path(path), lm_rule.template, templates, m.cfg.n_layers
+        )
 
     def model(self) -> Model:
         return load_model(self.source)
@@ -88,8 +96,13 @@ class RoleState:
             if isinstance(self.config.get(key), list):
                 self.config[key] = [self.config[key][i] for i in keep]
 
-    def save(self, dest: Path, tokenizer_from: Path | None = None, tokenizer_json: dict | None = None,
-             dtype: torch.dtype = torch.float32) -> Path:
+    def save(
+        self,
+        dest: Path,
+        tokenizer_from: Path | None = None,
+        tokenizer_json: dict | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Path:
         plan = [TensorPlan(self.names[k], tuple(t.shape), dtype) for k, t in self.tensors.items()]
         by_name = {self.names[k]: t for k, t in self.tensors.items()}
         extra: dict[str, bytes] = {}
@@ -104,4 +117,6 @@ class RoleState:
         cfg.pop("dtype", None)
         if (dest).exists():
             shutil.rmtree(dest)
-        return write_checkpoint(dest, plan, lambda p: by_name[p.name].to(p.dtype), config=cfg, extra_files=extra)
+        return write_checkpoint(
+            dest, plan, lambda p: by_name[p.name].to(p.dtype), config=cfg, extra_files=extra
+        )
