@@ -44,6 +44,8 @@ def _root(
 COMMAND_MODULES = (
     "huref.cli.inspect_cmd",
     "huref.cli.science_cmds",
+    "huref.cli.registry_cmd",
+    "huref.cli.scan_cmd",
 )
 
 

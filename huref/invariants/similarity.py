@@ -23,16 +23,19 @@ def shared_index(a: list[str], b: list[str]) -> tuple[list[int], list[int]]:
 
 
 def restrict(mt: ModeTerms, idx: list[int]) -> torch.Tensor:
-    """[L, 3, m, m] float32 sub-matrices on the given token positions, each re-standardised.
+    """[L, 3, m, m] float64 sub-matrices on the given token positions, each re-standardised.
 
     Re-standardising a sub-matrix of a standardised matrix equals standardising the raw
     sub-matrix (standardisation is affine), so stored fingerprints lose nothing by this.
     """
-    ix = torch.tensor(idx, dtype=torch.long)
-    sub = mt.terms.index_select(2, ix).index_select(3, ix).to(torch.float32)  # [L, 3, m, m]
+    # float64 from here on: the cosines below sum millions of products, and float32 loses ~1e-4
+    sub = mt.terms.to(torch.float64)
+    if idx != list(range(sub.shape[-1])):  # skip the gather when every token is shared, in order
+        ix = torch.tensor(idx, dtype=torch.long)
+        sub = sub.index_select(2, ix).index_select(3, ix)  # [L, 3, m, m]
     flat = sub.flatten(2)
     flat = flat - flat.mean(-1, keepdim=True)
-    sd = flat.std(-1, keepdim=True)
+    sd = flat.norm(dim=-1, keepdim=True) / max(flat.shape[-1] - 1, 1) ** 0.5
     flat = flat / torch.where(sd > 0, sd, torch.ones_like(sd))
     return flat.reshape(sub.shape)
 
@@ -60,8 +63,8 @@ def layer_similarity(ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
     La, Lb, T = ta.shape[0], tb.shape[0], ta.shape[1]
     s = torch.zeros(La, Lb, dtype=torch.float64)
     for t in range(T):
-        fa = ta[:, t].flatten(1).to(torch.float64)  # [La, m*m]
-        fb = tb[:, t].flatten(1).to(torch.float64)
+        fa = ta[:, t].flatten(1)  # [La, m*m]
+        fb = tb[:, t].flatten(1)
         s += (fa @ fb.t()) / (fa.norm(dim=1)[:, None] * fb.norm(dim=1)[None, :]).clamp_min(1e-300)
     return (100.0 * s / T).to(torch.float32)
 
@@ -111,5 +114,5 @@ def paper_ics(ta: torch.Tensor, tb: torch.Tensor) -> float:
     if la.shape[0] != lb.shape[0]:
         k = min(la.shape[0], lb.shape[0])
         la, lb = la[-k:], lb[-k:]
-    fa, fb = la.flatten().to(torch.float64), lb.flatten().to(torch.float64)
+    fa, fb = la.flatten(), lb.flatten()
     return float(100.0 * torch.dot(fa, fb) / (fa.norm() * fb.norm()).clamp_min(1e-300))

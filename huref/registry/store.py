@@ -1,0 +1,402 @@
+"""The registry of known bases: one SQLite file and a folder of fingerprint files under $HUREF_HOME.
+
+Layout (``$HUREF_HOME``, default ``~/.huref``)::
+
+    registry.sqlite                       bases, independent pairs, and the scan caches
+    fingerprints/<sha256>.safetensors     fingerprint files, named by the SHA-256 of their bytes
+
+The database runs in WAL mode; every write happens in one ``BEGIN IMMEDIATE`` transaction, so a
+process killed at any instant (even by SIGKILL) leaves the last committed state behind and a
+concurrent reader never sees half a write. Fingerprint files are written to a temporary name and
+renamed before the row that names them is committed: a row never points at a missing or partial
+file (a kill in between leaves at worst an unreferenced file, which is harmless).
+
+Schema (version 1)::
+
+    meta(key PRIMARY KEY, value)                        schema version
+    bases(name PRIMARY KEY, family, fingerprint, weights, source, architecture, n_layers, added)
+        fingerprint: SHA-256 of the fingerprint file; weights: digest of the weight-file SHA-256s
+    independent_pairs(a, b, ics, reason, PRIMARY KEY(a, b), CHECK(a < b))
+        robust ICS of two bases declared independent; reason 'family' (different --family) or
+        'declared' (``huref registry mark-independent``); these ICS values are the Z-score null
+    file_hashes(path PRIMARY KEY, size, mtime_ns, inode, sha256)           scan cache
+    fingerprint_cache(content, settings, fingerprint, format, weights, seconds,
+                      PRIMARY KEY(content, settings))                      scan cache
+    comparisons(fingerprint, base_fingerprint, method, ics, log10_p, shared_tokens, error, detail,
+                PRIMARY KEY(fingerprint, base_fingerprint, method))        scan cache
+    failures(signature PRIMARY KEY, error)                                 scan cache: broken models
+    fpvec_results(content, commitment, method, fsr, hits, n, near_miss_fsr, error,
+                  PRIMARY KEY(content, commitment, method))                scan cache (--keys)
+    thumbnails(fingerprint, renderer, size, png, PRIMARY KEY(fingerprint, renderer, size))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from huref.errors import RegistryError
+from huref.invariants.fingerprint import Fingerprint
+from huref.invariants.stats import NullModel, null_from_values
+
+DB_NAME = "registry.sqlite"
+BLOB_DIR = "fingerprints"
+SCHEMA_VERSION = "1"
+MIN_NULL_PAIRS = 5  # fewer independent pairs than this: the built-in null is used instead
+BUSY_TIMEOUT_MS = 60_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bases (
+    name TEXT PRIMARY KEY,
+    family TEXT,
+    fingerprint TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    source TEXT NOT NULL,
+    architecture TEXT,
+    n_layers INTEGER,
+    added TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS independent_pairs (
+    a TEXT NOT NULL REFERENCES bases(name) ON DELETE CASCADE,
+    b TEXT NOT NULL REFERENCES bases(name) ON DELETE CASCADE,
+    ics REAL NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (a, b),
+    CHECK (a < b)
+);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fingerprint_cache (
+    content TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    format TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    seconds REAL,
+    PRIMARY KEY (content, settings)
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    fingerprint TEXT NOT NULL,
+    base_fingerprint TEXT NOT NULL,
+    method TEXT NOT NULL,
+    ics REAL,
+    log10_p REAL,
+    shared_tokens INTEGER,
+    error TEXT,
+    detail TEXT,
+    PRIMARY KEY (fingerprint, base_fingerprint, method)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    signature TEXT PRIMARY KEY,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fpvec_results (
+    content TEXT NOT NULL,
+    commitment TEXT NOT NULL,
+    method TEXT NOT NULL,
+    fsr REAL,
+    hits INTEGER,
+    n INTEGER,
+    near_miss_fsr REAL,
+    error TEXT,
+    PRIMARY KEY (content, commitment, method)
+);
+CREATE TABLE IF NOT EXISTS thumbnails (
+    fingerprint TEXT NOT NULL,
+    renderer TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    png BLOB NOT NULL,
+    PRIMARY KEY (fingerprint, renderer, size)
+);
+"""
+
+
+def huref_home() -> Path:
+    """``$HUREF_HOME``, or ``~/.huref`` when it is unset or empty."""
+    env = os.environ.get("HUREF_HOME", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".huref"
+
+
+@dataclass(frozen=True)
+class Base:
+    name: str
+    family: str | None
+    fingerprint: str  # SHA-256 of the fingerprint file
+    weights: str  # digest of the weight-file SHA-256s: identity of the weights
+    source: str
+    architecture: str | None
+    n_layers: int | None
+    added: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str
+    b: str
+    ics: float
+    reason: str  # 'family' | 'declared'
+
+
+def weights_digest(sha256s: dict[str, str] | list[str]) -> str:
+    """One digest of a set of weight-file hashes (file names do not matter, contents do)."""
+    values = sorted(sha256s.values() if isinstance(sha256s, dict) else sha256s)
+    return hashlib.sha256("\n".join(values).encode()).hexdigest() if values else ""
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+
+
+class Store:
+    """An open registry. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, home: Path | None = None, create: bool = True) -> None:
+        self.home = Path(home) if home is not None else huref_home()
+        self.db_path = self.home / DB_NAME
+        self.blob_dir = self.home / BLOB_DIR
+        if not self.db_path.exists() and not create:
+            raise RegistryError(f"no registry at {self.home}; add bases with 'huref registry add'")
+        try:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            self.conn = _connect(_uri(self.db_path, "rwc"))
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a killed process loses nothing committed (only a power cut can lose the last commits)
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            with self.transaction():
+                self._migrate()
+            self._sweep_temporaries()
+        except sqlite3.DatabaseError as e:
+            raise RegistryError(f"{self.db_path}: cannot open the registry ({e})") from None
+        except OSError as e:
+            raise RegistryError(f"{self.home}: cannot create the registry ({e.strerror or e})") from None
+
+    def _sweep_temporaries(self) -> None:
+        """Remove fingerprint files a killed writer left half-written (older than a day: never a live one)."""
+        cutoff = time.time() - 86400
+        for p in self.blob_dir.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+
+    def _migrate(self) -> None:
+        row = None
+        with contextlib.suppress(sqlite3.OperationalError):
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise RegistryError(
+                f"{self.db_path}: registry schema {row[0]!r}, this huref reads {SCHEMA_VERSION!r}; "
+                "use a matching huref or a new HUREF_HOME"
+            )
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                self.conn.execute(stmt)
+        self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken at BEGIN (IMMEDIATE), committed or rolled back as a whole."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- fingerprint files ----------------------------------------------------------------------
+
+    def blob_path(self, sha: str) -> Path:
+        return self.blob_dir / f"{sha}.safetensors"
+
+    def put_blob(self, data: bytes) -> str:
+        """Store fingerprint-file bytes under their SHA-256 (atomically); returns the hash."""
+        from huref.checkpoint.writer import atomic_file
+
+        sha = hashlib.sha256(data).hexdigest()
+        dest = self.blob_path(sha)
+        if not dest.is_file() or dest.stat().st_size != len(data):
+            try:
+                with atomic_file(dest) as tmp, open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise RegistryError(
+                    f"{dest}: cannot write the fingerprint file ({e.strerror or e})"
+                ) from None
+        return sha
+
+    def load_blob(self, sha: str) -> Fingerprint:
+        from huref.invariants.fpfile import load_fingerprint
+
+        path = self.blob_path(sha)
+        if not path.is_file():
+            raise RegistryError(
+                f"{path}: fingerprint file missing from the registry; remove and re-add that base"
+            )
+        return load_fingerprint(path)
+
+    def drop_unreferenced_blob(self, sha: str) -> None:
+        """Delete a fingerprint file no base and no cache row names any more."""
+        used = self.conn.execute(
+            "SELECT 1 FROM bases WHERE fingerprint = ?1 UNION ALL SELECT 1 FROM fingerprint_cache WHERE fingerprint = ?1",
+            (sha,),
+        ).fetchone()
+        if used is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(sha).unlink()
+
+    # -- bases ----------------------------------------------------------------------------------
+
+    def bases(self) -> list[Base]:
+        rows = self.conn.execute(
+            "SELECT name, family, fingerprint, weights, source, architecture, n_layers, added FROM bases ORDER BY name"
+        ).fetchall()
+        return [Base(*r) for r in rows]
+
+    def base(self, name: str) -> Base | None:
+        r = self.conn.execute(
+            "SELECT name, family, fingerprint, weights, source, architecture, n_layers, added FROM bases WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return Base(*r) if r else None
+
+    def insert_base(self, b: Base) -> None:
+        """Insert (inside a transaction); an existing base of that name is replaced with its pairs."""
+        self.conn.execute("DELETE FROM bases WHERE name = ?", (b.name,))
+        self.conn.execute(
+            "INSERT INTO bases(name, family, fingerprint, weights, source, architecture, n_layers, added) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (b.name, b.family, b.fingerprint, b.weights, b.source, b.architecture, b.n_layers, b.added),
+        )
+
+    def remove_base(self, name: str) -> Base:
+        with self.transaction():
+            b = self.require(name)
+            self.conn.execute("DELETE FROM bases WHERE name = ?", (name,))  # pairs go by ON DELETE CASCADE
+        self.drop_unreferenced_blob(b.fingerprint)
+        return b
+
+    def _known(self) -> str:
+        names = [b.name for b in self.bases()]
+        return "known: " + ", ".join(names) if names else "the registry is empty"
+
+    def require(self, name: str) -> Base:
+        b = self.base(name)
+        if b is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, [x.name for x in self.bases()], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RegistryError(f"no base named {name!r} in {self.home}{hint}; {self._known()}")
+        return b
+
+    # -- independent pairs and the null -------------------------------------------------------
+
+    def pairs(self) -> list[Pair]:
+        rows = self.conn.execute("SELECT a, b, ics, reason FROM independent_pairs ORDER BY a, b").fetchall()
+        return [Pair(*r) for r in rows]
+
+    def set_pair(self, a: str, b: str, ics: float, reason: str) -> None:
+        """Record (inside a transaction) that bases a and b are independent, with their robust ICS."""
+        a, b = sorted((a, b))
+        self.conn.execute(
+            "INSERT INTO independent_pairs(a, b, ics, reason) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(a, b) DO UPDATE SET ics = excluded.ics, reason = excluded.reason",
+            (a, b, float(ics), reason),
+        )
+
+    def remove_pair(self, a: str, b: str) -> bool:
+        a, b = sorted((a, b))
+        with self.transaction():
+            cur = self.conn.execute("DELETE FROM independent_pairs WHERE a = ? AND b = ?", (a, b))
+        return cur.rowcount > 0
+
+    def null(self) -> NullModel | None:
+        return _null_from_conn(self.conn, self.home)
+
+
+def _null_from_conn(conn: sqlite3.Connection, home: Path) -> NullModel | None:
+    values = [float(r[0]) for r in conn.execute("SELECT ics FROM independent_pairs ORDER BY a, b").fetchall()]
+    if len(values) < MIN_NULL_PAIRS:
+        return None
+    return null_from_values(values, f"registry: {len(values)} independent base pairs ({home})")
+
+
+def default_null() -> NullModel | None:
+    """The Z-score null from the default registry's independent pairs, or None.
+
+    None when ``$HUREF_HOME`` holds no registry (it is never created for this) or when fewer than
+    ``MIN_NULL_PAIRS`` pairs are recorded; callers then use the built-in null.
+    """
+    home = huref_home()
+    db = home / DB_NAME
+    if not db.is_file():
+        return None
+    try:
+        conn = _connect(_uri(db, "ro"))
+        try:
+            return _null_from_conn(conn, home)
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return None
+        raise RegistryError(f"{db}: cannot read the registry ({e})") from None
+    except sqlite3.DatabaseError as e:
+        raise RegistryError(f"{db}: cannot read the registry ({e})") from None
+
+
+class Registry:
+    """Read access to the default registry for other tools (``huref audit``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @classmethod
+    def open_default(cls) -> Registry:
+        """The registry under $HUREF_HOME; a RegistryError when there is none (none is created)."""
+        return cls(Store(create=False))
+
+    def list_bases(self) -> list[Base]:
+        return self.store.bases()
+
+    def load_fingerprint(self, name: str) -> Fingerprint:
+        return self.store.load_blob(self.store.require(name).fingerprint)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,157 @@
+"""index.html: one row per model, rendered with jinja2 autoescaping (names, paths and errors come
+from the zoo's file names and can hold any character).
+
+Dog thumbnails come from ``huref.dogs.dog_png_bytes(fingerprint, size=...)`` when that module is
+importable at render time (checked then, not at import), embedded as data: URIs and cached in the
+registry by (fingerprint, renderer key, size); without it, or when it cannot draw (no encoder
+weights), the column is left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import importlib.util
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from huref.registry.store import Store
+from huref.scan import cache
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 64
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _p(m: dict[str, Any]) -> str:
+    lp = m.get("log10_p_value")
+    if lp is None:
+        return "—"
+    if lp > -4:
+        return f"{10.0**lp:.3g}"
+    return f"1e{lp:.1f}" if math.isfinite(lp) else "0"
+
+
+def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
+    return {
+        "name": m["name"],
+        "path": m["path"],
+        "verdict": m["verdict"] or "not scanned",
+        "verdict_class": m["verdict"]
+        if m["verdict"] in ("derived", "independent", "inconclusive")
+        else "error",
+        "best_base": m["best_base"] or "—",
+        "ics": _num(m["ics"]),
+        "z": _num(m["z"]),
+        "p": _p(m),
+        "dog": dog,
+        "report": m.get("report_path"),
+        "error": m["error"],
+        "note": m.get("note"),
+        "fpvec": [
+            {
+                "keys": Path(v["keys"]).name,
+                "fsr": "—" if v["fsr"] is None else f"{v['fsr']:.2f}",
+                "error": v["error"],
+            }
+            for v in m.get("fpvec") or []
+        ],
+    }
+
+
+def render_index(doc: dict[str, Any], thumbnails: dict[str, str] | None = None) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("huref.scan", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    models = doc["models"]
+    counts = {"models": len(models), "errors": sum(1 for m in models if m["error"])}
+    for v in ("derived", "inconclusive", "independent"):
+        counts[v] = sum(1 for m in models if m["verdict"] == v)
+    null = doc["null"]
+    return env.get_template("index.html.j2").render(
+        zoo=doc["zoo"],
+        registry=doc["registry"],
+        bases=[b["name"] for b in doc["bases"]],
+        null_source=null["source"],
+        null_mean=f"{null['mean']:.2f}",
+        null_std=f"{null['std']:.2f}",
+        rule=doc["verdict_rule"],
+        counts=counts,
+        rows=[_row(m, (thumbnails or {}).get(m["name"])) for m in models],
+        with_dogs=thumbnails is not None,
+        with_fpvec=any("fpvec" in m for m in models),
+        thumb_size=THUMB_SIZE,
+    )
+
+
+def _renderer_key(mod: Any) -> str:
+    """Digest of everything a dog depends on besides the fingerprint: the source of huref.dogs,
+    huref.encoder and huref.render (the shipped encoder weights are hash-checked in that source)
+    and the encoder folder override."""
+    root = Path(mod.__file__ or "").parent
+    h = hashlib.sha256(os.environ.get("HUREF_ENCODERS_DIR", "").encode())
+    files = [Path(mod.__file__ or "")]
+    for pkg in ("encoder", "render"):
+        files += sorted(p for p in (root / pkg).rglob("*") if p.suffix in (".py", ".json"))
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _renderer() -> tuple[Any, str] | None:
+    """(dog_png_bytes, renderer key) when huref.dogs is importable, else None."""
+    if importlib.util.find_spec("huref.dogs") is None:
+        return None
+    try:
+        mod = importlib.import_module("huref.dogs")
+        return mod.dog_png_bytes, _renderer_key(mod)
+    except Exception as e:  # a half-written module must not break the scan's report
+        log.warning("huref.dogs is present but unusable (%s); no dog thumbnails", e)
+        return None
+
+
+def dog_thumbnails(
+    store: Store, models: list[dict[str, Any]], size: int = THUMB_SIZE
+) -> dict[str, str] | None:
+    """model name -> data: URI of its dog, for models with a fingerprint; None (no dog column)
+    without huref.dogs, or when the very first dog cannot be drawn (e.g. no encoder weights: one
+    warning, not one per model)."""
+    r = _renderer()
+    if r is None:
+        return None
+    fn, key = r
+    out: dict[str, str] = {}
+    tried = False
+    for m in models:
+        sha = m.get("fingerprint")
+        if not sha or m.get("error"):
+            continue
+        png = cache.thumbnail(store, sha, key, size)
+        if png is None:
+            try:
+                png = bytes(fn(store.load_blob(sha), size=size))
+            except Exception as e:
+                if not tried:
+                    log.warning("no dog thumbnails: %s", e)
+                    return None
+                log.warning("%s: no dog thumbnail (%s)", m["name"], e)
+                continue
+            finally:
+                tried = True
+            cache.put_thumbnail(store, sha, key, size, png)
+        out[m["name"]] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return out

@@ -1,0 +1,182 @@
+"""The work of one model, as a picklable task that any executor can run in any process.
+
+A task never touches the registry database: it returns an ``Outcome`` (file hashes, the
+fingerprint file's bytes, comparisons with the bases) and the process that owns the database
+writes it. That keeps SQLite single-writer however many workers (local processes or Dask
+workers on other machines) run tasks.
+
+Every task runs with one torch thread: parallelism comes from workers, and a fixed thread count
+makes the float reductions, hence every score, bit-identical whichever executor ran the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huref.errors import HurefError
+from huref.scan.cache import Cmp, FileStat, FpvecRow
+from huref.scan.discover import one_line
+
+DELAY_ENV = "HUREF_SCAN_TEST_DELAY_MS"  # test hook: sleep this long before fingerprinting each model
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    name: str
+    path: str
+    files: tuple[FileStat, ...]
+    bases: tuple[str, ...]  # fingerprint hashes of the bases to compare with
+    cached: bool = False  # the fingerprint is cached: read no weights for it
+    fingerprint: Any = None  # the cached Fingerprint (robust terms only) when there are bases to compare
+    fpvec: tuple[Any, ...] = ()  # FP-Vec KeySets to verify the model with (--keys)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Any  # huref.invariants.Settings
+    bases: dict[str, Any]  # base fingerprint hash -> Fingerprint (robust terms only)
+    delay_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    index: int
+    error: str | None = None
+    hashes: dict[str, str] | None = None  # path -> SHA-256 of every file of the model
+    fingerprint_bytes: bytes | None = None  # the new fingerprint file
+    format: str | None = None
+    weights: str | None = None  # digest of the weight-file SHA-256s
+    comparisons: list[Cmp] = field(default_factory=list)
+    fpvec: list[FpvecRow] = field(default_factory=list)
+    seconds: float = 0.0
+    fingerprinted: bool = False
+    lasting_error: bool = False  # a huref error about the files themselves: the same until they change
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def robust_only(fp: Any) -> Any:
+    """The part of a fingerprint a scan compares (paper-mode terms are large and unused here)."""
+    return dataclasses.replace(fp, paper=None)
+
+
+def _hash_files(files: tuple[FileStat, ...]) -> dict[str, str]:
+    from huref.checkpoint.hashing import sha256_file
+    from huref.errors import CheckpointError
+
+    out = {}
+    for fs in files:
+        out[fs.path] = sha256_file(Path(fs.path))
+        st = os.stat(fs.path)
+        if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns):
+            raise CheckpointError(f"{fs.path}: changed while it was being scanned; scan again")
+    return out
+
+
+def _fingerprint(task: Task, ctx: WorkerContext, out: Outcome) -> Any:
+    from huref.checkpoint import open_checkpoint
+    from huref.invariants import fingerprint_model, save_fingerprint
+    from huref.registry.store import weights_digest
+
+    if ctx.delay_s > 0:
+        time.sleep(ctx.delay_s)
+    out.hashes = _hash_files(task.files)
+    ckpt = open_checkpoint(task.path)
+    by_real = {os.path.realpath(p): h for p, h in out.hashes.items()}
+    weights = {p.name: by_real.get(os.path.realpath(p), "") for p in ckpt.weight_files()}
+    if all(weights.values()):  # hashed above: spare fingerprint_model a second read of the weights
+        ckpt = dataclasses.replace(ckpt, _hashes=weights)
+    fp = fingerprint_model(ckpt, ctx.settings)
+    with tempfile.TemporaryDirectory(prefix="huref-scan-") as d:
+        out.fingerprint_bytes = save_fingerprint(fp, Path(d) / "fp.safetensors").read_bytes()
+    out.format = ckpt.format
+    out.weights = weights_digest(ckpt.sha256s())
+    out.fingerprinted = True
+    return fp
+
+
+def compare_with_bases(fp: Any, base_shas: tuple[str, ...], bases: dict[str, Any]) -> list[Cmp]:
+    from huref.invariants import compare_fingerprints
+
+    out = []
+    for sha in base_shas:
+        try:
+            c = compare_fingerprints(fp, bases[sha])
+        except HurefError as e:  # e.g. no shared probe tokens: not comparable with this base
+            out.append(Cmp(sha, None, None, 0, one_line(str(e))))
+            continue
+        out.append(
+            Cmp(sha, c.ics, c.log10_p_value, c.shared_tokens, None, {"layer_alignment": c.layer_alignment})
+        )
+    return out
+
+
+def verify_keys(path: str, keysets: tuple[Any, ...]) -> list[FpvecRow]:
+    """FP-Vec verification with each key set; a model that cannot be queried gets the error per key set."""
+    if not keysets:
+        return []
+    from huref.fpvec import verify_model
+
+    out = []
+    for ks in keysets:
+        try:
+            r = verify_model(path, ks, near_miss=True, device="cpu")
+        except Exception as e:  # e.g. no tokenizer (GGUF, llama2.c): report it for this key set
+            msg = str(e) if isinstance(e, HurefError) else f"{type(e).__name__}: {e}"
+            out.append(FpvecRow(ks.commitment, None, None, None, None, one_line(msg)))
+            continue
+        nm = r.near_miss.fsr if r.near_miss is not None else None
+        out.append(FpvecRow(ks.commitment, r.fsr, r.hits, r.n, nm))
+    return out
+
+
+def run_task(task: Task, ctx: WorkerContext) -> Outcome:
+    """Fingerprint (unless cached), compare, verify one model. Never raises for a bad model."""
+    t0 = time.perf_counter()
+    out = Outcome(task.index)
+    try:
+        with one_torch_thread():
+            fp = task.fingerprint if task.cached else _fingerprint(task, ctx, out)
+            if task.bases:
+                out.comparisons = compare_with_bases(fp, task.bases, ctx.bases)
+            out.fpvec = verify_keys(task.path, task.fpvec)
+    except HurefError as e:
+        out = Outcome(task.index, error=one_line(str(e)), lasting_error=True)
+    except MemoryError:
+        out = Outcome(task.index, error=one_line(f"{task.name}: out of memory while fingerprinting"))
+    except Exception as e:  # a reader bug or an exotic file must not stop the scan: report it
+        out = Outcome(task.index, error=one_line(f"{task.name}: {type(e).__name__}: {e}"))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+# -- process-pool plumbing: the context is sent once per worker process, not once per task -----
+
+_WORKER_CTX: list[WorkerContext] = []
+
+
+def init_worker(ctx: WorkerContext) -> None:
+    _WORKER_CTX[:] = [ctx]
+
+
+def run_in_worker(task: Task) -> Outcome:
+    return run_task(task, _WORKER_CTX[0])

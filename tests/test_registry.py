@@ -1,0 +1,247 @@
+"""The registry of known bases: SQLite in WAL mode with fingerprint files stored by content hash,
+``huref registry add | list | remove | import | mark-independent``, independent pairs and the Z
+null that ``huref compare`` reads from it, and one-line errors for every bad request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from huref.cli import main
+from huref.invariants import Settings, fingerprint_model, save_fingerprint
+from huref.registry.store import DB_NAME, MIN_NULL_PAIRS, Base, Store, default_null
+
+ROBUST = Settings(modes=("robust",))
+
+
+@pytest.fixture(scope="module")
+def fp_files(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Robust fingerprint files of three zoo bases (two share a vocabulary, one does not)."""
+    d = tmp_path_factory.mktemp("fps")
+    return {
+        n: save_fingerprint(fingerprint_model(tiny_zoo / n, ROBUST), d / f"{n}.safetensors")
+        for n in ("llama-a", "llama-b", "stories260k")
+    }
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("HUREF_HOME", str(h))
+    return h
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("huref: error: ")
+    return err[0]
+
+
+def test_add_stores_fingerprint_by_content_hash_in_wal_registry(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a", "--family", "A"]) == 0
+    with Store(home) as s:
+        (b,) = s.bases()
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s.integrity_check() == "ok"
+    assert (b.name, b.family, b.architecture, b.n_layers) == ("llama-a", "A", "llama", 4)
+    blob = home / "fingerprints" / f"{b.fingerprint}.safetensors"
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == b.fingerprint
+    assert blob.read_bytes() == fp_files["llama-a"].read_bytes()
+    capsys.readouterr()
+    assert main(["registry", "list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [x["name"] for x in doc["bases"]] == ["llama-a"] and doc["independent_pairs"] == []
+
+
+def test_add_from_checkpoint_fingerprints_it(home: Path, tiny_zoo: Path) -> None:
+    assert main(["registry", "add", str(tiny_zoo / "llama-c"), "--name", "org/llama-c", "--n", "64"]) == 0
+    with Store(home) as s:
+        b = s.require("org/llama-c")
+        fp = s.load_blob(b.fingerprint)
+    assert fp.robust is not None and fp.robust.n == 64 and fp.paper is not None
+    assert b.source.startswith("checkpoint ") and b.weights  # weight identity recorded
+
+
+def test_families_make_independent_pairs_and_incomparable_pairs_are_skipped(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n, fam in (("llama-a", "A"), ("llama-b", "B"), ("stories260k", "S")):
+        assert main(["registry", "add", str(fp_files[n]), "--name", n, "--family", fam]) == 0
+    err = capsys.readouterr().err
+    assert "independent pair llama-b / llama-a" in err
+    assert "no pair stories260k / llama-a: not comparable" in err  # no shared vocabulary
+    with Store(home) as s:
+        pairs = s.pairs()
+    assert [(p.a, p.b, p.reason) for p in pairs] == [("llama-a", "llama-b", "family")]
+    assert 0 < pairs[0].ics < 30  # independent bases: low robust ICS
+
+
+def test_same_family_makes_no_pair_and_mark_independent_declares_one(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n in ("llama-a", "llama-b"):
+        assert main(["registry", "add", str(fp_files[n]), "--name", n, "--family", "llama"]) == 0
+    with Store(home) as s:
+        assert s.pairs() == []
+    assert main(["registry", "mark-independent", "llama-b", "llama-a"]) == 0
+    with Store(home) as s:
+        assert [(p.a, p.b, p.reason) for p in s.pairs()] == [("llama-a", "llama-b", "declared")]
+    capsys.readouterr()
+    assert main(["registry", "mark-independent", "llama-a", "llama-a"]) == 2
+    assert "independent of itself" in _err_line(capsys)
+    assert main(["registry", "unmark-independent", "llama-a", "llama-b"]) == 0
+    with Store(home) as s:
+        assert s.pairs() == []
+
+
+def test_mark_independent_refuses_a_derived_pair(
+    home: Path, tiny_zoo: Path, fp_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sft = save_fingerprint(fingerprint_model(tiny_zoo / "llama-a-sft", ROBUST), tmp_path / "sft.safetensors")
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    assert main(["registry", "add", str(sft), "--name", "llama-a-sft"]) == 0
+    capsys.readouterr()
+    assert main(["registry", "mark-independent", "llama-a", "llama-a-sft"]) == 2
+    assert "look derived" in _err_line(capsys)
+
+
+def test_remove_deletes_base_pairs_and_unshared_blob(home: Path, fp_files: dict[str, Path]) -> None:
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "a", "--family", "A"]) == 0
+    assert main(["registry", "add", str(fp_files["llama-b"]), "--name", "b", "--family", "B"]) == 0
+    with Store(home) as s:
+        blob = s.blob_path(s.require("b").fingerprint)
+        assert len(s.pairs()) == 1
+    assert main(["registry", "remove", "b"]) == 0
+    with Store(home) as s:
+        assert [b.name for b in s.bases()] == ["a"] and s.pairs() == []
+    assert not blob.exists()
+
+
+def test_import_folder_registers_every_fingerprint_file(
+    home: Path, fp_files: dict[str, Path], tmp_path: Path
+) -> None:
+    d = tmp_path / "fps"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(fp_files["llama-a"], d / "llama-a.safetensors")
+    shutil.copy(fp_files["llama-b"], d / "sub" / "llama-b.safetensors")
+    (d / "notes.txt").write_text("not a fingerprint")
+    assert main(["registry", "import", str(d)]) == 0
+    with Store(home) as s:
+        assert [b.name for b in s.bases()] == ["llama-a", "llama-b"]
+
+
+def test_import_is_all_or_nothing_when_one_file_is_tampered(
+    home: Path, fp_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "fps"
+    d.mkdir()
+    shutil.copy(fp_files["llama-a"], d / "a.safetensors")
+    data = bytearray(fp_files["llama-b"].read_bytes())
+    data[-10] ^= 0xFF  # flip a byte of a tensor: the seal no longer verifies
+    (d / "b.safetensors").write_bytes(bytes(data))
+    assert main(["registry", "import", str(d)]) == 2
+    line = _err_line(capsys)
+    assert "nothing imported" in line and "seal" in line
+    with Store(home) as s:
+        assert s.bases() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["registry", "add", "{a}", "--name", "bad name!"], "invalid base name"),
+        (["registry", "add", "{missing}", "--name", "x"], "no such file"),
+        (["registry", "remove", "nope"], "no registry"),
+        (["registry", "mark-independent", "x", "y"], "no registry"),
+    ],
+)
+def test_bad_registry_requests_fail_with_one_line(
+    argv: list[str],
+    needle: str,
+    home: Path,
+    fp_files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [a.format(a=fp_files["llama-a"], missing=tmp_path / "missing") for a in argv]
+    assert main(args) == 2
+    assert needle in _err_line(capsys)
+    assert not home.exists()  # a refused request leaves nothing behind
+
+
+def test_duplicate_name_and_unknown_base_are_one_line_errors(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    capsys.readouterr()
+    assert main(["registry", "add", str(fp_files["llama-b"]), "--name", "llama-a"]) == 2
+    assert "already registered" in _err_line(capsys)
+    assert main(["registry", "remove", "lama-a"]) == 2
+    assert "did you mean 'llama-a'" in _err_line(capsys)
+    assert main(["registry", "add", str(fp_files["llama-b"]), "--name", "llama-a", "--replace"]) == 0
+
+
+def _fake_bases(s: Store, n: int) -> None:
+    with s.transaction():
+        for i in range(n):
+            s.insert_base(Base(f"b{i}", f"f{i}", f"{i:064x}", "", "test", None, None, "now"))
+
+
+def test_default_null_needs_five_pairs_and_never_creates_a_registry(home: Path) -> None:
+    assert default_null() is None
+    assert not home.exists()  # asking for the null created nothing
+    with Store(home) as s:
+        _fake_bases(s, 4)
+        values = [3.0, 5.0, 7.0, 4.0, 6.0, 5.5]
+        pairs = [("b0", "b1"), ("b0", "b2"), ("b0", "b3"), ("b1", "b2"), ("b1", "b3"), ("b2", "b3")]
+        with s.transaction():
+            for (a, b), v in list(zip(pairs, values, strict=True))[: MIN_NULL_PAIRS - 1]:
+                s.set_pair(a, b, v, "declared")
+        assert default_null() is None
+        with s.transaction():
+            for (a, b), v in zip(pairs, values, strict=True):
+                s.set_pair(a, b, v, "declared")
+    null = default_null()
+    assert null is not None and null.n_pairs == 6
+    assert null.mean == pytest.approx(sum(values) / 6)
+    assert "registry: 6 independent base pairs" in null.source
+    from huref.cli.science_cmds import _registry_null  # what `huref compare` uses
+
+    assert _registry_null() == null
+
+
+def test_concurrent_writers_do_not_lock_each_other_out(home: Path) -> None:
+    with Store(home) as s:
+        _fake_bases(s, 12)
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            with Store(home) as s:
+                for i in range(12):
+                    for j in range(i + 1, 12):
+                        if (i + j) % 3 == k:
+                            with s.transaction():
+                                s.set_pair(f"b{i}", f"b{j}", float(i + j), "declared")
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = sqlite3.connect(home / DB_NAME)
+    assert conn.execute("SELECT COUNT(*) FROM independent_pairs").fetchone()[0] == 66
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
