@@ -304,6 +304,26 @@ class Model:
     def input_norms(self, layer: int, sub: str) -> list[Norm]:
         return [n for r, ly in self.input_norm_roles(layer, sub) if (n := self.norm(r, ly)) is not None]
 
+    def summary(self) -> dict[str, object]:
+        """The architecture in role terms, as recorded in fingerprints and reports."""
+        c = self.cfg
+        return {
+            "family": self.spec.name,
+            "model_type": c.model_type,
+            "n_layers": c.n_layers,
+            "d_model": c.d_model,
+            "n_heads": c.n_heads,
+            "n_kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "d_ff": c.d_ff,
+            "vocab_size": c.vocab_size,
+            "norm": c.norm,
+            "placement": c.placement,
+            "gated": c.gated,
+            "tied_embeddings": c.tied,
+            "parameters": self.parameter_count(),
+        }
+
     def parameter_count(self) -> int:
         return sum(self.ckpt.source.info(n).numel for n in self.ckpt.source.names())
 

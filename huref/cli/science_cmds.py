@@ -159,3 +159,20 @@ def zoo_build_cmd(
     Console(stderr=True).print(
         f"zoo at {path}: {len(doc['models'])} models (built in {doc['build_seconds']} s)"
     )
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its reports.")] = Path("reports/demo"),
+    zoo: Annotated[Path, typer.Option("--zoo", help="Where the demo zoo is built (reused when unchanged).")] = Path(
+        ".zoo/demo"
+    ),
+    preset: Annotated[str, typer.Option("--preset", help="Zoo preset.")] = "demo",
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
+) -> None:
+    """Build the demo zoo, register its bases, stamp an FP-Vec fingerprint, scan and audit."""
+    from huref.demo import DemoConfig, run_demo
+
+    summary = run_demo(DemoConfig(out=out, zoo=zoo, preset=preset, workers=workers))
+    if not summary["ok"]:
+        raise typer.Exit(1)

@@ -379,24 +379,3 @@ def default_null() -> NullModel | None:
         raise RegistryError(f"{db}: cannot read the registry ({e})") from None
     except sqlite3.DatabaseError as e:
         raise RegistryError(f"{db}: cannot read the registry ({e})") from None
-
-
-class Registry:
-    """Read access to the default registry for other tools (``huref audit``)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    @classmethod
-    def open_default(cls) -> Registry:
-        """The registry under $HUREF_HOME; a RegistryError when there is none (none is created)."""
-        return cls(Store(create=False))
-
-    def list_bases(self) -> list[Base]:
-        return self.store.bases()
-
-    def load_fingerprint(self, name: str) -> Fingerprint:
-        return self.store.load_blob(self.store.require(name).fingerprint)
-
-    def close(self) -> None:
-        self.store.close()

@@ -11,18 +11,17 @@ from huref.report.evidence import Candidate, candidate_from_path, gather
 from huref.report.html import write_report
 
 
-def _registry_candidates(names: list[str] | None) -> tuple[list[Candidate], Any]:
+def _registry_candidates(names: list[str] | None, home: Path | None) -> tuple[list[Candidate], Any]:
     """Registered bases (all, or the named ones) and the registry's Z null."""
-    try:
-        from huref.registry.store import Registry, default_null
-    except ImportError:  # pragma: no cover - the registry ships with huref
-        raise UsageError("this huref has no registry support") from None
-    reg = Registry.open_default()
-    out = []
-    for entry in reg.list_bases():
-        if names is None or entry.name in names:
-            out.append(Candidate(entry.name, "registry", reg.load_fingerprint(entry.name), None))
-    return out, default_null()
+    from huref.registry.store import Store
+
+    with Store(home, create=False) as store:
+        out = [
+            Candidate(b.name, "registry", store.load_blob(b.fingerprint), None)
+            for b in store.bases()
+            if names is None or b.name in names
+        ]
+        return out, store.null()
 
 
 def run_audit(
@@ -35,6 +34,7 @@ def run_audit(
     argv: list[str] | None = None,
     with_pcs: bool = True,
     with_dogs: bool = True,
+    home: Path | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
     candidates: list[Candidate] = []
     null = None
@@ -45,7 +45,7 @@ def run_audit(
         else:
             named.append(b)
     if named or use_registry:
-        reg_cands, null = _registry_candidates(None if use_registry else named)
+        reg_cands, null = _registry_candidates(None if use_registry else named, home)
         missing = set(named) - {c.name for c in reg_cands}
         if missing:
             raise UsageError(f"no such file, and not a registered base: {', '.join(sorted(missing))}")

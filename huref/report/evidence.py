@@ -38,24 +38,11 @@ class Candidate:
 def _identity(m: Model) -> dict[str, Any]:
     files = m.ckpt.weight_files()
     sums = m.ckpt.sha256s()
-    cfg = m.cfg
     return {
         "name": m.ckpt.name,
         "path": str(m.ckpt.path),
         "format": m.ckpt.format,
-        "architecture": {
-            "family": m.spec.name,
-            "model_type": cfg.model_type,
-            "n_layers": cfg.n_layers,
-            "d_model": cfg.d_model,
-            "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads,
-            "d_ff": cfg.d_ff,
-            "vocab_size": cfg.vocab_size,
-            "norm": cfg.norm,
-            "gated_mlp": cfg.gated,
-            "tied_embeddings": cfg.tied,
-        },
+        "architecture": m.summary(),
         "config_strings": {k: str(v) for k, v in sorted(m.ckpt.config.items()) if isinstance(v, str)},
         "parameters": m.parameter_count(),
         "tokenizer": None

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from huref.checkpoint.convert import export_hf
+from huref.checkpoint.writer import atomic_dir
 from huref.errors import UsageError
 from huref.zoo import attacks, derive
 from huref.zoo.corpus import corpus_text
@@ -394,9 +394,7 @@ def build_zoo(
     if dest.exists() and any(dest.iterdir()) and not manifest.is_file():
         raise UsageError(f"{dest} exists and is not a huref zoo; choose an empty or new folder")
     t0 = time.time()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
-    try:
+    with atomic_dir(dest, overwrite=True) as root:  # zoo.json is written last, inside
         (root / "_data").mkdir()
         text = {
             sl: corpus_text(sl, p.corpus_chars if sl == "pretrain" else p.corpus_chars // 4)
@@ -440,12 +438,6 @@ def build_zoo(
             "models": sorted(entries, key=lambda e: e["name"]),
         }
         (root / "zoo.json").write_text(json.dumps(doc, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(root, dest)
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
     log.info("zoo built in %.1f s at %s", time.time() - t0, dest)
     return dest
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers as T
 
+from huref.checkpoint.writer import atomic_dir
 from huref.zoo.presets import Preset
 from huref.zoo.rolestate import TOKENIZER_FILES
 
@@ -54,20 +53,12 @@ def new_model(arch: str, p: Preset, vocab: int, seed: int) -> Any:
 
 def save_hf(model: Any, dest: Path, tokenizer_dir: Path | None) -> Path:
     """save_pretrained into a temporary folder, add the tokenizer files, then rename into place."""
-    dest = Path(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(Path(dest), overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_dir is not None:
             for f in TOKENIZER_FILES:
                 if (tokenizer_dir / f).is_file():
                     shutil.copy2(tokenizer_dir / f, tmp / f)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -1,0 +1,126 @@
+"""``huref demo``: the whole pipeline on the demo zoo, written under ``reports/demo/``.
+
+1. build (or reuse) the demo zoo: bases, derivatives and disguised copies, with ground truth;
+2. register its bases (each its own family, so their pairs feed the Z null);
+3. FP-Vec: make secret keys, fingerprint one base, extract the vector, stamp it into a derivative;
+4. scan the zoo against the registry;
+5. audit a few suspects, linking each report from the scan's index;
+6. check every verdict against the zoo's ground truth and print where to look.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from huref.invariants import Settings
+
+AUDITED = (
+    "llama-a-attack-residual-rotation",
+    "llama-a-prune-depth",
+    "llama-a-cpt",
+    "llama-a-merge-ties",
+    "llama-b",
+    "stories260k-cpt",
+)
+STAMPED = "llama-a-sft-stamped"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("reports/demo")
+    zoo: Path = Path(".zoo/demo")
+    preset: str = "demo"
+    workers: int = 2
+
+
+def _truth(manifest: dict[str, Any]) -> dict[str, str]:
+    """model -> expected overall verdict: derived when it has a registered root other than itself."""
+    return {m["name"]: ("independent" if m["root"] == m["name"] else "derived") for m in manifest["models"]}
+
+
+def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> dict[str, Any]:
+    from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
+    from huref.registry.enroll import add_base
+    from huref.registry.store import Store
+    from huref.report.audit import run_audit
+    from huref.scan.results import write_outputs
+    from huref.scan.runner import ScanConfig, run_scan
+    from huref.zoo.build import build_zoo, default_stories
+
+    cfg = cfg or DemoConfig()
+    con = console or Console(stderr=True)
+    t0 = time.perf_counter()
+    steps: list[tuple[str, float]] = []
+
+    def mark(what: str) -> None:
+        steps.append((what, time.perf_counter() - t0))
+        con.print(f"[green]✓[/green] {what} ({time.perf_counter() - t0:.0f} s)")
+
+    out = cfg.out
+    for sub in ("registry", "fpvec", "suspects", "scan"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    con.print(f"[bold]huref demo[/bold]: zoo {cfg.zoo} (preset {cfg.preset}), outputs under {out}")
+    zoo = build_zoo(cfg.zoo, cfg.preset, stories=default_stories(), workers=cfg.workers)
+    manifest = json.loads((zoo / "zoo.json").read_text())
+    truth = _truth(manifest)
+    mark(f"zoo ready: {len(manifest['models'])} models")
+
+    home = out / "registry"
+    bases = [m["name"] for m in manifest["models"] if m["relation"] == "base"]
+    with Store(home) as store:
+        for b in bases:
+            add_base(store, zoo / b, b, family=b)
+        n_pairs = len(store.pairs())
+    mark(f"registered {len(bases)} bases ({n_pairs} independent pairs for the Z null)")
+
+    keys_path = out / "fpvec" / "keys.json"
+    ks = make_keys(seed=2024)
+    save_keys(ks, keys_path)
+    fp_model = out / "fpvec" / "llama-a-fingerprinted"
+    train_fingerprint(zoo / "llama-a", ks, fp_model)
+    vector = out / "fpvec" / "llama-a.fpvec.safetensors"
+    extract_vector(zoo / "llama-a", fp_model, vector, key_commitment=ks.commitment)
+    stamped = out / "suspects" / STAMPED
+    stamp_model(zoo / "llama-a-sft", vector, stamped)
+    v = verify_model(stamped, ks)
+    mark(f"FP-Vec: fingerprinted llama-a, stamped llama-a-sft (FSR {v.fsr:.2f})")
+
+    scan_dir = out / "scan"
+    report = run_scan(ScanConfig(zoo=zoo, out_dir=scan_dir, workers=cfg.workers, home=home, progress=False))
+    wrong_scan = [m["name"] for m in report.doc["models"]
+                  if m.get("error") is None and m["name"] in truth and m["verdict"] != truth[m["name"]]]
+    mark(f"scan: {len(report.doc['models'])} models, {len(wrong_scan)} verdicts off the ground truth")
+
+    settings = Settings()
+    audits: list[dict[str, Any]] = []
+    suspects = [(name, zoo / name, truth[name], []) for name in AUDITED if (zoo / name).is_dir()]
+    suspects.insert(0, (STAMPED, stamped, "derived", [(vector, keys_path)]))
+    for name, path, expected, vectors in suspects:
+        ev, html, _ = run_audit(path, scan_dir / "reports" / f"{name}.html", [], True, vectors, settings,
+                                argv=["huref", "demo"], home=home)
+        got = ev["verdict"]["verdict"]
+        audits.append({"suspect": name, "verdict": got, "expected": expected, "ok": got == expected,
+                       "report": str(html)})
+    write_outputs(scan_dir, report.doc)  # refresh the index's links to the reports just written
+    mark(f"audited {len(audits)} suspects")
+
+    elapsed = time.perf_counter() - t0
+    summary = {"seconds": round(elapsed, 1), "steps": steps, "audits": audits, "scan_wrong": wrong_scan,
+               "index": str(scan_dir / "index.html"), "ok": not wrong_scan and all(a["ok"] for a in audits)}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    con.print()
+    for a in audits:
+        mark_ = "[green]correct[/green]" if a["ok"] else "[red]WRONG[/red]"
+        con.print(f"  {a['suspect']:36s} {a['verdict']:13s} (expected {a['expected']}) {mark_}")
+    con.print(f"\nopen [bold]{scan_dir / 'index.html'}[/bold] (scan of the zoo, with links to every audit report)")
+    con.print(f"demo finished in {elapsed / 60:.1f} min ({elapsed:.0f} s); all verdicts correct: {summary['ok']}")
+    return summary
