@@ -1,0 +1,111 @@
+"""``huref dog``: dog images of models or fingerprint files, alone or side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from huref.cli.app import app
+from huref.errors import UsageError
+
+
+def _png_target(path: Path, flag: str) -> Path:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{flag} {path}: the image file name must end in .png")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+    return path
+
+
+@app.command("dog")
+def dog_cmd(
+    models: Annotated[list[str], typer.Argument(help="Checkpoints or fingerprint files (.safetensors).")],
+    out: Annotated[Path | None, typer.Option("-o", "--output", help="PNG of the dog (one model).")] = None,
+    sheet: Annotated[
+        Path | None, typer.Option("--sheet", help="PNG contact sheet of every model's dog.")
+    ] = None,
+    renderer: Annotated[str, typer.Option("--renderer", help="sketch (built in) or stylegan2.")] = "sketch",
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="stylegan2: generator .pkl or converted .safetensors.")
+    ] = None,
+    encoder: Annotated[
+        Path | None,
+        typer.Option("--encoder", help="Encoder weights (default: the shipped, hash-checked file)."),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Pixels per side of -o's image.")] = 512,
+    columns: Annotated[
+        int | None, typer.Option("--columns", help="Sheet columns (default: about square).")
+    ] = None,
+    cell: Annotated[int, typer.Option("--cell", help="Sheet thumbnail size in pixels.")] = 192,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Sheet caption per model, in order (default: model name)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the dog vector(s) as JSON.")] = False,
+) -> None:
+    """Render the dog image of each model: derived models look like their base."""
+    from huref.dogs import dog_sheet, dog_vector, fingerprint_of, get_cached_renderer, render_dog
+    from huref.render.sheet import save_png_atomic
+
+    # every check that needs no computation comes first: no work is wasted on a bad command line
+    if out is None and sheet is None and not as_json:
+        raise UsageError("nothing to do: give -o DOG.png, --sheet SHEET.png or --json")
+    if out is not None and len(models) > 1:
+        raise UsageError("-o writes one model's dog; use --sheet for several models")
+    if out is not None:
+        _png_target(out, "-o")
+    if sheet is not None:
+        _png_target(sheet, "--sheet")
+    if labels and len(labels) != len(models):
+        raise UsageError(f"{len(labels)} --label values for {len(models)} models")
+    if size < 16 or cell < 16:
+        raise UsageError("--size and --cell must be at least 16 pixels")
+    opts: dict[str, object] = {}
+    if renderer == "stylegan2" and checkpoint is None:
+        raise UsageError(
+            "--renderer stylegan2 needs --checkpoint FILE (an official stylegan2-ada .pkl, e.g. AFHQ-dog, "
+            "or its converted .safetensors)"
+        )
+    if checkpoint is not None:
+        if renderer != "stylegan2":
+            raise UsageError("--checkpoint is for --renderer stylegan2")
+        opts["checkpoint"] = str(checkpoint)
+    get_cached_renderer(renderer, **opts)  # bad renderer or generator file: fail before fingerprinting
+
+    fps = [fingerprint_of(m) for m in models]
+    zs = [dog_vector(fp, encoder) for fp in fps]
+    if out is not None:
+        save_png_atomic(render_dog(zs[0], renderer, size=size, **opts), out)
+    if sheet is not None:
+        names = labels or [
+            fp.name if fp.name != "?" else Path(m).name for fp, m in zip(fps, models, strict=True)
+        ]
+        caption = [f"huref dog images: renderer {renderer}; derived models look like their base"]
+        img = dog_sheet(list(zip(names, zs, strict=True)), renderer, columns, cell, caption, **opts)
+        save_png_atomic(img, sheet)
+    if as_json:
+        dogs = [
+            {
+                "model": m,
+                "name": fp.name,
+                "z": [float(v) for v in z],
+                "renderer": renderer,
+                "path": str(out) if out is not None else None,
+            }
+            for m, fp, z in zip(models, fps, zs, strict=True)
+        ]
+        if len(dogs) == 1 and sheet is None:
+            typer.echo(json.dumps(dogs[0]))
+        else:
+            typer.echo(
+                json.dumps({"dogs": dogs, "renderer": renderer, "sheet": str(sheet) if sheet else None})
+            )
+    else:
+        con = Console(stderr=True)
+        for target in (out, sheet):
+            if target is not None:
+                con.print(f"wrote {target}")

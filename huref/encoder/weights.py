@@ -1,0 +1,160 @@
+"""Shipped encoder weights: where they live, how they are written, and how they are checked.
+
+The weights are a safetensors file (no pickle) in the top-level ``encoders/`` folder of the
+repository, next to their model card. The folder is found, in order, from:
+
+1. the environment variable ``HUREF_ENCODERS_DIR`` (a folder holding the weights file);
+2. ``<folder containing the huref package>/encoders``: the repository checkout, which is what an
+   editable install (``pip install -e .``) imports from.
+
+A non-editable install does not carry the weights (they are not package data): set
+``HUREF_ENCODERS_DIR`` to a copy of ``encoders/``, or pass ``--encoder FILE``.
+
+The shipped file's SHA-256 is pinned below: a file that does not match is refused, since every
+dog ever rendered depends on these exact bits. Files trained by ``huref encoder train`` are
+loaded when named explicitly; their metadata must describe the same canonical stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from huref.checkpoint.hashing import sha256_file
+from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.encoder.canonical import BUCKET_KEY, CHANNELS, DEPTH_SLOTS, GRID
+from huref.encoder.model import CalibratedEncoder
+from huref.errors import CheckpointError, RenderError
+from huref.render.base import Z_DIM
+
+FORMAT = "huref-encoder/1"
+ENCODER_NAME = "huref-dog-encoder-v1"
+WEIGHTS_FILE = f"{ENCODER_NAME}.safetensors"
+SHIPPED_SHA256 = "b5f11ddf74bc55ca17bf630e59ff8dc7ae96a21e9b126ec346c66d5c383ef970"  # encoders/README.md
+ENV_DIR = "HUREF_ENCODERS_DIR"
+
+
+def canonical_spec() -> dict[str, Any]:
+    """What a stack means: an encoder trained for another grid or bucket key is refused."""
+    return {
+        "grid": GRID,
+        "depth_slots": DEPTH_SLOTS,
+        "channels": CHANNELS,
+        "bucket_key": BUCKET_KEY.decode(),
+        "z_dim": Z_DIM,
+    }
+
+
+def encoders_dir() -> Path:
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "encoders"
+
+
+def shipped_path() -> Path:
+    return encoders_dir() / WEIGHTS_FILE
+
+
+def save_encoder(
+    model: CalibratedEncoder, path: str | Path, config: dict[str, Any], metrics: dict[str, Any]
+) -> Path:
+    """Write the weights (float32 network, float64 calibration) with their recipe as metadata.
+
+    Wall-clock timings (metrics["timing"]) are left out, so the same recipe gives the same bytes.
+    """
+    path = Path(path)
+    metrics = {k: v for k, v in metrics.items() if k != "timing"}
+    tensors = {k: v.detach().contiguous().clone() for k, v in sorted(model.state_dict().items())}
+    meta = {
+        "huref.encoder.format": FORMAT,
+        "huref.encoder.name": ENCODER_NAME,
+        "huref.encoder.canonical": json.dumps(canonical_spec(), sort_keys=True),
+        "huref.encoder.config": json.dumps(config, sort_keys=True),
+        "huref.encoder.metrics": json.dumps(metrics, sort_keys=True),
+    }
+    # huref's own writer: the safetensors library orders the metadata by a per-process hash, so
+    # identical weights would get different bytes (and SHA-256s) from run to run
+    plan = [TensorPlan(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    with atomic_file(path) as tmp:
+        write_safetensors_file(tmp, plan, lambda p: tensors[p.name], dict(sorted(meta.items())))
+        os.chmod(tmp, 0o644)  # weights are for sharing
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise RenderError(f"{path}: not a readable encoder weights file ({e})") from None
+    if raw.get("huref.encoder.format") != FORMAT:
+        raise RenderError(f"{path}: not a huref encoder file (format {raw.get('huref.encoder.format')!r})")
+    try:
+        return {
+            "canonical": json.loads(raw["huref.encoder.canonical"]),
+            "config": json.loads(raw["huref.encoder.config"]),
+            "metrics": json.loads(raw["huref.encoder.metrics"]),
+        }
+    except (KeyError, json.JSONDecodeError) as e:
+        raise RenderError(f"{path}: incomplete encoder metadata ({e})") from None
+
+
+def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> CalibratedEncoder:
+    """Load an encoder file; with expected_sha256, refuse a file whose bytes differ."""
+    path = Path(path)
+    if not path.is_file():
+        raise RenderError(f"encoder weights {path} not found (see encoders/README.md or set {ENV_DIR})")
+    if expected_sha256 is not None:
+        try:
+            digest = sha256_file(path)
+        except CheckpointError as e:
+            raise RenderError(str(e)) from None
+        if digest != expected_sha256:
+            raise RenderError(
+                f"{path}: SHA-256 {digest[:16]}... is not the shipped encoder's {expected_sha256[:16]}...; "
+                "restore the file or pass your own with --encoder"
+            )
+    meta = read_metadata(path)
+    if meta["canonical"] != canonical_spec():
+        raise RenderError(f"{path}: trained for canonical stack {meta['canonical']}, not {canonical_spec()}")
+    model = CalibratedEncoder(int(meta["config"].get("width", 64)))
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise RenderError(f"{path}: encoder weights do not fit the network ({e})") from None
+    return model.eval().requires_grad_(False)
+
+
+@lru_cache(maxsize=4)
+def _cached(path: str, expected: str | None, mtime_ns: int) -> CalibratedEncoder:
+    return load_encoder_file(path, expected)
+
+
+def load_encoder(path: str | Path | None = None) -> CalibratedEncoder:
+    """The shipped encoder (hash-checked), or the file at path; cached per file and mtime."""
+    p = Path(path) if path is not None else shipped_path()
+    expected = SHIPPED_SHA256 if path is None else None
+    try:
+        mtime = p.stat().st_mtime_ns
+    except OSError:
+        raise RenderError(
+            f"encoder weights {p} not found (see encoders/README.md or set {ENV_DIR})"
+        ) from None
+    return _cached(str(p.resolve()), expected, mtime)
+
+
+def encode(stack: torch.Tensor, model: CalibratedEncoder) -> torch.Tensor:
+    """One canonical stack [C, S, S] -> z [Z_DIM] float64."""
+    with torch.no_grad():
+        return model(stack.unsqueeze(0).to(torch.float32))[0]

@@ -1,0 +1,141 @@
+"""Synthetic data, training determinism, calibration and the weights file of the dog encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from huref.encoder import synthetic as syn
+from huref.encoder.canonical import CHANNELS, GRID, canonical_from_buckets
+from huref.encoder.model import CalibratedEncoder, Calibration
+from huref.encoder.stackstats import pair_cosine
+from huref.encoder.train import TrainConfig, gaussian_loss, nt_xent, train, training_batch
+from huref.encoder.weights import load_encoder, load_encoder_file, read_metadata, save_encoder
+from huref.errors import RenderError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensors on a shared 2-core machine: one thread is much faster than two that wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = TrainConfig(steps=3, families=2, siblings=2, calib_models=256, heldout_models=16, workers=0)
+
+
+def test_factored_synthetic_stacks_equal_canonicalised_explicit_terms() -> None:
+    """The fast generator forms no n x n matrix; it must equal the real canonicalisation of one."""
+    g = torch.Generator().manual_seed(3)
+    small = syn.SynthSpec(n_tokens=(120, 160), d_model=(16, 24), n_layers=(3, 4))
+    base = syn.draw_models(g, 2, 2, small)
+    derived = syn.derive(g, base, torch.ones(4))  # replaced tokens, pruned width, maybe dropped layers
+    for models in (base, derived):
+        quiet = replace(models, residual=torch.zeros_like(models.residual), cell_noise=torch.zeros(4))
+        fast = syn.stacks(g, quiet)
+        for i in range(4):
+            slow = canonical_from_buckets(syn.explicit_terms(quiet, i), quiet.buckets[i])
+            assert torch.allclose(fast[i], slow, atol=1e-3), (i, float((fast[i] - slow).abs().max()))
+
+
+def test_derivation_severity_orders_similarity_and_siblings_stay_apart() -> None:
+    g = torch.Generator().manual_seed(4)
+    base = syn.draw_models(g, 8, 4)
+    a = syn.stacks(g, base)
+    cos = {}
+    for sev in (0.1, 0.9):
+        b = syn.stacks(g, syn.derive(g, base, torch.full((32,), sev)))
+        cos[sev] = np.median([pair_cosine(x, y) for x, y in zip(a, b, strict=True)])
+    siblings = np.median([abs(pair_cosine(a[i], a[i + 1])) for i in range(0, 32, 4)])
+    assert cos[0.1] > 0.85 and cos[0.9] < cos[0.1] - 0.1
+    assert siblings < 0.3 < cos[0.9]
+
+
+def test_training_batches_depend_on_seed_and_step_only() -> None:
+    a1, b1 = training_batch(TINY, 5)
+    a2, b2 = training_batch(TINY, 5)
+    assert a1.shape == (4, CHANNELS, GRID, GRID)
+    assert torch.equal(a1, a2) and torch.equal(b1, b2)
+    assert not torch.equal(a1, training_batch(TINY, 6)[0])
+    assert not torch.equal(a1, training_batch(replace(TINY, seed=TINY.seed + 1), 5)[0])
+
+
+def test_losses_reward_matching_views_and_gaussian_outputs() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 512, generator=g)
+    assert float(nt_xent(z, z + 0.01 * torch.randn(64, 512, generator=g), 0.1)) < 0.01
+    assert float(nt_xent(z, torch.randn(64, 512, generator=g), 0.1)) > 3.0
+    gaussian = float(gaussian_loss(z, torch.Generator().manual_seed(1), 64))
+    assert gaussian < 0.15  # the finite-sample floor of 64 draws is about 0.09
+    assert float(gaussian_loss(3 * z + 1, torch.Generator().manual_seed(1), 64)) > 10 * gaussian
+    assert float(gaussian_loss(z.pow(2), torch.Generator().manual_seed(1), 64)) > 10 * gaussian
+
+
+def test_calibration_makes_skewed_correlated_outputs_standard_normal() -> None:
+    g = torch.Generator().manual_seed(2)
+    dim = 64
+    mix = torch.randn(dim, dim, generator=g) / 8
+    raw = (torch.randn(12000, dim, generator=g) @ mix).exp() + 3.0  # skewed, correlated, off-centre
+    assert float(((raw - raw.mean(0)) / raw.std(0)).pow(3).mean()) > 0.5  # really skewed
+    cal = Calibration(z_dim=dim)
+    cal.fit(raw[:8000])
+    z = cal(raw[8000:]).numpy()
+    assert np.abs(z.mean(0)).max() < 0.1 and np.abs(z.std(0) - 1).max() < 0.1
+    assert abs(float(((z - z.mean()) ** 3).mean())) < 0.1
+    assert abs(float(np.corrcoef(z[:, 0], z[:, 1])[0, 1])) < 0.1
+
+
+def test_tiny_training_is_reproducible_and_its_weights_round_trip(tmp_path: Path) -> None:
+    model1, metrics1 = train(TINY)
+    model2, _ = train(TINY)
+    x = training_batch(TINY, 99)[0]
+    z1, z2 = model1(x), model2(x)
+    assert torch.equal(z1, z2)  # same seed, same thread count: same bits
+    assert z1.shape == (4, 512) and torch.isfinite(z1).all()
+    assert set(metrics1["heldout"]) >= {"mean_min", "std_max", "ks_pvalue"}
+    path = save_encoder(
+        model1, tmp_path / "enc.safetensors", {"width": TINY.width, "seed": TINY.seed}, metrics1
+    )
+    loaded = load_encoder_file(path)
+    assert torch.equal(loaded(x), z1)
+    assert read_metadata(path)["config"]["seed"] == TINY.seed
+    assert torch.equal(load_encoder(path)(x), z1)  # explicit files are not hash-checked
+
+
+def test_shipped_weights_match_their_pinned_hash_and_tampering_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huref.encoder import weights
+
+    shipped = weights.shipped_path()
+    model = load_encoder()
+    assert isinstance(model, CalibratedEncoder)
+    assert shipped.stat().st_size <= 20 * 1024 * 1024
+    data = bytearray(shipped.read_bytes())
+    data[-1000] ^= 0x01  # one bit of one weight
+    (tmp_path / weights.WEIGHTS_FILE).write_bytes(bytes(data))
+    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path))
+    with pytest.raises(RenderError, match="SHA-256"):
+        load_encoder()
+    (tmp_path / weights.WEIGHTS_FILE).unlink()
+    with pytest.raises(RenderError, match="not found"):
+        load_encoder()
+
+
+def test_a_file_that_is_not_an_encoder_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bogus = tmp_path / "bogus.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bogus), metadata={"format": "pt"})
+    with pytest.raises(RenderError, match="not a huref encoder"):
+        load_encoder_file(bogus)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(RenderError):
+        load_encoder_file(tmp_path / "junk.safetensors")
