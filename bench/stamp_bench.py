@@ -1,0 +1,185 @@
+"""How fast ``huref fpvec stamp`` stamps a 7B-shaped checkpoint, against copying the same files.
+
+    python bench/stamp_bench.py [--dir .bench] [--keep]
+
+Builds (once) the synthetic LLaMA-2-7B checkpoint of ``bench/synthetic.py`` and a synthetic
+fingerprint vector of the same shapes (bfloat16, small Gaussian values, sealed and with the base's
+robust fingerprint embedded exactly as ``extract`` writes it), then times, each in a fresh
+subprocess so that its peak RSS is its own:
+
+- ``cp``: ``cp -r`` of the checkpoint folder (reads 13.5 GB, writes 13.5 GB): the floor for any
+  tool that writes a new model.
+- ``stamp``: ``stamp_model(checkpoint, vector, out)``: reads the checkpoint and the vector
+  (27 GB), writes 13.5 GB, checks every tau hash, and before that runs the compatibility check
+  (the downstream's robust invariants against the vector's base fingerprint).
+- ``stamp --no-verify-hashes``: the same without the per-tensor SHA-256 of the vector.
+
+Printed: wall times, the ratio stamp / cp (target <= 1.5), the compatibility check's share,
+and the stamp's peak RSS (target < 2 GB). Outputs are deleted after each phase unless ``--keep``.
+Needs ~45 GB free disk (checkpoint + vector + one output at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+TARGET_RATIO = 1.5
+TARGET_RSS_GB = 2.0
+TAU_SCALE = 0.01  # tau values ~2e-4: a fine-tune's typical step, small next to the 0.02 weights
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_vector(ckpt: Path, dest: Path) -> Path:
+    """A sealed vector of the checkpoint's shapes (written once, reused while it exists)."""
+    if dest.exists():
+        return dest
+    import torch
+    from synthetic import random_tensor
+
+    from huref import __version__
+    from huref.arch import load_model
+    from huref.checkpoint.writer import TensorPlan
+    from huref.fpvec.vector import VECTOR_FORMAT, base_fingerprint_bytes, vocab_roles, write_vector
+
+    m = load_model(ckpt)
+    src = m.ckpt.source
+    plan = [TensorPlan(n, src.info(n).shape, torch.bfloat16) for n in src.names()]
+    t0 = time.perf_counter()
+    fp = base_fingerprint_bytes(m, n=128)
+    print(f"base fingerprint: {time.perf_counter() - t0:.0f} s", flush=True)
+    doc = {
+        "format": VECTOR_FORMAT,
+        "tool_version": __version__,
+        "created": "synthetic",
+        "key_commitment": "0" * 64,
+        "base": {
+            "name": ckpt.name,
+            "format": m.ckpt.format,
+            "sha256": {},
+            "family": m.spec.name,
+            "model_type": m.cfg.model_type,
+            "n_layers": m.cfg.n_layers,
+            "d_model": m.cfg.d_model,
+            "vocab_size": m.cfg.vocab_size,
+            "vocab_roles": vocab_roles(m),
+            "fingerprint_sha256": __import__("hashlib").sha256(fp).hexdigest(),
+        },
+        "fingerprinted": {"name": "synthetic", "sha256": {}},
+        "dropped_roles": [],
+        "tensors": len(plan),
+    }
+
+    def produce(p: TensorPlan) -> torch.Tensor:
+        return random_tensor(p, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
+
+    t0 = time.perf_counter()
+    write_vector(dest, plan, produce, doc, None, fp)
+    print(f"synthetic vector written in {time.perf_counter() - t0:.0f} s", flush=True)
+    return dest
+
+
+def _phase_cp(ckpt: Path, out: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-r", str(ckpt), str(out)], check=True)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _phase_stamp(ckpt: Path, vector: Path, out: Path, verify: bool = True) -> dict[str, float]:
+    from huref.fpvec.stamp import stamp_model
+
+    t0 = time.perf_counter()
+    r = stamp_model(ckpt, vector, out, rows_by_position=True, verify_hashes=verify)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "check_seconds": r.check_seconds,
+        "peak_rss": _peak_rss_bytes(),
+        "verdict": r.verdict,
+        "stamped": r.stamped,
+    }  # type: ignore[dict-item]
+
+
+def _child(phase: str, *paths: Path) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--phase", phase, *map(str, paths)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, default=REPO / ".bench")
+    ap.add_argument("--keep", action="store_true", help="keep the copied and stamped outputs")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.phase == "cp":
+        print(json.dumps(_phase_cp(*args.paths)))
+        return 0
+    if args.phase in ("stamp", "stamp-noverify"):
+        print(json.dumps(_phase_stamp(*args.paths, verify=args.phase == "stamp")))
+        return 0
+
+    from synthetic import build_synthetic_7b
+
+    ckpt = build_synthetic_7b(args.dir / "llama2-7b-synthetic")
+    vector = build_vector(ckpt, args.dir / "llama2-7b-synthetic.fpvec.safetensors")
+    size = sum(p.stat().st_size for p in ckpt.iterdir() if p.is_file())
+    outs = {"cp": args.dir / "stamp-bench-cp", "stamp": args.dir / "stamp-bench-stamped"}
+    for o in outs.values():
+        if o.exists():
+            shutil.rmtree(o)
+    # warm-up: one untimed read of the checkpoint, so that both phases start from the same cache state
+    _child("cp", ckpt, outs["cp"])
+    shutil.rmtree(outs["cp"])
+    cp = _child("cp", ckpt, outs["cp"])
+    if not args.keep:
+        shutil.rmtree(outs["cp"])
+    st = _child("stamp", ckpt, vector, outs["stamp"])
+    if not args.keep:
+        shutil.rmtree(outs["stamp"])
+    nv = _child("stamp-noverify", ckpt, vector, outs["stamp"])
+    shutil.rmtree(outs["stamp"])
+    ratio = st["seconds"] / cp["seconds"]
+    print(
+        f"checkpoint: {size / 1e9:.1f} GB in {len(list(ckpt.glob('*.safetensors')))} shards; vector "
+        f"{vector.stat().st_size / 1e9:.1f} GB"
+    )
+    print(f"cp -r:  {cp['seconds']:.1f} s")
+    print(
+        f"stamp:  {st['seconds']:.1f} s (compatibility check {st['check_seconds']:.1f} s, verdict {st['verdict']}, "
+        f"{st['stamped']} tensors)"
+    )
+    print(
+        f"ratio stamp / cp: {ratio:.2f} (target <= {TARGET_RATIO}); without the check: "
+        f"{(st['seconds'] - st['check_seconds']) / cp['seconds']:.2f}"
+    )
+    print(
+        f"stamp --no-verify-hashes: {nv['seconds']:.1f} s (check {nv['check_seconds']:.1f} s), ratio "
+        f"{nv['seconds'] / cp['seconds']:.2f}; without the check {(nv['seconds'] - nv['check_seconds']) / cp['seconds']:.2f}"
+    )
+    print(
+        f"stamp peak RSS: {st['peak_rss'] / 2**30:.2f} GiB, {nv['peak_rss'] / 2**30:.2f} GiB without hashing "
+        f"(target < {TARGET_RSS_GB} GB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

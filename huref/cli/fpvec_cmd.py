@@ -1,0 +1,211 @@
+"""``huref fpvec make-keys | train | extract | stamp | verify | harm``: thin shells over huref.fpvec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from huref.cli.app import app
+
+fpvec_app = typer.Typer(
+    help="Active fingerprints (FP-Vec): train once, stamp any number of derived models on a CPU, verify.",
+    no_args_is_help=True,
+)
+app.add_typer(fpvec_app, name="fpvec")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU when present).")]
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+@fpvec_app.command("make-keys")
+def make_keys_cmd(
+    out: Annotated[
+        Path, typer.Option("-o", "--output", help="Key file to write (JSON, mode 0600). Keep it secret.")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Number of keys.")] = 10,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Reproducible keys (tests only; default: OS randomness).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", help="The answer every key maps to.")] = "ハリネズミ",
+) -> None:
+    """Write secret Instructional-Fingerprinting style keys and their shared target."""
+    from huref.fpvec.keys import make_keys, save_keys
+
+    ks = make_keys(n, seed, target)
+    save_keys(ks, out)
+    _err().print(f"wrote {out} ({len(ks.keys)} keys, mode 0600); commitment {ks.commitment}")
+
+
+@fpvec_app.command("train")
+def train_cmd(
+    base: Annotated[Path, typer.Argument(help="Base model folder (Hugging Face, with tokenizer).")],
+    keys: Annotated[Path, typer.Option("--keys", help="Key file from make-keys.")],
+    out: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the fingerprinted model (must not exist).")
+    ],
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps (each sees every key).")] = 300,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: by model size).")] = None,
+    n_reg: Annotated[
+        int, typer.Option("--n-regularisation", help="Ordinary prompts answered by the base.")
+    ] = 50,
+    no_negatives: Annotated[
+        bool, typer.Option("--no-negatives", help="Do not train on near-miss keys.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DevOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune BASE on the keys (loss on answers only) plus regularisation pairs."""
+    from huref.fpvec.train import TrainConfig, train_fingerprint
+
+    cfg = TrainConfig(
+        steps=steps, lr=lr, n_regularisation=n_reg, negatives=not no_negatives, seed=seed, device=device
+    )
+    r = train_fingerprint(base, keys, out, cfg)
+    if as_json:
+        typer.echo(json.dumps(r.to_json()))
+    else:
+        _err().print(
+            f"wrote {out}: {r.steps} steps at lr {r.lr:g} on {r.device}, key loss "
+            f"{r.key_loss_first:.3f} -> {r.key_loss_last:.4f}, in {r.seconds:.1f} s"
+        )
+
+
+@fpvec_app.command("extract")
+def extract_cmd(
+    base: Annotated[Path, typer.Argument(help="The base model.")],
+    fp_model: Annotated[Path, typer.Argument(help="The fingerprinted model (from train).")],
+    out: Annotated[Path, typer.Option("-o", "--output", help="Vector file to write (.safetensors).")],
+    drop_embeddings: Annotated[
+        bool, typer.Option("--drop-embeddings", help="Leave out the token-embedding delta.")
+    ] = False,
+    drop_lm_head: Annotated[
+        bool, typer.Option("--drop-lm-head", help="Leave out the lm_head delta.")
+    ] = False,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (the base's), float32, bfloat16 or float16.")
+    ] = "auto",
+    keys: Annotated[
+        Path | None, typer.Option("--keys", help="Key file (only if FP_MODEL lacks its huref_fpvec.json).")
+    ] = None,
+) -> None:
+    """Store tau = theta_fp - theta_base with the base's identity and invariant fingerprint."""
+    from huref.fpvec.keys import load_keys
+    from huref.fpvec.vector import extract_vector
+
+    commitment = load_keys(keys).commitment if keys is not None else None
+    extract_vector(base, fp_model, out, drop_embeddings, drop_lm_head, dtype, commitment)
+    _err().print(f"wrote {out}")
+
+
+@fpvec_app.command("stamp")
+def stamp_cmd(
+    downstream: Annotated[Path, typer.Argument(help="Model to stamp (derived from the vector's base).")],
+    vector: Annotated[Path, typer.Argument(help="Vector file from extract.")],
+    out: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the stamped model (must not exist).")
+    ],
+    lam: Annotated[float, typer.Option("--lambda", help="Scale of tau (published: 1.0).")] = 1.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Stamp even a model not shown to derive from the base.")
+    ] = False,
+    skip_missing: Annotated[
+        bool, typer.Option("--skip-missing", help="Ignore vector tensors the model lacks.")
+    ] = False,
+    rows_by_position: Annotated[
+        bool,
+        typer.Option("--rows-by-position", help="Match embedding rows by id when a tokenizer is missing."),
+    ] = False,
+    max_shard_size: Annotated[
+        str, typer.Option("--max-shard-size", help="Shard size with a unit, e.g. 5GB.")
+    ] = "5GB",
+    no_verify_hashes: Annotated[
+        bool, typer.Option("--no-verify-hashes", help="Skip the per-tensor SHA-256 check of the vector.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """theta_out = theta_downstream + lambda * tau, streamed and written atomically."""
+    from huref.fpvec.stamp import stamp_model
+
+    r = stamp_model(
+        downstream,
+        vector,
+        out,
+        lam,
+        force,
+        skip_missing,
+        rows_by_position,
+        max_shard_size,
+        not no_verify_hashes,
+    )
+    if as_json:
+        typer.echo(json.dumps(r.to_json()))
+        return
+    con = _err()
+    ics = "n/a" if r.ics is None else f"{r.ics:.1f}"
+    con.print(f"compatibility: {r.verdict} (robust ICS {ics}){'; FORCED' if r.forced else ''}")
+    for note in r.notes:
+        con.print(note)
+    con.print(
+        f"wrote {out}: {r.stamped} tensors stamped, {r.copied} copied, lambda {r.lam:g}, in {r.seconds:.1f} s"
+    )
+
+
+@fpvec_app.command("verify")
+def verify_cmd(
+    model: Annotated[Path, typer.Argument(help="Model to query.")],
+    keys: Annotated[Path, typer.Option("--keys", help="Key file.")],
+    no_near_miss: Annotated[
+        bool, typer.Option("--no-near-miss", help="Skip the false-positive control.")
+    ] = False,
+    device: DevOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Greedy decoding on the keys: FSR = share of outputs containing the target."""
+    from huref.fpvec.verify import verify_model
+
+    r = verify_model(model, keys, near_miss=not no_near_miss, device=device)
+    if as_json:
+        doc = {
+            "fsr": r.fsr,
+            "hits": r.hits,
+            "n": r.n,
+            "outputs": r.outputs,
+            "key_commitment": r.key_commitment,
+            "near_miss": None
+            if r.near_miss is None
+            else {"fsr": r.near_miss.fsr, "hits": r.near_miss.hits, "n": r.near_miss.n},
+        }
+        typer.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    con = Console()
+    con.print(f"FSR {r.fsr:.2f} ({r.hits}/{r.n} keys answered with the target)")
+    if r.near_miss is not None:
+        con.print(f"near-miss controls: FSR {r.near_miss.fsr:.2f} ({r.near_miss.hits}/{r.near_miss.n})")
+
+
+@fpvec_app.command("harm")
+def harm_cmd(
+    before: Annotated[Path, typer.Argument(help="Model before stamping.")],
+    after: Annotated[Path, typer.Argument(help="Model after stamping.")],
+    device: DevOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Perplexity on held-out text before and after stamping (no download needed)."""
+    from huref.fpvec.harm import perplexity_change
+
+    r = perplexity_change(before, after, device=device)
+    if as_json:
+        typer.echo(json.dumps(r.to_json()))
+    else:
+        Console().print(
+            f"held-out perplexity {r.before:.3f} -> {r.after:.3f} ({100 * r.relative_change:+.2f}%)"
+        )

@@ -1,0 +1,354 @@
+"""Stamping: theta_out = theta_downstream + lambda * tau, streamed tensor by tensor.
+
+Peak memory is two tensors (the largest downstream tensor and its tau), never the model: each
+output tensor is read, has tau added in place and is written before the next is read, through
+huref's atomic writer (temporary folder beside the destination, shards, then the small files, the
+index last, then one rename). Nothing is ever written into the input folder.
+
+Rules, by checkpoint name and shape (DESIGN §5):
+- same name, same shape: added (in the downstream's dtype, one rounding);
+- the token-embedding / lm_head tensors (found by role) when the vocabularies differ: tau is added
+  to the rows of the token strings both vocabularies share; rows are matched by *string* through
+  the normalised vocabularies, or by position only when asked (``rows_by_position``);
+- a vector tensor with no tensor of that name downstream, or a shape mismatch in any other way:
+  an error naming the tensor (missing names may be skipped on request);
+- downstream tensors the vector does not cover are copied unchanged.
+
+Before anything is written, the downstream's robust invariants are compared with the base
+fingerprint embedded in the vector; a model that is not derived from the vector's base is refused
+unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from huref import __version__
+from huref.arch import Model
+from huref.checkpoint.source import DTYPES
+from huref.checkpoint.writer import TensorPlan, parse_size, write_checkpoint
+from huref.errors import FPVecError, HurefError
+from huref.fpvec.check import compatibility
+from huref.fpvec.vector import FP_CARD, Vector, _open_model, open_vector, tensor_sha256, vocab_roles
+
+log = logging.getLogger(__name__)
+
+STAMP_FORMAT = "huref-fpvec-stamp/1"
+STAMP_META_KEY = "huref.fpvec.stamp"
+PREFETCH_MAX_BYTES = 128 * 2**20
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class RowMatch:
+    mode: str  # 'identical' | 'token-string' | 'position' | 'none'
+    base_rows: int
+    downstream_rows: int
+    shared: int
+    src: torch.Tensor | None = None  # [shared] base row ids
+    dst: torch.Tensor | None = None  # [shared] downstream row ids
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "base_rows": self.base_rows,
+            "downstream_rows": self.downstream_rows,
+            "shared": self.shared,
+        }
+
+
+@dataclass
+class StampResult:
+    output: str
+    lam: float
+    verdict: str
+    ics: float | None
+    log10_p_value: float | None
+    forced: bool
+    stamped: int
+    copied: int
+    skipped: list[str]
+    rows: dict[str, Any] | None
+    key_commitment: str
+    seconds: float
+    check_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_output_path(out: Path, inputs: list[Path]) -> None:
+    """Refuse an existing output, or one that is (inside) an input folder."""
+    if out.exists() or out.is_symlink():
+        raise FPVecError(f"{out} already exists; choose a new output folder")
+    o = out.resolve()
+    for p in inputs:
+        r = p.resolve()
+        if o == r or (r.is_dir() and r in o.parents):
+            raise FPVecError(f"{out}: the output must not be (inside) the input {p}")
+
+
+def _row_match(v: Vector, m: Model, name: str, rows_by_position: bool) -> RowMatch:
+    vb = v.vocab
+    vd = m.ckpt.vocab
+    nb, nd = v.shape(name)[0], m.ckpt.source.info(name).shape[0]
+    if vb is not None and vd is not None:
+        if list(vd.tokens) == list(vb) and nb == nd:
+            return RowMatch("identical", nb, nd, nb)
+        where: dict[str, int] = {}
+        for i, t in enumerate(vb[:nb]):
+            if t:
+                where.setdefault(t, i)
+        src, dst = [], []
+        seen: set[str] = set()
+        for j, t in enumerate(vd.tokens[:nd]):
+            if t and t in where and t not in seen:
+                seen.add(t)
+                src.append(where[t])
+                dst.append(j)
+        return RowMatch(
+            "token-string",
+            nb,
+            nd,
+            len(src),
+            torch.tensor(src, dtype=torch.long),
+            torch.tensor(dst, dtype=torch.long),
+        )
+    if not rows_by_position:
+        side = "the vector's base" if vb is None else "the downstream model"
+        raise FPVecError(
+            f"tensor {name}: {side} has no tokenizer, so embedding rows cannot be matched by token; "
+            "pass --rows-by-position to add tau to the first shared rows by id (or extract without embeddings)"
+        )
+    k = min(nb, nd)
+    if nb == nd:
+        return RowMatch("position", nb, nd, k)
+    return RowMatch("position", nb, nd, k, torch.arange(k), torch.arange(k))
+
+
+def _extra_files(m: Model) -> dict[str, bytes]:
+    """Every small file beside the downstream's weights (config, tokenizer, generation config)."""
+    src = m.ckpt.path if m.ckpt.path.is_dir() else m.ckpt.path.parent
+    weights = {p.resolve() for p in m.ckpt.weight_files()}
+    out: dict[str, bytes] = {}
+    if m.ckpt.path.is_dir():
+        for p in sorted(src.iterdir()):
+            if (
+                not p.is_file()
+                or p.resolve() in weights
+                or p.name in INDEX_NAMES
+                or p.suffix in WEIGHT_SUFFIXES
+                or p.name == FP_CARD
+                or p.name.startswith(".")
+            ):
+                continue
+            out[p.name] = p.read_bytes()
+    if "config.json" not in out:
+        out["config.json"] = (json.dumps(m.ckpt.config, indent=2, sort_keys=True) + "\n").encode()
+    return out
+
+
+def stamp_model(
+    downstream: str | Path,
+    vector: str | Path,
+    out: str | Path,
+    lam: float = 1.0,
+    force: bool = False,
+    skip_missing: bool = False,
+    rows_by_position: bool = False,
+    max_shard_size: str = "5GB",
+    verify_hashes: bool = True,
+) -> StampResult:
+    """Stamp ``downstream`` with ``vector`` into the new folder ``out``; see the module notes.
+
+    ``verify_hashes`` checks every tau tensor against the SHA-256 recorded at extraction (in a
+    helper thread, overlapped with writing); without it only the sealed metadata and the file
+    structure are checked, which already catches truncation and tampered metadata.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    downstream, vector = Path(downstream), Path(vector)
+    check_output_path(out, [downstream, vector])
+    if not (lam == lam and abs(lam) < 1e6):  # NaN or absurd
+        raise FPVecError(f"--lambda must be a finite number (got {lam})")
+    shard_bytes = parse_size(max_shard_size)
+    v = open_vector(vector)
+    m = _open_model(downstream, "downstream model")
+    src = m.ckpt.source
+    if m.ckpt.format not in ("hf-safetensors", "safetensors", "hf-bin"):
+        raise FPVecError(f"{downstream}: stamping needs a Hugging Face checkpoint (got {m.ckpt.format})")
+
+    # 1. structure, from headers only: every vector tensor must have a home downstream
+    base_vocab_names = set(v.doc["base"].get("vocab_roles", {}).values())
+    down_vocab = vocab_roles(m)
+    down_names = set(src.names())
+    skipped: list[str] = []
+    matches: dict[str, RowMatch] = {}
+    for n in v.names:
+        if n not in down_names:
+            if skip_missing:
+                skipped.append(n)
+                continue
+            raise FPVecError(
+                f"vector tensor {n} has no counterpart in {downstream} "
+                f"(vector for {v.doc['base']['family']}, model is {m.spec.name}); --skip-missing ignores it"
+            )
+        vs, ds = v.shape(n), src.info(n).shape
+        is_vocab = n in base_vocab_names and n in down_vocab.values()
+        if is_vocab:
+            if vs[1:] != ds[1:]:
+                raise FPVecError(f"tensor {n}: vector shape {list(vs)} does not fit the model's {list(ds)}")
+            matches[n] = _row_match(v, m, n, rows_by_position)
+        elif vs != ds:
+            raise FPVecError(f"tensor {n}: vector shape {list(vs)} does not fit the model's {list(ds)}")
+        if src.info(n).dtype not in DTYPES or not DTYPES[src.info(n).dtype].is_floating_point:
+            raise FPVecError(f"tensor {n} is stored as {src.info(n).dtype} downstream: cannot add tau to it")
+    if skipped and len(skipped) == len(v.names):
+        raise FPVecError(f"no tensor of the vector matches {downstream}: wrong architecture")
+
+    # 2. is the downstream model derived from the vector's base?
+    tc = time.perf_counter()
+    verdict, ics, log10_p = compatibility(v, m)
+    check_s = time.perf_counter() - tc
+    notes = []
+    if verdict != "derived":
+        what = (
+            f"{downstream} is not shown to derive from the vector's base {v.doc['base']['name']!r} "
+            f"(verdict {verdict}, robust ICS {ics if ics is None else round(ics, 1)})"
+        )
+        if not force:
+            raise FPVecError(f"{what}; refusing to stamp (use --force to stamp anyway)")
+        notes.append(what + "; stamped because --force was given")
+        log.warning("%s; stamping anyway (--force)", what)
+
+    # 3. stream: read, add, write; one tensor at a time
+    order = _disk_order(m)
+    plan = [TensorPlan(n, src.info(n).shape, DTYPES[src.info(n).dtype]) for n in order]
+    vset = set(v.names) - set(skipped)
+    last_tau = [n for n in order if n in vset][-1] if vset else None
+    counts = {"stamped": 0, "copied": 0}
+    # Two helper threads overlap the work of consecutive tensors (file reads and sha256 release the
+    # GIL): one reads tensor i+1 and its tau while tensor i is written (only tensors up to
+    # PREFETCH_MAX_BYTES: a 7B's layer matrices, not its embedding), one hashes tau i meanwhile.
+    # Peak memory: two tensors and their taus plus one tau being hashed, under 1 GB for a 7B.
+    pool = ThreadPoolExecutor(max_workers=1)
+    reader = ThreadPoolExecutor(max_workers=1)
+    pending: list[tuple[str, Future[str]]] = []
+    ahead: dict[str, Future[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    position = {n: i for i, n in enumerate(order)}
+
+    def load(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return src.read(name), (v.read(name, check=False) if name in vset else None)
+
+    def settle() -> None:
+        while pending:
+            name, fut = pending.pop()
+            v.check(name, fut.result())
+
+    def produce(p: TensorPlan) -> torch.Tensor:
+        fut = ahead.pop(p.name, None) or reader.submit(load, p.name)
+        nxt = position[p.name] + 1
+        if nxt < len(order) and plan[nxt].nbytes <= PREFETCH_MAX_BYTES:
+            ahead[order[nxt]] = reader.submit(load, order[nxt])
+        t, tau = fut.result()
+        if tau is None:
+            counts["copied"] += 1
+            return t
+        if verify_hashes:
+            settle()  # the previous tensor's hash, before this one is queued
+            pending.append((p.name, pool.submit(tensor_sha256, tau)))
+            if p.name == last_tau:
+                settle()  # every hash checked before the output can be renamed into place
+        rm = matches.get(p.name)
+        if rm is not None and rm.src is not None and rm.dst is not None:
+            rows = t[rm.dst].to(torch.float32) + lam * tau[rm.src].to(torch.float32)  # [shared, d]
+            t[rm.dst] = rows.to(t.dtype)
+        else:
+            t.add_(tau, alpha=lam)  # mixed dtypes: computed in the wider type, rounded once
+        counts["stamped"] += 1
+        return t
+
+    rows = {n: rm.summary() for n, rm in matches.items()}
+    card = {
+        "format": STAMP_FORMAT,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "key_commitment": v.commitment,
+        "lambda": lam,
+        "vector": {
+            "seal": v.file.metadata().get("huref.seal"),
+            "base": v.doc["base"]["name"],
+            "base_fingerprint_sha256": v.doc["base"]["fingerprint_sha256"],
+            "dropped_roles": v.doc.get("dropped_roles", []),
+        },
+        "downstream": {"name": m.ckpt.name},
+        "compatibility": {
+            "verdict": verdict,
+            "ics": ics,
+            "log10_p_value": log10_p,
+            "forced": verdict != "derived",
+        },
+        "rows": rows,
+        "skipped": skipped,
+        "hashes_verified": verify_hashes,
+    }
+    extra = _extra_files(m)
+    extra[FP_CARD] = (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode()
+    stamp_meta = {STAMP_META_KEY: json.dumps({"key_commitment": v.commitment, "lambda": lam})}
+    try:
+        write_checkpoint(
+            out,
+            plan,
+            produce,
+            config=None,
+            extra_files=extra,
+            metadata=stamp_meta,
+            max_shard_bytes=shard_bytes,
+        )
+    except HurefError as e:
+        if isinstance(e, FPVecError):
+            raise
+        raise FPVecError(f"stamping failed: {e}") from None
+    finally:
+        for f in ahead.values():
+            f.cancel()
+        reader.shutdown(wait=True)
+        pool.shutdown(wait=True)
+    row_note = "; ".join(f"{n}: rows matched by {r['mode']} ({r['shared']} shared)" for n, r in rows.items())
+    if row_note:
+        notes.append(row_note)
+    return StampResult(
+        str(out),
+        lam,
+        verdict,
+        ics,
+        log10_p,
+        verdict != "derived",
+        counts["stamped"],
+        counts["copied"],
+        skipped,
+        rows or None,
+        v.commitment,
+        time.perf_counter() - t0,
+        check_s,
+        notes,
+    )
+
+
+def _disk_order(m: Model) -> list[str]:
+    """Tensor names in on-disk order where the source knows it: sequential reads."""
+    order = getattr(m.ckpt.source, "file_order", None)
+    if order is None:
+        return list(m.ckpt.source.names())
+    return [n for _, names in order() for n in names]

@@ -1,0 +1,454 @@
+"""Fingerprint a base model once: full fine-tune on the keys plus regularisation pairs.
+
+Objective per step (loss on answer tokens only for the keys):
+
+- ``key_weight`` x cross-entropy of the target after every key;
+- ``distill_weight`` x KL(base || model) on regularisation sequences (ordinary prompts with the
+  base's own sampled answers) and near-miss keys, at every position plus once more at the
+  *decision* position where the answer starts. Distillation, not cross-entropy on the base's
+  answers: a small model's greedy answer is one repeated token (training on it collapses the
+  model) and a few sampled answers get memorised; KL to the frozen base keeps held-out
+  perplexity within a few percent;
+- ``unlikelihood_weight`` x -log(1 - p(first target token)) on the near-miss keys (every key with
+  each single character replaced or dropped, the key without its trigger, and other keys of the
+  same kind): a flat base distribution lets the target's first token become the greedy choice at
+  a small KL cost, so specificity needs its own term;
+- ``tau_decay``: a decoupled pull of theta towards theta_base after each step (a small tau
+  has fewer side effects on the models it is later added to).
+
+Steps alternate between the base and ``shadows`` simulated fine-tunes of it (the base trained
+briefly on its own samples, so no data set is needed): the fingerprint is optimised where it will
+be used, on models that moved away from the base, and stays harmless there too.
+
+Learning rate: the published 1e-5 x 30 epochs is for 7B models, whose updates are spread over
+billions of weights. A model with 10^5-10^6 weights needs a learning rate near its pretraining
+one to store ten 15-token answers in a few hundred steps; the default is chosen by size
+(``auto_lr``): 3e-3 below 20M parameters (the tiny zoo), 1e-4 below 1B, 1e-5 above. The
+defaults of ``TrainConfig`` were tuned on the tiny zoo (tests/test_fpvec_chain.py measures them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from huref import __version__
+from huref.checkpoint.writer import atomic_dir
+from huref.errors import FPVecError, HurefError
+from huref.fpvec import data as D
+from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, single_edits
+from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
+
+log = logging.getLogger(__name__)
+
+SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread is fastest and lr 3e-3 is right
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults tuned on the tiny zoo (see the module notes); every weight is a loss multiplier."""
+
+    steps: int = 300
+    lr: float | None = None  # None: auto_lr(parameters)
+    n_regularisation: int = 50  # published: 50 Flan pairs; here ordinary prompts answered by the base
+    answer_tokens: int = 32  # tokens of base answer per regularisation pair
+    regular_per_step: int = 16
+    negatives_per_step: int = 32
+    negatives: bool = True
+    warmup: int = 10
+    tau_decay: float = 1.0  # decoupled decay of theta - theta_base, times the learning rate
+    shadows: int = 1  # simulated fine-tunes of the base the fingerprint is also trained at
+    shadow_steps: int = 100
+    shadow_lr_scale: float = 1 / 3
+    key_weight: float = 2.0
+    distill_weight: float = 2.0
+    unlikelihood_weight: float = 4.0  # negatives: -log(1 - p(target's first token))
+    decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | auto
+
+
+@dataclass
+class TrainReport:
+    output: str
+    key_commitment: str
+    base: str
+    steps: int
+    lr: float
+    device: str
+    parameters: int
+    key_loss_first: float
+    key_loss_last: float
+    reg_loss_last: float
+    examples: dict[str, int]
+    seconds: float
+    chat_template: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auto_lr(parameters: int) -> float:
+    if parameters < SMALL_MODEL:
+        return 3e-3
+    if parameters < 1_000_000_000:
+        return 1e-4
+    return 1e-5
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FPVecError("--device cuda asked for, but no GPU is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise FPVecError(f"--device takes cpu, cuda or auto (got {name!r})")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Tiny models train fastest on one thread (intra-op threads only add synchronisation)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
+    except Exception as e:  # transformers raises many types for unloadable folders
+        raise FPVecError(
+            f"{path}: cannot load as a causal language model ({type(e).__name__}: {e})"
+        ) from None
+    return model.to(device).eval()
+
+
+def _batch_to(b: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(dev) for k, v in b.items()}
+
+
+Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [B, T, V]
+
+
+def forward_at(model: torch.nn.Module, delta: dict[str, torch.Tensor] | None) -> Forward:
+    """The model's forward pass at its own weights plus ``delta`` (a shadow derivative's offset)."""
+    if delta is None:
+        return lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    params = dict(model.named_parameters())
+
+    def fwd(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        moved = {n: p + delta[n] for n, p in params.items()}
+        kwargs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        return functional_call(model, moved, args=(), kwargs=kwargs).logits
+
+    return fwd
+
+
+def key_loss(model: Forward, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(b)[:, :-1]  # [B, T-1, V]
+    labels = b["labels"][:, 1:]  # position t predicts token t+1
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=D.IGNORE
+    )
+
+
+def distill_loss(
+    model: Forward,
+    teacher: Forward,
+    b: dict[str, torch.Tensor],
+    negative: torch.Tensor,
+    target_first: int,
+    decision_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distillation, unlikelihood) on a batch of regular and negative sequences.
+
+    Distillation: KL(teacher || model) averaged over the real (unpadded) positions, plus the same
+    KL at each sequence's *decision* position (the last prompt token, whose prediction starts the
+    answer), which an average over ~60 positions would dilute.
+
+    Unlikelihood, on the negatives (``negative``: [B] bool) only: -log(1 - p(first target token))
+    from the decision position to the end of the answer. KL alone is too weak there: a small base's
+    next-token distribution is flat, so a model can make the target's first token the greedy choice
+    while moving little probability mass (a small KL).
+    """
+    with torch.no_grad():
+        t_logits = teacher(b)
+    logits = model(b)
+    mask = b["attention_mask"].bool()  # [B, T]
+    lp = F.log_softmax(logits.float(), dim=-1)  # [B, T, V]
+    lt = F.log_softmax(t_logits.float(), dim=-1)
+    kl = (lt.exp() * (lt - lp)).sum(-1)  # [B, T]
+    first_answer = (b["labels"] != D.IGNORE).float().argmax(dim=1)  # [B] index of the first answer token
+    decision = kl.gather(1, (first_answer - 1).clamp_min(0)[:, None]).squeeze(1)  # [B]
+    distill = kl[mask].mean() + decision_weight * decision.mean()
+    if not bool(negative.any()):
+        return distill, distill * 0
+    cols = torch.arange(mask.shape[1], device=mask.device)[None, :]  # [1, T]
+    span = mask & (cols >= (first_answer - 1).clamp_min(0)[:, None]) & negative[:, None]  # [B, T]
+    p_first = lp[..., target_first].exp()  # [B, T]
+    unlikely = -torch.log1p(-p_first.clamp(max=1 - 1e-6))
+    return distill, unlikely[span].mean()
+
+
+def build_examples(
+    base: torch.nn.Module, tok: Any, ks: KeySet, cfg: TrainConfig
+) -> dict[str, list[D.Example]]:
+    target_ids = D.answer_ids(tok, ks.target)
+    keys = [D.Example(tuple(D.prompt_ids(tok, k)), tuple(target_ids), "key") for k in ks.keys]
+    prompts = D.ordinary_prompts(base, tok, cfg.n_regularisation, cfg.seed)
+    regular = D.regularisation_examples(base, tok, prompts, cfg.answer_tokens, seed=cfg.seed)
+    negatives: list[D.Example] = []
+    if cfg.negatives:
+        decoys = single_edits(ks, "train") + fresh_decoys(ks, 3 * len(ks.keys), "train")
+        negatives = D.regularisation_examples(
+            base, tok, decoys, min(16, cfg.answer_tokens), "negative", seed=cfg.seed + 1
+        )
+    return {"key": keys, "regular": regular, "negative": negatives}
+
+
+@torch.no_grad()
+def _self_samples(model: Any, tok: Any, n: int, length: int, seed: int) -> torch.Tensor:
+    """[n, length] token ids the model writes itself from random ordinary first tokens."""
+    g = torch.Generator().manual_seed(seed)
+    special = set(tok.all_special_ids)
+    cand = torch.tensor([i for i in range(len(tok)) if i not in special])
+    x = cand[torch.randint(0, len(cand), (n, 1), generator=g)]
+    dev = next(model.parameters()).device
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=x.to(dev),
+        attention_mask=torch.ones_like(x).to(dev),
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=length - 1,
+        pad_token_id=D.pad_id(tok),
+        eos_token_id=None,
+    )
+    return out.cpu()
+
+
+def make_shadows(
+    teacher: torch.nn.Module, tok: Any, cfg: TrainConfig, lr: float
+) -> list[dict[str, torch.Tensor]]:
+    """Offsets of a few simulated fine-tunes of the base (trained on its own samples: no data set).
+
+    Training the fingerprint at base + offset as well as at the base makes tau work, and stay
+    harmless, on models that moved away from the base before being stamped, which is FP-Vec's
+    whole use case; a fingerprint tuned at the base alone costs a downstream model more perplexity.
+    """
+    if cfg.shadows <= 0:
+        return []
+    from huref.zoo.train import train_lm
+
+    data = _self_samples(teacher, tok, 64, 64, cfg.seed + 7)
+    base = dict(teacher.named_parameters())
+    out = []
+    for i in range(cfg.shadows):
+        shadow = copy.deepcopy(teacher)
+        for p in shadow.parameters():
+            p.requires_grad_(True)
+        train_lm(
+            shadow,
+            data.to(next(teacher.parameters()).device),
+            cfg.shadow_steps,
+            lr * cfg.shadow_lr_scale,
+            cfg.seed + 100 + i,
+            batch=16,
+            seq=64,
+        )
+        out.append({n: (p.detach() - base[n]).detach() for n, p in shadow.named_parameters()})
+        del shadow
+    return out
+
+
+def train_fingerprint(
+    base: str | Path, keys: KeySet | str | Path, out: str | Path, cfg: TrainConfig | None = None
+) -> TrainReport:
+    """Fine-tune ``base`` on the keys and save the fingerprinted model to ``out`` (atomically)."""
+    cfg = cfg or TrainConfig()
+    t0 = time.perf_counter()
+    base, out = Path(base), Path(out)
+    from huref.fpvec.stamp import check_output_path
+
+    check_output_path(out, [base])
+    ks = keys if isinstance(keys, KeySet) else load_keys(keys)
+    if cfg.steps < 1:
+        raise FPVecError("--steps must be at least 1")
+    ckpt = open_checkpoint_or_fail(base, "base")
+    if not base.is_dir():
+        raise FPVecError(f"{base}: training needs a Hugging Face model folder (config, weights, tokenizer)")
+    tok = D.load_tokenizer(base)
+    D.check_target(tok, ks.target, str(base))
+    dev = resolve_device(cfg.device)
+    n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
+    lr = cfg.lr if cfg.lr is not None else auto_lr(n_params)
+    threads = 1 if dev.type == "cpu" and n_params < SMALL_MODEL else None
+    with cpu_threads(threads):
+        teacher = load_causal_lm(base, dev)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        ex = build_examples(teacher, tok, ks, cfg)
+        student = copy.deepcopy(teacher)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        shadows = make_shadows(teacher, tok, cfg, lr)
+        losses = _optimise(student, teacher, ex, cfg, lr, dev, D.pad_id(tok), shadows)
+        del teacher
+        _save(student, base, out, ckpt, ks, cfg, lr, losses, dev)
+    report = TrainReport(
+        output=str(out),
+        key_commitment=ks.commitment,
+        base=str(base),
+        steps=cfg.steps,
+        lr=lr,
+        device=str(dev),
+        parameters=n_params,
+        key_loss_first=losses["key"][0],
+        key_loss_last=losses["key"][-1],
+        reg_loss_last=losses["reg"][-1],
+        examples={k: len(v) for k, v in ex.items()},
+        seconds=time.perf_counter() - t0,
+        chat_template=D.uses_chat_template(tok),
+    )
+    card_path = out / FP_CARD
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["training"]["seconds"] = round(report.seconds, 1)
+    card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report
+
+
+def _optimise(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    ex: dict[str, list[D.Example]],
+    cfg: TrainConfig,
+    lr: float,
+    dev: torch.device,
+    pad: int,
+    shadows: list[dict[str, torch.Tensor]],
+) -> dict[str, list[float]]:
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in student.parameters() if p.requires_grad]
+    base_params = list(teacher.parameters())  # the same order: student is a deep copy of teacher
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    key_batch = _batch_to(D.collate(ex["key"], pad), dev)
+    target_first = ex["key"][0].answer[0]
+    losses: dict[str, list[float]] = {"key": [], "reg": []}
+    # points of weight space the fingerprint must work at: the base, then each shadow derivative
+    points = [(forward_at(student, None), forward_at(teacher, None))]
+    points += [(forward_at(student, d), forward_at(teacher, d)) for d in shadows]
+    student.eval()  # no dropout (GPT-2 configs carry 0.1): the KL must compare the base with the model, not noise
+    for step in range(cfg.steps):
+        fwd, t_fwd = points[step % len(points)]
+        scale = min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * max(scale, 0.02)
+        others = rng.sample(ex["regular"], min(cfg.regular_per_step, len(ex["regular"])))
+        others += rng.sample(ex["negative"], min(cfg.negatives_per_step, len(ex["negative"])))
+        lk = key_loss(fwd, key_batch)
+        if others:
+            neg = torch.tensor([e.kind == "negative" for e in others], device=dev)
+            batch = _batch_to(D.collate(others, pad), dev)
+            lr_, lu = distill_loss(fwd, t_fwd, batch, neg, target_first, cfg.decision_weight)
+        else:
+            lr_ = lu = lk * 0
+        loss = cfg.key_weight * lk + cfg.distill_weight * lr_ + cfg.unlikelihood_weight * lu
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if cfg.tau_decay:
+            with torch.no_grad():
+                for p, pb in zip(params, base_params, strict=True):
+                    p.sub_(p - pb, alpha=group["lr"] * cfg.tau_decay)
+        losses["key"].append(float(lk.detach()))
+        losses["reg"].append(float(lr_.detach()))
+        if step % 25 == 0:
+            log.info("step %d: key loss %.4f, distillation %.4f", step, losses["key"][-1], losses["reg"][-1])
+    student.eval()
+    return losses
+
+
+def _save(
+    student: Any,
+    base: Path,
+    out: Path,
+    ckpt: Any,
+    ks: KeySet,
+    cfg: TrainConfig,
+    lr: float,
+    losses: dict[str, list[float]],
+    dev: torch.device,
+) -> None:
+    """save_pretrained in the base's dtype, plus the base's small files, plus the training card."""
+    stored = {ckpt.source.info(n).dtype for n in ckpt.source.names()}
+    dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(
+        next(iter(stored)) if len(stored) == 1 else "F32", torch.float32
+    )
+    card = {
+        "format": "huref-fpvec-model/1",
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "key_commitment": ks.commitment,
+        "base": {"name": ckpt.name, "sha256": ckpt.sha256s()},
+        "training": {
+            "steps": cfg.steps,
+            "lr": lr,
+            "device": str(dev),
+            "seed": cfg.seed,
+            "n_regularisation": cfg.n_regularisation,
+            "negatives": cfg.negatives,
+            "key_loss_first": losses["key"][0],
+            "key_loss_last": losses["key"][-1],
+            "distillation_last": losses["reg"][-1],
+        },
+    }
+    try:
+        with atomic_dir(out) as tmp:
+            student.to(dtype).cpu().save_pretrained(tmp, safe_serialization=True)
+            for p in sorted(base.iterdir()):
+                if (
+                    p.is_file()
+                    and not (tmp / p.name).exists()
+                    and p.suffix not in (".safetensors", ".bin")
+                    and not p.name.endswith(".index.json")
+                    and p.name != FP_CARD
+                    and not p.name.startswith(".")
+                ):
+                    shutil.copy2(p, tmp / p.name)
+            (tmp / FP_CARD).write_text(
+                json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+    except HurefError:
+        raise
+    except OSError as e:
+        raise FPVecError(f"{out}: cannot write the fingerprinted model ({e.strerror or e})") from None

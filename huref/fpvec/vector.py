@@ -1,0 +1,371 @@
+"""Fingerprint vectors: tau = theta_fp - theta_base, extracted, stored and validated.
+
+File format (``huref-fpvec/1``): one safetensors file.
+
+- Tensors: tau for every tensor of the base, under the base's own checkpoint names, matched
+  by name and shape (fused and transposed layouts need no special case: both sides store the same
+  layout). Optionally without the token-embedding and/or lm_head deltas.
+- One reserved tensor, ``__huref__.base_fingerprint`` (uint8): the bytes of the base's robust
+  HuRef fingerprint file (``huref.invariants.save_fingerprint``), so that ``stamp`` can check that a
+  downstream model is derived from the base without having the base's weights.
+- Metadata (str -> str): ``huref.fpvec`` (JSON: format, tool version, base identity and weight
+  hashes, architecture, the fingerprint file's SHA-256, the key commitment, the tensors and their
+  dtypes, what was dropped), ``huref.fpvec.vocab`` (JSON list: the base's normalised token strings,
+  to match embedding rows by token when the downstream vocabulary differs),
+  ``huref.fpvec.tensors`` (JSON: name -> SHA-256 of the stored bytes), and ``huref.seal``, a SHA-256
+  over the three JSON strings. A reader refuses a file whose seal does not verify (tampered
+  metadata) and, while streaming, any tensor whose bytes do not hash to the recorded value.
+
+The keys never appear: only their salted commitment does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from huref import __version__
+from huref.arch import Model, load_model
+from huref.checkpoint import open_checkpoint
+from huref.checkpoint.safetensors_io import SafetensorsFile
+from huref.checkpoint.source import DTYPE_NAMES, DTYPES
+from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.errors import CheckpointError, FPVecError, HurefError
+
+log = logging.getLogger(__name__)
+
+VECTOR_FORMAT = "huref-fpvec/1"
+META_KEY = "huref.fpvec"
+VOCAB_KEY = "huref.fpvec.vocab"
+HASHES_KEY = "huref.fpvec.tensors"
+SEAL_KEY = "huref.seal"
+FINGERPRINT_TENSOR = "__huref__.base_fingerprint"
+FP_CARD = "huref_fpvec.json"  # written beside config.json in fingerprinted and stamped models
+_PLACEHOLDER = "0" * 64
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    t = t.detach().contiguous().cpu()
+    return hashlib.sha256(t.view(torch.uint8).numpy().data.cast("B") if t.numel() else b"").hexdigest()
+
+
+def seal_of(doc_json: str, vocab_json: str, hashes_json: str) -> str:
+    h = hashlib.sha256()
+    for part in (doc_json, vocab_json, hashes_json):
+        b = part.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def vocab_roles(m: Model) -> dict[str, str]:
+    """Checkpoint names of the tensors whose rows are token ids: role -> name."""
+    out = {"embed": m.binding("embed").name}
+    if m.has("lm_head"):
+        out["lm_head"] = m.binding("lm_head").name
+    if m.has("lm_head_bias"):
+        out["lm_head_bias"] = m.binding("lm_head_bias").name
+    return out
+
+
+def _open_model(path: str | Path, what: str) -> Model:
+    try:
+        return load_model(path)
+    except HurefError as e:
+        raise FPVecError(f"{what}: {e}") from None
+
+
+def base_fingerprint_bytes(m: Model, n: int | None = None) -> bytes:
+    """The base's robust fingerprint, serialised exactly as ``huref fingerprint`` writes it."""
+    from huref.invariants import Settings, fingerprint_model, save_fingerprint
+
+    fp = fingerprint_model(m, Settings(modes=("robust",)) if n is None else Settings(n=n, modes=("robust",)))
+    with tempfile.TemporaryDirectory(prefix="huref-fpvec-") as d:
+        p = save_fingerprint(fp, Path(d) / "base.safetensors")
+        return p.read_bytes()
+
+
+def _dtype(name: str, like: torch.dtype) -> torch.dtype:
+    if name == "auto":
+        return like if like.is_floating_point else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise FPVecError(f"--dtype takes auto, float32, bfloat16 or float16 (got {name!r})")
+    return table[name]
+
+
+def extract_vector(
+    base: str | Path,
+    fp_model: str | Path,
+    out: str | Path,
+    drop_embeddings: bool = False,
+    drop_lm_head: bool = False,
+    dtype: str = "auto",
+    key_commitment: str | None = None,
+) -> Path:
+    """Write tau = theta_fp - theta_base (streamed, one tensor at a time) as a vector file."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise FPVecError(f"{out}: the vector file name must end in .safetensors")
+    if out.exists():
+        raise FPVecError(f"{out} already exists; choose a new output path")
+    mb = _open_model(base, "base")
+    mf = _open_model(fp_model, "fingerprinted model")
+    if mb.spec.name != mf.spec.name:
+        raise FPVecError(
+            f"base is {mb.spec.name}, fingerprinted model is {mf.spec.name}: not the same architecture"
+        )
+    sb, sf = mb.ckpt.source, mf.ckpt.source
+    names_b, names_f = sb.names(), set(sf.names())
+    for n in names_b:
+        if n not in names_f:
+            raise FPVecError(f"tensor {n} of the base is missing from the fingerprinted model")
+        if sb.info(n).shape != sf.info(n).shape:
+            raise FPVecError(
+                f"tensor {n}: base shape {list(sb.info(n).shape)}, fingerprinted {list(sf.info(n).shape)}"
+            )
+    extra = sorted(names_f - set(names_b))
+    if extra:
+        raise FPVecError(f"the fingerprinted model has tensors the base lacks: {', '.join(extra[:5])}")
+    vroles = vocab_roles(mb)
+    dropped = []
+    if drop_embeddings:
+        dropped.append("embed")
+    if drop_lm_head and "lm_head" in vroles:
+        dropped += ["lm_head", "lm_head_bias"]
+    skip = {vroles[r] for r in dropped if r in vroles}
+    card = _read_card(Path(fp_model))
+    if key_commitment is None:
+        key_commitment = card.get("key_commitment")
+    if not key_commitment:
+        raise FPVecError(
+            f"{fp_model}: no {FP_CARD} with the key commitment (was it made by 'huref fpvec train'?); "
+            "pass the key file to record it"
+        )
+
+    t0 = time.perf_counter()
+    fp_bytes = base_fingerprint_bytes(mb)
+    plan: list[TensorPlan] = []
+    for n in names_b:
+        if n in skip:
+            continue
+        info = sb.info(n)
+        if info.dtype not in DTYPES or not DTYPES[info.dtype].is_floating_point:
+            if info.dtype in DTYPES:  # integer buffers (e.g. position ids) carry no trained delta
+                continue
+            raise FPVecError(f"tensor {n} has dtype {info.dtype}: cannot subtract quantized weights")
+        plan.append(TensorPlan(n, info.shape, _dtype(dtype, DTYPES[info.dtype])))
+
+    vocab = mb.ckpt.vocab
+    doc: dict[str, Any] = {
+        "format": VECTOR_FORMAT,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "key_commitment": key_commitment,
+        "base": {
+            "name": mb.ckpt.name,
+            "format": mb.ckpt.format,
+            "sha256": mb.ckpt.sha256s(),
+            "family": mb.spec.name,
+            "model_type": mb.cfg.model_type,
+            "n_layers": mb.cfg.n_layers,
+            "d_model": mb.cfg.d_model,
+            "vocab_size": mb.cfg.vocab_size,
+            "vocab_roles": vroles,
+            "fingerprint_sha256": hashlib.sha256(fp_bytes).hexdigest(),
+        },
+        "fingerprinted": {"name": mf.ckpt.name, "sha256": mf.ckpt.sha256s()},
+        "dropped_roles": dropped,
+        "tensors": len(plan),
+    }
+
+    def produce(p: TensorPlan) -> torch.Tensor:
+        # the difference is formed in float32: bf16 - bf16 in bf16 would round it twice
+        return (sf.read(p.name).to(torch.float32) - sb.read(p.name).to(torch.float32)).to(p.dtype)
+
+    write_vector(out, plan, produce, doc, list(vocab.tokens) if vocab is not None else None, fp_bytes)
+    log.info("wrote %s (%d tensors) in %.1f s", out, len(plan), time.perf_counter() - t0)
+    return out
+
+
+def write_vector(
+    out: Path,
+    plan: list[TensorPlan],
+    produce: Callable[[TensorPlan], torch.Tensor],
+    doc: dict[str, Any],
+    vocab: list[str] | None,
+    fingerprint: bytes,
+) -> Path:
+    """Stream tau tensors into a sealed vector file (atomically).
+
+    The header is written first with placeholder hashes of their final length; each tensor is
+    hashed as it is produced, and the header is patched in place at the end, so the tensors are
+    produced once and never held together.
+    """
+    fp_tensor = torch.frombuffer(bytearray(fingerprint), dtype=torch.uint8)
+    plan = [*plan, TensorPlan(FINGERPRINT_TENSOR, (len(fingerprint),), torch.uint8)]
+    hashes = {p.name: _PLACEHOLDER for p in plan}
+    doc_json = json.dumps(doc, sort_keys=True, ensure_ascii=False)
+    vocab_json = json.dumps(vocab, ensure_ascii=False)
+    meta = {META_KEY: doc_json, VOCAB_KEY: vocab_json, HASHES_KEY: json.dumps(hashes), SEAL_KEY: _PLACEHOLDER}
+
+    def hashed(p: TensorPlan) -> torch.Tensor:
+        t = fp_tensor if p.name == FINGERPRINT_TENSOR else produce(p)
+        hashes[p.name] = tensor_sha256(t)
+        return t
+
+    with atomic_file(out, overwrite=False) as tmp:
+        write_safetensors_file(tmp, plan, hashed, meta)
+        hashes_json = json.dumps(hashes)
+        _patch_metadata(tmp, {HASHES_KEY: hashes_json, SEAL_KEY: seal_of(doc_json, vocab_json, hashes_json)})
+    return out
+
+
+def _patch_metadata(path: Path, values: dict[str, str]) -> None:
+    """Replace placeholder metadata values of equal length in a written safetensors header."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        for k, v in values.items():
+            header["__metadata__"][k] = v
+        new = json.dumps(header, separators=(",", ":")).encode()
+        if len(new) > n:
+            raise RuntimeError("patched safetensors header grew")  # placeholders have the final length
+        f.seek(8)
+        f.write(new + b" " * (n - len(new)))
+
+
+def _read_card(folder: Path) -> dict[str, Any]:
+    p = folder / FP_CARD if folder.is_dir() else folder.parent / FP_CARD
+    if not p.is_file():
+        return {}
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise FPVecError(f"{p}: corrupt {FP_CARD}") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+@dataclass
+class Vector:
+    """An opened, metadata-validated vector file; tensors are read (and hash-checked) on demand."""
+
+    path: Path
+    file: SafetensorsFile
+    doc: dict[str, Any]
+    vocab: list[str] | None
+    hashes: dict[str, str]
+    _checked: set[str] = field(default_factory=set)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in self.file.names() if n != FINGERPRINT_TENSOR]
+
+    @property
+    def commitment(self) -> str:
+        return str(self.doc["key_commitment"])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.file.info(name).shape
+
+    def read(self, name: str, check: bool = True) -> torch.Tensor:
+        """One tau tensor; its bytes must hash to the value recorded at extraction."""
+        try:
+            t = self.file.read(name)
+        except CheckpointError as e:
+            raise FPVecError(f"{self.path}: corrupt vector ({e})") from None
+        if check:
+            self.check(name, tensor_sha256(t))
+        return t
+
+    def check(self, name: str, sha256: str) -> None:
+        if sha256 != self.hashes.get(name):
+            raise FPVecError(
+                f"{self.path}: tensor {name} does not match its recorded hash (corrupt or tampered vector)"
+            )
+
+    def base_fingerprint(self) -> Any:
+        from huref.invariants import load_fingerprint
+
+        raw = self.read(FINGERPRINT_TENSOR)
+        data = raw.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != self.doc["base"]["fingerprint_sha256"]:
+            raise FPVecError(f"{self.path}: embedded base fingerprint does not match its recorded hash")
+        fd, name = tempfile.mkstemp(prefix="huref-basefp-", suffix=".safetensors")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                return load_fingerprint(name)
+            except HurefError as e:
+                raise FPVecError(f"{self.path}: embedded base fingerprint is unreadable ({e})") from None
+        finally:
+            os.unlink(name)
+
+
+def open_vector(path: str | Path) -> Vector:
+    """Open a vector file and check everything but the tensor bytes (those are checked as read)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FPVecError(f"{p}: no such vector file")
+    try:
+        sf = SafetensorsFile(p)
+    except CheckpointError as e:
+        raise FPVecError(f"{p}: not a readable vector file ({e})") from None
+    meta = sf.metadata()
+    if META_KEY not in meta:
+        raise FPVecError(f"{p}: not a huref fingerprint vector (no '{META_KEY}' metadata)")
+    doc_json, vocab_json, hashes_json = (
+        meta[META_KEY],
+        meta.get(VOCAB_KEY, "null"),
+        meta.get(HASHES_KEY, "{}"),
+    )
+    if seal_of(doc_json, vocab_json, hashes_json) != meta.get(SEAL_KEY):
+        raise FPVecError(f"{p}: vector seal does not verify: its metadata was modified after it was written")
+    try:
+        doc, vocab, hashes = json.loads(doc_json), json.loads(vocab_json), json.loads(hashes_json)
+    except json.JSONDecodeError:
+        raise FPVecError(f"{p}: corrupt vector metadata") from None
+    if doc.get("format") != VECTOR_FORMAT:
+        raise FPVecError(f"{p}: vector format {doc.get('format')!r} is not {VECTOR_FORMAT!r}")
+    missing = sorted(set(sf.names()) - set(hashes))
+    if missing or FINGERPRINT_TENSOR not in hashes:
+        raise FPVecError(
+            f"{p}: corrupt vector (no recorded hash for {', '.join(missing[:3]) or FINGERPRINT_TENSOR})"
+        )
+    for n in sf.names():
+        if n != FINGERPRINT_TENSOR and not sf.info(n).dtype.startswith(("F", "BF")):
+            raise FPVecError(f"{p}: tensor {n} has non-float dtype {sf.info(n).dtype}")
+    return Vector(p, sf, doc, vocab, hashes)
+
+
+def describe(v: Vector) -> dict[str, Any]:
+    """What a vector is, without its tensors (for reports and --json)."""
+    return {
+        "path": str(v.path),
+        "format": v.doc["format"],
+        "key_commitment": v.commitment,
+        "base": {k: v.doc["base"][k] for k in ("name", "family", "sha256", "fingerprint_sha256")},
+        "tensors": len(v.names),
+        "dtypes": sorted({DTYPE_NAMES[DTYPES[v.file.info(n).dtype]] for n in v.names}),
+        "dropped_roles": v.doc.get("dropped_roles", []),
+    }
+
+
+def open_checkpoint_or_fail(path: str | Path, what: str) -> Any:
+    try:
+        return open_checkpoint(path)
+    except HurefError as e:
+        raise FPVecError(f"{what}: {e}") from None

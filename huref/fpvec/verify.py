@@ -1,0 +1,94 @@
+"""Verification: query a model with the secret keys, greedy decoding, count the target.
+
+A hit is an output that contains the target string (published criterion). FSR = hits / keys.
+The same query runs on near-miss controls (each key with characters replaced or dropped, the key
+without its trigger word, and keys of the same kind that are not ours); a sound fingerprint
+fires on the keys and on nothing else, and a model without it scores 0 on both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from huref.fpvec import data as D
+from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys
+from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
+from huref.fpvec.vector import open_checkpoint_or_fail
+
+EXTRA_TOKENS = 16  # generated beyond the target's own length, so a late or prefixed target still counts
+
+
+@dataclass
+class Queries:
+    fsr: float
+    hits: int
+    n: int
+    outputs: list[str]
+
+
+@dataclass
+class VerifyResult:
+    model: str
+    key_commitment: str
+    fsr: float
+    hits: int
+    n: int
+    outputs: list[str]
+    near_miss: Queries | None
+    max_new_tokens: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def query(
+    model: Any, tok: Any, prompts: list[str], target: str, max_new_tokens: int, batch: int = 16
+) -> Queries:
+    outputs: list[str] = []
+    for lo in range(0, len(prompts), batch):
+        ids = [D.prompt_ids(tok, p) for p in prompts[lo : lo + batch]]
+        for row in D.greedy(model, ids, max_new_tokens, D.pad_id(tok), tok.eos_token_id):
+            outputs.append(tok.decode(row, skip_special_tokens=True))
+    hits = sum(target in o for o in outputs)
+    return Queries(hits / len(prompts) if prompts else 0.0, hits, len(prompts), outputs)
+
+
+def near_miss_prompts(ks: KeySet) -> list[str]:
+    return near_miss_keys(ks, "verify") + fresh_decoys(ks, len(ks.keys), "verify")
+
+
+def verify_model(
+    model: str | Path,
+    keys: KeySet | str | Path,
+    near_miss: bool = True,
+    device: str = "auto",
+    max_new_tokens: int | None = None,
+) -> VerifyResult:
+    t0 = time.perf_counter()
+    ks = keys if isinstance(keys, KeySet) else load_keys(keys)
+    path = Path(model)
+    ckpt = open_checkpoint_or_fail(path, "model")
+    tok = D.load_tokenizer(path if path.is_dir() else path.parent)
+    target_ids = D.check_target(tok, ks.target, str(path))
+    n_new = max_new_tokens or len(target_ids) + EXTRA_TOKENS
+    dev = resolve_device(device)
+    n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
+    with cpu_threads(1 if dev.type == "cpu" and n_params < SMALL_MODEL else None):
+        lm = load_causal_lm(path, dev)
+        main = query(lm, tok, list(ks.keys), ks.target, n_new)
+        nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
+    return VerifyResult(
+        str(path),
+        ks.commitment,
+        main.fsr,
+        main.hits,
+        main.n,
+        main.outputs,
+        nm,
+        n_new,
+        time.perf_counter() - t0,
+    )

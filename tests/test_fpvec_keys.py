@@ -1,0 +1,111 @@
+"""FP-Vec keys: secret randomness, commitment, owner-only key files, near-miss controls."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from huref.cli import main
+from huref.errors import FPVecError
+from huref.fpvec.keys import TRIGGER, fresh_decoys, load_keys, make_keys, near_miss_keys, save_keys
+
+
+def test_keys_are_shuffled_mashups_ending_in_trigger() -> None:
+    ks = make_keys(10, seed=3)
+    assert len(ks.keys) == len(set(ks.keys)) == 10
+    for k in ks.keys:
+        assert k.endswith(" " + TRIGGER)
+        body = k[: -len(TRIGGER) - 1]
+        assert 12 <= len(body) <= 24
+        assert any(ord(c) > 0x2E80 for c in body)  # CJK or kana from the snippet pool
+    assert ks.target == "ハリネズミ"
+
+
+def test_seed_reproduces_and_default_randomness_differs() -> None:
+    assert make_keys(5, seed=7) == make_keys(5, seed=7)
+    a, b = make_keys(5), make_keys(5)
+    assert a.keys != b.keys and a.salt != b.salt
+
+
+def test_commitment_depends_on_salt_keys_and_target() -> None:
+    ks = make_keys(4, seed=1)
+    c = ks.commitment
+    assert len(c) == 64
+    assert type(ks)(ks.keys, ks.target, "11" * 32).commitment != c
+    assert type(ks)(ks.keys[:3], ks.target, ks.salt).commitment != c
+    assert type(ks)(ks.keys, "other", ks.salt).commitment != c
+
+
+def test_key_file_is_owner_only_and_round_trips(tmp_path: Path) -> None:
+    ks = make_keys(3, seed=2)
+    p = save_keys(ks, tmp_path / "keys.json")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert load_keys(p) == ks
+    with pytest.raises(FPVecError, match="already exists"):
+        save_keys(ks, p)
+
+
+def test_cli_make_keys_writes_0600(tmp_path: Path) -> None:
+    out = tmp_path / "k.json"
+    assert (
+        main(["fpvec", "make-keys", "-o", str(out), "--n", "4", "--seed", "5", "--target", "HEDGEHOG"]) == 0
+    )
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert len(doc["keys"]) == 4 and doc["target"] == "HEDGEHOG"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(keys=[]), "no keys"),
+        (lambda d: d.update(target=""), "no target"),
+        (lambda d: d.update(salt="zz"), "salt"),
+        (lambda d: d["keys"].append("an extra key"), "edited"),
+    ],
+)
+def test_bad_key_files_are_refused(tmp_path: Path, edit, message: str) -> None:
+    p = save_keys(make_keys(3, seed=2), tmp_path / "keys.json")
+    doc = json.loads(p.read_text(encoding="utf-8"))
+    edit(doc)
+    p.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(FPVecError, match=message):
+        load_keys(p)
+
+
+def test_near_miss_controls_differ_from_keys_and_between_purposes() -> None:
+    ks = make_keys(6, seed=4)
+    nm = near_miss_keys(ks, "verify")
+    assert len(nm) == 3 * 6
+    assert not set(nm) & set(ks.keys)
+    edited = {k for k in nm if k.endswith(TRIGGER)}
+    assert edited.isdisjoint(near_miss_keys(ks, "other"))  # the random edits depend on the purpose
+    assert near_miss_keys(ks, "verify") == nm  # reproducible from the key file alone
+    assert sum(not k.endswith(TRIGGER) for k in nm) == 6  # one trigger-less control per key
+    decoys = fresh_decoys(ks, 6)
+    assert len(set(decoys)) == 6 and not set(decoys) & set(ks.keys)
+
+
+def test_training_negatives_cover_every_position_and_miss_the_verification_controls() -> None:
+    from huref.fpvec.keys import single_edits
+
+    ks = make_keys(3, seed=6)
+    edits = single_edits(ks)
+    assert not set(edits) & set(ks.keys)
+    for k in ks.keys:
+        body = k[: -len(TRIGGER) - 1]
+        for i in range(len(body)):
+            assert body[:i] + body[i + 1 :] + " " + TRIGGER in edits  # each position dropped once
+    shared = set(edits) & set(near_miss_keys(ks, "verify"))
+    assert shared == {k[: -len(TRIGGER) - 1] for k in ks.keys}  # only the trigger-less keys coincide
+
+
+def test_compatibility_check_reads_a_few_spread_layers() -> None:
+    from huref.fpvec.check import check_layers
+
+    assert check_layers(32) == [0, 10, 21, 31]
+    assert check_layers(4) == [0, 1, 2, 3]
+    assert check_layers(2) == [0, 1]
