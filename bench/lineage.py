@@ -47,6 +47,13 @@ def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
     return float((np.asarray(pos) > thresh).mean())
 
 
+def margin(pos: list[float], neg: list[float]) -> float:
+    """Gap between the weakest derived pair and the strongest independent one, in null sds."""
+    if not pos or len(neg) < 2:
+        return float("nan")
+    return float((min(pos) - max(neg)) / max(float(np.std(neg, ddof=1)), 1e-12))
+
+
 def resolve_local(model_id: str, models_dir: Path | None) -> Path | None:
     """A local copy of a hub model: DIR/org/name, DIR/org--name, or the Hugging Face cache."""
     cands = []
@@ -168,14 +175,18 @@ def main() -> int:
         f"mean {null.mean:.2f}, std {null.std:.2f})"
     )
     print()
-    print(f"{'score':34s} {'AUC':>7s} {'TPR@1%FPR':>10s}")
+    print(f"{'score':34s} {'AUC':>7s} {'TPR@1%FPR':>10s} {'margin':>8s}")
     labels = {
         "paper": "paper mode ICS (published method)",
         "robust": "robust mode ICS",
         "robust_p": "robust mode -log10 p (neuron test)",
     }
     for key, (pos, neg) in scores.items():
-        print(f"{labels[key]:34s} {auc(pos, neg):7.3f} {tpr_at_fpr(pos, neg):10.3f}")
+        print(f"{labels[key]:34s} {auc(pos, neg):7.3f} {tpr_at_fpr(pos, neg):10.3f} {margin(pos, neg):8.2f}")
+    print(
+        "margin: (smallest derived score - largest independent score) / sd of the independent scores;"
+        " above 0 the two sets are separated, and the larger the safer"
+    )
     print(f"\n({time.time() - t0:.1f} s)")
     return 0
 

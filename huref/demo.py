@@ -96,31 +96,61 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
 
     scan_dir = out / "scan"
     report = run_scan(ScanConfig(zoo=zoo, out_dir=scan_dir, workers=cfg.workers, home=home, progress=False))
-    wrong_scan = [m["name"] for m in report.doc["models"]
-                  if m.get("error") is None and m["name"] in truth and m["verdict"] != truth[m["name"]]]
+    wrong_scan = [
+        m["name"]
+        for m in report.doc["models"]
+        if m.get("error") is None and m["name"] in truth and m["verdict"] != truth[m["name"]]
+    ]
     mark(f"scan: {len(report.doc['models'])} models, {len(wrong_scan)} verdicts off the ground truth")
 
     settings = Settings()
     audits: list[dict[str, Any]] = []
-    suspects = [(name, zoo / name, truth[name], []) for name in AUDITED if (zoo / name).is_dir()]
+    suspects: list[tuple[str, Path, str, list[tuple[Path, Path]]]] = [
+        (name, zoo / name, truth[name], []) for name in AUDITED if (zoo / name).is_dir()
+    ]
     suspects.insert(0, (STAMPED, stamped, "derived", [(vector, keys_path)]))
     for name, path, expected, vectors in suspects:
-        ev, html, _ = run_audit(path, scan_dir / "reports" / f"{name}.html", [], True, vectors, settings,
-                                argv=["huref", "demo"], home=home)
+        ev, html, _ = run_audit(
+            path,
+            scan_dir / "reports" / f"{name}.html",
+            [],
+            True,
+            vectors,
+            settings,
+            argv=["huref", "demo"],
+            home=home,
+        )
         got = ev["verdict"]["verdict"]
-        audits.append({"suspect": name, "verdict": got, "expected": expected, "ok": got == expected,
-                       "report": str(html)})
+        audits.append(
+            {
+                "suspect": name,
+                "verdict": got,
+                "expected": expected,
+                "ok": got == expected,
+                "report": str(html),
+            }
+        )
     write_outputs(scan_dir, report.doc)  # refresh the index's links to the reports just written
     mark(f"audited {len(audits)} suspects")
 
     elapsed = time.perf_counter() - t0
-    summary = {"seconds": round(elapsed, 1), "steps": steps, "audits": audits, "scan_wrong": wrong_scan,
-               "index": str(scan_dir / "index.html"), "ok": not wrong_scan and all(a["ok"] for a in audits)}
+    summary = {
+        "seconds": round(elapsed, 1),
+        "steps": steps,
+        "audits": audits,
+        "scan_wrong": wrong_scan,
+        "index": str(scan_dir / "index.html"),
+        "ok": not wrong_scan and all(a["ok"] for a in audits),
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print()
     for a in audits:
         mark_ = "[green]correct[/green]" if a["ok"] else "[red]WRONG[/red]"
         con.print(f"  {a['suspect']:36s} {a['verdict']:13s} (expected {a['expected']}) {mark_}")
-    con.print(f"\nopen [bold]{scan_dir / 'index.html'}[/bold] (scan of the zoo, with links to every audit report)")
-    con.print(f"demo finished in {elapsed / 60:.1f} min ({elapsed:.0f} s); all verdicts correct: {summary['ok']}")
+    con.print(
+        f"\nopen [bold]{scan_dir / 'index.html'}[/bold] (scan of the zoo, with links to every audit report)"
+    )
+    con.print(
+        f"demo finished in {elapsed / 60:.1f} min ({elapsed:.0f} s); all verdicts correct: {summary['ok']}"
+    )
     return summary

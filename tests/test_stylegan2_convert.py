@@ -111,3 +111,15 @@ def test_failed_write_keeps_old_output_and_no_temp_file(
         convert.save_generator(load_generator_safetensors(converted), out)
     assert out.read_bytes() == b"previous version"
     assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"]
+
+
+def test_convert_command_writes_a_loadable_generator(tmp_path: Path) -> None:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"{FIXTURES} is absent")
+    from huref.cli import main
+
+    out = tmp_path / "g.safetensors"
+    assert main(["convert-stylegan2", str(PKL), "-o", str(out)]) == 0
+    g = load_generator_safetensors(out)
+    assert sum(p.numel() for p in g.parameters()) > 0
+    assert main(["convert-stylegan2", str(PKL), "-o", str(out)]) == 2  # never overwrites

@@ -209,7 +209,7 @@ PAYLOADS = {
 @pytest.mark.parametrize("where", ["module_state", "top_level"])
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
 def test_malicious_pickle_is_refused_and_payload_never_runs(
-    official_globals: None, tmp_path: Path, payload: str, where: str
+    official_globals: None, tmp_path: Path, payload: str, where: str, capsys: pytest.CaptureFixture
 ) -> None:
     marker = tmp_path / "pwned"
     evil = PAYLOADS[payload](marker)
@@ -235,6 +235,15 @@ def test_malicious_pickle_is_refused_and_payload_never_runs(
     with pytest.raises(UnsafeFileError):
         generator_from_pickle(path)
     assert not marker.exists()
+    # the command line: one line, exit 2, nothing written, payload never run
+    from huref.cli import main
+
+    out = tmp_path / "g.safetensors"
+    capsys.readouterr()
+    assert main(["convert-stylegan2", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused global" in err[0]
+    assert not marker.exists() and not out.exists()
 
 
 def test_module_src_is_never_executed(official_globals: None, tmp_path: Path) -> None:

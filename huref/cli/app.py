@@ -46,6 +46,10 @@ COMMAND_MODULES = (
     "huref.cli.science_cmds",
     "huref.cli.registry_cmd",
     "huref.cli.scan_cmd",
+    "huref.cli.fpvec_cmd",
+    "huref.cli.dog_cmd",
+    "huref.cli.encoder_cmd",
+    "huref.cli.audit_cmd",
 )
 
 
@@ -56,10 +60,19 @@ def _register() -> None:
         importlib.import_module(name)
 
 
+_INVOCATION: list[str] = []
+
+
+def invocation() -> list[str]:
+    """The command line of the running ``huref`` call, for reproducibility records."""
+    return list(_INVOCATION) or ["huref", *sys.argv[1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: any HurefError becomes one line on stderr and exit code 2."""
     _register()
     args = sys.argv[1:] if argv is None else argv
+    _INVOCATION[:] = ["huref", *args]
     try:
         rv = app(args=args, standalone_mode=False)
     except HurefError as e:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from huref.cli.app import app
+from huref.cli.app import app, invocation
 from huref.errors import UsageError
 
 
@@ -61,7 +60,7 @@ def audit_cmd(
         registry,
         list(zip(vectors, key_files, strict=True)),
         settings,
-        argv=["huref", *sys.argv[1:]],
+        argv=invocation(),
         with_pcs=not no_pcs,
         with_dogs=not no_dogs,
     )

@@ -109,3 +109,20 @@ def dog_cmd(
         for target in (out, sheet):
             if target is not None:
                 con.print(f"wrote {target}")
+
+
+@app.command("convert-stylegan2")
+def convert_stylegan2_cmd(
+    pkl: Annotated[Path, typer.Argument(help="An official stylegan2-ada-pytorch generator .pkl.")],
+    out: Annotated[Path, typer.Option("-o", "--output", help="The .safetensors file to write.")],
+    key: Annotated[str, typer.Option("--key", help="Which network of the pickle.")] = "G_ema",
+) -> None:
+    """Convert an official StyleGAN2 pickle to safetensors, without running any code from it."""
+    from huref.render.stylegan2.convert import convert_pickle_to_safetensors
+
+    if out.suffix != ".safetensors":
+        raise UsageError(f"{out}: the output name must end in .safetensors")
+    if out.exists():
+        raise UsageError(f"{out} already exists")
+    convert_pickle_to_safetensors(pkl, out, key)
+    Console(stderr=True).print(f"wrote {out}")

@@ -14,7 +14,9 @@ from huref.cli.app import app
 
 @app.command("inspect")
 def inspect_cmd(
-    model: Annotated[str, typer.Argument(help="Checkpoint: HF folder, .safetensors, .bin, llama2.c .bin or .gguf")],
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint: HF folder, .safetensors, .bin, llama2.c .bin or .gguf")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip the SHA-256 of weight files.")] = False,
     check_values: Annotated[
@@ -43,7 +45,10 @@ def inspect_cmd(
     )
     con.print(f"parameters {info['parameters']:,} in {info['tensors']} tensors; dtypes {info['dtypes']}")
     tok = info["tokenizer"]
-    con.print("tokenizer: " + ("none (token ids are used)" if tok is None else f"{tok['size']} tokens, {tok['style']}"))
+    con.print(
+        "tokenizer: "
+        + ("none (token ids are used)" if tok is None else f"{tok['size']} tokens, {tok['style']}")
+    )
     t = Table("role", "shape", title="roles (global and layer 0)")
     for r, s in {**info["roles"]["global"], **info["roles"]["layer_0"]}.items():
         t.add_row(r, str(s))

@@ -163,10 +163,12 @@ def zoo_build_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its reports.")] = Path("reports/demo"),
-    zoo: Annotated[Path, typer.Option("--zoo", help="Where the demo zoo is built (reused when unchanged).")] = Path(
-        ".zoo/demo"
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its reports.")] = Path(
+        "reports/demo"
     ),
+    zoo: Annotated[
+        Path, typer.Option("--zoo", help="Where the demo zoo is built (reused when unchanged).")
+    ] = Path(".zoo/demo"),
     preset: Annotated[str, typer.Option("--preset", help="Zoo preset.")] = "demo",
     workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
 ) -> None:

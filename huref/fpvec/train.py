@@ -71,7 +71,7 @@ class TrainConfig:
     negatives_per_step: int = 32
     negatives: bool = True
     warmup: int = 10
-    tau_decay: float = 1.0  # decoupled decay of theta - theta_base, times the learning rate
+    tau_decay: float = 0.5  # decoupled decay of theta - theta_base, times the learning rate
     shadows: int = 1  # simulated fine-tunes of the base the fingerprint is also trained at
     shadow_steps: int = 100
     shadow_lr_scale: float = 1 / 3

@@ -93,7 +93,9 @@ def compare_fingerprints(
         alignment = [[a, b, round(v, 4)] for a, b, v in pairs]
         sim = [[round(float(v), 4) for v in row] for row in s]
         z = null.z(ics)
-        if fa.responses is not None and fb.responses is not None:
+        # like views only: no derivation turns a gated FFN into a plain one (or back), so a
+        # gated/plain pair has no neuron correspondence to test and the verdict rests on Z
+        if fa.responses is not None and fb.responses is not None and fa.responses.views == fb.responses.views:
             signed_b = fa.responses.views[1] == "out"
             lt = neuron_test(fa.responses, fb.responses, [(a, b) for a, b, _ in pairs], signed_b)
             tests = [asdict(t) for t in lt]

@@ -169,7 +169,7 @@ class NullModel:
 # tiny zoo's 11 comparable independent base pairs (bench/lineage.py); the spread is inflated by 1.5x so a
 # small sample does not make Z overconfident.
 BUILTIN_NULL = NullModel(
-    mean=4.4, std=4.2, n_pairs=11, source="built-in: tiny-zoo independent base pairs (mean 4.4, sd 2.8 x1.5)"
+    mean=6.9, std=7.7, n_pairs=11, source="built-in: tiny-zoo independent base pairs (mean 6.9, sd 5.1 x1.5)"
 )
 
 

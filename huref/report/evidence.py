@@ -205,7 +205,10 @@ def _dogs(
 
     try:
         zs = dogs.dog_vector(sfp)
-        out: dict[str, Any] = {"suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()}, "bases": []}
+        out: dict[str, Any] = {
+            "suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()},
+            "bases": [],
+        }
         for c in candidates:
             zb = dogs.dog_vector(c.fingerprint)
             cos = float(np.dot(zs, zb) / (np.linalg.norm(zs) * np.linalg.norm(zb)))

@@ -11,9 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from huref.checkpoint.writer import atomic_file
+from huref.errors import ReportError
+from huref.report import load_schema
 from huref.report.plots import alignment_svg, heatmap_svg
 
 
@@ -61,6 +64,10 @@ def write_report(ev: dict[str, Any], html_path: str | Path) -> tuple[Path, Path]
     """Write report.html and its evidence (same stem, .json) atomically; returns both paths."""
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
+    try:
+        jsonschema.validate(ev, load_schema())
+    except jsonschema.ValidationError as e:
+        raise ReportError(f"the evidence does not fit the report schema: {e.message}") from None
     page = render_html(ev, json_path.name)
     with atomic_file(json_path) as tmp:
         tmp.write_text(json.dumps(ev, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

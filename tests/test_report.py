@@ -1,0 +1,217 @@
+"""The audit report: CLI, JSON schema, a real browser, and hostile strings from a model.
+
+One report is generated through ``huref audit`` for a zoo derivative (llama-a-sft) against its base
+and an independent base, with an FP-Vec section (a vector and key file made here), and opened in
+headless Chromium (Debian's ``chromium`` driven by Playwright). The screenshot goes to
+``test-artifacts/audit-report.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from huref.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+SECTIONS = [
+    "Verdict",
+    "Suspect identity",
+    "Passive evidence",
+    "Dog images",
+    "Active evidence (FP-Vec)",
+    "Method notes",
+    "Reproducibility",
+]
+HOSTILE_NAME = "evil\"'<script>alert(1)"
+HOSTILE_CONFIG = "</script><script>alert(2)</script>\"'<img src=x onerror=alert(3)>"
+
+
+def _chromium() -> str:
+    for c in (os.environ.get("HUREF_CHROMIUM", ""), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if c and Path(c).is_file():
+            return c
+    pytest.skip("no chromium binary (CI installs Debian's chromium)")
+
+
+def _audit(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+@pytest.fixture(scope="module")
+def vector_and_keys(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real vector file of llama-a (its tau is the SFT delta) and fresh keys: cheap, no training."""
+    from huref.fpvec import extract_vector, make_keys, save_keys
+
+    d = tmp_path_factory.mktemp("fpvec")
+    ks = make_keys(n=4, seed=7)
+    save_keys(ks, d / "keys.json")
+    vec = d / "llama-a.fpvec.safetensors"
+    extract_vector(tiny_zoo / "llama-a", tiny_zoo / "llama-a-sft", vec, key_commitment=ks.commitment)
+    return vec, d / "keys.json"
+
+
+@pytest.fixture(scope="module")
+def report(
+    tiny_zoo: Path, vector_and_keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    vec, keys = vector_and_keys
+    out = tmp_path_factory.mktemp("audit") / "report.html"
+    rc = _audit(
+        [
+            "audit",
+            str(tiny_zoo / "llama-a-sft"),
+            "--base",
+            str(tiny_zoo / "llama-a"),
+            "--base",
+            str(tiny_zoo / "llama-b"),
+            "--fpvec",
+            str(vec),
+            "--keys",
+            str(keys),
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def _open(html: Path, shot: Path) -> dict[str, Any]:
+    """Load a report in headless Chromium; what it showed, logged and tried to fetch."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, Any] = {"console_errors": [], "page_errors": [], "requests": [], "dialogs": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=_chromium(),
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
+            page.on("pageerror", lambda e: seen["page_errors"].append(str(e)))
+            page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
+            page.on("request", lambda r: seen["requests"].append(r.url))
+            page.goto(html.resolve().as_uri())
+            page.wait_for_load_state("load")
+            seen["headings"] = {
+                h: page.get_by_role("heading", name=h, exact=True).first.is_visible() for h in SECTIONS
+            }
+            seen["verdict_text"] = page.locator("#verdict .verdict").inner_text()
+            seen["verdict_visible"] = page.locator("#verdict .verdict").is_visible()
+            seen["text"] = page.locator("body").inner_text()
+            seen["scripts"] = page.locator("script").count()
+            seen["images"] = page.evaluate(
+                "() => Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.src.slice(0, 5)])"
+            )
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    return seen
+
+
+def test_report_json_validates_against_the_shipped_schema(report: Path) -> None:
+    import jsonschema
+
+    from huref.report import load_schema
+
+    doc = json.loads(report.with_name("report.json").read_text())
+    jsonschema.validate(doc, load_schema())
+    assert doc["verdict"]["verdict"] == "derived"
+    assert doc["verdict"]["base"] == "llama-a"
+    rows = {r["base"]: r for r in doc["passive"]}
+    assert rows["llama-a"]["verdict"] == "derived" and rows["llama-b"]["verdict"] == "independent"
+    (active,) = doc["active"]
+    # keys made here were never trained in: the suspect must not answer them
+    assert active["n"] == 4 and active["hits"] == 0 and active["near_miss_fsr"] == 0.0
+    # the report refers to the keys only through their commitment
+    keys = json.loads(Path(active_keys_path(report)).read_text())["keys"]
+    text = report.read_text() + report.with_name("report.json").read_text()
+    assert not any(k in text for k in keys)
+
+
+def active_keys_path(report: Path) -> Path:
+    doc = json.loads(report.with_name("report.json").read_text())
+    return Path(doc["command"][doc["command"].index("--keys") + 1])
+
+
+def test_schema_rejects_a_broken_report(report: Path) -> None:
+    import jsonschema
+
+    from huref.report import load_schema
+
+    doc = json.loads(report.with_name("report.json").read_text())
+    doc["verdict"]["verdict"] = "probably"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, load_schema())
+
+
+def test_report_renders_in_headless_chromium(report: Path) -> None:
+    shot = ARTIFACTS / "audit-report.png"
+    seen = _open(report, shot)
+    assert seen["verdict_visible"] and "derived" in seen["verdict_text"].lower()
+    assert seen["headings"] == {h: True for h in SECTIONS}
+    assert seen["console_errors"] == [] and seen["page_errors"] == []
+    # the only request is the page itself: images are data URIs, nothing leaves the page
+    assert [u for u in seen["requests"] if not u.startswith("data:")] == [report.resolve().as_uri()]
+    assert seen["images"] and all(ok and src == "data:" for ok, src in seen["images"])
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_hostile_model_name_and_config_render_as_inert_text(tiny_zoo: Path, tmp_path: Path) -> None:
+    evil = tmp_path / HOSTILE_NAME
+    shutil.copytree(tiny_zoo / "llama-a-int8", evil)
+    cfg = json.loads((evil / "config.json").read_text())
+    cfg["_name_or_path"] = HOSTILE_CONFIG
+    cfg["huref_note"] = HOSTILE_CONFIG
+    (evil / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "evil-report.html"
+    assert _audit(["audit", str(evil), "--base", str(tiny_zoo / "llama-a"), "-o", str(out)]) == 0
+    raw = out.read_text()
+    assert "<script>alert" not in raw and "<img src=x" not in raw
+    seen = _open(out, ARTIFACTS / "audit-report-hostile.png")
+    assert seen["dialogs"] == [] and seen["scripts"] == 0
+    assert seen["page_errors"] == [] and seen["console_errors"] == []
+    # shown literally, as text
+    assert HOSTILE_NAME in seen["text"]
+    assert HOSTILE_CONFIG in seen["text"]
+    doc = json.loads(out.with_name("evil-report.json").read_text())
+    assert doc["suspect"]["name"] == HOSTILE_NAME
+
+
+def test_audit_with_nothing_to_compare_exits_2_and_writes_nothing(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "r.html"
+    assert _audit(["audit", str(tiny_zoo / "llama-a-sft"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to compare" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_audit_with_keys_of_another_vector_is_refused(
+    tiny_zoo: Path, vector_and_keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from huref.fpvec import make_keys, save_keys
+
+    vec, _ = vector_and_keys
+    other = tmp_path / "other-keys.json"
+    save_keys(make_keys(n=4, seed=8), other)
+    out = tmp_path / "r.html"
+    rc = _audit(
+        ["audit", str(tiny_zoo / "llama-a-sft"), "--fpvec", str(vec), "--keys", str(other), "-o", str(out)]
+    )
+    assert rc == 2
+    assert "do not belong" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("r.json").exists()
