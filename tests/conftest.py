@@ -49,3 +49,14 @@ def zoo_fingerprints(tiny_zoo: Path, zoo_manifest: dict) -> dict:
     from huref.invariants import Settings, fingerprint_model
 
     return {m["name"]: fingerprint_model(tiny_zoo / m["path"], Settings()) for m in zoo_manifest["models"]}
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread is much faster than two that wait."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

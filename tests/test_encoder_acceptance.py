@@ -3,25 +3,16 @@ models derived ones land near their base while independent bases land apart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from huref.encoder.evaluate import DERIVED_MIN, INDEPENDENT_MAX, UNDETECTABLE, failures, zoo_rows
 from huref.encoder.train import DEFAULT_SEED, heldout_metrics
 from huref.encoder.weights import load_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors on a shared 2-core machine: one thread is much faster than two that wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -18,14 +16,7 @@ from huref.encoder.canonical import (
 from huref.encoder.stackstats import pair_cosine
 from huref.errors import FingerprintError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors on a shared 2-core machine: one thread is much faster than two that wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _terms(n: int, layers: int = 4, seed: int = 0) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,14 +17,7 @@ from huref.encoder.train import TrainConfig, gaussian_loss, nt_xent, train, trai
 from huref.encoder.weights import load_encoder, load_encoder_file, read_metadata, save_encoder
 from huref.errors import RenderError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors on a shared 2-core machine: one thread is much faster than two that wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = TrainConfig(steps=3, families=2, siblings=2, calib_models=256, heldout_models=16, workers=0)

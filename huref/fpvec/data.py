@@ -161,15 +161,12 @@ def greedy(
 
 
 @torch.no_grad()
-def sampled_prompts(model: Any, tok: Any, n: int, seed: int, length: int = 16) -> list[str]:
-    """Short texts the base writes itself from a random ordinary first token: ordinary for it."""
-    if n <= 0:
-        return []
+def self_samples(model: Any, tok: Any, n: int, new_tokens: int, seed: int) -> torch.Tensor:
+    """[n, 1 + new_tokens] token ids the model writes itself from random ordinary first tokens."""
     g = torch.Generator().manual_seed(seed)
     special = set(tok.all_special_ids)
-    candidates = [i for i in range(len(tok)) if i not in special]
-    firsts = torch.randint(0, len(candidates), (n,), generator=g).tolist()
-    x = torch.tensor([[candidates[i]] for i in firsts])
+    cand = torch.tensor([i for i in range(len(tok)) if i not in special])
+    x = cand[torch.randint(0, len(cand), (n, 1), generator=g)]
     dev = next(model.parameters()).device
     torch.manual_seed(seed)
     out = model.generate(
@@ -178,11 +175,21 @@ def sampled_prompts(model: Any, tok: Any, n: int, seed: int, length: int = 16) -
         do_sample=True,
         temperature=1.0,
         top_k=0,
-        max_new_tokens=length,
+        max_new_tokens=new_tokens,
         pad_token_id=pad_id(tok),
         eos_token_id=None,
     )
-    texts = [tok.decode(row, skip_special_tokens=True) for row in out.tolist()]
+    return out.cpu()
+
+
+def sampled_prompts(model: Any, tok: Any, n: int, seed: int, length: int = 16) -> list[str]:
+    """Short texts the base writes itself from a random ordinary first token: ordinary for it."""
+    if n <= 0:
+        return []
+    texts = [
+        tok.decode(row, skip_special_tokens=True)
+        for row in self_samples(model, tok, n, length, seed).tolist()
+    ]
     return [t if t.strip() else "Hello" for t in texts]
 
 

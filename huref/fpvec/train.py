@@ -233,28 +233,6 @@ def build_examples(
     return {"key": keys, "regular": regular, "negative": negatives}
 
 
-@torch.no_grad()
-def _self_samples(model: Any, tok: Any, n: int, length: int, seed: int) -> torch.Tensor:
-    """[n, length] token ids the model writes itself from random ordinary first tokens."""
-    g = torch.Generator().manual_seed(seed)
-    special = set(tok.all_special_ids)
-    cand = torch.tensor([i for i in range(len(tok)) if i not in special])
-    x = cand[torch.randint(0, len(cand), (n, 1), generator=g)]
-    dev = next(model.parameters()).device
-    torch.manual_seed(seed)
-    out = model.generate(
-        input_ids=x.to(dev),
-        attention_mask=torch.ones_like(x).to(dev),
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        max_new_tokens=length - 1,
-        pad_token_id=D.pad_id(tok),
-        eos_token_id=None,
-    )
-    return out.cpu()
-
-
 def make_shadows(
     teacher: torch.nn.Module, tok: Any, cfg: TrainConfig, lr: float
 ) -> list[dict[str, torch.Tensor]]:
@@ -268,7 +246,7 @@ def make_shadows(
         return []
     from huref.zoo.train import train_lm
 
-    data = _self_samples(teacher, tok, 64, 64, cfg.seed + 7)
+    data = D.self_samples(teacher, tok, 64, 63, cfg.seed + 7)  # [64, 64] ids
     base = dict(teacher.named_parameters())
     out = []
     for i in range(cfg.shadows):
