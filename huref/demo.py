@@ -110,11 +110,12 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     ]
     suspects.insert(0, (STAMPED, stamped, "derived", [(vector, keys_path)]))
     for name, path, expected, vectors in suspects:
+        # every registered base but the suspect itself (a registered base is its own best match)
         ev, html, _ = run_audit(
             path,
             scan_dir / "reports" / f"{name}.html",
-            [],
-            True,
+            [b for b in bases if b != name],
+            False,
             vectors,
             settings,
             argv=["huref", "demo"],
