@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +62,36 @@ def _independent_gpt2(zoo: Path, dest: Path) -> Path:
     return dest
 
 
-def _build_chain(name: str, zoo: Path, tmp: Path) -> Chain:
-    keys = tmp / "keys.json"
-    assert _run(["fpvec", "make-keys", "-o", keys, "--seed", 11]) == 0
-    fp = tmp / f"{name}-fp"
-    assert _run(["fpvec", "train", zoo / name, "--keys", keys, "-o", fp, "--device", "cpu"]) == 0
+NAMES = ("llama-a", "gpt2-a")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Both bases fingerprinted at once, each by its own ``huref fpvec train`` process: training a
+    model this small uses one thread, so the two runs share the two cores instead of queueing."""
+    jobs = {}
+    for name in NAMES:
+        tmp = tmp_path_factory.mktemp(name)
+        keys = tmp / "keys.json"
+        assert _run(["fpvec", "make-keys", "-o", keys, "--seed", 11]) == 0
+        fp = tmp / f"{name}-fp"
+        cmd = [sys.executable, "-m", "huref", "fpvec", "train", str(tiny_zoo / name)]
+        cmd += ["--keys", str(keys), "-o", str(fp), "--device", "cpu"]
+        jobs[name] = (
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+            keys,
+            fp,
+        )
+    out = {}
+    for name, (proc, keys, fp) in jobs.items():
+        log, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, log[-2000:]
+        out[name] = (keys, fp)
+    return out
+
+
+def _build_chain(name: str, zoo: Path, keys: Path, fp: Path) -> Chain:
+    tmp = keys.parent
     vector = tmp / f"{name}.fpvec.safetensors"
     assert _run(["fpvec", "extract", zoo / name, fp, "-o", vector]) == 0
     indep = zoo / "llama-b" if name.startswith("llama") else _independent_gpt2(zoo, tmp / "gpt2-indep")
@@ -76,9 +103,9 @@ def _build_chain(name: str, zoo: Path, tmp: Path) -> Chain:
     return c
 
 
-@pytest.fixture(scope="module", params=["llama-a", "gpt2-a"])
-def chain(request: pytest.FixtureRequest, tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    return _build_chain(request.param, tiny_zoo, tmp_path_factory.mktemp(request.param))
+@pytest.fixture(scope="module", params=NAMES)
+def chain(request: pytest.FixtureRequest, tiny_zoo: Path, trained: dict[str, tuple[Path, Path]]) -> Chain:
+    return _build_chain(request.param, tiny_zoo, *trained[request.param])
 
 
 def _fsr(model: Path, keys: Path) -> tuple[float, float]:
