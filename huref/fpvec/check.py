@@ -64,7 +64,9 @@ def compatibility(v: Vector, m: Model) -> tuple[str, float | None, float | None]
     n = min(CHECK_N, base_fp.robust.n) if base_fp.robust is not None else CHECK_N
     view = layer_view(m, check_layers(m.cfg.n_layers))
     try:
-        down_fp = fingerprint_model(view, Settings(n=n, modes=("robust",)))
+        # no prefetch: a check reads only a few layers, and one layer less in memory keeps the
+        # whole stamp under 2 GB on a 7B model
+        down_fp = fingerprint_model(view, Settings(n=n, modes=("robust",), prefetch=False))
         c = compare_fingerprints(base_fp, down_fp)
     except HurefError as e:
         log.warning("cannot compare %s with the vector's base: %s", m.ckpt.path, e)

@@ -48,6 +48,8 @@ PREFETCH_MAX_BYTES = 128 * 2**20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
+ROW_BLOCK = 4096  # vocabulary rows updated per step when rows are matched
+
 
 @dataclass
 class RowMatch:
@@ -272,8 +274,11 @@ def stamp_model(
                 settle()  # every hash checked before the output can be renamed into place
         rm = matches.get(p.name)
         if rm is not None and rm.src is not None and rm.dst is not None:
-            rows = t[rm.dst].to(torch.float32) + lam * tau[rm.src].to(torch.float32)  # [shared, d]
-            t[rm.dst] = rows.to(t.dtype)
+            # in blocks of rows: float32 copies of a whole 7B embedding would cost ~1.5 GB
+            for lo in range(0, len(rm.dst), ROW_BLOCK):
+                dst, srcr = rm.dst[lo : lo + ROW_BLOCK], rm.src[lo : lo + ROW_BLOCK]
+                rows = t[dst].to(torch.float32) + lam * tau[srcr].to(torch.float32)  # [block, d]
+                t[dst] = rows.to(t.dtype)
         else:
             t.add_(tau, alpha=lam)  # mixed dtypes: computed in the wider type, rounded once
         counts["stamped"] += 1

@@ -46,6 +46,8 @@ class Settings:
     key: bytes = DEFAULT_KEY
     frequency_list: Path | None = None
     device: str = "cpu"
+    # read the next layer while this one is computed (faster; holds one more layer's weights)
+    prefetch: bool = True
 
 
 def resolve_device(device: str) -> torch.device:
@@ -103,7 +105,7 @@ def fingerprint_model(
         n_r = min(s.n_responses, len(tok.ids))
         terms = torch.empty(cfg.n_layers, 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
         views_a, views_b = [], []
-        stream = LayerStream(m, roles)
+        stream = LayerStream(m, roles, prefetch=s.prefetch)
         for layer, w in stream:
             w = {r: t.to(dev) for r, t in w.items()}
             t = time.perf_counter()
