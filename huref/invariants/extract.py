@@ -153,7 +153,7 @@ def fingerprint_model(
         clock.read += time.perf_counter() - t
         layers = list(range(max(0, cfg.n_layers - 2), cfg.n_layers))
         terms = torch.empty(len(layers), 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
-        stream = LayerStream(m, roles, layers=layers)
+        stream = LayerStream(m, roles, layers=layers, prefetch=s.prefetch)
         for j, (layer, w) in enumerate(stream):
             w = {r: t.to(dev) for r, t in w.items()}
             t = time.perf_counter()
