@@ -13,45 +13,18 @@ import argparse
 import contextlib
 import csv
 import itertools
-import math
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from huref.errors import HurefError  # noqa: E402
 from huref.invariants import Settings, compare_fingerprints, fingerprint_model  # noqa: E402
+from huref.invariants.separation import auc, margin, tpr_at_fpr, zoo_pairs  # noqa: E402
 from huref.invariants.stats import null_from_values  # noqa: E402
 from huref.zoo.build import build_zoo, default_stories, load_manifest  # noqa: E402
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    """Probability that a random positive outscores a random negative (ties count half)."""
-    if not pos or not neg:
-        return float("nan")
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float((p > n).mean() + 0.5 * (p == n).mean())
-
-
-def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
-    """Fraction of positives strictly above the score that at most ``fpr`` of negatives exceed."""
-    if not pos or not neg:
-        return float("nan")
-    neg_sorted = np.sort(np.asarray(neg))[::-1]
-    allowed = math.floor(fpr * len(neg_sorted))
-    thresh = neg_sorted[allowed] if allowed < len(neg_sorted) else -np.inf
-    return float((np.asarray(pos) > thresh).mean())
-
-
-def margin(pos: list[float], neg: list[float]) -> float:
-    """Gap between the weakest derived pair and the strongest independent one, in null sds."""
-    if not pos or len(neg) < 2:
-        return float("nan")
-    return float((min(pos) - max(neg)) / max(float(np.std(neg, ddof=1)), 1e-12))
 
 
 def resolve_local(model_id: str, models_dir: Path | None) -> Path | None:
@@ -73,19 +46,6 @@ def resolve_local(model_id: str, models_dir: Path | None) -> Path | None:
         if c.is_dir() and (c / "config.json").is_file():
             return c
     return None
-
-
-def zoo_pairs(manifest: dict) -> list[tuple[str, str, str, bool]]:
-    """(a, b, relation, derived?) — each derivative with its root; each base with every model of
-    another root (independent by construction)."""
-    models = manifest["models"]
-    pairs = [(m["root"], m["name"], m["relation"], True) for m in models if m["root"] != m["name"]]
-    bases = [m["name"] for m in models if m["relation"] == "base"]
-    for b in bases:
-        for m in models:
-            if m["root"] != b and ((m["relation"] == "base" and m["name"] > b) or m["relation"] != "base"):
-                pairs.append((b, m["name"], "independent", False))
-    return pairs
 
 
 def main() -> int:

@@ -76,3 +76,32 @@ def test_gated_and_plain_ffn_pairs_get_no_neuron_test(other: str, zoo_fingerprin
     c = compare_fingerprints(zoo_fingerprints["llama-a"], zoo_fingerprints[other])
     assert c.layer_tests == [] and c.log10_p_value is None
     assert c.z is not None and c.verdict == "independent"
+
+
+def test_robust_mode_beats_paper_mode_on_the_zoo_harness(zoo_manifest: dict, zoo_fingerprints: dict) -> None:
+    """bench/lineage.py's separation figures, on the zoo pairs: the disguised derivatives (fine-tune,
+    then function-preserving disguise) fall among the independent pairs in paper mode only."""
+    from huref.invariants.separation import auc, tpr_at_fpr, zoo_pairs
+
+    scores: dict[str, tuple[list[float], list[float]]] = {"paper": ([], []), "robust": ([], [])}
+    for a, b, _, derived in zoo_pairs(zoo_manifest):
+        try:
+            c = compare_fingerprints(zoo_fingerprints[a], zoo_fingerprints[b])
+        except FingerprintError:
+            continue
+        assert c.ics is not None and c.ics_paper is not None
+        scores["paper"][0 if derived else 1].append(c.ics_paper)
+        scores["robust"][0 if derived else 1].append(c.ics)
+    pos, neg = scores["robust"]
+    assert len(pos) >= 36 and len(neg) >= 100
+    assert auc(pos, neg) == 1.0 and tpr_at_fpr(pos, neg) == 1.0
+    assert auc(*scores["paper"]) < 1.0 and tpr_at_fpr(*scores["paper"]) < 1.0
+
+
+def test_separation_scores_on_known_sets() -> None:
+    from huref.invariants.separation import auc, margin, tpr_at_fpr
+
+    assert auc([3, 4], [1, 2]) == 1.0 and auc([1], [1]) == 0.5 and auc([0], [1, 2]) == 0.0
+    neg = list(range(100))  # at 1% FPR one negative (99) may score above the threshold (98)
+    assert tpr_at_fpr([98.5, 99.5, 50], neg) == 2 / 3
+    assert margin([10, 12], [0, 2]) == pytest.approx(8 / 2**0.5)

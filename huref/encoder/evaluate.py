@@ -29,6 +29,7 @@ INDEPENDENT_MAX = 0.3
 # (zoo, shipped encoder: canonical cosine -> z cosine to the base)
 UNDETECTABLE = {
     "cpt": "continued pretraining at a high learning rate rewrites the terms (0.35-0.71 -> 0.36-0.71)",
+    "cpt+disguise": "the continued-pretraining model, disguised: the robust terms are the same as cpt's",
     "vocab-expand": "new tokens trained into the probe set move whole rows of the stack (0.81 -> 0.81)",
     "prune-depth": "one of four layers dropped: just below the line (0.90 -> 0.89)",
     "prune-width": "residual dims, a KV group and FFN neurons removed, healed: just below the line (0.90 -> 0.89)",

@@ -92,17 +92,17 @@ def residual_rotation(s: RoleState, g: torch.Generator) -> AttackResult:
     return AttackResult(s)
 
 
-def norm_gain_rescaling(s: RoleState, g: torch.Generator) -> AttackResult:
-    """gamma -> gamma * c, readers W -> W / c (per input column)."""
+def norm_gain_rescaling(s: RoleState, g: torch.Generator, spread: float = 0.7) -> AttackResult:
+    """gamma -> gamma * c, readers W -> W / c (per input column); log c ~ N(0, spread^2)."""
     s.untie()
     d = s.get("embed").shape[1]
     for layer in _layers(s):
         for norm, readers in NORM_READERS.items():
-            c = torch.exp(torch.randn(d, generator=g) * 0.7)
+            c = torch.exp(torch.randn(d, generator=g) * spread)
             s.set(norm, layer, s.get(norm, layer) * c)
             for r in readers:
                 s.set(r, layer, s.get(r, layer) / c)
-    c = torch.exp(torch.randn(d, generator=g) * 0.7)
+    c = torch.exp(torch.randn(d, generator=g) * spread)
     s.set("final_norm", None, s.get("final_norm") * c)
     s.set("lm_head", None, s.get("lm_head") / c)
     return AttackResult(s)
@@ -251,6 +251,21 @@ def vocab_expansion(s: RoleState, g: torch.Generator, n_new: int = 48) -> Attack
     return AttackResult(s, tokenizer_json=tok, old_vocab=V)
 
 
+# the gain spread of the composite disguise: gains over about two orders of magnitude either way
+DISGUISE_GAIN_SPREAD = 2.0
+
+
+def disguise(s: RoleState, g: torch.Generator) -> AttackResult:
+    """What an adversary hiding a model's origin would chain: a gain-folded rotation of the
+    residual stream, wide norm-gain rescaling, q/k and v/o mixing, FFN permutation and up/down
+    rescaling, one after the other. Each step preserves the function, so the chain does too."""
+    residual_rotation(s, g)
+    norm_gain_rescaling(s, g, DISGUISE_GAIN_SPREAD)
+    for step in (qk_mixing, vo_mixing, ffn_permutation, updown_rescaling):
+        step(s, g)
+    return AttackResult(s)
+
+
 ATTACKS: dict[str, Callable[[RoleState, torch.Generator], AttackResult]] = {
     "residual-perm": residual_permutation,
     "residual-signed-perm": lambda s, g: residual_permutation(s, g, signed=True),
@@ -263,4 +278,5 @@ ATTACKS: dict[str, Callable[[RoleState, torch.Generator], AttackResult]] = {
     "global-scale": global_scaling,
     "vocab-perm": vocab_permutation,
     "vocab-expand": vocab_expansion,
+    "disguise": disguise,
 }

@@ -323,6 +323,18 @@ def job_attacks(ctx: Ctx, base: str) -> list[dict]:
     return out
 
 
+def job_disguised(ctx: Ctx, name: str, root: str, seed: int) -> list[dict]:
+    """A trained derivative passed through the composite disguise: fine-tune, then hide."""
+    relation = name.rsplit("-", 1)[1] + "+disguise"
+    out = f"{name}-disguised"
+    res = attacks.disguise(RoleState.load(ctx.root / name), torch.Generator().manual_seed(seed))
+    res.state.save(ctx.root / out)
+    err = same_function_error(ctx.root / name, ctx.root / out)
+    if not err < ATTACK_TOLERANCE:
+        raise RuntimeError(f"disguise of {name} changed the function (relative error {err:.2e})")
+    return [_entry(out, "llama", name, relation, root, logits_relative_error=err)]
+
+
 def job_merges(ctx: Ctx) -> list[dict]:
     a, b = ctx.root / "llama-a-sft", ctx.root / "llama-a-lora"
     lin = derive.merge_linear(RoleState.load(a), RoleState.load(b), 0.5)
@@ -427,7 +439,16 @@ def build_zoo(
         if stories:
             phase2.insert(1, (job_stories_derivs, (ctx,)))
         entries += _run_phase(phase2, workers)
-        entries += _run_phase([(job_merges, (ctx,))], 1 if workers <= 1 else workers)
+        disguised = [("llama-a-sft", "llama-a"), ("llama-a-cpt", "llama-a")]
+        if stories:
+            disguised += [("stories260k-sft", "stories260k"), ("stories260k-cpt", "stories260k")]
+        entries += _run_phase(
+            [
+                (job_merges, (ctx,)),
+                *[(job_disguised, (ctx, n, r, 2000 + i)) for i, (n, r) in enumerate(disguised)],
+            ],
+            workers,
+        )
         doc = {
             "zoo_version": ZOO_VERSION,
             "preset": p.name,
