@@ -13,16 +13,24 @@ subprocess so that its peak RSS is its own:
   (27 GB), writes 13.5 GB, checks every tau hash, and before that runs the compatibility check
   (the downstream's robust invariants against the vector's base fingerprint).
 - ``stamp --no-verify-hashes``: the same without the per-tensor SHA-256 of the vector.
+- ``stamp (int8 vector)``: the same checkpoint stamped with an int8 vector of the same shapes
+  (``extract --dtype int8``: int8 rows and float32 row scales, 6.9 GB), hashes verified.
 
-Printed: wall times, the ratio stamp / cp (target <= 1.5), the compatibility check's share,
+Two cache states, each phase in the same one: ``warm`` (default: one untimed read of the
+checkpoint before the timed ``cp``, so ``cp`` reads it from the page cache, while the vector,
+which does not fit beside it in memory, comes from disk) and ``--cold`` (the page cache dropped
+before every timed phase; needs root: everything comes from disk, for ``cp`` too).
+
+Printed: wall times, the ratios stamp / cp (target <= 1.5), the compatibility check's share,
 and the stamp's peak RSS (target < 2 GB). Outputs are deleted after each phase unless ``--keep``.
-Needs ~45 GB free disk (checkpoint + vector + one output at a time).
+Needs ~52 GB free disk (checkpoint + both vectors + one output at a time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,8 +53,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_vector(ckpt: Path, dest: Path) -> Path:
-    """A sealed vector of the checkpoint's shapes (written once, reused while it exists)."""
+def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
+    """A sealed vector of the checkpoint's shapes (written once, reused while it exists); with
+    ``int8`` the matrices are stored as ``extract --dtype int8`` stores them."""
     if dest.exists():
         return dest
     import torch
@@ -55,11 +64,24 @@ def build_vector(ckpt: Path, dest: Path) -> Path:
     from huref import __version__
     from huref.arch import load_model
     from huref.checkpoint.writer import TensorPlan
-    from huref.fpvec.vector import VECTOR_FORMAT, base_fingerprint_bytes, vocab_roles, write_vector
+    from huref.fpvec.vector import (
+        SCALE_PREFIX,
+        VECTOR_FORMAT,
+        base_fingerprint_bytes,
+        quantize_rows,
+        vocab_roles,
+        write_vector,
+    )
 
     m = load_model(ckpt)
     src = m.ckpt.source
-    plan = [TensorPlan(n, src.info(n).shape, torch.bfloat16) for n in src.names()]
+    plan = []
+    for n in src.names():
+        shape = src.info(n).shape
+        if int8 and len(shape) == 2:
+            plan += [TensorPlan(n, shape, torch.int8), TensorPlan(SCALE_PREFIX + n, shape[:1], torch.float32)]
+        else:
+            plan.append(TensorPlan(n, shape, torch.bfloat16 if not int8 else torch.float32))
     t0 = time.perf_counter()
     fp = base_fingerprint_bytes(m, n=128)
     print(f"base fingerprint: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -82,11 +104,21 @@ def build_vector(ckpt: Path, dest: Path) -> Path:
         },
         "fingerprinted": {"name": "synthetic", "sha256": {}},
         "dropped_roles": [],
-        "tensors": len(plan),
+        "tensors": sum(not p.name.startswith(SCALE_PREFIX) for p in plan),
     }
+    if int8:
+        doc["quantization"] = "int8 rows: tau = q * scale, scale = max|row| / 127 (float32)"
+    scales: dict[str, torch.Tensor] = {}
 
     def produce(p: TensorPlan) -> torch.Tensor:
-        return random_tensor(p, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
+        if p.name.startswith(SCALE_PREFIX):
+            return scales.pop(p.name)
+        like = TensorPlan(p.name, p.shape, torch.bfloat16)
+        tau = random_tensor(like, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
+        if p.dtype == torch.int8:
+            q, scales[SCALE_PREFIX + p.name] = quantize_rows(tau)
+            return q
+        return tau.to(p.dtype)
 
     t0 = time.perf_counter()
     write_vector(dest, plan, produce, doc, None, fp)
@@ -114,7 +146,19 @@ def _phase_stamp(ckpt: Path, vector: Path, out: Path, verify: bool = True) -> di
     }  # type: ignore[dict-item]
 
 
-def _child(phase: str, *paths: Path) -> dict[str, float]:
+def drop_page_cache() -> bool:
+    """Write back dirty pages and drop the page cache (root only); False where not permitted."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def _child(phase: str, *paths: Path, cold: bool = False) -> dict[str, float]:
+    if cold and not drop_page_cache():
+        raise SystemExit("--cold needs permission to write /proc/sys/vm/drop_caches (root)")
     cmd = [sys.executable, __file__, "--phase", phase, *map(str, paths)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if r.returncode != 0:
@@ -126,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=REPO / ".bench")
     ap.add_argument("--keep", action="store_true", help="keep the copied and stamped outputs")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every timed phase (root)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,44 +185,42 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = build_synthetic_7b(args.dir / "llama2-7b-synthetic")
     vector = build_vector(ckpt, args.dir / "llama2-7b-synthetic.fpvec.safetensors")
+    vector8 = build_vector(ckpt, args.dir / "llama2-7b-synthetic.int8.fpvec.safetensors", int8=True)
     size = sum(p.stat().st_size for p in ckpt.iterdir() if p.is_file())
     outs = {"cp": args.dir / "stamp-bench-cp", "stamp": args.dir / "stamp-bench-stamped"}
     for o in outs.values():
         if o.exists():
             shutil.rmtree(o)
-    # warm-up: one untimed read of the checkpoint, so that both phases start from the same cache state
-    _child("cp", ckpt, outs["cp"])
-    shutil.rmtree(outs["cp"])
-    cp = _child("cp", ckpt, outs["cp"])
+    cold = args.cold
+    if not cold:
+        # warm-up: one untimed read of the checkpoint, so that every phase starts from the same cache state
+        _child("cp", ckpt, outs["cp"])
+        shutil.rmtree(outs["cp"])
+    cp = _child("cp", ckpt, outs["cp"], cold=cold)
     if not args.keep:
         shutil.rmtree(outs["cp"])
-    st = _child("stamp", ckpt, vector, outs["stamp"])
-    if not args.keep:
-        shutil.rmtree(outs["stamp"])
-    nv = _child("stamp-noverify", ckpt, vector, outs["stamp"])
-    shutil.rmtree(outs["stamp"])
-    ratio = st["seconds"] / cp["seconds"]
+    runs = {}
+    for label, phase, vec in (
+        ("stamp", "stamp", vector),
+        ("stamp --no-verify-hashes", "stamp-noverify", vector),
+        ("stamp (int8 vector)", "stamp", vector8),
+    ):
+        runs[label] = _child(phase, ckpt, vec, outs["stamp"], cold=cold)
+        if not args.keep or label != "stamp":
+            shutil.rmtree(outs["stamp"])
     print(
         f"checkpoint: {size / 1e9:.1f} GB in {len(list(ckpt.glob('*.safetensors')))} shards; vector "
-        f"{vector.stat().st_size / 1e9:.1f} GB"
+        f"{vector.stat().st_size / 1e9:.1f} GB (bf16), {vector8.stat().st_size / 1e9:.1f} GB (int8); page cache "
+        + ("dropped before every timed phase (cold)" if cold else "warm (checkpoint read once before)")
     )
     print(f"cp -r:  {cp['seconds']:.1f} s")
-    print(
-        f"stamp:  {st['seconds']:.1f} s (compatibility check {st['check_seconds']:.1f} s, verdict {st['verdict']}, "
-        f"{st['stamped']} tensors)"
-    )
-    print(
-        f"ratio stamp / cp: {ratio:.2f} (target <= {TARGET_RATIO}); without the check: "
-        f"{(st['seconds'] - st['check_seconds']) / cp['seconds']:.2f}"
-    )
-    print(
-        f"stamp --no-verify-hashes: {nv['seconds']:.1f} s (check {nv['check_seconds']:.1f} s), ratio "
-        f"{nv['seconds'] / cp['seconds']:.2f}; without the check {(nv['seconds'] - nv['check_seconds']) / cp['seconds']:.2f}"
-    )
-    print(
-        f"stamp peak RSS: {st['peak_rss'] / 2**30:.2f} GiB, {nv['peak_rss'] / 2**30:.2f} GiB without hashing "
-        f"(target < {TARGET_RSS_GB} GB)"
-    )
+    for label, st in runs.items():
+        print(
+            f"{label + ':':26s} {st['seconds']:5.1f} s  ratio {st['seconds'] / cp['seconds']:.2f} (target <= "
+            f"{TARGET_RATIO}); compatibility check {st['check_seconds']:.1f} s, without it "
+            f"{(st['seconds'] - st['check_seconds']) / cp['seconds']:.2f}; peak RSS {st['peak_rss'] / 2**30:.2f} GiB "
+            f"(target < {TARGET_RSS_GB} GB); verdict {st['verdict']}, {st['stamped']} tensors"
+        )
     return 0
 
 

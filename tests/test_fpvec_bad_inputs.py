@@ -216,3 +216,69 @@ def test_stamp_adds_lambda_tau_exactly(setup: dict, tiny_zoo: Path, tmp_path: Pa
         assert torch.allclose(dst.source.read(n), src.source.read(n) + 0.5 * v.read(n), atol=1e-7), n
     meta = dst.source.metadata()
     assert json.loads(meta["huref.fpvec.stamp"])["lambda"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def int8_vector(setup: dict, tiny_zoo: Path) -> Path:
+    out = setup["dir"] / "llama-a.int8.fpvec.safetensors"
+    fp = setup["dir"] / "llama-a-fp"
+    assert (
+        main(["fpvec", "extract", str(tiny_zoo / "llama-a"), str(fp), "-o", str(out), "--dtype", "int8"]) == 0
+    )
+    return out
+
+
+def test_int8_vector_stamps_within_one_quantization_step(
+    setup: dict, int8_vector: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """int8 rows with float32 scales: stored at a quarter of float32's bytes, read back within half
+    a step of the exact tau, and stamped exactly as read (shared vocabulary rows by token string)."""
+    from huref.checkpoint import open_checkpoint
+    from huref.fpvec.vector import SCALE_PREFIX, open_vector
+
+    v8, v = open_vector(int8_vector), open_vector(setup["llama-a"])
+    assert v8.names == v.names
+    matrices = [n for n in v.names if len(v.shape(n)) == 2]
+    assert matrices and all(v8.file.info(n).dtype == "I8" for n in matrices)
+    assert all(v8.file.info(SCALE_PREFIX + n).shape == v.shape(n)[:1] for n in matrices)
+    for n in v.names:
+        exact, got = v.read(n), v8.read(n)
+        step = exact.abs().amax(dim=-1, keepdim=True) / 127 if exact.dim() == 2 else torch.zeros(())
+        assert torch.all((got - exact).abs() <= step / 2 + 1e-9), n
+    for model in ("llama-a-sft", "llama-a-attack-vocab-expand"):
+        out = tmp_path / model
+        argv = ["fpvec", "stamp", str(tiny_zoo / model), str(int8_vector), "-o", str(out), "--lambda", "0.5"]
+        assert main(argv) == 0
+        src, dst = open_checkpoint(tiny_zoo / model), open_checkpoint(out)
+        for n in v.names:
+            a, b, tau = src.source.read(n), dst.source.read(n), v8.read(n)
+            rows = tau.shape[0]  # the expanded model's new rows have no tau: left as they were
+            assert torch.allclose(b[:rows], a[:rows] + 0.5 * tau, atol=1e-7), (model, n)
+            assert torch.equal(b[rows:], a[rows:]), (model, n)
+
+
+def test_int8_vector_with_tampered_or_missing_scales(
+    setup: dict, int8_vector: Path, tiny_zoo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from huref.fpvec.vector import SCALE_PREFIX
+
+    d = setup["dir"]
+    data = bytearray(int8_vector.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k.startswith(SCALE_PREFIX))
+    at = 8 + n + header[name]["data_offsets"][0]
+    data[at] ^= 0x40  # a scale changed: the hash of the scale tensor catches it
+    bad = d / "scale-flipped.fpvec.safetensors"
+    bad.write_bytes(bytes(data))
+    _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", bad, "-o", d / "x"], capsys, d, "hash")
+
+    from safetensors import safe_open
+
+    with safe_open(str(int8_vector), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(int8_vector))
+    del tensors[name]
+    missing = d / "scale-missing.fpvec.safetensors"
+    save_file(tensors, str(missing), metadata=meta)
+    _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", missing, "-o", d / "x"], capsys, d, "row scales")

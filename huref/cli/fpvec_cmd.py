@@ -91,7 +91,12 @@ def extract_cmd(
         bool, typer.Option("--drop-lm-head", help="Leave out the lm_head delta.")
     ] = False,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="auto (the base's), float32, bfloat16 or float16.")
+        str,
+        typer.Option(
+            "--dtype",
+            help="auto (the base's), float32, bfloat16, float16, or int8 (matrices as int8 rows with "
+            "float32 scales: half of bf16's bytes, ~1%% rms error on tau).",
+        ),
     ] = "auto",
     keys: Annotated[
         Path | None, typer.Option("--keys", help="Key file (only if FP_MODEL lacks its huref_fpvec.json).")

@@ -247,11 +247,14 @@ def stamp_model(
     pool = ThreadPoolExecutor(max_workers=1)
     reader = ThreadPoolExecutor(max_workers=1)
     pending: list[tuple[str, Future[str]]] = []
-    ahead: dict[str, Future[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    ahead: dict[str, Future[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {}
     position = {n: i for i, n in enumerate(order)}
 
-    def load(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return src.read(name), (v.read(name, check=False) if name in vset else None)
+    def load(name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(downstream tensor, stored tau or None, its int8 row scales or None)."""
+        if name not in vset:
+            return src.read(name), None, None
+        return (src.read(name), *v.read_stored(name, check=False))
 
     def settle() -> None:
         while pending:
@@ -263,7 +266,7 @@ def stamp_model(
         nxt = position[p.name] + 1
         if nxt < len(order) and plan[nxt].nbytes <= PREFETCH_MAX_BYTES:
             ahead[order[nxt]] = reader.submit(load, order[nxt])
-        t, tau = fut.result()
+        t, tau, scale = fut.result()
         if tau is None:
             counts["copied"] += 1
             return t
@@ -277,8 +280,13 @@ def stamp_model(
             # in blocks of rows: float32 copies of a whole 7B embedding would cost ~1.5 GB
             for lo in range(0, len(rm.dst), ROW_BLOCK):
                 dst, srcr = rm.dst[lo : lo + ROW_BLOCK], rm.src[lo : lo + ROW_BLOCK]
-                rows = t[dst].to(torch.float32) + lam * tau[srcr].to(torch.float32)  # [block, d]
+                rows_tau = tau[srcr].to(torch.float32)
+                if scale is not None:
+                    rows_tau.mul_(scale[srcr, None])
+                rows = t[dst].to(torch.float32) + lam * rows_tau  # [block, d]
                 t[dst] = rows.to(t.dtype)
+        elif scale is not None:
+            add_int8_rows(t, tau, scale, lam)
         else:
             t.add_(tau, alpha=lam)  # mixed dtypes: computed in the wider type, rounded once
         counts["stamped"] += 1
@@ -349,6 +357,21 @@ def stamp_model(
         check_s,
         notes,
     )
+
+
+def add_int8_rows(t: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, lam: float) -> None:
+    """t += lam * q * scale[:, None], in place, in blocks of rows through one small reused buffer
+    of t's dtype (cache-resident; fresh allocations and mixed-dtype arithmetic cost several times
+    the add itself). In bf16/fp16 the scale is rounded to t's dtype first: at most 0.4% of a row's
+    tau, below the int8 step. Float32 models get the float32 product."""
+    s = (scale * lam).to(t.dtype)
+    rows = max(1, (2**20) // max(1, t.shape[1]))  # ~1M elements per block: fits in L2 with its rows of t
+    buf = torch.empty((min(rows, t.shape[0]), t.shape[1]), dtype=t.dtype)
+    for lo in range(0, t.shape[0], rows):
+        hi = min(lo + rows, t.shape[0])
+        b = buf[: hi - lo]
+        b.copy_(q[lo:hi])
+        t[lo:hi].addcmul_(b, s[lo:hi, None])
 
 
 def _disk_order(m: Model) -> list[str]:
