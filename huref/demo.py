@@ -24,7 +24,7 @@ from huref.invariants import Settings
 AUDITED = (
     "llama-a-attack-residual-rotation",
     "llama-a-prune-depth",
-    "llama-a-cpt",
+    "llama-a-cpt-disguised",  # continued pretraining, then a function-preserving disguise
     "llama-a-merge-ties",
     "llama-b",
     "stories260k-cpt",

@@ -83,6 +83,8 @@ def test_robust_mode_beats_paper_mode_on_the_zoo_harness(zoo_manifest: dict, zoo
     then function-preserving disguise) fall among the independent pairs in paper mode only."""
     from huref.invariants.separation import auc, tpr_at_fpr, zoo_pairs
 
+    if "stories260k" not in zoo_fingerprints:  # its disguised SFT and CPT are the pairs paper mode loses
+        pytest.skip("stories260K is not available outside this project's CI")
     scores: dict[str, tuple[list[float], list[float]]] = {"paper": ([], []), "robust": ([], [])}
     for a, b, _, derived in zoo_pairs(zoo_manifest):
         try:
