@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from huref.invariants.fingerprint import Responses
 from huref.invariants.similarity import shared_index
@@ -86,6 +85,10 @@ def residualise(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 def _match(c: np.ndarray) -> np.ndarray:
     """pi[i] = column matched to row i by a maximum-weight assignment (rows <= columns)."""
+    # imported here: scipy.optimize costs 0.7 s to import, which every CLI command that merely
+    # loads cached results (a repeated ``huref scan``) would otherwise pay
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(c, maximize=True)
     out = np.empty(c.shape[0], dtype=np.int64)
     out[rows] = cols
