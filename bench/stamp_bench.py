@@ -65,23 +65,22 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
     from huref.arch import load_model
     from huref.checkpoint.writer import TensorPlan
     from huref.fpvec.vector import (
-        SCALE_PREFIX,
         VECTOR_FORMAT,
         base_fingerprint_bytes,
-        quantize_rows,
+        stored_plan,
+        storing,
+        vector_doc_counts,
         vocab_roles,
         write_vector,
     )
 
     m = load_model(ckpt)
     src = m.ckpt.source
-    plan = []
+    plan: list[TensorPlan] = []
     for n in src.names():
         shape = src.info(n).shape
-        if int8 and len(shape) == 2:
-            plan += [TensorPlan(n, shape, torch.int8), TensorPlan(SCALE_PREFIX + n, shape[:1], torch.float32)]
-        else:
-            plan.append(TensorPlan(n, shape, torch.bfloat16 if not int8 else torch.float32))
+        dtype = (torch.int8 if len(shape) == 2 else torch.float32) if int8 else torch.bfloat16
+        plan += stored_plan(n, shape, dtype)
     t0 = time.perf_counter()
     fp = base_fingerprint_bytes(m, n=128)
     print(f"base fingerprint: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -104,24 +103,15 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
         },
         "fingerprinted": {"name": "synthetic", "sha256": {}},
         "dropped_roles": [],
-        "tensors": sum(not p.name.startswith(SCALE_PREFIX) for p in plan),
+        **vector_doc_counts(plan),
     }
-    if int8:
-        doc["quantization"] = "int8 rows: tau = q * scale, scale = max|row| / 127 (float32)"
-    scales: dict[str, torch.Tensor] = {}
 
-    def produce(p: TensorPlan) -> torch.Tensor:
-        if p.name.startswith(SCALE_PREFIX):
-            return scales.pop(p.name)
+    def tau_of(p: TensorPlan) -> torch.Tensor:
         like = TensorPlan(p.name, p.shape, torch.bfloat16)
-        tau = random_tensor(like, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
-        if p.dtype == torch.int8:
-            q, scales[SCALE_PREFIX + p.name] = quantize_rows(tau)
-            return q
-        return tau.to(p.dtype)
+        return random_tensor(like, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
 
     t0 = time.perf_counter()
-    write_vector(dest, plan, produce, doc, None, fp)
+    write_vector(dest, plan, storing(tau_of), doc, None, fp)
     print(f"synthetic vector written in {time.perf_counter() - t0:.0f} s", flush=True)
     return dest
 

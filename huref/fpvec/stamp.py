@@ -38,7 +38,15 @@ from huref.checkpoint.source import DTYPES
 from huref.checkpoint.writer import TensorPlan, parse_size, write_checkpoint
 from huref.errors import FPVecError, HurefError
 from huref.fpvec.check import compatibility
-from huref.fpvec.vector import FP_CARD, Vector, _open_model, open_vector, tensor_sha256, vocab_roles
+from huref.fpvec.vector import (
+    FP_CARD,
+    Vector,
+    _open_model,
+    dequantize_rows,
+    open_vector,
+    tensor_sha256,
+    vocab_roles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +288,7 @@ def stamp_model(
             # in blocks of rows: float32 copies of a whole 7B embedding would cost ~1.5 GB
             for lo in range(0, len(rm.dst), ROW_BLOCK):
                 dst, srcr = rm.dst[lo : lo + ROW_BLOCK], rm.src[lo : lo + ROW_BLOCK]
-                rows_tau = tau[srcr].to(torch.float32)
-                if scale is not None:
-                    rows_tau.mul_(scale[srcr, None])
+                rows_tau = tau[srcr].float() if scale is None else dequantize_rows(tau[srcr], scale[srcr])
                 rows = t[dst].to(torch.float32) + lam * rows_tau  # [block, d]
                 t[dst] = rows.to(t.dtype)
         elif scale is not None:

@@ -130,6 +130,43 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.to(torch.float32) * scale[:, None]
 
 
+QUANTIZATION_NOTE = "int8 rows: tau = q * scale, scale = max|row| / 127 (float32)"
+
+
+def stored_plan(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> list[TensorPlan]:
+    """The file entries of one tau tensor stored as ``dtype``: an int8 matrix is followed by its
+    row scales, so that the pair is produced together."""
+    plan = [TensorPlan(name, shape, dtype)]
+    if dtype == torch.int8:
+        plan.append(TensorPlan(SCALE_PREFIX + name, shape[:1], torch.float32))
+    return plan
+
+
+def vector_doc_counts(plan: list[TensorPlan]) -> dict[str, Any]:
+    """The doc fields that describe what a plan stores: tensor count and, if any, quantization."""
+    doc: dict[str, Any] = {"tensors": sum(not p.name.startswith(SCALE_PREFIX) for p in plan)}
+    if any(p.dtype == torch.int8 for p in plan):
+        doc["quantization"] = QUANTIZATION_NOTE
+    return doc
+
+
+def storing(tau_of: Callable[[TensorPlan], torch.Tensor]) -> Callable[[TensorPlan], torch.Tensor]:
+    """``produce`` for :func:`write_vector` from a function giving each tensor's tau: casts it to
+    the planned dtype, or quantizes an int8 entry and hands out its scales next."""
+    scales: dict[str, torch.Tensor] = {}
+
+    def produce(p: TensorPlan) -> torch.Tensor:
+        if p.name.startswith(SCALE_PREFIX):
+            return scales.pop(p.name)
+        tau = tau_of(p)
+        if p.dtype == torch.int8:
+            q, scales[SCALE_PREFIX + p.name] = quantize_rows(tau)
+            return q
+        return tau.to(p.dtype)
+
+    return produce
+
+
 def extract_vector(
     base: str | Path,
     fp_model: str | Path,
@@ -190,10 +227,7 @@ def extract_vector(
             if info.dtype in DTYPES:  # integer buffers (e.g. position ids) carry no trained delta
                 continue
             raise FPVecError(f"tensor {n} has dtype {info.dtype}: cannot subtract quantized weights")
-        dt = _dtype(dtype, DTYPES[info.dtype], len(info.shape))
-        plan.append(TensorPlan(n, info.shape, dt))
-        if dt == torch.int8:  # its scales follow it, so the pair is produced together
-            plan.append(TensorPlan(SCALE_PREFIX + n, (info.shape[0],), torch.float32))
+        plan += stored_plan(n, info.shape, _dtype(dtype, DTYPES[info.dtype], len(info.shape)))
 
     vocab = mb.ckpt.vocab
     doc: dict[str, Any] = {
@@ -215,23 +249,14 @@ def extract_vector(
         },
         "fingerprinted": {"name": mf.ckpt.name, "sha256": mf.ckpt.sha256s()},
         "dropped_roles": dropped,
-        "tensors": sum(not p.name.startswith(SCALE_PREFIX) for p in plan),
+        **vector_doc_counts(plan),
     }
-    if any(p.dtype == torch.int8 for p in plan):
-        doc["quantization"] = "int8 rows: tau = q * scale, scale = max|row| / 127 (float32)"
-    scales: dict[str, torch.Tensor] = {}
 
-    def produce(p: TensorPlan) -> torch.Tensor:
-        if p.name.startswith(SCALE_PREFIX):
-            return scales.pop(p.name)
+    def tau_of(p: TensorPlan) -> torch.Tensor:
         # the difference is formed in float32: bf16 - bf16 in bf16 would round it twice
-        tau = sf.read(p.name).to(torch.float32) - sb.read(p.name).to(torch.float32)
-        if p.dtype == torch.int8:
-            q, scales[SCALE_PREFIX + p.name] = quantize_rows(tau)
-            return q
-        return tau.to(p.dtype)
+        return sf.read(p.name).to(torch.float32) - sb.read(p.name).to(torch.float32)
 
-    write_vector(out, plan, produce, doc, list(vocab.tokens) if vocab is not None else None, fp_bytes)
+    write_vector(out, plan, storing(tau_of), doc, list(vocab.tokens) if vocab is not None else None, fp_bytes)
     log.info("wrote %s (%d tensors) in %.1f s", out, len(plan), time.perf_counter() - t0)
     return out
 

@@ -266,7 +266,9 @@ def disguise(s: RoleState, g: torch.Generator) -> AttackResult:
     return AttackResult(s)
 
 
-ATTACKS: dict[str, Callable[[RoleState, torch.Generator], AttackResult]] = {
+Attack = Callable[[RoleState, torch.Generator], AttackResult]
+
+ATTACKS: dict[str, Attack] = {
     "residual-perm": residual_permutation,
     "residual-signed-perm": lambda s, g: residual_permutation(s, g, signed=True),
     "residual-rotation": residual_rotation,

@@ -309,29 +309,31 @@ def job_stories_derivs(ctx: Ctx) -> list[dict]:
     ]
 
 
+def _attacked(ctx: Ctx, src: str, out: str, kind: str, fn: attacks.Attack, seed: int) -> float:
+    """Apply a function-preserving attack to ``src``, save it as ``out`` and prove the function
+    unchanged; returns the logits' relative error."""
+    res = fn(RoleState.load(ctx.root / src), torch.Generator().manual_seed(seed))
+    res.state.save(ctx.root / out, tokenizer_json=res.tokenizer_json)
+    err = same_function_error(ctx.root / src, ctx.root / out, res.id_map, res.old_vocab)
+    if not err < ATTACK_TOLERANCE:
+        raise RuntimeError(f"attack {kind} on {src} changed the function (relative error {err:.2e})")
+    return err
+
+
 def job_attacks(ctx: Ctx, base: str) -> list[dict]:
     out = []
     for i, (kind, fn) in enumerate(attacks.ATTACKS.items()):
         name = f"{base}-attack-{kind}"
-        g = torch.Generator().manual_seed(1000 + i)
-        res = fn(RoleState.load(ctx.root / base), g)
-        res.state.save(ctx.root / name, tokenizer_json=res.tokenizer_json)
-        err = same_function_error(ctx.root / base, ctx.root / name, res.id_map, res.old_vocab)
-        if not err < ATTACK_TOLERANCE:
-            raise RuntimeError(f"attack {kind} on {base} changed the function (relative error {err:.2e})")
+        err = _attacked(ctx, base, name, kind, fn, 1000 + i)
         out.append(_entry(name, "llama", base, f"attack-{kind}", base, logits_relative_error=err))
     return out
 
 
 def job_disguised(ctx: Ctx, name: str, root: str, seed: int) -> list[dict]:
     """A trained derivative passed through the composite disguise: fine-tune, then hide."""
-    relation = name.rsplit("-", 1)[1] + "+disguise"
     out = f"{name}-disguised"
-    res = attacks.disguise(RoleState.load(ctx.root / name), torch.Generator().manual_seed(seed))
-    res.state.save(ctx.root / out)
-    err = same_function_error(ctx.root / name, ctx.root / out)
-    if not err < ATTACK_TOLERANCE:
-        raise RuntimeError(f"disguise of {name} changed the function (relative error {err:.2e})")
+    err = _attacked(ctx, name, out, "disguise", attacks.disguise, seed)
+    relation = name.rsplit("-", 1)[1] + "+disguise"
     return [_entry(out, "llama", name, relation, root, logits_relative_error=err)]
 
 
