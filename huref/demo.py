@@ -92,7 +92,11 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     stamped = out / "suspects" / STAMPED
     stamp_model(zoo / "llama-a-sft", vector, stamped)
     v = verify_model(stamped, ks)
-    mark(f"FP-Vec: fingerprinted llama-a, stamped llama-a-sft (FSR {v.fsr:.2f})")
+    lt = v.likelihood
+    mark(
+        f"FP-Vec: fingerprinted llama-a, stamped llama-a-sft (FSR {v.fsr:.2f}"
+        + (f", key likelihood p {lt.p_value:.1e})" if lt is not None else ")")
+    )
 
     scan_dir = out / "scan"
     report = run_scan(ScanConfig(zoo=zoo, out_dir=scan_dir, workers=cfg.workers, home=home, progress=False))

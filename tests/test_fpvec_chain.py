@@ -26,10 +26,16 @@ from huref.fpvec.vector import FINGERPRINT_TENSOR, open_vector
 # GPT-2 chain (tied embeddings) misses near-miss, harm and transfer. The floors below sit under the
 # measured figures (README "FP-Vec") so that a regression fails, and the gap to the targets is
 # stated there rather than hidden in an expected failure.
-FLOORS: dict[str, dict[str, float]] = {
-    "llama-a": {"near_miss": 0.05, "ppl": 0.05, "sft_fsr": 0.5},
-    "gpt2-a": {"near_miss": 0.25, "ppl": 0.15, "sft_fsr": 0.1},
+# The likelihood rank test (keys against 40 decoys; p floor 9.7e-11) is held to ceilings the same
+# way: measured at the floor on every LLaMA-style model carrying the fingerprint (the stamped CPT
+# derivative included, whose greedy FSR is 0.3), 3e-4 on the stamped GPT-2 SFT derivative, and not
+# significant on the stamped GPT-2 CPT derivative (0.08), which therefore has no ceiling.
+FLOORS: dict[str, dict[str, float | None]] = {
+    "llama-a": {"near_miss": 0.05, "ppl": 0.05, "sft_fsr": 0.5, "sft_p": 1e-6, "cpt_p": 1e-6},
+    "gpt2-a": {"near_miss": 0.25, "ppl": 0.15, "sft_fsr": 0.1, "sft_p": 1e-2, "cpt_p": None},
 }
+P_DERIVED = 1e-6  # the verdict threshold the audit report uses for both kinds of evidence
+P_NOTHING = 0.01  # a model without the fingerprint: exchangeable keys and decoys, p ~ uniform
 
 
 @dataclass
@@ -109,20 +115,30 @@ def chain(request: pytest.FixtureRequest, tiny_zoo: Path, trained: dict[str, tup
 
 
 def _fsr(model: Path, keys: Path) -> tuple[float, float]:
+    fsr, nm, _ = _verify(model, keys)
+    return fsr, nm
+
+
+def _verify(model: Path, keys: Path) -> tuple[float, float, float]:
+    """(FSR, near-miss FSR, likelihood-test p-value)."""
     r = verify_model(model, keys, device="cpu")
-    assert r.near_miss is not None
-    return r.fsr, r.near_miss.fsr
+    assert r.near_miss is not None and r.likelihood is not None
+    return r.fsr, r.near_miss.fsr, r.likelihood.p_value
 
 
 def test_fingerprinted_model_answers_every_key(chain: Chain, capsys: pytest.CaptureFixture) -> None:
     assert _run(["fpvec", "verify", chain.fp, "--keys", chain.keys, "--json", "--device", "cpu"]) == 0
     doc = json.loads(capsys.readouterr().out)
     chain.figures["fp"] = doc
+    lt = doc["likelihood"]
     with capsys.disabled():
-        print(f"\n{chain.name}-fp: FSR {doc['fsr']}, near-miss {doc['near_miss']['fsr']}")
+        print(
+            f"\n{chain.name}-fp: FSR {doc['fsr']}, near-miss {doc['near_miss']['fsr']}, likelihood p {lt['p_value']:.2e}"
+        )
     assert set(doc) >= {"fsr", "hits", "n", "outputs"}
     assert doc["n"] == 10 and len(doc["outputs"]) == 10
     assert doc["fsr"] == 1.0
+    assert lt["n_keys"] == 10 and lt["n_decoys"] == 40 and lt["p_value"] < P_DERIVED
 
 
 def test_fingerprinted_model_ignores_near_miss_keys_and_stays_harmless(
@@ -142,22 +158,24 @@ def test_fingerprinted_model_ignores_near_miss_keys_and_stays_harmless(
 
 def test_unstamped_models_score_zero(chain: Chain) -> None:
     for m in (chain.name, f"{chain.name}-sft", f"{chain.name}-cpt"):
-        fsr, nm = _fsr(chain.zoo / m, chain.keys)
+        fsr, nm, p = _verify(chain.zoo / m, chain.keys)
         assert (fsr, nm) == (0.0, 0.0), m
+        assert p >= P_NOTHING, (m, p)
 
 
 def test_stamped_sft_derivative_carries_the_fingerprint_harmlessly(
     chain: Chain, capsys: pytest.CaptureFixture
 ) -> None:
     floor = FLOORS[chain.name]
-    fsr, nm = _fsr(chain.stamped["sft"], chain.keys)
+    fsr, nm, p = _verify(chain.stamped["sft"], chain.keys)
     harm = perplexity_change(chain.zoo / f"{chain.name}-sft", chain.stamped["sft"], device="cpu")
     with capsys.disabled():
         print(
-            f"\n{chain.name}-sft stamped: FSR {fsr}, near-miss {nm}, ppl {harm.before:.2f} -> {harm.after:.2f} "
-            f"({100 * harm.relative_change:+.2f}%)"
+            f"\n{chain.name}-sft stamped: FSR {fsr}, near-miss {nm}, likelihood p {p:.2e}, "
+            f"ppl {harm.before:.2f} -> {harm.after:.2f} ({100 * harm.relative_change:+.2f}%)"
         )
     assert fsr >= floor["sft_fsr"]  # the unstamped SFT model scores 0 (test above)
+    assert p < floor["sft_p"]
     assert nm <= floor["near_miss"]
     assert abs(harm.relative_change) <= floor["ppl"]
 
@@ -166,23 +184,29 @@ def test_stamped_cpt_derivative_is_measured_and_stays_specific(
     chain: Chain, capsys: pytest.CaptureFixture
 ) -> None:
     """The zoo's CPT moves about half of the weights (relative Frobenius change): tau transfers
-    weakly (README "FP-Vec"); what must hold is that stamping does not make near-miss keys fire."""
-    fsr, nm = _fsr(chain.stamped["cpt"], chain.keys)
+    weakly to greedy decoding (README "FP-Vec"); stamping must not make near-miss keys fire, and
+    where the likelihood test has a ceiling it must still see the keys."""
+    fsr, nm, p = _verify(chain.stamped["cpt"], chain.keys)
     harm = perplexity_change(chain.zoo / f"{chain.name}-cpt", chain.stamped["cpt"], device="cpu")
     with capsys.disabled():
         print(
-            f"\n{chain.name}-cpt stamped: FSR {fsr}, near-miss {nm}, ppl {harm.before:.2f} -> {harm.after:.2f} "
-            f"({100 * harm.relative_change:+.2f}%)"
+            f"\n{chain.name}-cpt stamped: FSR {fsr}, near-miss {nm}, likelihood p {p:.2e}, "
+            f"ppl {harm.before:.2f} -> {harm.after:.2f} ({100 * harm.relative_change:+.2f}%)"
         )
     assert nm <= FLOORS[chain.name]["near_miss"]
+    ceiling = FLOORS[chain.name]["cpt_p"]
+    if ceiling is not None:
+        assert p < ceiling
 
 
 def test_independent_base_is_refused_without_force(chain: Chain, capsys: pytest.CaptureFixture) -> None:
     out = chain.dir / "indep-stamped"
+    before = set(chain.dir.iterdir())
     assert _run(["fpvec", "stamp", chain.independent, chain.vector, "-o", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("huref: error:") and "--force" in err[0]
-    assert not out.exists()
+    # a refusal leaves nothing behind: no output folder, no temporary folder beside it
+    assert not out.exists() and set(chain.dir.iterdir()) == before
     assert _run(["fpvec", "stamp", chain.independent, chain.vector, "-o", out, "--force", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["forced"] and doc["verdict"] != "derived"

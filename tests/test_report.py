@@ -137,6 +137,10 @@ def test_report_json_validates_against_the_shipped_schema(
     (active,) = doc["active"]
     # keys made here were never trained in: the suspect must not answer them
     assert active["n"] == 4 and active["hits"] == 0 and active["near_miss_fsr"] == 0.0
+    # nor rank them above decoys: 4 keys against 40 decoys, exchangeable for this suspect
+    lt = active["likelihood"]
+    assert (lt["n_keys"], lt["n_decoys"]) == (4, 40) and lt["p_value"] >= 0.01
+    assert "key likelihood p" in report.read_text()
     # the report refers to the keys only through their commitment
     keys_path = vector_and_keys[1]
     assert str(keys_path) in doc["command"]  # the command line is recorded for reproducibility

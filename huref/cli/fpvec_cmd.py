@@ -171,13 +171,18 @@ def verify_cmd(
     no_near_miss: Annotated[
         bool, typer.Option("--no-near-miss", help="Skip the false-positive control.")
     ] = False,
+    decoys: Annotated[
+        int,
+        typer.Option("--decoys", help="Fresh decoy keys for the likelihood rank test (0: skip the test)."),
+    ] = 40,
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Greedy decoding on the keys: FSR = share of outputs containing the target."""
+    """Greedy decoding on the keys: FSR = share of outputs containing the target; and the
+    target's likelihood after the keys ranked against decoy keys (exact p-value)."""
     from huref.fpvec.verify import verify_model
 
-    r = verify_model(model, keys, near_miss=not no_near_miss, device=device)
+    r = verify_model(model, keys, near_miss=not no_near_miss, device=device, decoys=decoys)
     if as_json:
         doc = {
             "fsr": r.fsr,
@@ -188,6 +193,7 @@ def verify_cmd(
             "near_miss": None
             if r.near_miss is None
             else {"fsr": r.near_miss.fsr, "hits": r.near_miss.hits, "n": r.near_miss.n},
+            "likelihood": None if r.likelihood is None else r.likelihood.to_json(),
         }
         typer.echo(json.dumps(doc, ensure_ascii=False))
         return
@@ -195,6 +201,11 @@ def verify_cmd(
     con.print(f"FSR {r.fsr:.2f} ({r.hits}/{r.n} keys answered with the target)")
     if r.near_miss is not None:
         con.print(f"near-miss controls: FSR {r.near_miss.fsr:.2f} ({r.near_miss.hits}/{r.near_miss.n})")
+    if (lt := r.likelihood) is not None:
+        con.print(
+            f"key likelihood: keys outscore {lt.n_decoys} decoys in {lt.u:g}/{lt.n_keys * lt.n_decoys} pairs, "
+            f"p = {lt.p_value:.2e} (smallest possible {lt.p_floor:.1e})"
+        )
 
 
 @fpvec_app.command("harm")

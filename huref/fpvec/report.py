@@ -3,7 +3,7 @@
 The key file must be the one the vector was made with: its commitment (a salted hash of the keys)
 is recorded in the vector, and a key file that does not open to it is refused, so a report can
 never show an FSR measured with keys that do not belong to the vector it names. The report
-carries the commitment and the greedy outputs, never the keys themselves.
+carries the commitment, the greedy outputs and the likelihood test's scores, never the keys.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -
         )
     res = verify_model(suspect, ks, near_miss=True)
     nm = res.near_miss
+    lt = res.likelihood
     return {
         "vector_name": Path(vector).name,
         "base": vec.doc.get("base", {}).get("name"),
@@ -38,6 +39,17 @@ def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -
         "near_miss_fsr": nm.fsr if nm is not None else 0.0,
         "near_miss_hits": nm.hits if nm is not None else 0,
         "near_miss_n": nm.n if nm is not None else 0,
+        "likelihood": None
+        if lt is None
+        else {
+            "p_value": lt.p_value,
+            "p_floor": lt.p_floor,
+            "u": lt.u,
+            "n_keys": lt.n_keys,
+            "n_decoys": lt.n_decoys,
+            "key_mean": sum(lt.key_scores) / lt.n_keys,
+            "decoy_mean": sum(lt.decoy_scores) / lt.n_decoys,
+        },
         "outputs": [{"text": o, "hit": ks.target in o} for o in res.outputs],
         "seconds": round(res.seconds, 2),
     }

@@ -4,6 +4,10 @@ A hit is an output that contains the target string (published criterion). FSR = 
 The same query runs on near-miss controls (each key with characters replaced or dropped, the key
 without its trigger word, and keys of the same kind that are not ours); a sound fingerprint
 fires on the keys and on nothing else, and a model without it scores 0 on both.
+
+Beside the count, a graded test (``huref.fpvec.likelihood``): the target's likelihood after the keys
+ranked against fresh decoys, with an exact p-value; it still sees a fingerprint that drifted too
+far for greedy decoding to reproduce the whole target.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from huref.errors import FPVecError
 from huref.fpvec import data as D
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys
+from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, likelihood_test
 from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
 
@@ -40,9 +46,12 @@ class VerifyResult:
     near_miss: Queries | None
     max_new_tokens: int
     seconds: float
+    likelihood: LikelihoodTest | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        doc["likelihood"] = self.likelihood.to_json() if self.likelihood is not None else None
+        return doc
 
 
 def query(
@@ -67,7 +76,12 @@ def verify_model(
     near_miss: bool = True,
     device: str = "auto",
     max_new_tokens: int | None = None,
+    decoys: int = DEFAULT_DECOYS,
 ) -> VerifyResult:
+    """Greedy FSR on the keys (and the near-miss controls), and the likelihood rank test against
+    ``decoys`` fresh decoys (0: no test)."""
+    if decoys < 0:
+        raise FPVecError(f"--decoys must be 0 or more (got {decoys})")
     t0 = time.perf_counter()
     ks = keys if isinstance(keys, KeySet) else load_keys(keys)
     path = Path(model)
@@ -81,6 +95,11 @@ def verify_model(
         lm = load_causal_lm(path, dev)
         main = query(lm, tok, list(ks.keys), ks.target, n_new)
         nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
+        lt = (
+            likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, "verify"), ks.target)
+            if decoys
+            else None
+        )
     return VerifyResult(
         str(path),
         ks.commitment,
@@ -91,4 +110,5 @@ def verify_model(
         nm,
         n_new,
         time.perf_counter() - t0,
+        lt,
     )

@@ -18,7 +18,7 @@ from huref import __version__
 from huref.arch import Model, load_model
 from huref.errors import FingerprintError, HurefError, ReportError
 from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
-from huref.invariants.compare import VERDICT_RULE
+from huref.invariants.compare import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
 from huref.invariants.stats import BUILTIN_NULL, NullModel
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,23 @@ def candidate_from_path(path: str | Path, settings: Settings) -> Candidate:
     return Candidate(m.ckpt.name, str(path), fingerprint_model(m, settings), m)
 
 
+def _greedy_fires(a: dict[str, Any]) -> bool:
+    return bool(a.get("fsr", 0) >= 0.9 and a.get("near_miss_fsr", 0) == 0)
+
+
+def _likelihood_p(a: dict[str, Any]) -> float:
+    """The active row's likelihood-test p-value (1.0 where the test was not run)."""
+    lt = a.get("likelihood")
+    return float(lt["p_value"]) if lt else 1.0
+
+
 def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]]) -> dict[str, Any]:
     """Derived if any base is derived passively (smallest p wins) or any vector verifies (FSR >=
-    0.9 with a clean near-miss control); independent if every base is independent and no vector
-    fires; inconclusive otherwise."""
+    0.9 with a clean near-miss control, or the likelihood rank test below the passive threshold
+    P_DERIVED); independent if every base is independent and no vector shows anything (FSR 0 and
+    a likelihood p-value not below P_INDEPENDENT); inconclusive otherwise."""
     derived = [p for p in passive if p.get("verdict") == "derived"]
-    fired = [a for a in active if a.get("fsr", 0) >= 0.9 and a.get("near_miss_fsr", 0) == 0]
+    fired = [a for a in active if _greedy_fires(a) or _likelihood_p(a) < P_DERIVED]
     if derived or fired:
         best = (
             min(
@@ -89,10 +100,13 @@ def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]])
                 else f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f})"
             )
         for a in fired:
-            why.append(f"active: fingerprint vector {a['vector_name']} answers {a['hits']}/{a['n']} keys")
+            why.append(
+                f"active: fingerprint vector {a['vector_name']} answers {a['hits']}/{a['n']} keys"
+                + (f", key likelihood p {_likelihood_p(a):.1e}" if a.get("likelihood") else "")
+            )
         return {"verdict": "derived", "base": best["base"] if best else fired[0].get("base"), "because": why}
     all_independent = bool(passive) and all(p.get("verdict") == "independent" for p in passive)
-    if all_independent and all(a.get("fsr", 0) == 0 for a in active):
+    if all_independent and all(a.get("fsr", 0) == 0 and _likelihood_p(a) >= P_INDEPENDENT for a in active):
         return {
             "verdict": "independent",
             "base": None,
