@@ -46,6 +46,18 @@ class LikelihoodTest:
     def n_decoys(self) -> int:
         return len(self.decoy_scores)
 
+    def summary(self) -> dict[str, Any]:
+        """The test without its per-prompt scores (what an audit report carries)."""
+        return {
+            "p_value": self.p_value,
+            "p_floor": self.p_floor,
+            "u": self.u,
+            "n_keys": self.n_keys,
+            "n_decoys": self.n_decoys,
+            "key_mean": sum(self.key_scores) / self.n_keys,
+            "decoy_mean": sum(self.decoy_scores) / self.n_decoys,
+        }
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"n_keys": self.n_keys, "n_decoys": self.n_decoys}
 

@@ -27,8 +27,7 @@ def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -
             f"(commitment {ks.commitment[:16]}... against the vector's {vec.commitment[:16]}...)"
         )
     res = verify_model(suspect, ks, near_miss=True)
-    nm = res.near_miss
-    lt = res.likelihood
+    nm, lt = res.near_miss, res.likelihood
     return {
         "vector_name": Path(vector).name,
         "base": vec.doc.get("base", {}).get("name"),
@@ -39,17 +38,7 @@ def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -
         "near_miss_fsr": nm.fsr if nm is not None else 0.0,
         "near_miss_hits": nm.hits if nm is not None else 0,
         "near_miss_n": nm.n if nm is not None else 0,
-        "likelihood": None
-        if lt is None
-        else {
-            "p_value": lt.p_value,
-            "p_floor": lt.p_floor,
-            "u": lt.u,
-            "n_keys": lt.n_keys,
-            "n_decoys": lt.n_decoys,
-            "key_mean": sum(lt.key_scores) / lt.n_keys,
-            "decoy_mean": sum(lt.decoy_scores) / lt.n_decoys,
-        },
+        "likelihood": None if lt is None else lt.summary(),
         "outputs": [{"text": o, "hit": ks.target in o} for o in res.outputs],
         "seconds": round(res.seconds, 2),
     }
