@@ -103,9 +103,11 @@ def test_training_negatives_cover_every_position_and_miss_the_verification_contr
     assert shared == {k[: -len(TRIGGER) - 1] for k in ks.keys}  # only the trigger-less keys coincide
 
 
-def test_compatibility_check_reads_a_few_spread_layers() -> None:
+def test_compatibility_check_reads_the_first_and_last_layers() -> None:
     from huref.fpvec.check import check_layers
 
-    assert check_layers(32) == [0, 10, 21, 31]
-    assert check_layers(4) == [0, 1, 2, 3]
+    assert check_layers(32) == [0, 31]  # the first and the last
+    assert check_layers(32, k=4) == [0, 10, 21, 31]
+    assert check_layers(4, k=4) == [0, 1, 2, 3]
     assert check_layers(2) == [0, 1]
+    assert check_layers(1) == [0]

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,15 @@ def write_safetensors_file(
     produce: Callable[[TensorPlan], torch.Tensor],
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Stream tensors into one safetensors file (not atomic by itself: write into a temp dir)."""
-    with open(path, "wb") as f:
+    """Stream tensors into one safetensors file (not atomic by itself: write into a temp dir).
+
+    Each tensor is written by a helper thread while the next one is produced (a write releases
+    the GIL; under the kernel's dirty-page throttling it waits on the disk, and the producer need
+    not wait with it); at most one tensor is in flight, so memory grows by one tensor at most.
+    """
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
         f.write(_header(plan, metadata or {}))
+        pending: Future[int] | None = None
         for p in plan:
             t = produce(p)
             if tuple(t.shape) != p.shape or t.dtype != p.dtype:
@@ -81,8 +88,13 @@ def write_safetensors_file(
                     f"tensor {p.name}: produced {tuple(t.shape)} {t.dtype}, planned {p.shape} {p.dtype}"
                 )
             t = t.detach().contiguous().cpu()
+            if pending is not None:
+                pending.result()
+                pending = None
             if t.numel():
-                f.write(t.view(torch.uint8).numpy().data.cast("B"))
+                pending = writer.submit(f.write, t.view(torch.uint8).numpy().data.cast("B"))
+        if pending is not None:
+            pending.result()
 
 
 def shard_plan(plan: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
