@@ -95,7 +95,7 @@ def extract_cmd(
         typer.Option(
             "--dtype",
             help="auto (the base's), float32, bfloat16, float16, or int8 (matrices as int8 rows with "
-            "float32 scales: half of bf16's bytes, ~1%% rms error on tau).",
+            "float32 scales: half of bf16's bytes, ~1% rms error on tau).",
         ),
     ] = "auto",
     keys: Annotated[
