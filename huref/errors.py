@@ -1,7 +1,8 @@
 """One exception family for every failure a user can meet.
 
-The CLI turns any ``HurefError`` into one line on stderr and exit code 2 (bad input or usage);
-tracebacks are shown only with ``--debug``.
+The CLI turns any ``HurefError`` into one line on stderr and exit code 2 (bad input or usage),
+and an ``OSError`` (disk full, permissions) into one line and exit code 3; tracebacks are shown
+only with ``--debug``.
 """
 
 from __future__ import annotations

@@ -407,3 +407,39 @@ def test_written_checkpoints_honour_the_umask(tmp_path: Path) -> None:
     src = SafetensorsSource.from_index(dest / "model.safetensors.index.json")
     assert len(src.weight_files()) == 2 and torch.equal(src.read("t2"), torch.full((4, 8), 1.5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp.bin", "out"], "no temporary left behind"
+
+
+_FULL_DISK = """
+import json, os, resource, signal, sys
+import torch
+from huref.checkpoint.writer import TensorPlan, write_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+made = []
+def produce(p):
+    made.append(p.name)
+    return torch.ones(p.shape)
+plan = [TensorPlan(f"t{i}", (128, 1024), torch.float32) for i in range(6)]  # 512 KiB each
+try:
+    write_checkpoint(sys.argv[1], plan, produce)
+except OSError as e:
+    print(json.dumps({"errno": e.errno, "made": made}))
+"""
+
+
+def test_a_failed_write_in_the_writer_thread_surfaces_and_leaves_nothing(tmp_path: Path) -> None:
+    """Tensors are written by a helper thread while the next is produced: a write that fails there
+    (here the file size limit, as a full disk would) must still stop the writer with the OS error,
+    before every tensor is produced, and leave neither the output nor its temporary folder."""
+    import errno
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(out)], capture_output=True, text=True, check=True
+    )
+    doc = json.loads(r.stdout)
+    assert doc["errno"] == errno.EFBIG
+    assert 2 <= len(doc["made"]) < 6  # the third tensor's write fails; producing stops soon after
+    assert list(tmp_path.iterdir()) == []

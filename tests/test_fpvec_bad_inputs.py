@@ -282,3 +282,39 @@ def test_int8_vector_with_tampered_or_missing_scales(
     missing = d / "scale-missing.fpvec.safetensors"
     save_file(tensors, str(missing), metadata=meta)
     _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", missing, "-o", d / "x"], capsys, d, "row scales")
+
+
+_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+from huref.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing(
+    setup: dict, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """The operating system refusing a write (a file size limit here, as a full disk would) is not
+    bad input: one line naming the system error, exit code 3, no output and no temporary file."""
+    import subprocess
+    import sys
+
+    d = setup["dir"]
+    before = sorted(os.listdir(d))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    argv = ["fpvec", "stamp", str(tiny_zoo / "llama-a-sft"), str(setup["llama-a"]), "-o", str(d / "x")]
+    r = subprocess.run(
+        [sys.executable, "-c", _LIMITED, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("huref: error: system error:"), err
+    assert "File too large" in err[0]
+    assert sorted(os.listdir(d)) == before
+    assert list(temp.iterdir()) == []

@@ -68,8 +68,12 @@ def invocation() -> list[str]:
     return list(_INVOCATION) or ["huref", *sys.argv[1:]]
 
 
+OS_ERROR_EXIT = 3  # neither a verdict (1) nor bad input (2): the operating system refused
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: any HurefError becomes one line on stderr and exit code 2."""
+    """Entry point: any HurefError becomes one line on stderr and exit code 2; an error of the
+    operating system (disk full, permissions) one line and exit code 3."""
     _register()
     args = sys.argv[1:] if argv is None else argv
     _INVOCATION[:] = ["huref", *args]
@@ -80,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"huref: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the system refused: disk full, file size limit, permissions, I/O error
+        if _DEBUG["on"] or "--debug" in args:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"huref: error: system error: {e.strerror or e}{where}", file=sys.stderr)
+        return OS_ERROR_EXIT
     except typer.Exit as e:
         return int(e.exit_code or 0)
     except typer.Abort:
