@@ -297,7 +297,10 @@ def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing(
     setup: dict, tiny_zoo: Path, tmp_path: Path
 ) -> None:
     """The operating system refusing a write (a file size limit here, as a full disk would) is not
-    bad input: one line naming the system error, exit code 3, no output and no temporary file."""
+    bad input: one line naming the system error, exit code 3, no output and no temporary file.
+    With a tiny model the first write to hit the limit is the temporary copy of the vector's
+    embedded base fingerprint (larger than the model); the writer's own failure path is tested
+    in test_formats."""
     import subprocess
     import sys
 
