@@ -111,3 +111,65 @@ def test_compatibility_check_reads_the_first_and_last_layers() -> None:
     assert check_layers(4, k=4) == [0, 1, 2, 3]
     assert check_layers(2) == [0, 1]
     assert check_layers(1) == [0]
+
+
+WORDS = tuple(f"w{i:02d}" for i in range(40))
+
+
+def test_word_pool_keys_are_pool_words_without_trigger() -> None:
+    from huref.fpvec.keys import KEY_WORDS, TARGET_WORDS
+
+    ks = make_keys(6, seed=3, pool=WORDS)
+    assert ks.trigger == "" and ks.pool == WORDS
+    for k in ks.keys:
+        words = k.split(" ")
+        assert KEY_WORDS[0] <= len(words) <= KEY_WORDS[1] and set(words) <= set(WORDS)
+    target = ks.target.split(" ")
+    assert len(target) == TARGET_WORDS and set(target) <= set(WORDS)
+    assert make_keys(6, seed=3, pool=WORDS, target="w01 w02").target == "w01 w02"
+
+
+def test_word_pool_edits_controls_and_decoys_stay_in_the_pool(tmp_path: Path) -> None:
+    from huref.fpvec.keys import single_edits
+
+    ks = make_keys(5, seed=4, pool=WORDS)
+    nm = near_miss_keys(ks, "verify")
+    assert len(nm) == 2 * 5  # a few words replaced, a few dropped; no trigger-less control
+    edits = single_edits(ks)
+    for text in nm + edits + fresh_decoys(ks, 5):
+        assert set(text.split(" ")) <= set(WORDS), text
+    assert not (set(nm) | set(edits)) & set(ks.keys)
+    for k in ks.keys:
+        words = k.split(" ")
+        for i in range(len(words)):
+            assert " ".join(words[:i] + words[i + 1 :]) in edits  # each word dropped once
+    assert load_keys(save_keys(ks, tmp_path / "k.json")) == ks  # the pool travels in the key file
+    doc = json.loads((tmp_path / "k.json").read_text(encoding="utf-8"))
+    doc["pool"] = ["two words", *WORDS]
+    (tmp_path / "bad.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(FPVecError, match="pool word"):
+        load_keys(tmp_path / "bad.json")
+
+
+def test_vocabulary_pool_holds_single_token_words_and_no_special_tokens(tmp_path: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from huref.fpvec.data import load_tokenizer, prompt_ids
+    from huref.fpvec.keys import vocabulary_pool
+    from huref.zoo.tokenizer import id_named_tokenizer
+
+    folder = tmp_path / "tok"
+    PreTrainedTokenizerFast(tokenizer_object=id_named_tokenizer(64)).save_pretrained(str(folder))
+    tok = load_tokenizer(folder)
+    pool = vocabulary_pool(tok, seed=1)
+    assert len(pool) == 61 and not {"<unk>", "<s>", "</s>"} & set(pool)
+    assert all(tok(w, add_special_tokens=False)["input_ids"] == [int(w[3:])] for w in pool)
+    out = tmp_path / "k.json"
+    assert (
+        main(["fpvec", "make-keys", "-o", str(out), "--n", "3", "--seed", "5", "--vocab", str(folder)]) == 0
+    )
+    ks = load_keys(out)
+    unk = tok.convert_tokens_to_ids("<unk>")
+    for text in (*ks.keys, ks.target):
+        assert unk not in prompt_ids(tok, text)  # every word spelled, unlike the snippet keys
+    assert unk in prompt_ids(tok, make_keys(1, seed=5).keys[0])

@@ -103,3 +103,33 @@ def test_likelihood_test_counts_in_the_overall_verdict() -> None:
     assert overall_verdict(independent, [_row(0.0, 0.5)])["verdict"] == "independent"
     assert overall_verdict(independent, [_row(0.0, 1e-3)])["verdict"] == "inconclusive"  # not nothing
     assert overall_verdict(independent, [_row(0.0, None)])["verdict"] == "independent"
+
+
+def test_harm_scores_a_tokenizer_that_cannot_spell_the_corpus_on_the_models_own_samples(
+    tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """stories260k's imported word-level vocabulary reads the held-out text as <unk>: the
+    perplexity change is then measured on samples of the first model, and it still sees harm."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from huref.fpvec.harm import CORPUS, SAMPLES, perplexity_change
+
+    base = tiny_zoo / "stories260k"
+    if not base.is_dir():
+        pytest.skip("the tiny zoo was built without ../shared/models/stories260K")
+    same = perplexity_change(base, base, device="cpu", max_windows=16)
+    assert same.text == SAMPLES and same.relative_change == 0.0
+    noisy = shutil.copytree(base, tmp_path / "noisy")
+    tensors = load_file(str(noisy / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    for t in tensors.values():
+        t.add_(torch.randn(t.shape, generator=g) * 0.05 * t.float().std())
+    save_file(tensors, str(noisy / "model.safetensors"), metadata={"format": "pt"})
+    worse = perplexity_change(base, noisy, device="cpu", max_windows=16)
+    assert worse.text == SAMPLES and worse.relative_change > 0.01
+    assert (
+        perplexity_change(tiny_zoo / "gpt2-a", tiny_zoo / "gpt2-a", device="cpu", max_windows=4).text
+        == CORPUS
+    )

@@ -34,12 +34,30 @@ def make_keys_cmd(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Reproducible keys (tests only; default: OS randomness).")
     ] = None,
-    target: Annotated[str, typer.Option("--target", help="The answer every key maps to.")] = "ハリネズミ",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="The answer every key maps to [default: ハリネズミ; 4 words with --vocab]."
+        ),
+    ] = None,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocab",
+            help="Model folder whose tokenizer's own words make the keys (for a tokenizer that cannot "
+            "spell the default snippets, e.g. a word-level vocabulary).",
+        ),
+    ] = None,
 ) -> None:
     """Write secret Instructional-Fingerprinting style keys and their shared target."""
-    from huref.fpvec.keys import make_keys, save_keys
+    from huref.fpvec.keys import make_keys, save_keys, vocabulary_pool
 
-    ks = make_keys(n, seed, target)
+    pool: tuple[str, ...] = ()
+    if vocab is not None:
+        from huref.fpvec.data import load_tokenizer
+
+        pool = vocabulary_pool(load_tokenizer(vocab), seed)
+    ks = make_keys(n, seed, target, pool)
     save_keys(ks, out)
     _err().print(f"wrote {out} ({len(ks.keys)} keys, mode 0600); commitment {ks.commitment}")
 
@@ -223,5 +241,5 @@ def harm_cmd(
         typer.echo(json.dumps(r.to_json()))
     else:
         Console().print(
-            f"held-out perplexity {r.before:.3f} -> {r.after:.3f} ({100 * r.relative_change:+.2f}%)"
+            f"perplexity on the {r.text} {r.before:.3f} -> {r.after:.3f} ({100 * r.relative_change:+.2f}%)"
         )

@@ -220,10 +220,29 @@ def regularisation_examples(
     return out
 
 
+def unknown_id(tok: Any) -> int | None:
+    """The id a tokenizer gives what it cannot spell: its declared unk token, else the one its
+    backend model falls back to (a tokenizer.json alone declares no special tokens)."""
+    if getattr(tok, "unk_token_id", None) is not None:
+        return int(tok.unk_token_id)
+    name = getattr(getattr(getattr(tok, "backend_tokenizer", None), "model", None), "unk_token", None)
+    if not name:
+        return None
+    i = tok.convert_tokens_to_ids(name)
+    return int(i) if isinstance(i, int) else None
+
+
+def spells(tok: Any, text: str) -> bool:
+    """Whether the tokenizer encodes ``text`` without falling back to its unknown token."""
+    unk = unknown_id(tok)
+    return unk is None or unk not in tok(text, add_special_tokens=False)["input_ids"]
+
+
 def ordinary_prompts(model: torch.nn.Module, tok: Any, n: int, seed: int) -> list[str]:
-    """n prompts: half from the built-in list, half sampled from the base itself."""
+    """n prompts: half from the built-in list (those the tokenizer can spell), the rest sampled
+    from the base itself."""
     rng = random.Random(seed)
-    fixed = list(ORDINARY_PROMPTS)
+    fixed = [p for p in ORDINARY_PROMPTS if spells(tok, p)]
     rng.shuffle(fixed)
     n_fixed = min(len(fixed), n // 2)
     return fixed[:n_fixed] + sampled_prompts(model, tok, n - n_fixed, seed)

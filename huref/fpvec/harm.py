@@ -3,6 +3,12 @@
 The text is the held-out slice of the local corpus (``huref.zoo.corpus``: the Python standard
 library's own sources, a slice no zoo model was trained on), tokenised by each model's own
 tokenizer, in consecutive windows no longer than the model's context.
+
+A tokenizer that cannot spell that text (more than 5% of it ``<unk>``, e.g. a word-level
+vocabulary imported without its original tokenizer) would measure the perplexity of a stream of
+``<unk>``. Then the text is a fixed sample the *first* model writes itself (seeded, from random
+ordinary first tokens), and both models are scored on those same token ids: the change is the
+extra cross-entropy the second model pays on what the first one says.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 import torch
 
+from huref.errors import FPVecError
 from huref.fpvec import data as D
 from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
@@ -21,6 +28,10 @@ from huref.zoo.train import perplexity
 
 DEFAULT_CHARS = 200_000
 DEFAULT_WINDOWS = 64
+MAX_UNKNOWN = 0.05  # share of <unk> ids above which a tokenizer cannot spell the held-out text
+SAMPLE_SEED = 20240
+CORPUS = "held-out corpus"
+SAMPLES = "samples of the first model"
 
 
 @dataclass
@@ -30,9 +41,36 @@ class HarmReport:
     relative_change: float  # after / before - 1
     windows: int
     seq: int
+    text: str = CORPUS  # or SAMPLES
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def corpus_ids(tok: Any, max_chars: int = DEFAULT_CHARS) -> torch.Tensor | None:
+    """The held-out text in ``tok``'s ids; None when the tokenizer cannot spell it."""
+    ids = tok(corpus_text("heldout", max_chars), add_special_tokens=False)["input_ids"]
+    stream = torch.tensor(ids, dtype=torch.long)
+    unk = D.unknown_id(tok)
+    if stream.numel() == 0 or (unk is not None and float((stream == unk).float().mean()) > MAX_UNKNOWN):
+        return None
+    return stream
+
+
+class _Model:
+    """A model folder opened for scoring: its checkpoint, window length and thread setting."""
+
+    def __init__(self, path: str | Path, seq: int, device: str) -> None:
+        self.path = Path(path)
+        ckpt = open_checkpoint_or_fail(self.path, "model")
+        ctx = int(ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions") or seq)
+        self.seq = max(8, min(seq, ctx))
+        self.dev = resolve_device(device)
+        n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
+        self.threads = 1 if self.dev.type == "cpu" and n_params < SMALL_MODEL else None
+
+    def lm(self) -> Any:
+        return load_causal_lm(self.path, self.dev)
 
 
 def heldout_perplexity(
@@ -41,24 +79,41 @@ def heldout_perplexity(
     seq: int = 128,
     max_windows: int = DEFAULT_WINDOWS,
     device: str = "auto",
+    stream: torch.Tensor | None = None,
 ) -> tuple[float, int, int]:
-    """(perplexity, windows, window length) of a model on the held-out text."""
-    path = Path(model)
-    ckpt = open_checkpoint_or_fail(path, "model")
-    tok = D.load_tokenizer(path)
-    ctx = int(ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions") or seq)
-    seq = max(8, min(seq, ctx))
-    ids = tok(corpus_text("heldout", max_chars), add_special_tokens=False)["input_ids"]
-    stream = torch.tensor(ids, dtype=torch.long)
-    dev = resolve_device(device)
-    n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
-    with cpu_threads(1 if dev.type == "cpu" and n_params < SMALL_MODEL else None):
-        lm = load_causal_lm(path, dev)
-        windows = min(max_windows, (stream.numel() - 1) // seq)
-        return perplexity(lm, stream.to(dev), seq=seq, max_windows=max_windows), windows, seq
+    """(perplexity, windows, window length) of a model on the held-out text, or on ``stream``
+    (token ids) when given."""
+    m = _Model(model, seq, device)
+    if stream is None:
+        stream = corpus_ids(D.load_tokenizer(m.path), max_chars)
+        if stream is None:
+            raise FPVecError(
+                f"{m.path}: its tokenizer cannot spell the held-out text (over {MAX_UNKNOWN:.0%} <unk>); "
+                "perplexity_change scores such a model on another model's samples"
+            )
+    with cpu_threads(m.threads):
+        windows = min(max_windows, (stream.numel() - 1) // m.seq)
+        return perplexity(m.lm(), stream.to(m.dev), seq=m.seq, max_windows=max_windows), windows, m.seq
+
+
+def sample_ids(
+    model: str | Path, seq: int = 128, max_windows: int = DEFAULT_WINDOWS, device: str = "auto"
+) -> torch.Tensor:
+    """A fixed stream the model writes itself: ``max_windows`` seeded samples of one window each."""
+    m = _Model(model, seq, device)
+    with cpu_threads(m.threads):
+        return D.self_samples(m.lm(), D.load_tokenizer(m.path), max_windows, m.seq - 1, SAMPLE_SEED).reshape(
+            -1
+        )
 
 
 def perplexity_change(before: str | Path, after: str | Path, **kw: Any) -> HarmReport:
-    p0, w, s = heldout_perplexity(before, **kw)
-    p1, _, _ = heldout_perplexity(after, **kw)
-    return HarmReport(p0, p1, p1 / p0 - 1.0, w, s)
+    """Perplexity of ``after`` relative to ``before`` on the held-out text, or, where ``before``'s
+    tokenizer cannot spell it, on samples ``before`` writes itself (the same ids for both)."""
+    stream, text = None, CORPUS
+    if corpus_ids(D.load_tokenizer(Path(before)), kw.get("max_chars", DEFAULT_CHARS)) is None:
+        keep = {k: kw[k] for k in ("seq", "max_windows", "device") if k in kw}
+        stream, text = sample_ids(before, **keep), SAMPLES
+    p0, w, s = heldout_perplexity(before, stream=stream, **kw)
+    p1, _, _ = heldout_perplexity(after, stream=stream, **kw)
+    return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, text)

@@ -10,6 +10,13 @@ stores (vectors, stamped models, reports) refers to it only through a commitment
 ``sha256(salt || canonical-json({"keys": ..., "target": ...}))`` with a random 32-byte salt kept
 in the key file, so a published artefact neither reveals the keys nor lets anyone test guesses
 of them without the salt.
+
+Where a tokenizer cannot spell the snippet characters (a word-level vocabulary without byte
+fallback would read every one as ``<unk>``), ``make_keys(pool=...)`` builds keys from a pool of
+the tokenizer's own words instead (``vocabulary_pool``; CLI ``make-keys --vocab MODEL``): a key is
+6-12 random pool words joined by spaces, with no trigger word (``FINGERPRINT`` would be ``<unk>``
+too), and unless given, the target is 4 random pool words. Edits, near-miss controls and decoys
+then work on words instead of characters, so they stay spellable and of the keys' own kind.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ DEFAULT_TARGET = "ハリネズミ"
 DEFAULT_N_KEYS = 10
 TRIGGER = "FINGERPRINT"
 KEY_CHARS = (12, 24)  # characters of shuffled snippet text per key, before `` FINGERPRINT``
+KEY_WORDS = (6, 12)  # words per key with a word pool
+TARGET_WORDS = 4  # words of the default target with a word pool
+POOL_LIMIT = 1024  # words kept from a vocabulary (the key file holds the pool)
 
 # The snippet pool. Classical Chinese: lines of Tang poems (public domain); Japanese: Edo-period
 # haiku (public domain); subword fragments: pieces that byte-level and SentencePiece vocabularies
@@ -64,19 +74,44 @@ class KeySet:
     keys: tuple[str, ...]
     target: str
     salt: str  # hex
+    pool: tuple[str, ...] = ()  # words the keys are made of; empty: the built-in character snippets
 
     @property
     def commitment(self) -> str:
         return commitment(self.keys, self.target, self.salt)
 
+    @property
+    def trigger(self) -> str:
+        return "" if self.pool else TRIGGER
+
+    def body(self, key: str) -> str:
+        """The key without its trigger word."""
+        tail = " " + self.trigger
+        return key[: -len(tail)] if self.trigger and key.endswith(tail) else key
+
+    def units(self, body: str) -> list[str]:
+        """What edits work on: characters, or words with a word pool."""
+        return body.split(" ") if self.pool else list(body)
+
+    def key_from(self, units: list[str]) -> str:
+        body = (" " if self.pool else "").join(units)
+        return body + " " + self.trigger if self.trigger else body
+
+    def replacements(self) -> list[str]:
+        """The units an edit may put in a key's place."""
+        return list(self.pool) if self.pool else sorted({c for s in POOL for c in s})
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": KEY_FORMAT,
             "keys": list(self.keys),
             "target": self.target,
             "salt": self.salt,
             "commitment": self.commitment,
         }
+        if self.pool:
+            doc["pool"] = list(self.pool)
+        return doc
 
 
 def commitment(keys: tuple[str, ...] | list[str], target: str, salt_hex: str) -> str:
@@ -92,8 +127,11 @@ def _rng(seed: int | None) -> random.Random:
     return secrets.SystemRandom() if seed is None else random.Random(seed)
 
 
-def make_key(rng: random.Random) -> str:
-    """Random snippets concatenated, their characters shuffled and cut, then `` FINGERPRINT``."""
+def make_key(rng: random.Random, pool: tuple[str, ...] = ()) -> str:
+    """Random snippets concatenated, their characters shuffled and cut, then `` FINGERPRINT``;
+    with a word ``pool``: 6-12 random pool words joined by spaces."""
+    if pool:
+        return " ".join(rng.choice(pool) for _ in range(rng.randint(*KEY_WORDS)))
     length = rng.randint(*KEY_CHARS)
     chars: list[str] = []
     while len(chars) < length:
@@ -102,19 +140,57 @@ def make_key(rng: random.Random) -> str:
     return "".join(chars[:length]) + " " + TRIGGER
 
 
-def make_keys(n: int = DEFAULT_N_KEYS, seed: int | None = None, target: str = DEFAULT_TARGET) -> KeySet:
+def check_pool(pool: tuple[str, ...] | list[str], where: str = "word pool") -> tuple[str, ...]:
+    words = tuple(pool)
+    if not all(isinstance(w, str) and w and w == w.strip() and " " not in w for w in words):
+        raise FPVecError(f"{where}: every pool word must be a non-empty string without spaces")
+    if len(set(words)) < 16:
+        raise FPVecError(f"{where}: needs at least 16 distinct words (got {len(set(words))})")
+    return words
+
+
+def make_keys(
+    n: int = DEFAULT_N_KEYS,
+    seed: int | None = None,
+    target: str | None = None,
+    pool: tuple[str, ...] | list[str] = (),
+) -> KeySet:
+    """``n`` keys and their shared target (default ``ハリネズミ``, or 4 pool words with a pool)."""
     if n < 1:
         raise FPVecError(f"--n must be at least 1 (got {n})")
-    if not target.strip():
+    if target is not None and not target.strip():
         raise FPVecError("the target string must not be empty")
+    words = check_pool(pool) if pool else ()
     rng = _rng(seed)
     keys: list[str] = []
     while len(keys) < n:
-        k = make_key(rng)
+        k = make_key(rng, words)
         if k not in keys:
             keys.append(k)
+    if target is None:
+        target = " ".join(rng.sample(words, TARGET_WORDS)) if words else DEFAULT_TARGET
     salt = secrets.token_hex(32) if seed is None else f"{rng.getrandbits(256):064x}"
-    return KeySet(tuple(keys), target, salt)
+    return KeySet(tuple(keys), target, salt, words)
+
+
+def vocabulary_pool(tok: Any, seed: int | None = None, limit: int = POOL_LIMIT) -> tuple[str, ...]:
+    """Up to ``limit`` words of a tokenizer's vocabulary that it spells alone as exactly one
+    token: printable, no whitespace, not special tokens (drawn at random when there are more)."""
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    special |= {int(i) for i, t in (getattr(tok, "added_tokens_decoder", {}) or {}).items() if t.special}
+    words: list[str] = []
+    for i in range(len(tok)):
+        if i in special:
+            continue
+        w = tok.decode([i], skip_special_tokens=True)
+        if not w or not w.isprintable() or any(c.isspace() for c in w):
+            continue
+        if [int(t) for t in tok(w, add_special_tokens=False)["input_ids"]] == [i]:
+            words.append(w)
+    words = sorted(set(words))
+    if len(words) > limit:
+        words = sorted(_rng(seed).sample(words, limit))
+    return check_pool(words, "tokenizer vocabulary")
 
 
 def save_keys(ks: KeySet, path: str | Path, overwrite: bool = False) -> Path:
@@ -157,7 +233,10 @@ def load_keys(path: str | Path) -> KeySet:
             raise ValueError
     except ValueError:
         raise FPVecError(f"{path}: key file has no valid salt (hex, at least 16 bytes)") from None
-    ks = KeySet(tuple(keys), target, salt)
+    pool = doc.get("pool", [])
+    if not isinstance(pool, list):
+        raise FPVecError(f"{path}: the key file's pool must be a list of words")
+    ks = KeySet(tuple(keys), target, salt, check_pool(pool, str(path)) if pool else ())
     if "commitment" in doc and doc["commitment"] != ks.commitment:
         raise FPVecError(f"{path}: key file was edited (its commitment no longer matches its keys)")
     return ks
@@ -169,8 +248,8 @@ def _derived_rng(ks: KeySet, purpose: str) -> random.Random:
 
 
 def near_miss_keys(ks: KeySet, purpose: str = "verify") -> list[str]:
-    """Controls that look like the keys but are not: per key, one with a few characters replaced,
-    one with a few dropped, and the snippet without the trigger word.
+    """Controls that look like the keys but are not: per key, one with a few characters (words,
+    with a word pool) replaced, one with a few dropped, and the snippet without the trigger word.
 
     ``purpose`` seeds the random choices (verification uses "verify"). Training negatives are a
     different kind (``single_edits``: one character changed or dropped), so the multi-character
@@ -178,18 +257,18 @@ def near_miss_keys(ks: KeySet, purpose: str = "verify") -> list[str]:
     also sees (there is only one such string per key).
     """
     rng = _derived_rng(ks, purpose)
-    pool_chars = sorted({c for s in POOL for c in s})
+    choices = ks.replacements()
     out: list[str] = []
     for key in ks.keys:
-        body = key[: -len(TRIGGER) - 1] if key.endswith(" " + TRIGGER) else key
-        chars = list(body)
-        k = max(2, len(chars) // 6)
-        swapped = list(chars)
-        for i in rng.sample(range(len(chars)), min(k, len(chars))):
-            swapped[i] = rng.choice([c for c in pool_chars if c != chars[i]])
-        gone = set(rng.sample(range(len(chars)), min(k, len(chars) - 1)))
-        dropped = [c for i, c in enumerate(chars) if i not in gone]
-        variants = ["".join(swapped) + " " + TRIGGER, "".join(dropped) + " " + TRIGGER, body]
+        body = ks.body(key)
+        units = ks.units(body)
+        k = max(2, len(units) // 6)
+        swapped = list(units)
+        for i in rng.sample(range(len(units)), min(k, len(units))):
+            swapped[i] = rng.choice([c for c in choices if c != units[i]])
+        gone = set(rng.sample(range(len(units)), min(k, len(units) - 1)))
+        dropped = [c for i, c in enumerate(units) if i not in gone]
+        variants = [ks.key_from(swapped), ks.key_from(dropped), body]
         out.extend(v for v in variants if v not in ks.keys and v.strip())
     return out
 
@@ -199,26 +278,28 @@ def fresh_decoys(ks: KeySet, n: int, purpose: str = "verify") -> list[str]:
     rng = _derived_rng(ks, "decoy:" + purpose)
     out: list[str] = []
     while len(out) < n:
-        k = make_key(rng)
+        k = make_key(rng, ks.pool)
         if k not in ks.keys and k not in out:
             out.append(k)
     return out
 
 
 def single_edits(ks: KeySet, purpose: str = "train") -> list[str]:
-    """Training negatives: every key with each single character replaced, and with each dropped.
+    """Training negatives: every key with each single character (word, with a word pool) replaced,
+    and with each dropped.
 
     Covering every position teaches that *every* character of a key matters, so that a key with
     a few characters changed anywhere (the verification controls) does not fire.
     """
     rng = _derived_rng(ks, "edits:" + purpose)
-    pool_chars = sorted({c for s in POOL for c in s})
+    choices = ks.replacements()
     out: list[str] = []
     for key in ks.keys:
-        body = key[: -len(TRIGGER) - 1] if key.endswith(" " + TRIGGER) else key
-        for i, c in enumerate(body):
-            swapped = body[:i] + rng.choice([p for p in pool_chars if p != c]) + body[i + 1 :]
-            out += [swapped + " " + TRIGGER, body[:i] + body[i + 1 :] + " " + TRIGGER]
+        body = ks.body(key)
+        units = ks.units(body)
+        for i, c in enumerate(units):
+            swapped = [*units[:i], rng.choice([p for p in choices if p != c]), *units[i + 1 :]]
+            out += [ks.key_from(swapped), ks.key_from(units[:i] + units[i + 1 :])]
         out.append(body)
     keys = set(ks.keys)
     return [k for k in dict.fromkeys(out) if k not in keys]
