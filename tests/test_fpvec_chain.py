@@ -92,6 +92,7 @@ def trained(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     for name, (proc, keys, fp) in jobs.items():
         log, _ = proc.communicate(timeout=1800)
         assert proc.returncode == 0, log[-2000:]
+        (keys.parent / "train.log").write_text(log, encoding="utf-8")
         out[name] = (keys, fp)
     return out
 
@@ -154,6 +155,12 @@ def test_fingerprinted_model_ignores_near_miss_keys_and_stays_harmless(
         )
     assert nm <= floor["near_miss"]
     assert abs(harm.relative_change) <= floor["ppl"]
+    # train measured the same change itself, recorded it in the model card and said so
+    card = json.loads((chain.fp / "huref_fpvec.json").read_text(encoding="utf-8"))
+    assert card["training"]["harm"]["relative_change"] == pytest.approx(harm.relative_change, abs=1e-9)
+    log = " ".join((chain.keys.parent / "train.log").read_text(encoding="utf-8").split())  # rich wraps lines
+    assert f"perplexity on the held-out corpus: {100 * harm.relative_change:+.1f}% against the base" in log
+    assert ("over 5%" in log) == (harm.relative_change > 0.05)
 
 
 def test_unstamped_models_score_zero(chain: Chain) -> None:

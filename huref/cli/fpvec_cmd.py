@@ -95,6 +95,11 @@ def train_cmd(
             f"wrote {out}: {r.steps} steps at lr {r.lr:g} on {r.device}, key loss "
             f"{r.key_loss_first:.3f} -> {r.key_loss_last:.4f}, in {r.seconds:.1f} s"
         )
+        if r.harm is not None:
+            _err().print(
+                f"perplexity on the {r.harm['text']}: {100 * r.harm['relative_change']:+.1f}% against the base"
+                + (" (over 5%: the fingerprint harms this model; try a lower --lr)" if r.harmful else "")
+            )
 
 
 @fpvec_app.command("extract")

@@ -57,6 +57,7 @@ from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
 log = logging.getLogger(__name__)
 
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread is fastest and lr 3e-3 is right
+HARM_WARN = 0.05  # perplexity change above which train warns
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class TrainConfig:
     decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
     seed: int = 0
     device: str = "auto"  # cpu | cuda | auto
+    measure_harm: bool | None = None  # perplexity change vs the base; None: for small models or on a GPU
 
 
 @dataclass
@@ -98,7 +100,13 @@ class TrainReport:
     examples: dict[str, int]
     seconds: float
     chat_template: bool
+    harm: dict[str, Any] | None = None  # {"relative_change", "text", ...} of huref.fpvec.harm, if measured
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def harmful(self) -> bool:
+        """The fingerprint costs the base more than HARM_WARN of its perplexity."""
+        return self.harm is not None and float(self.harm["relative_change"]) > HARM_WARN
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -316,9 +324,23 @@ def train_fingerprint(
         seconds=time.perf_counter() - t0,
         chat_template=D.uses_chat_template(tok),
     )
+    measure = (
+        cfg.measure_harm if cfg.measure_harm is not None else (n_params < SMALL_MODEL or dev.type == "cuda")
+    )
+    if measure:
+        from huref.fpvec.harm import perplexity_change
+
+        report.harm = perplexity_change(base, out, device=str(dev)).to_json()
+        if report.harmful:
+            log.warning(
+                "the fingerprint costs %+.1f%% perplexity on the %s; a lower learning rate harms less",
+                100 * report.harm["relative_change"],
+                report.harm["text"],
+            )
     card_path = out / FP_CARD
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["training"]["seconds"] = round(report.seconds, 1)
+    card["training"]["harm"] = report.harm
     card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
