@@ -12,7 +12,7 @@ subprocess so that its peak RSS is its own:
 - ``stamp``: ``stamp_model(checkpoint, vector, out)``: reads the checkpoint and the vector
   (27 GB), writes 13.5 GB, checks every tau hash, and before that runs the compatibility check
   (the downstream's robust invariants against the vector's base fingerprint).
-- ``stamp --no-verify-hashes``: the same without the per-tensor SHA-256 of the vector.
+- ``stamp --no-verify-hashes``: the same without the per-tensor digest (BLAKE3) of the vector.
 - ``stamp (int8 vector)``: the same checkpoint stamped with an int8 vector of the same shapes
   (``extract --dtype int8``: int8 rows and float32 row scales, 6.9 GB), hashes verified.
 

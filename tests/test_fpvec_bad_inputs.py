@@ -100,6 +100,34 @@ def test_tampered_vector_tensor_bytes(setup: dict, tiny_zoo: Path, capsys: pytes
     _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", bad, "-o", d / "x"], capsys, d, "hash")
 
 
+def test_vectors_record_blake3_and_sha256_vectors_still_verify(
+    setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huref.fpvec.vector as V
+
+    d = setup["dir"]
+    assert V.open_vector(setup["llama-a"]).tensor_hash == "blake3"
+    monkeypatch.setattr(V, "TENSOR_HASH", "sha256")  # a vector as written before BLAKE3
+    fp = _perturbed(tiny_zoo / "llama-a", d / "sha-fp", V.open_vector(setup["llama-a"]).commitment)
+    old = d / "sha256.fpvec.safetensors"
+    assert main(["fpvec", "extract", str(tiny_zoo / "llama-a"), str(fp), "-o", str(old)]) == 0
+    monkeypatch.undo()
+    vec = V.open_vector(old)
+    name = vec.names[0]
+    assert vec.tensor_hash == "sha256"
+    assert vec.hashes[name] == V.tensor_digest(vec.read_stored(name, check=False)[0], "sha256")
+    assert (
+        main(["fpvec", "stamp", str(tiny_zoo / "llama-a-sft"), str(old), "-o", str(d / "sha-stamped")]) == 0
+    )
+    shutil.rmtree(d / "sha-stamped")
+    bad = d / "sha256-flipped.fpvec.safetensors"
+    data = bytearray(old.read_bytes())
+    data[-100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    capsys.readouterr()  # what extract and the first stamp printed
+    _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", bad, "-o", d / "x"], capsys, d, "hash")
+
+
 def test_key_file_without_keys(setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture) -> None:
     d = setup["dir"]
     empty = d / "empty-keys.json"

@@ -44,7 +44,6 @@ from huref.fpvec.vector import (
     _open_model,
     dequantize_rows,
     open_vector,
-    tensor_sha256,
     vocab_roles,
 )
 
@@ -182,7 +181,7 @@ def stamp_model(
 ) -> StampResult:
     """Stamp ``downstream`` with ``vector`` into the new folder ``out``; see the module notes.
 
-    ``verify_hashes`` checks every tau tensor against the SHA-256 recorded at extraction (in a
+    ``verify_hashes`` checks every tau tensor against the digest recorded at extraction (in a
     helper thread, overlapped with writing); without it only the sealed metadata and the file
     structure are checked, which already catches truncation and tampered metadata.
     """
@@ -248,7 +247,7 @@ def stamp_model(
     vset = set(v.names) - set(skipped)
     last_tau = [n for n in order if n in vset][-1] if vset else None
     counts = {"stamped": 0, "copied": 0}
-    # Two helper threads overlap the work of consecutive tensors (file reads and sha256 release the
+    # Two helper threads overlap the work of consecutive tensors (file reads and hashing release the
     # GIL): one reads tensor i+1 and its tau while tensor i is written (only tensors up to
     # PREFETCH_MAX_BYTES: a 7B's layer matrices, not its embedding), one hashes tau i meanwhile.
     # Peak memory: two tensors and their taus plus one tau being hashed, under 1 GB for a 7B.
@@ -280,7 +279,7 @@ def stamp_model(
             return t
         if verify_hashes:
             settle()  # the previous tensor's hash, before this one is queued
-            pending.append((p.name, pool.submit(tensor_sha256, tau)))
+            pending.append((p.name, pool.submit(v.digest, tau)))
             if p.name == last_tau:
                 settle()  # every hash checked before the output can be renamed into place
         rm = matches.get(p.name)
