@@ -110,10 +110,13 @@ def sample_ids(
 def perplexity_change(before: str | Path, after: str | Path, **kw: Any) -> HarmReport:
     """Perplexity of ``after`` relative to ``before`` on the held-out text, or, where ``before``'s
     tokenizer cannot spell it, on samples ``before`` writes itself (the same ids for both)."""
-    stream, text = None, CORPUS
-    if corpus_ids(D.load_tokenizer(Path(before)), kw.get("max_chars", DEFAULT_CHARS)) is None:
+    ids = corpus_ids(D.load_tokenizer(Path(before)), kw.get("max_chars", DEFAULT_CHARS))
+    if ids is not None:  # each model reads the text with its own tokenizer; before's ids are at hand
+        first, second, text = ids, None, CORPUS
+    else:
         keep = {k: kw[k] for k in ("seq", "max_windows", "device") if k in kw}
-        stream, text = sample_ids(before, **keep), SAMPLES
-    p0, w, s = heldout_perplexity(before, stream=stream, **kw)
-    p1, _, _ = heldout_perplexity(after, stream=stream, **kw)
+        first = second = sample_ids(before, **keep)
+        text = SAMPLES
+    p0, w, s = heldout_perplexity(before, stream=first, **kw)
+    p1, _, _ = heldout_perplexity(after, stream=second, **kw)
     return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, text)

@@ -18,8 +18,9 @@ File format (``huref-fpvec/1``): one safetensors file.
   to match embedding rows by token when the downstream vocabulary differs),
   ``huref.fpvec.tensors`` (JSON: name -> BLAKE3 of the stored bytes; ``tensor_hash`` in the
   document names the algorithm, SHA-256 in vectors written before BLAKE3, which still verify), and
-  ``huref.seal``, a SHA-256 over the three JSON strings. A reader refuses a file whose seal does not verify (tampered
-  metadata) and, while streaming, any tensor whose bytes do not hash to the recorded value.
+  ``huref.seal``, a SHA-256 over the three JSON strings. A reader refuses a file whose seal does
+  not verify (tampered metadata) and, while streaming, any tensor whose bytes do not hash to the
+  recorded value.
 
 The keys never appear: only their salted commitment does.
 """
@@ -63,6 +64,7 @@ _PLACEHOLDER = "0" * 64
 
 TENSOR_HASH = "blake3"  # of each tensor's bytes in vectors written now; older vectors: "sha256"
 TENSOR_HASHES = ("blake3", "sha256")
+LEGACY_TENSOR_HASH = "sha256"  # what a vector without ``tensor_hash`` in its document used
 
 
 def tensor_digest(t: torch.Tensor, algorithm: str = TENSOR_HASH) -> str:
@@ -380,7 +382,7 @@ class Vector:
     @property
     def tensor_hash(self) -> str:
         """The hash of the recorded tensor digests (vectors of huref 0.x before BLAKE3: sha256)."""
-        return str(self.doc.get("tensor_hash", "sha256"))
+        return str(self.doc.get("tensor_hash", LEGACY_TENSOR_HASH))
 
     def digest(self, t: torch.Tensor) -> str:
         return tensor_digest(t, self.tensor_hash)
@@ -435,7 +437,7 @@ def open_vector(path: str | Path) -> Vector:
         raise FPVecError(f"{p}: corrupt vector metadata") from None
     if doc.get("format") != VECTOR_FORMAT:
         raise FPVecError(f"{p}: vector format {doc.get('format')!r} is not {VECTOR_FORMAT!r}")
-    if doc.get("tensor_hash", "sha256") not in TENSOR_HASHES:
+    if doc.get("tensor_hash", LEGACY_TENSOR_HASH) not in TENSOR_HASHES:
         raise FPVecError(
             f"{p}: unknown tensor hash {doc.get('tensor_hash')!r} (known: {', '.join(TENSOR_HASHES)})"
         )
