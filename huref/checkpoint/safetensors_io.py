@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from huref.checkpoint.source import DTYPES, ITEMSIZE, TensorInfo, empty_tensor, gather_rows_by_runs
+from huref.checkpoint.source import (
+    DTYPES,
+    ITEMSIZE,
+    BufferPool,
+    TensorInfo,
+    empty_tensor,
+    gather_rows_by_runs,
+)
 from huref.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
@@ -153,9 +160,11 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path}: truncated while reading")
             done += got
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
+        """The whole tensor; with ``pool``, into one of its buffers (see ``BufferPool``)."""
         e = self._entry(name)
-        out = empty_tensor(e.info.shape, DTYPES[e.info.dtype])
+        alloc = pool.empty if pool is not None else empty_tensor
+        out = alloc(e.info.shape, DTYPES[e.info.dtype])
         self._read_bytes_into(out, e.begin)
         return out
 
@@ -248,8 +257,8 @@ class SafetensorsSource:
     def info(self, name: str) -> TensorInfo:
         return self._file(name).info(name)
 
-    def read(self, name: str) -> torch.Tensor:
-        return self._file(name).read(name)
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
+        return self._file(name).read(name, pool)
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
         return self._file(name).read_rows(name, rows)

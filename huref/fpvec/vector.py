@@ -45,7 +45,7 @@ from huref import __version__
 from huref.arch import Model, load_model
 from huref.checkpoint import open_checkpoint
 from huref.checkpoint.safetensors_io import SafetensorsFile
-from huref.checkpoint.source import DTYPE_NAMES, DTYPES
+from huref.checkpoint.source import DTYPE_NAMES, DTYPES, BufferPool
 from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
 from huref.errors import CheckpointError, FPVecError, HurefError
 
@@ -365,11 +365,14 @@ class Vector:
         t, scale = self.read_stored(name, check)
         return t if scale is None else dequantize_rows(t, scale)
 
-    def read_stored(self, name: str, check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def read_stored(
+        self, name: str, check: bool = True, pool: BufferPool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(stored tensor, per-row scales or None). With ``check=False`` the caller checks the
-        stored tensor's hash itself (the scales, being small, are always checked here)."""
+        stored tensor's hash itself (the scales, being small, are always checked here); ``pool``
+        supplies the buffer the tensor is read into."""
         try:
-            t = self.file.read(name)
+            t = self.file.read(name, pool)
             scale = self.file.read(SCALE_PREFIX + name) if t.dtype == torch.int8 else None
         except CheckpointError as e:
             raise FPVecError(f"{self.path}: corrupt vector ({e})") from None
