@@ -16,10 +16,11 @@ subprocess so that its peak RSS is its own:
 - ``stamp (int8 vector)``: the same checkpoint stamped with an int8 vector of the same shapes
   (``extract --dtype int8``: int8 rows and float32 row scales, 6.9 GB), hashes verified.
 
-Two cache states, each phase in the same one: ``warm`` (default: one untimed read of the
-checkpoint before the timed ``cp``, so ``cp`` reads it from the page cache, while the vector,
-which does not fit beside it in memory, comes from disk) and ``--cold`` (the page cache dropped
-before every timed phase; needs root: everything comes from disk, for ``cp`` too).
+Two cache states, each phase in the same one: ``warm`` (default: before every timed phase the
+vectors are evicted from the page cache and the checkpoint is read once, untimed, so ``cp`` and
+the stamp both read the checkpoint from memory while the vector comes from disk) and ``--cold``
+(the page cache dropped before every timed phase; needs root: everything comes from disk, for
+``cp`` too).
 
 Printed: wall times, the ratios stamp / cp (target <= 1.5), the compatibility check's share,
 and the stamp's peak RSS (target < 2 GB). Outputs are deleted after each phase unless ``--keep``.
@@ -146,9 +147,38 @@ def drop_page_cache() -> bool:
     return True
 
 
-def _child(phase: str, *paths: Path, cold: bool = False) -> dict[str, float]:
+def evict(path: Path) -> None:
+    """Drop one file's clean pages from the page cache (no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm_state(ckpt: Path, vectors: list[Path]) -> None:
+    """The state every warm phase starts from: each vector evicted (read from disk), the
+    checkpoint read once (from the page cache, as far as it fits). Without it a phase inherits
+    what the one before left: a 13.7 GB vector streamed through the cache evicts part of the
+    checkpoint, and a vector stamped twice in a row comes from memory the second time."""
+    os.sync()  # dirty pages of the last output are written back, not left to throttle the next phase
+    for v in vectors:
+        evict(v)
+    buf = bytearray(64 * 2**20)
+    for f in sorted(ckpt.iterdir()):
+        if f.is_file():
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
+def _child(
+    phase: str, *paths: Path, cold: bool = False, warm: tuple[Path, list[Path]] | None = None
+) -> dict[str, float]:
     if cold and not drop_page_cache():
         raise SystemExit("--cold needs permission to write /proc/sys/vm/drop_caches (root)")
+    if warm is not None:
+        warm_state(*warm)
     cmd = [sys.executable, __file__, "--phase", phase, *map(str, paths)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if r.returncode != 0:
@@ -182,11 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         if o.exists():
             shutil.rmtree(o)
     cold = args.cold
-    if not cold:
-        # warm-up: one untimed read of the checkpoint, so that every phase starts from the same cache state
-        _child("cp", ckpt, outs["cp"])
-        shutil.rmtree(outs["cp"])
-    cp = _child("cp", ckpt, outs["cp"], cold=cold)
+    warm = None if cold else (ckpt, [vector, vector8])
+    cp = _child("cp", ckpt, outs["cp"], cold=cold, warm=warm)
     if not args.keep:
         shutil.rmtree(outs["cp"])
     runs = {}
@@ -195,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         ("stamp --no-verify-hashes", "stamp-noverify", vector),
         ("stamp (int8 vector)", "stamp", vector8),
     ):
-        runs[label] = _child(phase, ckpt, vec, outs["stamp"], cold=cold)
+        runs[label] = _child(phase, ckpt, vec, outs["stamp"], cold=cold, warm=warm)
         if not args.keep or label != "stamp":
             shutil.rmtree(outs["stamp"])
     print(
         f"checkpoint: {size / 1e9:.1f} GB in {len(list(ckpt.glob('*.safetensors')))} shards; vector "
         f"{vector.stat().st_size / 1e9:.1f} GB (bf16), {vector8.stat().st_size / 1e9:.1f} GB (int8); page cache "
-        + ("dropped before every timed phase (cold)" if cold else "warm (checkpoint read once before)")
+        + (
+            "dropped before every timed phase (cold)"
+            if cold
+            else "warm (checkpoint read once before every phase, vectors evicted)"
+        )
     )
     print(f"cp -r:  {cp['seconds']:.1f} s")
     for label, st in runs.items():
