@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,8 @@ PREFETCH_MAX_BYTES = 128 * 2**20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
+READAHEAD_BYTES = 4 * 2**30  # at most this much of the vector is read ahead during the check
+READAHEAD_CHUNK = 8 * 2**20
 ROW_BLOCK = 4096  # vocabulary rows updated per step when rows are matched
 
 
@@ -227,9 +230,16 @@ def stamp_model(
     if skipped and len(skipped) == len(v.names):
         raise FPVecError(f"no tensor of the vector matches {downstream}: wrong architecture")
 
-    # 2. is the downstream model derived from the vector's base?
+    # 2. is the downstream model derived from the vector's base? (the disk reads the vector meanwhile)
     tc = time.perf_counter()
-    verdict, ics, log10_p = compatibility(v, m)
+    checked = threading.Event()
+    ahead_reader = threading.Thread(target=_read_ahead, args=(vector, checked), daemon=True)
+    ahead_reader.start()
+    try:
+        verdict, ics, log10_p = compatibility(v, m)
+    finally:
+        checked.set()
+        ahead_reader.join()  # within one chunk's read
     check_s = time.perf_counter() - tc
     notes = []
     if verdict != "derived":
@@ -387,6 +397,28 @@ def add_int8_rows(t: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, lam: fl
         b = buf[: hi - lo]
         b.copy_(q[lo:hi])
         t[lo:hi].addcmul_(b, s[lo:hi, None])
+
+
+def _read_ahead(path: Path, stop: threading.Event, limit: int = READAHEAD_BYTES) -> None:
+    """Read the vector's first ``limit`` bytes into the page cache until ``stop`` is set.
+
+    The compatibility check computes for seconds while the disk idles; once the tensors stream,
+    reading the vector and writing back the output share the disk (measured on a 7B: ~250 MB/s
+    read beside ~500 MB/s written, the disk's whole throughput). Plain reads into one small
+    buffer: the kernel's read-ahead advice (``POSIX_FADV_WILLNEED``) fetched 8x less in the same
+    time. Best effort: any error ends it quietly.
+    """
+    buf = bytearray(READAHEAD_CHUNK)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            done = 0
+            while done < limit and not stop.is_set():
+                got = f.readinto(buf)
+                if not got:
+                    break
+                done += got
+    except OSError:
+        pass
 
 
 def _read(source: Any, name: str, pool: BufferPool) -> torch.Tensor:
