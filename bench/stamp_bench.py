@@ -16,11 +16,15 @@ subprocess so that its peak RSS is its own:
 - ``stamp (int8 vector)``: the same checkpoint stamped with an int8 vector of the same shapes
   (``extract --dtype int8``: int8 rows and float32 row scales, 6.9 GB), hashes verified.
 
-Two cache states, each phase in the same one: ``warm`` (default: before every timed phase the
-vectors are evicted from the page cache and the checkpoint is read once, untimed, so ``cp`` and
-the stamp both read the checkpoint from memory while the vector comes from disk) and ``--cold``
-(the page cache dropped before every timed phase; needs root: everything comes from disk, for
-``cp`` too).
+Three page cache states (``--cache``), each timed phase starting from the same one: ``warm``
+(default: the vectors evicted and the checkpoint read once before every phase, so ``cp`` and the
+stamp read the checkpoint from memory and the vector from disk), ``cold`` (the page cache dropped
+before every phase; needs root: every byte from disk, for ``cp`` too; ``--cold`` for short) and
+``fleet`` (the checkpoint evicted and the phase's vector read once: FP-Vec's use, one vector
+stamped into many downstream models, each new to the machine, while the vector stays in memory).
+
+``--repeat N`` runs N rounds (each: ``cp``, then every stamp) and prints medians with their range:
+on this machine the disk's speed varies by a fifth from one minute to the next.
 
 Printed: wall times, the ratios stamp / cp (target <= 1.5), the compatibility check's share,
 and the stamp's peak RSS (target < 2 GB). Outputs are deleted after each phase unless ``--keep``.
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -156,29 +161,53 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def warm_state(ckpt: Path, vectors: list[Path]) -> None:
-    """The state every warm phase starts from: each vector evicted (read from disk), the
-    checkpoint read once (from the page cache, as far as it fits). Without it a phase inherits
-    what the one before left: a 13.7 GB vector streamed through the cache evicts part of the
-    checkpoint, and a vector stamped twice in a row comes from memory the second time."""
-    os.sync()  # dirty pages of the last output are written back, not left to throttle the next phase
-    for v in vectors:
-        evict(v)
+CACHE_STATES = {
+    "warm": "checkpoint read once before every phase, vectors evicted",
+    "cold": "page cache dropped before every phase",
+    "fleet": "the phase's vector read once before it, checkpoint evicted",
+}
+
+
+def _read_through(path: Path) -> None:
     buf = bytearray(64 * 2**20)
-    for f in sorted(ckpt.iterdir()):
-        if f.is_file():
-            with open(f, "rb", buffering=0) as fh:
-                while fh.readinto(buf):
-                    pass
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
 
 
-def _child(
-    phase: str, *paths: Path, cold: bool = False, warm: tuple[Path, list[Path]] | None = None
-) -> dict[str, float]:
-    if cold and not drop_page_cache():
-        raise SystemExit("--cold needs permission to write /proc/sys/vm/drop_caches (root)")
-    if warm is not None:
-        warm_state(*warm)
+def prepare(state: str, ckpt: Path, vectors: list[Path], vector: Path | None) -> None:
+    """Put the page cache into ``state`` before a timed phase (``vector``: the phase's own).
+
+    - warm: every vector evicted (read from disk), the checkpoint read once (from memory, as far
+      as it fits);
+    - cold: everything dropped (root), so every byte comes from disk, for ``cp`` too;
+    - fleet: the checkpoint evicted, the phase's vector read once: one vector stamped into many
+      downstream models, each new to the machine, while the vector stays in memory.
+
+    Without a defined state a phase inherits what the one before left: a 13.7 GB vector streamed
+    through the cache evicts part of the checkpoint, a vector stamped twice comes from memory.
+    """
+    if state == "cold":
+        if not drop_page_cache():
+            raise SystemExit("--cache cold needs permission to write /proc/sys/vm/drop_caches (root)")
+        return
+    os.sync()  # the last output's dirty pages written back, not left to throttle this phase
+    weights = [f for f in sorted(ckpt.iterdir()) if f.is_file()]
+    for v in vectors:
+        if not (state == "fleet" and v == vector):
+            evict(v)
+    if state == "warm":
+        for f in weights:
+            _read_through(f)
+    else:
+        for f in weights:
+            evict(f)
+        if vector is not None:
+            _read_through(vector)
+
+
+def _child(phase: str, *paths: Path, state: tuple[str, Path, list[Path], Path | None]) -> dict[str, float]:
+    prepare(*state)
     cmd = [sys.executable, __file__, "--phase", phase, *map(str, paths)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if r.returncode != 0:
@@ -190,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=REPO / ".bench")
     ap.add_argument("--keep", action="store_true", help="keep the copied and stamped outputs")
-    ap.add_argument("--cold", action="store_true", help="drop the page cache before every timed phase (root)")
+    ap.add_argument(
+        "--cache",
+        choices=sorted(CACHE_STATES),
+        default="warm",
+        help="page cache state before every timed phase (see the module notes; cold needs root)",
+    )
+    ap.add_argument("--cold", action="store_true", help="the same as --cache cold")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every phase; medians are printed")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -211,38 +247,47 @@ def main(argv: list[str] | None = None) -> int:
     for o in outs.values():
         if o.exists():
             shutil.rmtree(o)
-    cold = args.cold
-    warm = None if cold else (ckpt, [vector, vector8])
-    cp = _child("cp", ckpt, outs["cp"], cold=cold, warm=warm)
-    if not args.keep:
-        shutil.rmtree(outs["cp"])
-    runs = {}
-    for label, phase, vec in (
+    cache = "cold" if args.cold else args.cache
+    vectors = [vector, vector8]
+    phases = (
         ("stamp", "stamp", vector),
         ("stamp --no-verify-hashes", "stamp-noverify", vector),
         ("stamp (int8 vector)", "stamp", vector8),
-    ):
-        runs[label] = _child(phase, ckpt, vec, outs["stamp"], cold=cold, warm=warm)
-        if not args.keep or label != "stamp":
-            shutil.rmtree(outs["stamp"])
+    )
+    cps: list[dict[str, float]] = []
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in phases}
+    for r in range(args.repeat):  # rounds interleave the phases: a slow spell of the disk hits all of them
+        keep = args.keep and r == args.repeat - 1
+        cps.append(_child("cp", ckpt, outs["cp"], state=(cache, ckpt, vectors, None)))
+        if not keep:
+            shutil.rmtree(outs["cp"])
+        for label, phase, vec in phases:
+            runs[label].append(_child(phase, ckpt, vec, outs["stamp"], state=(cache, ckpt, vectors, vec)))
+            if not keep or label != "stamp":
+                shutil.rmtree(outs["stamp"])
     print(
         f"checkpoint: {size / 1e9:.1f} GB in {len(list(ckpt.glob('*.safetensors')))} shards; vector "
         f"{vector.stat().st_size / 1e9:.1f} GB (bf16), {vector8.stat().st_size / 1e9:.1f} GB (int8); page cache "
-        + (
-            "dropped before every timed phase (cold)"
-            if cold
-            else "warm (checkpoint read once before every phase, vectors evicted)"
-        )
+        f"{cache} ({CACHE_STATES[cache]}); "
+        + (f"medians of {args.repeat} rounds [min-max]" if args.repeat > 1 else "one round")
     )
-    print(f"cp -r:  {cp['seconds']:.1f} s")
-    for label, st in runs.items():
+    cp = median([c["seconds"] for c in cps])
+    print(f"cp -r:  {cp:.1f} s{_spread([c['seconds'] for c in cps])}")
+    for label, sts in runs.items():
+        sec = median([st["seconds"] for st in sts])
+        check = median([st["check_seconds"] for st in sts])
+        rss = max(st["peak_rss"] for st in sts)
         print(
-            f"{label + ':':26s} {st['seconds']:5.1f} s  ratio {st['seconds'] / cp['seconds']:.2f} (target <= "
-            f"{TARGET_RATIO}); compatibility check {st['check_seconds']:.1f} s, without it "
-            f"{(st['seconds'] - st['check_seconds']) / cp['seconds']:.2f}; peak RSS {st['peak_rss'] / 2**30:.2f} GiB "
-            f"(target < {TARGET_RSS_GB} GB); verdict {st['verdict']}, {st['stamped']} tensors"
+            f"{label + ':':26s} {sec:5.1f} s{_spread([st['seconds'] for st in sts])}  ratio {sec / cp:.2f} "
+            f"(target <= {TARGET_RATIO}); compatibility check {check:.1f} s, without it {(sec - check) / cp:.2f}; "
+            f"peak RSS {rss / 2**30:.2f} GiB (target < {TARGET_RSS_GB} GB); verdict {sts[-1]['verdict']}, "
+            f"{sts[-1]['stamped']} tensors"
         )
     return 0
+
+
+def _spread(xs: list[float]) -> str:
+    return f" [{min(xs):.1f}-{max(xs):.1f}]" if len(xs) > 1 else ""
 
 
 if __name__ == "__main__":
