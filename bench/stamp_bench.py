@@ -256,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     cps: list[dict[str, float]] = []
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in phases}
-    for r in range(args.repeat):  # rounds interleave the phases: a slow spell of the disk hits all of them
+    for r in range(args.repeat):
+        # rounds interleave the phases (a slow spell of the disk hits all of them), and the stamps
+        # take turns at coming first after cp (no phase owns the place after the largest deletion)
         keep = args.keep and r == args.repeat - 1
         cps.append(_child("cp", ckpt, outs["cp"], state=(cache, ckpt, vectors, None)))
         if not keep:
             shutil.rmtree(outs["cp"])
-        for label, phase, vec in phases:
+        for label, phase, vec in phases[r % len(phases) :] + phases[: r % len(phases)]:
             runs[label].append(_child(phase, ckpt, vec, outs["stamp"], state=(cache, ckpt, vectors, vec)))
             if not keep or label != "stamp":
                 shutil.rmtree(outs["stamp"])
