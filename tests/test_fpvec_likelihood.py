@@ -48,6 +48,17 @@ def test_p_value_floor_and_ties_stay_conservative() -> None:
     assert mann_whitney_upper_p(5.5, 3, 2) == mann_whitney_upper_p(5, 3, 2) > mann_whitney_upper_p(6, 3, 2)
 
 
+def test_verify_cli_default_decoys_is_the_library_default() -> None:
+    """The CLI spells the default as a literal (importing the library would load torch at
+    start-up); the two must not drift apart, since the p-value floor depends on the count."""
+    import inspect
+
+    from huref.cli.fpvec_cmd import verify_cmd
+    from huref.fpvec.likelihood import DEFAULT_DECOYS
+
+    assert inspect.signature(verify_cmd).parameters["decoys"].default == DEFAULT_DECOYS
+
+
 def _lm(path: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 

@@ -64,7 +64,8 @@ class BufferPool:
     it handed out; one whose tensor (and every view of it) has been freed, which it sees from the
     mapping's reference count, is handed out again to the next request of the same size. A buffer
     is therefore never reused while any tensor, view or pending write still holds it, whatever the
-    consumer's pipelining. Idle buffers beyond ``keep_bytes`` are released, oldest first.
+    consumer's pipelining. Idle buffers beyond ``keep_bytes`` are released, oldest first. One
+    thread takes buffers from a pool (any thread may hold and drop them).
     """
 
     def __init__(self, keep_bytes: int = 512 * 2**20) -> None:

@@ -197,7 +197,7 @@ def verify_cmd(
     decoys: Annotated[
         int,
         typer.Option("--decoys", help="Fresh decoy keys for the likelihood rank test (0: skip the test)."),
-    ] = 40,
+    ] = 40,  # huref.fpvec.likelihood.DEFAULT_DECOYS, spelled out to keep torch out of start-up (tested)
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:

@@ -328,14 +328,15 @@ def train_fingerprint(
         cfg.measure_harm if cfg.measure_harm is not None else (n_params < SMALL_MODEL or dev.type == "cuda")
     )
     if measure:
-        from huref.fpvec.harm import perplexity_change
+        from huref.fpvec.harm import SAMPLES, perplexity_change
 
         report.harm = perplexity_change(base, out, device=str(dev)).to_json()
         if report.harmful:
+            text = report.harm["text"]
             log.warning(
                 "the fingerprint costs %+.1f%% perplexity on the %s; a lower learning rate harms less",
                 100 * report.harm["relative_change"],
-                report.harm["text"],
+                "base's own samples" if text == SAMPLES else text,  # the first model is the base
             )
     card_path = out / FP_CARD
     card = json.loads(card_path.read_text(encoding="utf-8"))
