@@ -378,26 +378,26 @@ def test_buffer_pool_reuses_a_buffer_only_once_nothing_holds_it(tmp_path: Path) 
     (a stamp reuses read buffers while writes of earlier tensors may still be pending), and reads
     into pooled buffers return the stored values."""
     from huref.checkpoint.safetensors_io import SafetensorsFile
-    from huref.checkpoint.source import HUGE_PAGE_MIN_BYTES, BufferPool
+    from huref.checkpoint.source import HUGE_PAGE_MIN_BYTES, BufferPool, empty_tensor
 
     n = HUGE_PAGE_MIN_BYTES // 4
     pool = BufferPool()
-    a = pool.empty((n,), torch.float32)
+    a = empty_tensor((n,), torch.float32, pool)
     a.fill_(1.0)
     view = a[10:].view(torch.int32)
     del a
-    b = pool.empty((n,), torch.float32)  # the view still holds a's memory: a new buffer
+    b = empty_tensor((n,), torch.float32, pool)  # the view still holds a's memory: a new buffer
     assert pool.reused == 0
     b.fill_(2.0)
     assert int(view[0]) == int(torch.tensor(1.0).view(torch.int32))  # a's values untouched
     exported = b.numpy().data  # a memoryview, as a pending file write holds it
     del view, b
-    c = pool.empty((n,), torch.float32)  # a's buffer is free again; b's is still exported
+    c = empty_tensor((n,), torch.float32, pool)  # a's buffer is free again; b's is still exported
     assert pool.reused == 1 and float(c[0]) == 1.0
     del exported
-    d = pool.empty((n,), torch.float32)
+    d = empty_tensor((n,), torch.float32, pool)
     assert pool.reused == 2 and float(d[0]) == 2.0
-    assert pool.empty((3,), torch.float32).shape == (3,)  # small tensors: plain allocations
+    assert empty_tensor((3,), torch.float32, pool).shape == (3,)  # small tensors: plain allocations
 
     save_file({"w": torch.arange(n, dtype=torch.float32)}, str(tmp_path / "w.safetensors"))
     f = SafetensorsFile(tmp_path / "w.safetensors")

@@ -163,8 +163,7 @@ class SafetensorsFile:
     def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
         """The whole tensor; with ``pool``, into one of its buffers (see ``BufferPool``)."""
         e = self._entry(name)
-        alloc = pool.empty if pool is not None else empty_tensor
-        out = alloc(e.info.shape, DTYPES[e.info.dtype])
+        out = empty_tensor(e.info.shape, DTYPES[e.info.dtype], pool)
         self._read_bytes_into(out, e.begin)
         return out
 

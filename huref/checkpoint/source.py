@@ -40,24 +40,26 @@ ITEMSIZE: dict[str, int] = {k: torch.empty(0, dtype=v).element_size() for k, v i
 HUGE_PAGE_MIN_BYTES = 16 * 2**20
 
 
-def empty_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor to read or convert weights into.
+def empty_tensor(shape: Sequence[int], dtype: torch.dtype, pool: BufferPool | None = None) -> torch.Tensor:
+    """An uninitialised tensor to read or convert weights into (with ``pool``: one of its buffers).
 
     Fresh memory costs one page fault and one kernel zeroing per page on first touch; with 4 KiB
     pages that is ~25k faults per 100 MB tensor and halves the speed of a read from the page
     cache. Large tensors are therefore backed by a private anonymous mapping advised to use
     2 MiB pages (Linux; an advice, not a requirement). The mapping is owned by the tensor and
-    unmapped when the tensor is freed.
+    unmapped when the tensor is freed, or, from a pool, handed out again after that.
     """
     numel = math.prod(shape)
     nbytes = numel * torch.empty(0, dtype=dtype).element_size()
     if nbytes < HUGE_PAGE_MIN_BYTES or not sys.platform.startswith("linux"):
         return torch.empty(tuple(shape), dtype=dtype)
-    return torch.frombuffer(_huge_mapping(nbytes), dtype=dtype, count=numel).view(tuple(shape))
+    mem = pool.take(nbytes) if pool is not None else _huge_mapping(nbytes)
+    return torch.frombuffer(mem, dtype=dtype, count=numel).view(tuple(shape))
 
 
 class BufferPool:
-    """Large tensor buffers that are reused once nothing refers to them any more.
+    """Large tensor buffers that are reused once nothing refers to them any more
+    (``empty_tensor(shape, dtype, pool)``).
 
     A stream that reads every tensor of a model into fresh memory pays the kernel for zeroing each
     page it touches first (measured: 12% of a 7B stamp's CPU time). The pool keeps the mappings
@@ -74,11 +76,7 @@ class BufferPool:
         self._idle: list[mmap.mmap] = []  # oldest first
         self.reused = 0
 
-    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        numel = math.prod(shape)
-        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-        if nbytes < HUGE_PAGE_MIN_BYTES or not sys.platform.startswith("linux"):
-            return torch.empty(tuple(shape), dtype=dtype)
+    def take(self, nbytes: int) -> mmap.mmap:
         self._reclaim()
         mem = next((m for m in self._idle if len(m) == nbytes), None)
         if mem is not None:
@@ -87,15 +85,14 @@ class BufferPool:
         else:
             mem = _huge_mapping(nbytes)
         self._lent.append(mem)
-        return torch.frombuffer(mem, dtype=dtype, count=numel).view(tuple(shape))
+        return mem
 
     def _reclaim(self) -> None:
-        # held by the list and getrefcount's argument only (a tensor's storage holds one more)
-        free = [i for i in range(len(self._lent)) if sys.getrefcount(self._lent[i]) <= 2]
-        if not free:
-            return
-        self._idle += [self._lent[i] for i in free]
-        self._lent = [m for i, m in enumerate(self._lent) if i not in free]
+        lent = self._lent
+        self._lent = []
+        for i in range(len(lent)):
+            # held by the list and getrefcount's argument only (a tensor's storage holds one more)
+            (self._idle if sys.getrefcount(lent[i]) <= 2 else self._lent).append(lent[i])
         while sum(len(m) for m in self._idle) > self.keep_bytes:
             self._idle.pop(0)  # unmapped when the last reference goes
 
