@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from huref.invariants import Settings
 
@@ -55,20 +56,22 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     from huref.zoo.build import build_zoo, default_stories
 
     cfg = cfg or DemoConfig()
-    con = console or Console(stderr=True)
+    con = console or Console(stderr=True, markup=False)  # paths are printed as they are
     t0 = time.perf_counter()
     steps: list[tuple[str, float]] = []
 
     def mark(what: str) -> None:
         steps.append((what, time.perf_counter() - t0))
-        con.print(f"[green]✓[/green] {what} ({time.perf_counter() - t0:.0f} s)")
+        con.print(Text.assemble(("✓", "green"), f" {what} ({time.perf_counter() - t0:.0f} s)"))
 
     out = cfg.out
     for sub in ("registry", "fpvec", "suspects", "scan"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    con.print(f"[bold]huref demo[/bold]: zoo {cfg.zoo} (preset {cfg.preset}), outputs under {out}")
+    con.print(
+        Text.assemble(("huref demo", "bold"), f": zoo {cfg.zoo} (preset {cfg.preset}), outputs under {out}")
+    )
     zoo = build_zoo(cfg.zoo, cfg.preset, stories=default_stories(), workers=cfg.workers)
     manifest = json.loads((zoo / "zoo.json").read_text())
     truth = _truth(manifest)
@@ -150,10 +153,16 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print()
     for a in audits:
-        mark_ = "[green]correct[/green]" if a["ok"] else "[red]WRONG[/red]"
-        con.print(f"  {a['suspect']:36s} {a['verdict']:13s} (expected {a['expected']}) {mark_}")
+        mark_ = ("correct", "green") if a["ok"] else ("WRONG", "red")
+        con.print(
+            Text.assemble(f"  {a['suspect']:36s} {a['verdict']:13s} (expected {a['expected']}) ", mark_)
+        )
     con.print(
-        f"\nopen [bold]{scan_dir / 'index.html'}[/bold] (scan of the zoo, with links to every audit report)"
+        Text.assemble(
+            "\nopen ",
+            (str(scan_dir / "index.html"), "bold"),
+            " (scan of the zoo, with links to every audit report)",
+        )
     )
     con.print(
         f"demo finished in {elapsed / 60:.1f} min ({elapsed:.0f} s); all verdicts correct: {summary['ok']}"

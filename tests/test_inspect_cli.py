@@ -112,3 +112,26 @@ def test_inspect_text_output_names_the_essentials(tmp_path: Path, capsys: pytest
     assert "architecture llama" in out and f"parameters {n_params:,}" in out
     assert hashlib.sha256(path.read_bytes()).hexdigest() in out
     assert "attn_q" in out and "mlp_down" in out
+
+
+def test_text_output_prints_bracketed_names_as_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rich would read ``[/x]`` in a folder name as a closing style tag and fail after the work
+    was done, and drop ``[chat]`` from a model name; the CLI prints both as they are."""
+    path, _ = _build("tied", tmp_path)
+    odd = tmp_path / "[/x]" / "m [chat]"
+    odd.parent.mkdir(parents=True)
+    path.rename(odd)
+    assert main(["inspect", str(odd)]) == 0
+    assert f"{odd}  (hf-safetensors)" in capsys.readouterr().out
+    assert main(["compare", str(odd), str(odd), "--no-pcs"]) == 0
+    out = capsys.readouterr().out
+    assert "m [chat] vs m [chat]" in out and "verdict: " in out
+
+
+def test_help_shows_bracketed_defaults() -> None:
+    """Help texts are read as markup too: a ``[default: ...]`` would vanish from the page."""
+    r = CliRunner().invoke(app, ["fpvec", "make-keys", "--help"])
+    words = " ".join(r.output.replace("│", " ").split())
+    assert "The answer every key maps to (default: ハリネズミ; 4 words with --vocab)." in words

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from huref.cli.app import app, invocation
+from huref.cli.console import console, styled
 from huref.errors import UsageError
 
 
@@ -64,8 +64,8 @@ def audit_cmd(
         with_pcs=not no_pcs,
         with_dogs=not no_dogs,
     )
-    Console(stderr=True).print(
-        f"verdict: [bold]{ev['verdict']['verdict']}[/bold]; wrote {html_path} and {json_path}"
+    console(stderr=True).print(
+        styled("verdict: ", (ev["verdict"]["verdict"], "bold"), f"; wrote {html_path} and {json_path}")
     )
     if fail_on and ev["verdict"]["verdict"] == fail_on:
         raise typer.Exit(1)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.console import console
 from huref.errors import UsageError
 
 
@@ -105,7 +105,7 @@ def dog_cmd(
                 json.dumps({"dogs": dogs, "renderer": renderer, "sheet": str(sheet) if sheet else None})
             )
     else:
-        con = Console(stderr=True)
+        con = console(stderr=True)
         for target in (out, sheet):
             if target is not None:
                 con.print(f"wrote {target}")
@@ -125,4 +125,4 @@ def convert_stylegan2_cmd(
     if out.exists():
         raise UsageError(f"{out} already exists")
     convert_pickle_to_safetensors(pkl, out, key)
-    Console(stderr=True).print(f"wrote {out}")
+    console(stderr=True).print(f"wrote {out}")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.console import console, styled
 from huref.errors import UsageError
 
 encoder_app = typer.Typer(
@@ -71,7 +71,7 @@ def train_cmd(
     ):
         raise UsageError("--calibration-models must be at least 1024 and --heldout-models at least 16")
     cfg = replace(cfg, **changes)
-    con = Console(stderr=True)
+    con = console(stderr=True)
 
     from rich.progress import Progress
 
@@ -114,9 +114,9 @@ def info_cmd(
     if as_json:
         typer.echo(json.dumps(doc))
         return
-    con = Console()
+    con = console()
     cfg, h = meta["config"], meta["metrics"]["heldout"]
-    con.print(f"[bold]{target}[/bold]  sha256 {digest}{'  (shipped)' if doc['shipped'] else ''}")
+    con.print(styled((str(target), "bold"), f"  sha256 {digest}{'  (shipped)' if doc['shipped'] else ''}"))
     con.print(
         f"seed {cfg['seed']}, {cfg['steps']} steps, batch {cfg['families']}x{cfg['siblings']}x2 views, "
         f"{cfg['threads']} thread(s)"

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.console import console
 
 fpvec_app = typer.Typer(
     help="Active fingerprints (FP-Vec): train once, stamp any number of derived models on a CPU, verify.",
@@ -22,7 +23,7 @@ DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU wh
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return console(stderr=True)
 
 
 @fpvec_app.command("make-keys")
@@ -37,7 +38,7 @@ def make_keys_cmd(
     target: Annotated[
         str | None,
         typer.Option(
-            "--target", help="The answer every key maps to [default: ハリネズミ; 4 words with --vocab]."
+            "--target", help="The answer every key maps to (default: ハリネズミ; 4 words with --vocab)."
         ),
     ] = None,
     vocab: Annotated[
@@ -220,7 +221,7 @@ def verify_cmd(
         }
         typer.echo(json.dumps(doc, ensure_ascii=False))
         return
-    con = Console()
+    con = console()
     con.print(f"FSR {r.fsr:.2f} ({r.hits}/{r.n} keys answered with the target)")
     if r.near_miss is not None:
         con.print(f"near-miss controls: FSR {r.near_miss.fsr:.2f} ({r.near_miss.hits}/{r.near_miss.n})")
@@ -245,6 +246,6 @@ def harm_cmd(
     if as_json:
         typer.echo(json.dumps(r.to_json()))
     else:
-        Console().print(
+        console().print(
             f"perplexity on the {r.text} {r.before:.3f} -> {r.after:.3f} ({100 * r.relative_change:+.2f}%)"
         )

@@ -6,10 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from huref.cli.app import app
+from huref.cli.console import console, styled
 
 
 @app.command("inspect")
@@ -31,9 +31,9 @@ def inspect_cmd(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    con = Console()
+    con = console()
     c = info["config"]
-    con.print(f"[bold]{info['path']}[/bold]  ({info['format']})")
+    con.print(styled((str(info["path"]), "bold"), f"  ({info['format']})"))
     con.print(
         f"architecture {info['architecture']} ({info['model_type']}): {c['n_layers']} layers, d={c['d_model']}, "
         f"heads {c['n_heads']}/{c['n_kv_heads']} kv, head_dim {c['head_dim']}, d_ff {c['d_ff']}, vocab {c['vocab_size']}"

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from huref.cli.app import app
+from huref.cli.console import console, styled
 
 registry_app = typer.Typer(
     help="Registry of known bases, under $HUREF_HOME (default ~/.huref).", no_args_is_help=True
@@ -28,7 +29,7 @@ ReplaceOpt = Annotated[bool, typer.Option("--replace", help="Replace a registere
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return console(stderr=True, highlight=False)
 
 
 def _report_pairs(
@@ -37,7 +38,7 @@ def _report_pairs(
     for other, ics in pairs:
         con.print(f"  independent pair {name} / {other}: robust ICS {ics:.1f}")
     for other, why in skipped:
-        con.print(f"  [yellow]no pair[/yellow] {name} / {other}: {why}")
+        con.print(styled("  ", ("no pair", "yellow"), f" {name} / {other}: {why}"))
 
 
 @registry_app.command("add")
@@ -134,7 +135,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSO
             )
         )
         return
-    con = Console(highlight=False, soft_wrap=True)
+    con = console(highlight=False)
     if not bases:
         con.print(f"no bases registered in {home}; add some with 'huref registry add MODEL --name NAME'")
         return

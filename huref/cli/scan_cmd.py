@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.console import console
 
 FAIL_ON = ("derived", "inconclusive", "error")
 
@@ -73,7 +73,7 @@ def scan_cmd(
     verdicts = {
         v: sum(1 for m in models if m["verdict"] == v) for v in ("derived", "inconclusive", "independent")
     }
-    con = Console(stderr=True, highlight=False, soft_wrap=True)
+    con = console(stderr=True, highlight=False)
     con.print(
         f"{s['candidates']} models: {verdicts['derived']} derived, {verdicts['inconclusive']} inconclusive, "
         f"{verdicts['independent']} independent, {s['errors']} not scanned "

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.console import console, styled
 from huref.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def fingerprint_cmd(
         raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
     fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))
     save_fingerprint(fp, out)
-    Console(stderr=True).print(
+    console(stderr=True).print(
         f"wrote {out} ({fp.meta['architecture']['n_layers']} layers, "
         f"n={fp.robust.n if fp.robust else '-'} robust, {fp.paper.n if fp.paper else '-'} paper) "
         f"in {fp.timing['total_s']:.1f} s"
@@ -115,15 +115,19 @@ def compare_cmd(
     if as_json:
         typer.echo(json.dumps(c.to_json()))
     else:
-        con = Console()
+        con = console()
         f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-        con.print(f"[bold]{c.a}[/bold] vs [bold]{c.b}[/bold]  ({c.shared_tokens} shared probe tokens)")
+        con.print(
+            styled(
+                (str(c.a), "bold"), " vs ", (str(c.b), "bold"), f"  ({c.shared_tokens} shared probe tokens)"
+            )
+        )
         con.print(f"robust ICS {f(c.ics)}   paper ICS {f(c.ics_paper)}   PCS {f(c.pcs)}")
         con.print(
             f"Z {f(c.z)} (null: {c.null['source']})   p {('n/a' if c.log10_p_value is None else f'1e{c.log10_p_value:.1f}')}"
         )
         con.print("alignment " + ", ".join(f"{x}->{y} ({s:.1f})" for x, y, s in c.layer_alignment))
-        con.print(f"verdict: [bold]{c.verdict}[/bold]  ({c.rule})")
+        con.print(styled("verdict: ", (str(c.verdict), "bold"), f"  ({c.rule})"))
     if fail_on and c.verdict == fail_on:
         raise typer.Exit(1)
 
@@ -156,7 +160,7 @@ def zoo_build_cmd(
 
     path = build_zoo(dest, preset, stories or default_stories(), workers, force)
     doc = json.loads((path / "zoo.json").read_text())
-    Console(stderr=True).print(
+    console(stderr=True).print(
         f"zoo at {path}: {len(doc['models'])} models (built in {doc['build_seconds']} s)"
     )
 
