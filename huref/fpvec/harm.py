@@ -92,31 +92,34 @@ def heldout_perplexity(
                 "perplexity_change scores such a model on another model's samples"
             )
     with cpu_threads(m.threads):
-        windows = min(max_windows, (stream.numel() - 1) // m.seq)
-        return perplexity(m.lm(), stream.to(m.dev), seq=m.seq, max_windows=max_windows), windows, m.seq
+        return _score(m, m.lm(), stream, max_windows)
 
 
-def sample_ids(
-    model: str | Path, seq: int = 128, max_windows: int = DEFAULT_WINDOWS, device: str = "auto"
-) -> torch.Tensor:
-    """A fixed stream the model writes itself: ``max_windows`` seeded samples of one window each."""
-    m = _Model(model, seq, device)
-    with cpu_threads(m.threads):
-        return D.self_samples(m.lm(), D.load_tokenizer(m.path), max_windows, m.seq - 1, SAMPLE_SEED).reshape(
-            -1
-        )
+def _score(m: _Model, lm: Any, stream: torch.Tensor, max_windows: int) -> tuple[float, int, int]:
+    windows = min(max_windows, (stream.numel() - 1) // m.seq)
+    return perplexity(lm, stream.to(m.dev), seq=m.seq, max_windows=max_windows), windows, m.seq
 
 
-def perplexity_change(before: str | Path, after: str | Path, **kw: Any) -> HarmReport:
+def perplexity_change(
+    before: str | Path,
+    after: str | Path,
+    max_chars: int = DEFAULT_CHARS,
+    seq: int = 128,
+    max_windows: int = DEFAULT_WINDOWS,
+    device: str = "auto",
+) -> HarmReport:
     """Perplexity of ``after`` relative to ``before`` on the held-out text, or, where ``before``'s
     tokenizer cannot spell it, on samples ``before`` writes itself (the same ids for both)."""
-    ids = corpus_ids(D.load_tokenizer(Path(before)), kw.get("max_chars", DEFAULT_CHARS))
+    ids = corpus_ids(D.load_tokenizer(Path(before)), max_chars)
     if ids is not None:  # each model reads the text with its own tokenizer; before's ids are at hand
-        first, second, text = ids, None, CORPUS
-    else:
-        keep = {k: kw[k] for k in ("seq", "max_windows", "device") if k in kw}
-        first = second = sample_ids(before, **keep)
-        text = SAMPLES
-    p0, w, s = heldout_perplexity(before, stream=first, **kw)
-    p1, _, _ = heldout_perplexity(after, stream=second, **kw)
-    return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, text)
+        p0, w, s = heldout_perplexity(before, max_chars, seq, max_windows, device, stream=ids)
+        p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device)
+        return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, CORPUS)
+    m = _Model(before, seq, device)
+    with cpu_threads(m.threads):  # one load of the first model writes the samples and scores them
+        lm = m.lm()
+        samples = D.self_samples(lm, D.load_tokenizer(m.path), max_windows, m.seq - 1, SAMPLE_SEED)
+        p0, w, s = _score(m, lm, samples.reshape(-1), max_windows)
+        del lm
+    p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device, stream=samples.reshape(-1))
+    return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, SAMPLES)
