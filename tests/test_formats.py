@@ -20,6 +20,7 @@ from huref.arch import load_model
 from huref.checkpoint import open_checkpoint
 from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.vocab import load_vocab
+from huref.invariants import Settings, fingerprint_model
 
 # Grid step of each quantized type, as a fraction of the largest |w| in a row (a row holds whole
 # 32-weight blocks, so its largest |w| bounds each block's scale). Rounding to a grid errs by at
@@ -151,11 +152,16 @@ def test_torch_bin_single_and_sharded_equal_safetensors(tmp_path: Path) -> None:
         json.dumps({"metadata": {}, "weight_map": weight_map})
     )
 
+    expected = fingerprint_model(st, Settings(modes=("robust",)))
     for folder in (single, sharded):
         ck = open_checkpoint(folder)
         assert ck.format == "hf-bin"
         _assert_same_tensors(folder, st)
         load_model(folder)
+        # the invariants stream layers through the same source (not only tensor by tensor)
+        fp = fingerprint_model(folder, Settings(modes=("robust",)))
+        assert fp.robust is not None and expected.robust is not None
+        assert torch.equal(fp.robust.terms, expected.robust.terms)
     assert len(open_checkpoint(sharded).weight_files()) == 3
 
 

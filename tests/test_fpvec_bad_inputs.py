@@ -246,6 +246,30 @@ def test_stamp_adds_lambda_tau_exactly(setup: dict, tiny_zoo: Path, tmp_path: Pa
     assert json.loads(meta["huref.fpvec.stamp"])["lambda"] == 0.5
 
 
+def test_stamp_into_a_torch_bin_checkpoint_equals_stamping_its_safetensors(
+    setup: dict, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """A pytorch_model.bin downstream goes through the same check (its invariants are streamed
+    from the .bin) and gets the same sums."""
+    from huref.checkpoint import open_checkpoint
+
+    src = tiny_zoo / "llama-a-sft"
+    as_bin = tmp_path / "sft-bin"
+    as_bin.mkdir()
+    for p in src.iterdir():
+        if p.suffix != ".safetensors":
+            shutil.copy(p, as_bin / p.name)
+    torch.save(load_file(str(src / "model.safetensors")), as_bin / "pytorch_model.bin")
+    outs = []
+    for down in (src, as_bin):
+        outs.append(tmp_path / f"out-{down.name}")
+        assert main(["fpvec", "stamp", str(down), str(setup["llama-a"]), "-o", str(outs[-1])]) == 0
+    a, b = open_checkpoint(outs[0]).source, open_checkpoint(outs[1]).source
+    assert sorted(a.names()) == sorted(b.names())
+    for n in a.names():
+        assert torch.equal(a.read(n), b.read(n)), n
+
+
 @pytest.fixture(scope="module")
 def int8_vector(setup: dict, tiny_zoo: Path) -> Path:
     out = setup["dir"] / "llama-a.int8.fpvec.safetensors"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from huref.arch.model import Binding, Model
+from huref.checkpoint.safetensors_io import SafetensorsFile, SafetensorsSource
 from huref.checkpoint.source import DTYPES, empty_tensor
 
 
@@ -33,23 +34,22 @@ class _Piece:
 
 @dataclass(frozen=True)
 class _Run:
-    file: object  # SafetensorsFile
+    file: SafetensorsFile
     begin: int  # absolute file offset
     nbytes: int
     pieces: tuple[_Piece, ...]
 
 
 def plan_runs(model: Model, names: Sequence[str]) -> list[_Run] | None:
-    """Contiguous byte runs covering ``names`` in file order, or None for non-safetensors sources."""
+    """Contiguous byte runs covering ``names`` in file order, or None for sources that do not
+    store tensors as raw bytes (torch .bin, GGUF, llama2c: read tensor by tensor)."""
     src = model.ckpt.source
-    where = getattr(src, "_where", None)
-    if where is None:
+    if not isinstance(src, (SafetensorsSource, SafetensorsFile)):
         return None
     entries = []
     for n in names:
-        sf = where[n]
-        e = sf._entry(n)
-        entries.append((str(sf.path), e.begin, e.end, sf, e))
+        sf, begin, end = src.locate(n)
+        entries.append((str(sf.path), begin, end, sf, sf.info(n)))
     entries.sort(key=lambda x: (x[0], x[1]))
     runs: list[_Run] = []
     cur: list = []
@@ -66,8 +66,7 @@ def plan_runs(model: Model, names: Sequence[str]) -> list[_Run] | None:
 def _make_run(items: list) -> _Run:
     begin = items[0][1]
     pieces = tuple(
-        _Piece(e.info.name, b - begin, end - b, DTYPES[e.info.dtype], e.info.shape)
-        for _, b, end, _, e in items
+        _Piece(info.name, b - begin, end - b, DTYPES[info.dtype], info.shape) for _, b, end, _, info in items
     )
     return _Run(items[0][3], begin, items[-1][2] - begin, pieces)
 
@@ -91,7 +90,7 @@ def read_raw(model: Model, names: Sequence[str], arena: _Arena | None) -> dict[s
     out: dict[str, torch.Tensor] = {}
     pos = 0
     for r in runs:
-        r.file._read_bytes_into(buf[pos : pos + r.nbytes], r.begin)  # type: ignore[attr-defined]
+        r.file.read_bytes_into(buf[pos : pos + r.nbytes], r.begin)
         for p in r.pieces:
             lo = pos + p.rel
             out[p.name] = buf[lo : lo + p.nbytes].view(p.dtype).view(p.shape)

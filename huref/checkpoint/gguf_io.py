@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from huref.checkpoint.llama2c import interleaved_to_half_split
-from huref.checkpoint.source import TensorInfo
+from huref.checkpoint.source import BufferPool, TensorInfo
 from huref.errors import CheckpointError
 
 # Tensor types whose dequantization is supported and tested; anything else is refused by name.
@@ -155,7 +155,7 @@ class GGUFSource:
             raise CheckpointError(f"no tensor named {name!r} in this checkpoint")
         return TensorInfo(name, self._shape(name), self._tensors[name].tensor_type.name, self.path)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:  # dequantizes: no pool
         if name not in self._tensors:
             raise CheckpointError(f"no tensor named {name!r} in this checkpoint")
         t = self._tensors[name]

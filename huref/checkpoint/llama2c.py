@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from huref.checkpoint.source import TensorInfo
+from huref.checkpoint.source import BufferPool, TensorInfo
 from huref.errors import CheckpointError
 
 HEADER = struct.Struct("<7i")
@@ -144,7 +144,7 @@ class Llama2cSource:
     def info(self, name: str) -> TensorInfo:
         return TensorInfo(name, tuple(self._array(name).shape), "F32", self.path)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:  # converts: no pool
         t = torch.from_numpy(np.array(self._array(name), dtype=np.float32))
         if name.endswith("q_proj.weight"):
             t = interleaved_to_half_split(t, self._n_heads)

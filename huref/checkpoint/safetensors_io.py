@@ -116,7 +116,13 @@ class SafetensorsFile:
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}") from None
 
-    def _read_bytes_into(self, out: torch.Tensor, offset: int) -> None:
+    def locate(self, name: str) -> tuple[SafetensorsFile, int, int]:
+        """(file, first byte, end) of a tensor's stored bytes, for reads of several tensors at once
+        (``read_bytes_into``)."""
+        e = self._entry(name)
+        return self, e.begin, e.end
+
+    def read_bytes_into(self, out: torch.Tensor, offset: int) -> None:
         buf = out.view(torch.uint8).numpy().data.cast("B") if out.numel() else memoryview(b"")
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -164,7 +170,7 @@ class SafetensorsFile:
         """The whole tensor; with ``pool``, into one of its buffers (see ``BufferPool``)."""
         e = self._entry(name)
         out = empty_tensor(e.info.shape, DTYPES[e.info.dtype], pool)
-        self._read_bytes_into(out, e.begin)
+        self.read_bytes_into(out, e.begin)
         return out
 
     def read_row_range(self, name: str, lo: int, hi: int) -> torch.Tensor:
@@ -175,7 +181,7 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: row range {lo}:{hi} outside tensor {name!r}")
         row_bytes = (e.end - e.begin) // shape[0] if shape[0] else 0
         out = empty_tensor((hi - lo, *shape[1:]), DTYPES[e.info.dtype])
-        self._read_bytes_into(out, e.begin + lo * row_bytes)
+        self.read_bytes_into(out, e.begin + lo * row_bytes)
         return out
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
@@ -258,6 +264,9 @@ class SafetensorsSource:
 
     def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
         return self._file(name).read(name, pool)
+
+    def locate(self, name: str) -> tuple[SafetensorsFile, int, int]:
+        return self._file(name).locate(name)
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
         return self._file(name).read_rows(name, rows)

@@ -142,10 +142,12 @@ class TensorSource(Protocol):
 
     def info(self, name: str) -> TensorInfo: ...
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
         """The whole tensor, in its stored dtype (quantized formats: dequantized float32).
 
-        Always a fresh tensor the caller owns: never a view of a file mapping or of a cache.
+        Always a tensor the caller owns: never a view of a file mapping or of a cache. With
+        ``pool`` a large tensor may be placed in one of the pool's buffers (formats that store the
+        bytes as read do; formats that convert them allocate their own).
         """
         ...
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from huref.checkpoint.source import DTYPE_NAMES, TensorInfo
+from huref.checkpoint.source import DTYPE_NAMES, BufferPool, TensorInfo, empty_tensor
 from huref.errors import CheckpointError, UnsafeFileError
 
 
@@ -104,8 +104,9 @@ class TorchBinSource:
         t = self._tensor(name)
         return TensorInfo(name, tuple(t.shape), DTYPE_NAMES.get(t.dtype, str(t.dtype)), self._where[name])
 
-    def read(self, name: str) -> torch.Tensor:
-        return self._tensor(name).clone()
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
+        t = self._tensor(name)
+        return empty_tensor(t.shape, t.dtype, pool).copy_(t)
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
         return self._tensor(name)[torch.as_tensor(list(rows), dtype=torch.long)].clone()

@@ -35,7 +35,6 @@ import torch
 
 from huref import __version__
 from huref.arch import Model
-from huref.checkpoint.safetensors_io import SafetensorsFile, SafetensorsSource
 from huref.checkpoint.source import DTYPES, BufferPool
 from huref.checkpoint.writer import TensorPlan, parse_size, write_checkpoint
 from huref.errors import FPVecError, HurefError
@@ -272,7 +271,7 @@ def stamp_model(
 
     def load(name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(downstream tensor, stored tau or None, its int8 row scales or None)."""
-        t = _read(src, name, buffers)
+        t = src.read(name, buffers)
         if name not in vset:
             return t, None, None
         return (t, *v.read_stored(name, check=False, pool=buffers))
@@ -419,13 +418,6 @@ def _read_ahead(path: Path, stop: threading.Event, limit: int = READAHEAD_BYTES)
                 done += got
     except OSError:
         pass
-
-
-def _read(source: Any, name: str, pool: BufferPool) -> torch.Tensor:
-    """A downstream tensor, into a pooled buffer where the source can (safetensors)."""
-    if isinstance(source, (SafetensorsFile, SafetensorsSource)):
-        return source.read(name, pool)
-    return source.read(name)
 
 
 def _disk_order(m: Model) -> list[str]:
