@@ -245,3 +245,21 @@ def test_concurrent_writers_do_not_lock_each_other_out(home: Path) -> None:
     assert conn.execute("SELECT COUNT(*) FROM independent_pairs").fetchone()[0] == 66
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_a_scan_cache_keyed_without_ctime_is_rebuilt_and_the_bases_kept(home: Path) -> None:
+    """Registries written before ctime joined the file-hash key: that cache table is dropped and
+    recreated (its rows could vouch for a file rewritten in place); nothing else is touched."""
+    with Store(home) as s:
+        _fake_bases(s, 2)
+        s.conn.execute("DROP TABLE file_hashes")
+        s.conn.execute(
+            "CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+            "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, sha256 TEXT NOT NULL)"
+        )
+        s.conn.execute("INSERT INTO file_hashes VALUES ('/m/model.safetensors', 1, 2, 3, 'abc')")
+    with Store(home) as s:
+        cols = [r[1] for r in s.conn.execute("PRAGMA table_info(file_hashes)")]
+        assert "ctime_ns" in cols
+        assert s.conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0] == 0
+        assert [b.name for b in s.bases()] == ["b0", "b1"]

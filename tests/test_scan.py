@@ -219,6 +219,57 @@ def test_rescan_retries_no_broken_model_until_its_files_change(
     assert again.stats["fingerprinted"] == again.stats["fingerprint_cached"] == 0
 
 
+def test_a_file_rewritten_in_place_with_its_old_mtime_is_read_again(
+    bases_home: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """Same size, same inode, mtime put back (``touch -r``, ``rsync --inplace -t``): only ctime
+    tells that the bytes changed, and the cache must not answer with the old model's verdict."""
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo / "llama-a-sft", zoo / "m")
+    home = _copy_home(bases_home, tmp_path / "home")
+    first = _scan(zoo, tmp_path / "out1", home, workers=1).models[0]
+    assert first["best_base"] == "llama-a" and first["verdict"] == "derived"
+    f = zoo / "m" / "model.safetensors"
+    st = f.stat()
+    other = (tiny_zoo / "llama-c" / "model.safetensors").read_bytes()
+    assert len(other) == st.st_size
+    with open(f, "r+b") as fh:  # in place: the inode stays
+        fh.write(other)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_ino == st.st_ino and f.stat().st_mtime_ns == st.st_mtime_ns
+    second = _scan(zoo, tmp_path / "out2", home, workers=1)
+    assert second.stats["from_cache"] == 0
+    assert second.models[0]["best_base"] == "llama-c" and second.models[0]["ics"] == pytest.approx(100.0)
+
+
+def test_a_loose_safetensors_file_depends_on_the_tokenizer_beside_it(
+    bases_home: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """Its vocabulary is read from the folder it lies in: removing (or changing) that tokenizer
+    changes the model's fingerprint, so a rescan must not reuse the cached one."""
+    from safetensors.torch import load_file, save_file
+
+    zoo = tmp_path / "zoo"
+    (zoo / "loose").mkdir(parents=True)
+    config = (tiny_zoo / "llama-a-sft" / "config.json").read_text()
+    save_file(
+        load_file(str(tiny_zoo / "llama-a-sft" / "model.safetensors")),
+        str(zoo / "loose" / "sft.safetensors"),
+        metadata={"format": "pt", "huref.config": config},
+    )
+    shutil.copy(tiny_zoo / "llama-a-sft" / "tokenizer.json", zoo / "loose")
+    (c,) = discover(zoo)
+    assert c.kind == "safetensors" and zoo / "loose" / "tokenizer.json" in c.files
+    home = _copy_home(bases_home, tmp_path / "home")
+    with_tok = _scan(zoo, tmp_path / "out1", home, workers=1).models[0]
+    (zoo / "loose" / "tokenizer.json").unlink()
+    without = _scan(zoo, tmp_path / "out2", home, workers=1)
+    assert without.stats["from_cache"] == 0
+    assert without.models[0]["fingerprint"] != with_tok["fingerprint"]
+    fresh = _scan(zoo, tmp_path / "out3", _copy_home(bases_home, tmp_path / "home-fresh"), workers=1)
+    assert _comparable(without.models) == _comparable(fresh.models)
+
+
 def test_index_html_escapes_names_paths_and_errors(small_local: tuple) -> None:
     page = (small_local[1].out_dir / "index.html").read_text()
     assert NASTY not in page and "<b>&" not in page

@@ -19,7 +19,7 @@ Schema (version 1)::
     independent_pairs(a, b, ics, reason, PRIMARY KEY(a, b), CHECK(a < b))
         robust ICS of two bases declared independent; reason 'family' (different --family) or
         'declared' (``huref registry mark-independent``); these ICS values are the Z-score null
-    file_hashes(path PRIMARY KEY, size, mtime_ns, inode, sha256)           scan cache
+    file_hashes(path PRIMARY KEY, size, mtime_ns, ctime_ns, inode, sha256) scan cache
     fingerprint_cache(content, settings, fingerprint, format, weights, seconds,
                       PRIMARY KEY(content, settings))                      scan cache
     comparisons(fingerprint, base_fingerprint, method, ics, log10_p, shared_tokens, error, detail,
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
     sha256 TEXT NOT NULL
 );
@@ -207,6 +208,9 @@ class Store:
                 f"{self.db_path}: registry schema {row[0]!r}, this huref reads {SCHEMA_VERSION!r}; "
                 "use a matching huref or a new HUREF_HOME"
             )
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(file_hashes)")}
+        if columns and "ctime_ns" not in columns:  # a cache written before ctime was in the key: rebuilt
+            self.conn.execute("DROP TABLE file_hashes")
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 self.conn.execute(stmt)

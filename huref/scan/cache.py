@@ -1,8 +1,10 @@
 """The scan caches, kept in the registry database so that one transaction covers a model's result.
 
 Three levels, each keyed so that an unchanged zoo is rescanned without reading a weight:
-1. ``file_hashes``: (real path, size, mtime_ns, inode) -> SHA-256. A file whose stat is unchanged
-   is not read again, whichever link it is reached through; a touched file is re-hashed.
+1. ``file_hashes``: (real path, size, mtime_ns, ctime_ns, inode) -> SHA-256. A file whose stat is
+   unchanged is not read again, whichever link it is reached through; a touched file is re-hashed,
+   and so is one rewritten in place with its old mtime put back (``touch -r``, ``rsync
+   --inplace -t``, archive extraction): the kernel sets ctime on every change and no call sets it back.
 2. ``fingerprint_cache``: (content key, settings key) -> fingerprint file. The content key is a
    digest of the SHA-256s of every file the fingerprint depends on (weights, config, tokenizer);
    the settings key covers the fingerprint settings and the tool version.
@@ -47,7 +49,7 @@ class FileStat:
     mtime_ns: int
     inode: int
     label: str  # the file's role in the content key: its name inside a folder, 'file' otherwise
-    ctime_ns: int = 0  # changes with permissions too: part of a broken model's signature only
+    ctime_ns: int = 0  # set by the kernel on every change (permissions too), never set back
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,9 @@ def stat_files(c: Candidate) -> tuple[FileStat, ...]:
     """Stat every file of a candidate (following links); raises InputError on unusable files."""
     out = []
     for p in c.files:
-        rel = p.name if c.kind == "folder" else "file"
-        where = f"{c.name}/{p.name}" if c.kind == "folder" else c.name
+        own = c.kind != "folder" and p == c.path  # a single-file model's own file; else a named file
+        rel = "file" if own else p.name
+        where = c.name if own else f"{c.name}/{p.name}"
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -147,8 +150,9 @@ def known_hashes(store: Store, stats: tuple[FileStat, ...]) -> dict[str, str] | 
     out = {}
     for fs in stats:
         r = store.conn.execute(
-            "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
-            (fs.real, fs.size, fs.mtime_ns, fs.inode),
+            "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
+            "AND inode = ?",
+            (fs.real, fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode),
         ).fetchone()
         if r is None:
             return None
@@ -239,8 +243,9 @@ def record_model(
     with store.transaction() as conn:
         for fs in stats if hashes else ():
             conn.execute(
-                "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, inode, sha256) VALUES (?, ?, ?, ?, ?)",
-                (fs.real, fs.size, fs.mtime_ns, fs.inode, hashes[fs.path]),  # type: ignore[index]
+                "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ctime_ns, inode, sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (fs.real, fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode, hashes[fs.path]),  # type: ignore[index]
             )
         if existing is None:
             conn.execute(

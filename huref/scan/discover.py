@@ -16,9 +16,9 @@ Bad input is reported, never fatal: a symlink loop (a link that resolves to itse
 link back to one of its own ancestors), a dangling symlink, a folder that cannot be listed, or a
 model file that cannot be read becomes a candidate that carries its one-line error.
 
-A candidate's ``files`` are the files its fingerprint depends on (weights, config, tokenizer):
-their (size, mtime_ns, inode) are the cache key that lets an unchanged zoo be rescanned without
-reading them.
+A candidate's ``files`` are the files its fingerprint depends on (weights, config, tokenizer; for
+a loose ``.safetensors`` file, the tokenizer files beside it): their (size, mtime_ns, ctime_ns,
+inode) are the cache key that lets an unchanged zoo be rescanned without reading them.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class _Walker:
         except CheckpointError:
             return  # not a readable safetensors file, and nothing says it is a checkpoint
         if CONFIG_METADATA_KEY in meta:
-            self.out.append(Candidate(self.rel(p), p, "safetensors", (p,)))
+            # its vocabulary is read from the tokenizer files beside it: they are part of its identity
+            beside = tuple(p.parent / n for n in TOKENIZER_FILES if (p.parent / n).is_file())
+            self.out.append(Candidate(self.rel(p), p, "safetensors", (p, *beside)))
 
     def folder_candidate(self, d: Path, entries: list[os.DirEntry], name: str | None = None) -> None:
         files = tuple(Path(e.path) for e in entries if _relevant(e.name))
