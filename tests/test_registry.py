@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from huref.cli import main
+from huref.errors import RegistryError
 from huref.invariants import Settings, fingerprint_model, save_fingerprint
 from huref.registry.store import DB_NAME, MIN_NULL_PAIRS, Base, Store, default_null
 
@@ -263,3 +264,71 @@ def test_a_scan_cache_keyed_without_ctime_is_rebuilt_and_the_bases_kept(home: Pa
         assert "ctime_ns" in cols
         assert s.conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0] == 0
         assert [b.name for b in s.bases()] == ["b0", "b1"]
+
+
+def test_concurrent_adds_see_each_other(
+    tmp_path: Path, fp_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name check and the pairs with the other bases happen inside the write transaction:
+    two adds that run at once (both fingerprints ready before either writes) neither miss their
+    independent pair nor silently replace each other's base of the same name."""
+    import huref.registry.enroll as enroll
+
+    barrier = threading.Barrier(2)
+    real_load = enroll.load_source
+
+    def load_together(*a: object, **k: object) -> object:
+        out = real_load(*a, **k)  # type: ignore[arg-type]
+        barrier.wait(timeout=30)
+        return out
+
+    monkeypatch.setattr(enroll, "load_source", load_together)
+
+    def together(home: Path, adds: list[tuple[str, str, str]]) -> list[str]:
+        results: list[str] = []
+
+        def add(name: str, src: str, family: str) -> None:
+            try:
+                with Store(home) as s:
+                    enroll.add_base(s, fp_files[src], name, family=family)
+                results.append("ok")
+            except RegistryError as e:
+                results.append(str(e))
+
+        threads = [threading.Thread(target=add, args=a) for a in adds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(results)
+
+    pairs_home = tmp_path / "pairs"
+    assert together(pairs_home, [("llama-a", "llama-a", "A"), ("llama-b", "llama-b", "B")]) == ["ok", "ok"]
+    with Store(pairs_home) as s:
+        assert [(p.a, p.b) for p in s.pairs()] == [("llama-a", "llama-b")]
+
+    names_home = tmp_path / "names"
+    first, second = together(names_home, [("c", "llama-a", "A"), ("c", "llama-b", "B")])
+    assert second == "ok" and "already registered" in first, (first, second)
+    with Store(names_home) as s:
+        assert [b.name for b in s.bases()] == ["c"]
+
+
+def test_a_registry_locked_by_another_process_is_one_line_exit_2(
+    home: Path, fp_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huref.registry.store as store
+
+    with Store(home):
+        pass
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(home / DB_NAME, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+    try:
+        assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "a"]) == 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "cannot write the registry (database is locked" in _err_line(capsys)
+    with Store(home) as s:
+        assert s.bases() == [] and s.integrity_check() == "ok"

@@ -130,20 +130,26 @@ def add_base(
     check_name(name)
     if family is not None and not family.strip():
         raise RegistryError("--family must not be empty")
-    if store.base(name) is not None and not replace:
-        raise RegistryError(f"a base named {name!r} is already registered; use --replace or another --name")
-    old = store.base(name)
+    taken = f"a base named {name!r} is already registered; use --replace or another --name"
+    if store.base(name) is not None and not replace:  # early, before the fingerprinting
+        raise RegistryError(taken)
     fp, data, what = load_source(source, settings)
-    sha = store.put_blob(data)
-    res = Enrolled(
-        _base_record(name, family, sha, fp, what), *_family_pairs(store, family, fp, exclude={name})
-    )
+    # One write transaction holds the name check, the pairs with the other bases and the writes:
+    # two concurrent adds then see each other (checked and paired before, one could replace the
+    # other's base, or both miss their pair).
     with store.transaction():
+        old = store.base(name)
+        if old is not None and not replace:
+            raise RegistryError(taken)
+        sha = store.put_blob(data)
+        res = Enrolled(
+            _base_record(name, family, sha, fp, what), *_family_pairs(store, family, fp, exclude={name})
+        )
         store.insert_base(res.base)
         for other, ics in res.pairs:
             store.set_pair(name, other, ics, "family")
-    if old is not None and old.fingerprint != sha:
-        store.drop_unreferenced_blob(old.fingerprint)
+        if old is not None and old.fingerprint != sha:
+            store.drop_unreferenced_blob(old.fingerprint)
     return res
 
 
@@ -182,11 +188,13 @@ def import_folder(
         loaded.append((name, fp, p.read_bytes(), p))
     results: list[Enrolled] = []
     new_names = {n for n, *_ in loaded}
-    for name, fp, data, p in loaded:
-        # the new files share one family (or none), so they form no pairs among themselves
-        rec = _base_record(name, family, store.put_blob(data), fp, f"fingerprint file {p.resolve()}")
-        results.append(Enrolled(rec, *_family_pairs(store, family, fp, exclude=new_names)))
-    with store.transaction():
+    with store.transaction():  # names, pairs and writes see one registry state (see add_base)
+        for name, fp, data, p in loaded:
+            if store.base(name) is not None and not replace:
+                raise RegistryError(f"{p}: a base named {name!r} is already registered (use --replace)")
+            # the new files share one family (or none), so they form no pairs among themselves
+            rec = _base_record(name, family, store.put_blob(data), fp, f"fingerprint file {p.resolve()}")
+            results.append(Enrolled(rec, *_family_pairs(store, family, fp, exclude=new_names)))
         for res in results:
             store.insert_base(res.base)
             for other, ics in res.pairs:

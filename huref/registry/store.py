@@ -220,14 +220,28 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: taken at BEGIN (IMMEDIATE), committed or rolled back as a whole."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One write transaction: taken at BEGIN (IMMEDIATE), committed or rolled back as a whole.
+
+        A registry another process keeps locked past the busy timeout, or one that cannot be
+        written (disk full, read-only), is a RegistryError, one line, like every registry problem."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise RegistryError(
+                f"{self.db_path}: cannot write the registry ({e}; another process held it for "
+                f"{BUSY_TIMEOUT_MS // 1000} s or more)"
+                if "locked" in str(e) or "busy" in str(e)
+                else f"{self.db_path}: cannot write the registry ({e})"
+            ) from None
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.DatabaseError):
+                raise RegistryError(f"{self.db_path}: cannot write the registry ({e})") from None
             raise
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -275,7 +289,10 @@ class Store:
         return load_fingerprint(path)
 
     def drop_unreferenced_blob(self, sha: str) -> None:
-        """Delete a fingerprint file no base and no cache row names any more."""
+        """Delete a fingerprint file no base and no cache row names any more.
+
+        Inside a write transaction, as every ``put_blob`` with the row naming it: no other process
+        can then store the same file and name it between this check and the deletion."""
         used = self.conn.execute(
             "SELECT 1 FROM bases WHERE fingerprint = ?1 UNION ALL SELECT 1 FROM fingerprint_cache WHERE fingerprint = ?1",
             (sha,),
@@ -312,7 +329,7 @@ class Store:
         with self.transaction():
             b = self.require(name)
             self.conn.execute("DELETE FROM bases WHERE name = ?", (name,))  # pairs go by ON DELETE CASCADE
-        self.drop_unreferenced_blob(b.fingerprint)
+            self.drop_unreferenced_blob(b.fingerprint)
         return b
 
     def _known(self) -> str:

@@ -233,14 +233,14 @@ def record_model(
     settings (a touched but unchanged file), that one is kept and the new one dropped, so the
     identity of a model's fingerprint does not change between scans.
     """
-    existing = cached_fingerprint(store, content, settings)
-    if existing is not None:
-        fingerprint = existing.fingerprint
-    elif fingerprint_bytes is not None:
-        fingerprint = store.put_blob(fingerprint_bytes)
-    if fingerprint is None:
-        raise ValueError("record_model needs a fingerprint or its bytes")
-    with store.transaction() as conn:
+    with store.transaction() as conn:  # the file is stored under the lock that its row is written with
+        existing = cached_fingerprint(store, content, settings)
+        if existing is not None:
+            fingerprint = existing.fingerprint
+        elif fingerprint_bytes is not None:
+            fingerprint = store.put_blob(fingerprint_bytes)
+        if fingerprint is None:
+            raise ValueError("record_model needs a fingerprint or its bytes")
         for fs in stats if hashes else ():
             conn.execute(
                 "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ctime_ns, inode, sha256) "
