@@ -218,3 +218,39 @@ def test_audit_with_keys_of_another_vector_is_refused(
     assert rc == 2
     assert "do not belong" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "needle"),
+    [
+        (lambda d: (d / "r.html").mkdir(), [], "r.html is a folder"),
+        (lambda d: (d / "r.json").mkdir(), [], "r.json is a folder"),
+        (lambda d: None, ["--fail-on", "derivd"], "--fail-on takes one of"),
+    ],
+)
+def test_an_audit_that_cannot_be_written_is_refused_before_the_work(
+    make: Any,
+    extra: list[str],
+    needle: str,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huref.report.audit as audit
+
+    monkeypatch.setattr(audit, "gather", lambda *a, **k: pytest.fail("the audit ran"))
+    make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [
+        "audit",
+        str(tiny_zoo / "llama-a-sft"),
+        "--base",
+        str(tiny_zoo / "llama-a"),
+        "-o",
+        str(tmp_path / "r.html"),
+    ]
+    assert _audit(argv + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("huref: error: ") and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -316,6 +316,7 @@ def test_fail_on_derived_exits_1_only_when_a_model_is_derived(
         (["scan", "{zoo}", "-o", "{out}", "--executor", "dask"], "needs --scheduler"),
         (["scan", "{zoo}", "-o", "{out}", "--executor", "dusk"], "did you mean 'dask'"),
         (["scan", "{zoo}", "-o", "{out}", "--fail-on", "maybe"], "--fail-on takes one of"),
+        (["scan", "{zoo}", "-o", "{out}", "--workers", "0"], "--workers must be at least 1"),
         (["scan", "{out}/nowhere", "-o", "{out}"], "not a folder"),
         (["scan", "{zoo}", "-o", "{out}"], "no registry"),
     ],
@@ -423,6 +424,28 @@ def test_scan_killed_with_sigkill_resumes_with_identical_results(
     assert _integrity(db) == "ok"
     with Store(home) as s, Store(bases_home) as ref:
         assert s.bases() == ref.bases() and s.pairs() == ref.pairs()
+
+
+def test_a_worker_ends_once_the_scan_process_is_gone() -> None:
+    """Pool workers are children of the fork server: a scan killed with SIGKILL cannot stop them,
+    so each watches the scan's pid and exits when it is gone (before: they waited for ever)."""
+    scan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    watch = (
+        "import threading, time; from huref.scan.tasks import _exit_with; "
+        f"threading.Thread(target=_exit_with, args=({scan.pid}, 0.05), daemon=True).start(); time.sleep(120)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", watch])
+    try:
+        time.sleep(1.0)
+        assert worker.poll() is None  # the scan is alive: the worker stays
+        scan.kill()
+        scan.wait()
+        assert worker.wait(timeout=20) == 1
+    finally:
+        for p in (scan, worker):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 # -- FP-Vec verification (--keys) ---------------------------------------------------------------

@@ -45,9 +45,12 @@ def audit_cmd(
     """Write a self-contained HTML audit report and its JSON evidence."""
     from huref.invariants import Settings
     from huref.report.audit import run_audit
+    from huref.scan.results import VERDICTS
 
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"{out}: the report name must end in .html")
+    if fail_on is not None and fail_on not in VERDICTS:
+        raise UsageError(f"--fail-on takes one of {', '.join(VERDICTS)} (got {fail_on!r})")
     vectors = list(fpvec or [])
     key_files = list(keys or [])
     if len(vectors) != len(key_files):

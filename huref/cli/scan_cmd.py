@@ -61,7 +61,7 @@ def scan_cmd(
         zoo=zoo,
         out_dir=out,
         executor=executor,
-        workers=workers or default_workers(),
+        workers=default_workers() if workers is None else workers,
         scheduler=scheduler,
         settings=scan_settings(n, token_key.encode() if token_key else None),
         progress=progress,

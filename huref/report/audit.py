@@ -8,7 +8,7 @@ from typing import Any
 from huref.errors import UsageError
 from huref.invariants import Settings
 from huref.report.evidence import Candidate, candidate_from_path, gather
-from huref.report.html import write_report
+from huref.report.html import report_paths, write_report
 
 
 def _registry_candidates(names: list[str] | None, home: Path | None) -> tuple[list[Candidate], Any]:
@@ -36,6 +36,7 @@ def run_audit(
     with_dogs: bool = True,
     home: Path | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
+    report_paths(out)  # a report that cannot be written is refused before the work
     candidates: list[Candidate] = []
     null = None
     named = []

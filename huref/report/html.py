@@ -60,17 +60,28 @@ def render_html(ev: dict[str, Any], json_name: str = "report.json") -> str:
     return _env().get_template("audit.html.j2").render(ev=ev, json_name=json_name)
 
 
-def write_report(ev: dict[str, Any], html_path: str | Path) -> tuple[Path, Path]:
-    """Write report.html and its evidence (same stem, .json) atomically; returns both paths."""
+def report_paths(html_path: str | Path) -> tuple[Path, Path]:
+    """(report.html, report.json beside it), refused up front where either cannot be a file."""
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
+    for p in (html_path, json_path):
+        if p.is_dir():
+            raise ReportError(f"{p} is a folder; the report and its evidence are files")
+    if not html_path.parent.is_dir():
+        raise ReportError(f"{html_path.parent}: no such folder for the report")
+    return html_path, json_path
+
+
+def write_report(ev: dict[str, Any], html_path: str | Path) -> tuple[Path, Path]:
+    """Write report.html and its evidence (same stem, .json) atomically; returns both paths.
+    Both are written to temporary files first: neither is left without the other."""
+    html_path, json_path = report_paths(html_path)
     try:
         jsonschema.validate(ev, load_schema())
     except jsonschema.ValidationError as e:
         raise ReportError(f"the evidence does not fit the report schema: {e.message}") from None
     page = render_html(ev, json_path.name)
-    with atomic_file(json_path) as tmp:
-        tmp.write_text(json.dumps(ev, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    with atomic_file(html_path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    with atomic_file(json_path) as tmp_json, atomic_file(html_path) as tmp_html:
+        tmp_json.write_text(json.dumps(ev, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp_html.write_text(page, encoding="utf-8")
     return html_path, json_path

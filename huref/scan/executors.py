@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -69,7 +70,10 @@ class LocalExecutor:
         mp.set_forkserver_preload(["huref.scan.tasks", "huref.invariants"])
         pending = {t.index: t for t in tasks}
         with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(tasks)), mp_context=mp, initializer=init_worker, initargs=(ctx,)
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=mp,
+            initializer=init_worker,
+            initargs=(ctx, os.getpid()),
         ) as pool:
             futures = {pool.submit(run_in_worker, t): t for t in tasks}
             try:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -174,8 +175,24 @@ def run_task(task: Task, ctx: WorkerContext) -> Outcome:
 _WORKER_CTX: list[WorkerContext] = []
 
 
-def init_worker(ctx: WorkerContext) -> None:
+def init_worker(ctx: WorkerContext, scan_pid: int | None = None) -> None:
     _WORKER_CTX[:] = [ctx]
+    if scan_pid is not None:
+        threading.Thread(target=_exit_with, args=(scan_pid,), daemon=True, name="huref-orphan-watch").start()
+
+
+def _exit_with(pid: int, every: float = 1.0) -> None:
+    """End this worker once the scan process is gone (killed with SIGKILL it cannot tell its
+    workers; they would wait for tasks for ever). A worker's parent is the fork server, not the
+    scan, so the scan's pid is watched."""
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # the pid now belongs to another user's process: ours is gone
+            os._exit(1)
 
 
 def run_in_worker(task: Task) -> Outcome:
