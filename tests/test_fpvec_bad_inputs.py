@@ -373,3 +373,116 @@ def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing(
     assert "File too large" in err[0]
     assert sorted(os.listdir(d)) == before
     assert list(temp.iterdir()) == []
+
+
+def test_extract_refuses_a_base_the_model_was_not_trained_from(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The training card records the base's weight hashes: tau against another base would carry
+    the difference of two unrelated models, and stamping it would transplant the trained one."""
+    from huref.checkpoint import open_checkpoint
+
+    fp = _perturbed(tiny_zoo / "llama-a", tmp_path / "fp", "c" * 64)
+    card = json.loads((fp / "huref_fpvec.json").read_text())
+    card["base"] = {"name": "llama-a", "sha256": open_checkpoint(tiny_zoo / "llama-a").sha256s()}
+    (fp / "huref_fpvec.json").write_text(json.dumps(card))
+    argv = ["fpvec", "extract", tiny_zoo / "llama-b", fp, "-o", tmp_path / "v.safetensors"]
+    _refused(argv, capsys, tmp_path, "was trained from 'llama-a'")
+    assert (
+        main(
+            [str(a) for a in argv[:2]]
+            + [str(tiny_zoo / "llama-a"), str(fp), "-o", str(tmp_path / "v.safetensors")]
+        )
+        == 0
+    )
+
+
+def test_extract_refuses_to_drop_a_tied_lm_head(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    fp = _perturbed(tiny_zoo / "gpt2-a", tmp_path / "fp", "c" * 64)
+    argv = ["fpvec", "extract", tiny_zoo / "gpt2-a", fp, "-o", tmp_path / "v.safetensors", "--drop-lm-head"]
+    _refused(argv, capsys, tmp_path, "tied to the token embedding")
+
+
+def test_a_tied_bases_embedding_tau_reaches_an_untied_downstream_lm_head(
+    setup: dict, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """gpt2-a ties its output layer to the token embedding, so tau on wte changed both roles; a
+    derivative that unties them gets that tau on both tensors."""
+    from huref.checkpoint import open_checkpoint
+    from huref.fpvec.stamp import stamp_model
+    from huref.fpvec.vector import open_vector
+
+    untied = shutil.copytree(tiny_zoo / "gpt2-a-sft", tmp_path / "untied")
+    sd = load_file(str(untied / "model.safetensors"))
+    sd["lm_head.weight"] = sd["transformer.wte.weight"] * 1.01  # untied: a head of its own
+    save_file(sd, str(untied / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((untied / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (untied / "config.json").write_text(json.dumps(cfg))
+
+    r = stamp_model(untied, setup["gpt2-a"], tmp_path / "out")
+    tau = open_vector(setup["gpt2-a"]).read("transformer.wte.weight")
+    out = open_checkpoint(tmp_path / "out").source
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        assert torch.allclose(out.read(name), sd[name] + tau, atol=1e-6), name
+    assert any("ties it to the token embedding" in n for n in r.notes)
+    card = json.loads((tmp_path / "out" / "huref_fpvec.json").read_text())
+    assert card["tau_of"] == {"lm_head.weight": "transformer.wte.weight"}
+
+
+def test_rows_whose_normalised_strings_repeat_are_matched_in_order() -> None:
+    """A byte-fallback token <0x41> and the token A normalise to the same string; a vocabulary
+    expanded after them must still get tau on both rows."""
+    from types import SimpleNamespace as NS
+
+    from huref.fpvec.stamp import _row_match
+
+    base = ["<unk>", "A", "the", "A", "x"]  # normalised: rows 1 and 3 read the same
+    down = [*base, "new"]
+    v = NS(vocab=base, shape=lambda _: (5, 8))
+    m = NS(ckpt=NS(vocab=NS(tokens=tuple(down)), source=NS(info=lambda _: NS(shape=(6, 8)))))
+    r = _row_match(v, m, "embed", False)  # type: ignore[arg-type]
+    assert r.src is not None and r.dst is not None
+    assert r.src.tolist() == [0, 1, 2, 3, 4] and r.dst.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_skipped_layers_are_named_with_a_warning(setup: dict, tiny_zoo: Path, tmp_path: Path) -> None:
+    from huref.fpvec.stamp import stamp_model
+
+    r = stamp_model(tiny_zoo / "llama-a-prune-depth", setup["llama-a"], tmp_path / "out", skip_missing=True)
+    (note,) = [n for n in r.notes if n.startswith("skipped")]
+    assert "model.layers.3." in note and "layers 3 have none" in note
+
+
+def test_bad_learning_rates_and_trigger_only_keys(
+    setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    d = setup["dir"]
+    for lr in ("nan", "-1", "0"):
+        argv = ["fpvec", "train", tiny_zoo / "llama-a", "--keys", setup["keys"], "-o", d / "fp", "--lr", lr]
+        _refused(argv, capsys, d, "--lr must be a positive number")
+    doc = json.loads(setup["keys"].read_text(encoding="utf-8"))
+    doc["keys"] = [" FINGERPRINT", *doc["keys"][1:]]
+    doc.pop("commitment")
+    bare = d / "bare-keys.json"
+    bare.write_text(json.dumps(doc), encoding="utf-8")
+    _refused(["fpvec", "verify", tiny_zoo / "llama-a", "--keys", bare], capsys, d, "only the trigger word")
+    bare.unlink()
+
+
+def test_verify_of_a_weights_file_and_harm_across_tokenizers_are_refused(
+    setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    d = setup["dir"]
+    weights = tiny_zoo / "llama-a" / "model.safetensors"
+    _refused(
+        ["fpvec", "verify", weights, "--keys", setup["keys"]], capsys, d, "needs a Hugging Face model folder"
+    )
+    if not (tiny_zoo / "stories260k").is_dir():
+        pytest.skip("the tiny zoo was built without ../shared/models/stories260K")
+    # stories260k's tokenizer cannot spell the corpus: it is scored on its own samples, whose ids
+    # mean other tokens to llama-a (this printed +24220% before)
+    argv = ["fpvec", "harm", tiny_zoo / "stories260k", tiny_zoo / "llama-a"]
+    _refused(argv, capsys, d, "different tokenizers")

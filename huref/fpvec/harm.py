@@ -115,6 +115,11 @@ def perplexity_change(
         p0, w, s = heldout_perplexity(before, max_chars, seq, max_windows, device, stream=ids)
         p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device)
         return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, CORPUS)
+    if D.load_tokenizer(Path(before)).get_vocab() != D.load_tokenizer(Path(after)).get_vocab():
+        raise FPVecError(
+            f"{before} and {after} have different tokenizers: scored on the first model's samples "
+            "(its tokenizer cannot spell the held-out text), both must read the same token ids"
+        )
     m = _Model(before, seq, device)
     with cpu_threads(m.threads):  # one load of the first model writes the samples and scores them
         lm = m.lm()

@@ -228,6 +228,8 @@ def load_keys(path: str | Path) -> KeySet:
         raise FPVecError(f"{path}: key file repeats a key")
     if not isinstance(target, str) or not target.strip():
         raise FPVecError(f"{path}: key file has no target string")
+    if not doc.get("pool") and not all(k.removesuffix(" " + TRIGGER).strip() for k in keys):
+        raise FPVecError(f"{path}: a key is only the trigger word {TRIGGER!r}")
     try:
         if not isinstance(salt, str) or len(bytes.fromhex(salt)) < 16:
             raise ValueError

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,23 +112,28 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
             raise FPVecError(f"{out}: the output must not be (inside) the input {p}")
 
 
-def _row_match(v: Vector, m: Model, name: str, rows_by_position: bool) -> RowMatch:
+def _row_match(v: Vector, m: Model, name: str, rows_by_position: bool, target: str | None = None) -> RowMatch:
+    """How the rows of tau ``name`` map onto the rows of the downstream tensor ``target`` (default:
+    the tensor of the same name)."""
     vb = v.vocab
     vd = m.ckpt.vocab
-    nb, nd = v.shape(name)[0], m.ckpt.source.info(name).shape[0]
+    nb, nd = v.shape(name)[0], m.ckpt.source.info(target or name).shape[0]
     if vb is not None and vd is not None:
         if list(vd.tokens) == list(vb) and nb == nd:
             return RowMatch("identical", nb, nd, nb)
-        where: dict[str, int] = {}
+        # Normalised strings can repeat within one vocabulary (a byte-fallback token <0x41> and
+        # the token A are both "A"): the k-th occurrence downstream takes the k-th in the base.
+        where: dict[str, list[int]] = {}
         for i, t in enumerate(vb[:nb]):
             if t:
-                where.setdefault(t, i)
+                where.setdefault(t, []).append(i)
         src, dst = [], []
-        seen: set[str] = set()
+        taken: dict[str, int] = {}
         for j, t in enumerate(vd.tokens[:nd]):
-            if t and t in where and t not in seen:
-                seen.add(t)
-                src.append(where[t])
+            k = taken.get(t, 0)
+            if t and k < len(where.get(t, ())):
+                taken[t] = k + 1
+                src.append(where[t][k])
                 dst.append(j)
         return RowMatch(
             "token-string",
@@ -192,8 +198,8 @@ def stamp_model(
     out = Path(out)
     downstream, vector = Path(downstream), Path(vector)
     check_output_path(out, [downstream, vector])
-    if not (lam == lam and abs(lam) < 1e6):  # NaN or absurd
-        raise FPVecError(f"--lambda must be a finite number (got {lam})")
+    if not (lam == lam and abs(lam) < 1e6):  # NaN, infinite or absurd
+        raise FPVecError(f"--lambda must be a number between -1e6 and 1e6 (got {lam})")
     shard_bytes = parse_size(max_shard_size)
     v = open_vector(vector)
     m = _open_model(downstream, "downstream model")
@@ -228,6 +234,26 @@ def stamp_model(
             raise FPVecError(f"tensor {n} is stored as {src.info(n).dtype} downstream: cannot add tau to it")
     if skipped and len(skipped) == len(v.names):
         raise FPVecError(f"no tensor of the vector matches {downstream}: wrong architecture")
+    # downstream tensor -> the tau it gets: its own name, except where the base ties the output
+    # layer to the token embedding and the downstream model does not: the embedding's tau changed
+    # both roles in the base, so it is added to both here (else half the fingerprint is lost)
+    tau_of = {n: n for n in v.names if n not in skipped}
+    base_roles = v.doc["base"].get("vocab_roles", {})
+    tied_note = None
+    embed_tau = base_roles.get("embed")
+    if "lm_head" not in base_roles and "lm_head" in down_vocab and embed_tau in tau_of:
+        head = down_vocab["lm_head"]
+        if head not in tau_of:
+            vs, ds = v.shape(embed_tau), src.info(head).shape
+            if vs[1:] != ds[1:]:
+                raise FPVecError(f"tensor {head}: the embedding's tau {list(vs)} does not fit it {list(ds)}")
+            if not DTYPES[src.info(head).dtype].is_floating_point:
+                raise FPVecError(
+                    f"tensor {head} is stored as {src.info(head).dtype} downstream: cannot add tau to it"
+                )
+            tau_of[head] = embed_tau
+            matches[head] = _row_match(v, m, embed_tau, rows_by_position, target=head)
+            tied_note = f"{head}: the vector's base ties it to the token embedding; the embedding's tau was added to it too"
 
     # 2. is the downstream model derived from the vector's base? (the disk reads the vector meanwhile)
     tc = time.perf_counter()
@@ -254,8 +280,7 @@ def stamp_model(
     # 3. stream: read, add, write; one tensor at a time
     order = _disk_order(m)
     plan = [TensorPlan(n, src.info(n).shape, DTYPES[src.info(n).dtype]) for n in order]
-    vset = set(v.names) - set(skipped)
-    last_tau = [n for n in order if n in vset][-1] if vset else None
+    last_tau = [n for n in order if n in tau_of][-1] if tau_of else None
     counts = {"stamped": 0, "copied": 0}
     # Two helper threads overlap the work of consecutive tensors (file reads and hashing release the
     # GIL): one reads tensor i+1 and its tau while tensor i is written (only tensors up to
@@ -272,9 +297,9 @@ def stamp_model(
     def load(name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(downstream tensor, stored tau or None, its int8 row scales or None)."""
         t = src.read(name, buffers)
-        if name not in vset:
+        if name not in tau_of:
             return t, None, None
-        return (t, *v.read_stored(name, check=False, pool=buffers))
+        return (t, *v.read_stored(tau_of[name], check=False, pool=buffers))
 
     def settle() -> None:
         while pending:
@@ -292,7 +317,7 @@ def stamp_model(
             return t
         if verify_hashes:
             settle()  # the previous tensor's hash, before this one is queued
-            pending.append((p.name, pool.submit(v.digest, tau)))
+            pending.append((tau_of[p.name], pool.submit(v.digest, tau)))
             if p.name == last_tau:
                 settle()  # every hash checked before the output can be renamed into place
         rm = matches.get(p.name)
@@ -332,6 +357,7 @@ def stamp_model(
         },
         "rows": rows,
         "skipped": skipped,
+        "tau_of": {d: n for d, n in tau_of.items() if d != n},  # downstream tensors given another's tau
         "hashes_verified": verify_hashes,
     }
     extra = _extra_files(m)
@@ -365,6 +391,10 @@ def stamp_model(
     row_note = "; ".join(f"{n}: rows matched by {r['mode']} ({r['shared']} shared)" for n, r in rows.items())
     if row_note:
         notes.append(row_note)
+    if tied_note:
+        notes.append(tied_note)
+    if skipped:
+        notes.append(_skip_note(skipped))
     return StampResult(
         str(out),
         lam,
@@ -418,6 +448,20 @@ def _read_ahead(path: Path, stop: threading.Event, limit: int = READAHEAD_BYTES)
                 done += got
     except OSError:
         pass
+
+
+def _skip_note(skipped: list[str]) -> str:
+    """What --skip-missing left out; a warning when whole layers are missing (a depth-pruned or
+    renumbered model: tau is added by name, so the remaining layers may get another layer's tau)."""
+    shown = ", ".join(skipped[:4]) + (f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
+    note = f"skipped {len(skipped)} vector tensors with no counterpart downstream: {shown}"
+    layers = sorted({int(x) for n in skipped for x in re.findall(r"\.(\d+)\.", n)[:1]})
+    if layers:
+        note += (
+            f"; the vector's layers {', '.join(map(str, layers))} have none: if layers were removed, the "
+            "remaining ones were renumbered, and tau, added by name, went to other layers than in the base"
+        )
+    return note
 
 
 def _disk_order(m: Model) -> list[str]:

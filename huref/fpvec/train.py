@@ -149,6 +149,10 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype = 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if not Path(path).is_dir():
+        raise FPVecError(
+            f"{path}: generating text needs a Hugging Face model folder (config, weights, tokenizer)"
+        )
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
     except Exception as e:  # transformers raises many types for unloadable folders
@@ -288,6 +292,8 @@ def train_fingerprint(
     ks = keys if isinstance(keys, KeySet) else load_keys(keys)
     if cfg.steps < 1:
         raise FPVecError("--steps must be at least 1")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
     ckpt = open_checkpoint_or_fail(base, "base")
     if not base.is_dir():
         raise FPVecError(f"{base}: training needs a Hugging Face model folder (config, weights, tokenizer)")

@@ -220,10 +220,21 @@ def extract_vector(
     dropped = []
     if drop_embeddings:
         dropped.append("embed")
-    if drop_lm_head and "lm_head" in vroles:
+    if drop_lm_head and "lm_head" not in vroles:
+        raise FPVecError(
+            f"{base}: the output layer is tied to the token embedding (no lm_head of its own); "
+            "--drop-embeddings leaves out both"
+        )
+    if drop_lm_head:
         dropped += ["lm_head", "lm_head_bias"]
     skip = {vroles[r] for r in dropped if r in vroles}
     card = _read_card(Path(fp_model))
+    trained_from = card.get("base", {}).get("sha256") if isinstance(card.get("base"), dict) else None
+    if trained_from and sorted(trained_from.values()) != sorted(mb.ckpt.sha256s().values()):
+        raise FPVecError(
+            f"{fp_model} was trained from {card['base'].get('name')!r}, whose weight files (recorded in its "
+            f"{FP_CARD}) are not those of {base}: tau against another base would carry that model's weights"
+        )
     if key_commitment is None:
         key_commitment = card.get("key_commitment")
     if not key_commitment:
