@@ -10,6 +10,8 @@ Rules, by checkpoint name and shape (DESIGN §5):
 - the token-embedding / lm_head tensors (found by role) when the vocabularies differ: tau is added
   to the rows of the token strings both vocabularies share; rows are matched by *string* through
   the normalised vocabularies, or by position only when asked (``rows_by_position``);
+- a base that ties its output layer to the token embedding, stamped into a model that does not:
+  the embedding's tau is added to the downstream lm_head as well (it changed both roles);
 - a vector tensor with no tensor of that name downstream, or a shape mismatch in any other way:
   an error naming the tensor (missing names may be skipped on request);
 - downstream tensors the vector does not cover are copied unchanged.
