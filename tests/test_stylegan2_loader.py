@@ -348,3 +348,44 @@ def test_rebuild_refuses_inconsistent_checkpoints(mutate: Callable, message: str
     mutate(record)
     with pytest.raises(RenderError, match=message):
         generator_from_record(record)
+
+
+class _TensorThenState:
+    """Pickles as a tensor rebuilt within its storage's bounds, then a BUILD whose state re-views
+    the storage far past them (``Tensor.__setstate__`` -> ``set_``)."""
+
+    def __init__(self, n: int) -> None:
+        self.storage = torch.tensor([1.0, 2.0, 3.0]).storage()
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.storage, 0, (3,), (1,), False, collections.OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args, (self.storage, 0, (self.n,), (1,)))
+
+
+def test_build_cannot_grow_a_tensor_past_its_storage(tmp_path: Path) -> None:
+    path = tmp_path / "grow.pkl"
+    path.write_bytes(pickle.dumps({"t": _TensorThenState(1_000_000)}, protocol=3))
+    assert any(op.name == "BUILD" for op, _, _ in pickletools.genops(path.read_bytes()))
+    with pytest.raises(UnsafeFileError, match="refused BUILD on a Tensor"):
+        load_stylegan_pickle(path)
+
+
+def test_build_cannot_change_the_loaders_own_classes(tmp_path: Path) -> None:
+    """GLOBAL EasyDict; BUILD (None, {'__setitem__': set}) would set an attribute of the class
+    itself, for every later load in the process."""
+    from huref.render.stylegan2.pickle_loader import EasyDict
+
+    name = b"__setitem__"
+    data = (
+        b"\x80\x02cdnnlib.util\nEasyDict\nN}X"
+        + len(name).to_bytes(4, "little")
+        + name
+        + b"cbuiltins\nset\ns\x86b0}."
+    )
+    path = tmp_path / "patch.pkl"
+    path.write_bytes(data)
+    before = EasyDict.__setitem__
+    with pytest.raises(UnsafeFileError, match="refused BUILD on a type"):
+        load_stylegan_pickle(path)
+    assert EasyDict.__setitem__ is before

@@ -8,9 +8,14 @@ allowlist of globals, each mapped to a function of ours that validates its argum
 every persistent object into an inert :class:`PersistentRecord` (its source text is never
 compiled, never executed, not even kept). Everything else is refused with one clear line.
 
-Why the allowlist is enough: pickle can only call objects that ``find_class`` returned (REDUCE,
-NEWOBJ, BUILD work on those) or that ``persistent_load`` returned (refused here), so every call
-the stream makes lands in one of the functions below.
+Why this is enough: pickle can only call objects that ``find_class`` returned (REDUCE, NEWOBJ)
+or that ``persistent_load`` returned (refused here), so every call the stream makes lands in one
+of the functions below. The one opcode that acts on an object *after* it was built, BUILD
+(``__setstate__``, or attributes set one by one), is refused but on the numpy dtype stand-in,
+the only object an official checkpoint builds so: on a tensor it would call
+``Tensor.__setstate__`` and re-view its storage past the bounds checked below (uninitialised
+memory), and on a class or function of this module it would change it for the whole process.
+The pure-Python unpickler is used because the C one offers no hook for BUILD.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -176,8 +181,23 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _load_build(self: Any) -> None:
+    """BUILD, for the numpy dtype stand-in only (its byte order); refused on anything else."""
+    state = self.stack.pop()
+    target = self.stack[-1]
+    if type(target) is not _NumpyDType:
+        raise UnsafeFileError(
+            f"refused BUILD on a {type(target).__name__}: official stylegan2 pickles set state on "
+            "numpy dtypes only (nothing was changed)"
+        )
+    target.__setstate__(state)
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """Resolves only the globals an official stylegan2-ada-pytorch checkpoint needs."""
+
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module: str, name: str) -> Any:
         try:
