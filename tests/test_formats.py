@@ -21,6 +21,7 @@ from huref.checkpoint import open_checkpoint
 from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.vocab import load_vocab
 from huref.invariants import Settings, fingerprint_model
+from huref.scan.discover import discover
 
 # Grid step of each quantized type, as a fraction of the largest |w| in a row (a row holds whole
 # 32-weight blocks, so its largest |w| bounds each block's scale). Rounding to a grid errs by at
@@ -240,6 +241,34 @@ def test_llama2c_export_reads_back_hf_layout(tie: bool, tmp_path: Path) -> None:
         assert torch.equal(ck.source.read_rows(name, [3, 0, 3]), want[[3, 0, 3]]), name
     m = load_model(ck)
     assert m.cfg.tied == tie and (m.cfg.n_heads, m.cfg.n_kv_heads, m.cfg.d_ff) == (4, 2, 64)
+
+
+def test_llama2c_export_whose_header_starts_like_a_pickle(tmp_path: Path) -> None:
+    """dim 384 is 0x180: the file's first byte is 0x80, a pickle's PROTO opcode (and dim 640
+    gives 80 02, the opening of a protocol-2 pickle); detection goes by header and file size."""
+    import transformers as T
+    from archkit import randomise_
+
+    cfg = T.LlamaConfig(
+        hidden_size=640,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=10,
+        num_key_value_heads=2,
+        vocab_size=16,
+        max_position_embeddings=8,
+    )
+    model = T.LlamaForCausalLM(cfg).eval()
+    randomise_(model, 0)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path = write_llama2c(tmp_path / "m.bin", sd, cfg)
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    ck = open_checkpoint(path)
+    assert ck.format == "llama2c" and ck.config["hidden_size"] == 640
+    assert torch.equal(
+        ck.source.read("model.layers.0.mlp.down_proj.weight"), sd["model.layers.0.mlp.down_proj.weight"]
+    )
+    assert [c.kind for c in discover(tmp_path)] == ["llama2c"]
 
 
 # ------------------------------------------------------------------ vocabularies

@@ -35,6 +35,56 @@ def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, hd // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def _layout(header: bytes) -> tuple[list[tuple[str, tuple[int, ...]]], int, tuple[int, ...]] | None:
+    """(arrays in file order, the file size they imply, header values), or None for a header no
+    llama2.c export has (non-positive sizes, heads that do not divide, an odd head size)."""
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = HEADER.unpack(header)
+    shared = vocab > 0
+    vocab = abs(vocab)
+    if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) <= 0 or dim % n_heads or n_heads % n_kv:
+        return None
+    hd = dim // n_heads
+    if hd % 2:  # rotary pairs
+        return None
+    kv_dim = hd * n_kv
+    L = n_layers
+    # (name, shape) in file order; per-layer arrays are stored stacked over layers.
+    layout: list[tuple[str, tuple[int, ...]]] = [
+        ("tok", (vocab, dim)),
+        ("rms_att", (L, dim)),
+        ("wq", (L, dim, dim)),
+        ("wk", (L, kv_dim, dim)),
+        ("wv", (L, kv_dim, dim)),
+        ("wo", (L, dim, dim)),
+        ("rms_ffn", (L, dim)),
+        ("w1", (L, hidden, dim)),
+        ("w2", (L, dim, hidden)),
+        ("w3", (L, hidden, dim)),
+        ("rms_final", (dim,)),
+        ("freq_real", (seq_len, hd // 2)),
+        ("freq_imag", (seq_len, hd // 2)),
+    ]
+    if not shared:
+        layout.append(("cls", (vocab, dim)))
+    need = HEADER.size + 4 * sum(int(np.prod(s)) for _, s in layout)
+    return layout, need, (dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len)
+
+
+def looks_like_llama2c(path: Path) -> bool:
+    """A plausible header whose arrays fill the file exactly (a torch pickle or zip never does:
+    its first bytes would have to spell such a header *and* its size)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEADER.size)
+    except OSError:
+        return False
+    if len(head) < HEADER.size:
+        return False
+    lay = _layout(head)
+    return lay is not None and lay[1] == size
+
+
 class Llama2cSource:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -46,33 +96,11 @@ class Llama2cSource:
             raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
         if len(head) < HEADER.size:
             raise CheckpointError(f"{self.path}: not a llama2.c export (file too short)")
-        dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = HEADER.unpack(head)
-        shared = vocab > 0
-        vocab = abs(vocab)
-        if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) <= 0 or dim % n_heads or n_heads % n_kv:
+        lay = _layout(head)
+        if lay is None:
             raise CheckpointError(f"{self.path}: not a llama2.c export (implausible header)")
-        hd = dim // n_heads
-        kv_dim = hd * n_kv
-        L = n_layers
-        # (name, shape) in file order; per-layer arrays are stored stacked over layers.
-        layout: list[tuple[str, tuple[int, ...]]] = [
-            ("tok", (vocab, dim)),
-            ("rms_att", (L, dim)),
-            ("wq", (L, dim, dim)),
-            ("wk", (L, kv_dim, dim)),
-            ("wv", (L, kv_dim, dim)),
-            ("wo", (L, dim, dim)),
-            ("rms_ffn", (L, dim)),
-            ("w1", (L, hidden, dim)),
-            ("w2", (L, dim, hidden)),
-            ("w3", (L, hidden, dim)),
-            ("rms_final", (dim,)),
-            ("freq_real", (seq_len, hd // 2)),
-            ("freq_imag", (seq_len, hd // 2)),
-        ]
-        if not shared:
-            layout.append(("cls", (vocab, dim)))
-        need = HEADER.size + 4 * sum(int(np.prod(s)) for _, s in layout)
+        layout, need, (dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) = lay
+        shared = not any(name == "cls" for name, _ in layout)
         if size < need:
             raise CheckpointError(
                 f"{self.path}: truncated llama2.c export ({size} bytes, header implies {need})"

@@ -8,14 +8,13 @@ llama2.c ``.bin`` exports and GGUF files.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huref.checkpoint.gguf_io import GGUFSource
 from huref.checkpoint.hashing import sha256_file
-from huref.checkpoint.llama2c import Llama2cSource
+from huref.checkpoint.llama2c import Llama2cSource, looks_like_llama2c
 from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.source import TensorSource
 from huref.checkpoint.torchbin import TorchBinSource
@@ -60,29 +59,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: corrupt config.json (not a JSON object)")
     return cfg
-
-
-def _is_llama2c(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(28)
-    except OSError:
-        return False
-    if len(head) < 28:
-        return False
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip or pickle: a torch .bin
-        return False
-    vals = struct.unpack("<7i", head)
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq = vals
-    return (
-        0 < dim < 1 << 16
-        and 0 < hidden < 1 << 18
-        and 0 < n_layers < 1024
-        and 0 < n_heads <= dim
-        and 0 < n_kv <= n_heads
-        and vocab != 0
-        and 0 < seq < 1 << 22
-    )
 
 
 def _open_folder(folder: Path) -> Checkpoint:
@@ -149,7 +125,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         vocab = vocab_from_list(g.tokens, g.token_types, str(p)) if g.tokens else None
         return Checkpoint(p, "gguf", g, g.config, vocab)
     if suffix == ".bin":
-        if _is_llama2c(p):
+        if looks_like_llama2c(p):
             s = Llama2cSource(p)
             return Checkpoint(p, "llama2c", s, s.config, None)
         source_b = TorchBinSource([p])

@@ -143,7 +143,7 @@ class _Walker:
             self.loose_safetensors(p)
 
     def bin_file(self, p: Path) -> None:
-        from huref.checkpoint.open import _is_llama2c
+        from huref.checkpoint.llama2c import looks_like_llama2c
 
         try:
             with open(p, "rb"):
@@ -151,7 +151,7 @@ class _Walker:
         except OSError as e:
             self.error(p, f"cannot read ({_os_reason(e)})")
             return
-        if _is_llama2c(p):
+        if looks_like_llama2c(p):
             self.out.append(Candidate(self.rel(p), p, "llama2c", (p,)))
 
     def loose_safetensors(self, p: Path) -> None:
