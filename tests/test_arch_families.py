@@ -165,3 +165,34 @@ def test_family_roles_reproduce_transformers_projections(
                 torch.testing.assert_close(seen[f"{role}.{ly}"][1], seen[f"{reader}.{layer}"][0])
             else:
                 assert role == "embed_norm" and layer == 0
+
+
+def test_stored_buffers_are_neither_parameters_nor_parameter_evidence(tmp_path: Path) -> None:
+    """The original gpt2 checkpoint stores each layer's causal mask (attn.bias): a buffer, the
+    same in every GPT-2 of that context length. It must not count as parameters, and must not
+    make two independent models look alike to the parameter cosine."""
+    import transformers as T
+    from safetensors.torch import load_file, save_file
+
+    from huref.checkpoint import open_checkpoint
+    from huref.invariants.pcs import parameter_cosine
+
+    cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=256)
+    paths = []
+    for seed in (0, 1):
+        model = T.GPT2LMHeadModel(cfg)
+        randomise_(model, seed)
+        path = tmp_path / f"m{seed}"
+        model.save_pretrained(path)
+        paths.append(path)
+    before = parameter_cosine(open_checkpoint(paths[0]), open_checkpoint(paths[1]))
+    n_params = load_model(paths[0]).parameter_count()
+    assert n_params == sum(p.numel() for p in model.parameters())  # tied: counted once, as stored
+    for path in paths:
+        sd = load_file(str(path / "model.safetensors"))
+        for layer in range(2):
+            sd[f"transformer.h.{layer}.attn.bias"] = torch.tril(torch.ones(256, 256)).view(1, 1, 256, 256)
+        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    assert load_model(paths[0]).parameter_count() == n_params
+    after = parameter_cosine(open_checkpoint(paths[0]), open_checkpoint(paths[1]))
+    assert before is not None and after is not None and abs(after - before) < 1e-9

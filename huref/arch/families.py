@@ -120,7 +120,7 @@ _LLAMA_MLP = (
     Rule("layers.{L}.mlp.gate_proj.bias", ("mlp_gate_bias",), "vector", when=_when("mlp_bias")),
     Rule("layers.{L}.mlp.up_proj.bias", ("mlp_up_bias",), "vector", when=_when("mlp_bias")),
 )
-_LLAMA_IGNORED = (r"\.rotary_emb\.inv_freq$",)
+_LLAMA_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
 
 ARCHITECTURES.add(
     "llama",
@@ -132,7 +132,7 @@ ARCHITECTURES.add(
         rules=_LLAMA_COMMON + _LLAMA_ATTN + _LLAMA_MLP,
         outside_prefix=_lm_head_rules(),
         read_config=lambda c: _read_llama_like(c, "llama"),
-        ignored=_LLAMA_IGNORED,
+        buffers=_LLAMA_BUFFERS,
         notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d).",
     ),
 )
@@ -152,7 +152,7 @@ ARCHITECTURES.add(
         ),
         outside_prefix=_lm_head_rules(),
         read_config=lambda c: _read_llama_like(c, "phi3"),
-        ignored=_LLAMA_IGNORED,
+        buffers=_LLAMA_BUFFERS,
     ),
 )
 
@@ -215,7 +215,7 @@ ARCHITECTURES.add(
         ),
         outside_prefix=_lm_head_rules(),
         read_config=_read_gpt2,
-        ignored=(r"\.attn\.bias$", r"\.attn\.masked_bias$"),  # causal-mask buffers, not weights
+        buffers=(r"\.attn\.bias$", r"\.attn\.masked_bias$"),  # causal masks
     ),
 )
 
@@ -267,7 +267,7 @@ ARCHITECTURES.add(
         ),
         outside_prefix=_lm_head_rules("embed_out.weight"),
         read_config=_read_neox,
-        ignored=(r"\.attention\.(bias|masked_bias)$", r"\.rotary_emb\.inv_freq$"),
+        buffers=(r"\.attention\.(bias|masked_bias)$", r"\.rotary_emb\.inv_freq$"),
     ),
 )
 
@@ -516,7 +516,7 @@ ARCHITECTURES.add(
             Rule("lm_head.bias", ("lm_head_bias",), "vector"),
         ),
         read_config=_read_phi,
-        ignored=(r"\.rotary_emb\.inv_freq$",),
+        buffers=(r"\.rotary_emb\.inv_freq$",),
     ),
 )
 
@@ -565,7 +565,8 @@ ARCHITECTURES.add(
         ),
         read_config=_read_bert,
         # task heads (MLM / NSP / pooler) do not enter the invariants; named here, not dropped silently
-        ignored=(r"^cls\.", r"(^|\.)pooler\.", r"embeddings\.position_ids$"),
+        ignored=(r"^cls\.", r"(^|\.)pooler\."),
+        buffers=(r"embeddings\.position_ids$",),
     ),
 )
 

@@ -155,7 +155,12 @@ class Model:
                 for i, role in enumerate(rule.roles):
                     self._bind[(role, layer)] = Binding(name, rule, i)
         ignored = [re.compile(p) for p in self.spec.ignored]
-        unclaimed = [n for n in names if n not in claimed and not any(p.search(n) for p in ignored)]
+        self.buffers = buffer_names(self.spec, names)
+        unclaimed = [
+            n
+            for n in names
+            if n not in claimed and n not in self.buffers and not any(p.search(n) for p in ignored)
+        ]
         where = f"{ckpt.path} ({self.spec.name}, {self.cfg.n_layers} layers)"
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -325,7 +330,14 @@ class Model:
         }
 
     def parameter_count(self) -> int:
-        return sum(self.ckpt.source.info(n).numel for n in self.ckpt.source.names())
+        """Stored parameters; buffers (causal masks, rotary tables, position ids) are not counted."""
+        return sum(self.ckpt.source.info(n).numel for n in self.ckpt.source.names() if n not in self.buffers)
+
+
+def buffer_names(spec: ArchSpec, names: Sequence[str]) -> set[str]:
+    """The names among ``names`` that the architecture stores as buffers, not parameters."""
+    patterns = [re.compile(p) for p in spec.buffers]
+    return {n for n in names if any(p.search(n) for p in patterns)}
 
 
 def load_model(path_or_ckpt: str | Path | Checkpoint) -> Model:

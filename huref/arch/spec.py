@@ -111,6 +111,7 @@ class ArchSpec:
     prefixes: tuple[str, ...]  # name prefixes tried in order, e.g. ("model.", "")
     rules: tuple[Rule, ...]
     read_config: Callable[[dict[str, Any]], ArchConfig]
-    ignored: tuple[str, ...] = ()  # regexes of full names that carry no weights we use
+    ignored: tuple[str, ...] = ()  # regexes of full names of parameters we do not use (e.g. a pooler)
+    buffers: tuple[str, ...] = ()  # regexes of full names of stored buffers: masks, rotary tables, ids
     outside_prefix: tuple[Rule, ...] = ()  # rules whose template is a full name (e.g. lm_head)
     notes: str = ""
