@@ -110,6 +110,22 @@ def _opt(tie: bool) -> tuple[Any, type]:
     ), T.OPTForCausalLM
 
 
+def _opt_proj(tie: bool) -> tuple[Any, type]:
+    """OPT-350m's layout: token embeddings narrower than the residual stream (project_in/out),
+    post-LN; position embeddings are as wide as the residual stream."""
+    return T.OPTConfig(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        word_embed_proj_dim=16,
+        do_layer_norm_before=False,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    ), T.OPTForCausalLM
+
+
 def _bloom(tie: bool) -> tuple[Any, type]:
     return T.BloomConfig(
         hidden_size=32, n_layer=2, n_head=4, vocab_size=96, tie_word_embeddings=tie
@@ -184,6 +200,7 @@ FAMILIES = [
     Family("gpt2", _gpt2, (True, False)),
     Family("gpt_neox", _neox, (False, True)),
     Family("opt", _opt, (True,)),
+    Family("opt-proj", _opt_proj, (True,)),
     Family("bloom", _bloom, (True,), capture="bloom"),
     Family("falcon-new", _falcon_new, (True,), capture="falcon"),
     Family("falcon-mq", _falcon_mq, (True,), capture="falcon"),

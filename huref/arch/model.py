@@ -198,8 +198,8 @@ class Model:
                 want = _fused_total(b.rule, self.cfg, shapes)
             else:
                 want = shapes.get(role, got)
-            if role in ("pos_embed", "type_embed"):
-                want = (got[0], shapes["embed"][1]) if got else got
+            if role in ("pos_embed", "type_embed"):  # added to the residual stream: width d_model
+                want = (got[0], self.cfg.d_model) if got else got  # (OPT-350m: embed is narrower)
             if tuple(got) != tuple(want):
                 raise ArchitectureError(
                     f"{self.ckpt.path}: tensor {b.name} has shape {list(info.shape)}, but config.json "
