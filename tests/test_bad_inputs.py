@@ -302,6 +302,59 @@ def unrecognised_file(tmp: Path, b: Base) -> Path:
     return p
 
 
+def config_nested_too_deep(tmp: Path, b: Base) -> Path:
+    d = _copy(b.single, tmp / "m")
+    (d / "config.json").write_text("[" * 200_000)  # exhausts a recursive parser
+    return d
+
+
+def metadata_config_not_an_object(tmp: Path, b: Base) -> Path:
+    tensors = load_file(b.single / "model.safetensors")
+    save_file(tensors, tmp / "m.safetensors", metadata={"format": "pt", "huref.config": "[1, 2]"})
+    return tmp / "m.safetensors"
+
+
+def index_shard_not_a_name(tmp: Path, b: Base) -> Path:
+    d = _copy(b.sharded, tmp / "m")
+    _edit_json(
+        d / "model.safetensors.index.json", lambda doc: doc["weight_map"].update({"model.norm.weight": ["x"]})
+    )
+    return d
+
+
+def _tokenizer_with(tmp: Path, b: Base, edit: Callable[[dict], None]) -> Path:
+    d = _copy(b.single, tmp / "m")
+    vocab = {f"t{i}": i for i in range(96)}
+    doc = {"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": []}
+    edit(doc)
+    (d / "tokenizer.json").write_text(json.dumps(doc))
+    return d
+
+
+def vocab_huge_id(tmp: Path, b: Base) -> Path:
+    return _tokenizer_with(tmp, b, lambda doc: doc["model"]["vocab"].update({"zzz": 50_000_000}))
+
+
+def vocab_negative_id(tmp: Path, b: Base) -> Path:
+    return _tokenizer_with(tmp, b, lambda doc: doc["model"]["vocab"].update({"zzz": -3}))
+
+
+def added_token_without_content(tmp: Path, b: Base) -> Path:
+    return _tokenizer_with(tmp, b, lambda doc: doc.update(added_tokens=[{"id": 5}]))
+
+
+def vocab_txt_not_utf8(tmp: Path, b: Base) -> Path:
+    d = _copy(b.single, tmp / "m")
+    (d / "vocab.txt").write_bytes(b"[PAD]\n\xff\xfe\n")
+    return d
+
+
+def config_absurd_layer_count(tmp: Path, b: Base) -> Path:
+    d = _copy(b.single, tmp / "m")
+    _edit_json(d / "config.json", lambda cfg: cfg.update(num_hidden_layers=300_000))
+    return d
+
+
 # (id, builder, distinctive substring of the one error line, extra CLI args)
 CASES: list[tuple[str, Callable[[Path, Base], Path], str, list[str]]] = [
     ("truncated-safetensors", truncated_safetensors, "truncated file", []),
@@ -392,6 +445,19 @@ CASES: list[tuple[str, Callable[[Path, Base], Path], str, list[str]]] = [
     ),
     ("bare-safetensors-no-config", bare_safetensors_without_config, "needs a config.json beside it", []),
     ("unrecognised-file", unrecognised_file, "unrecognised checkpoint", []),
+    ("config-nested-too-deep", config_nested_too_deep, "corrupt config.json (not valid JSON)", []),
+    (
+        "metadata-config-not-an-object",
+        metadata_config_not_an_object,
+        "corrupt config in metadata (not a JSON object)",
+        [],
+    ),
+    ("index-shard-not-a-name", index_shard_not_a_name, "corrupt index (needs a 'weight_map' object", []),
+    ("vocab-huge-id", vocab_huge_id, "corrupt vocabulary (token id 50000000 for 97 tokens)", []),
+    ("vocab-negative-id", vocab_negative_id, "corrupt vocabulary (token id -3 for 97 tokens)", []),
+    ("added-token-without-content", added_token_without_content, "corrupt tokenizer.json", []),
+    ("vocab-txt-not-utf8", vocab_txt_not_utf8, "corrupt vocabulary (not UTF-8 text)", []),
+    ("config-absurd-layer-count", config_absurd_layer_count, "declares 300000 layers", []),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,59 @@ def test_fingerprint_output_name_is_checked_and_nothing_written(
         ["fingerprint", str(tiny_zoo / "llama-a"), "-o", str(tmp_path / "fp.bin")], capsys, ".safetensors"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda doc: [1, 2], "corrupt fingerprint metadata (not a JSON object)"),
+        (lambda doc: {**doc, "robust": "x"}, "corrupt fingerprint"),
+        (
+            lambda doc: {**doc, "robust": {**doc["robust"], "layers": doc["robust"]["layers"][:1]}},
+            "robust terms",
+        ),
+    ],
+    ids=["not-an-object", "mode-not-an-object", "terms-disagree-with-layers"],
+)
+def test_a_resealed_inconsistent_fingerprint_is_one_line(
+    edit: Any, needle: str, tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The seal catches accidents, not forgers (anyone can recompute it): a file rewritten with a
+    fresh seal must still be refused with one line when its content does not hang together."""
+    from safetensors.torch import load_file
+
+    from huref.invariants.fpfile import SEAL_KEY, _seal
+
+    a = _fp(tiny_zoo, "llama-a", tmp_path)
+    tensors = load_file(str(a))
+    bad = tmp_path / "resealed.safetensors"
+
+    def reseal(meta: dict) -> dict:
+        meta[META_KEY] = json.dumps(edit(json.loads(meta[META_KEY])))
+        meta[SEAL_KEY] = _seal(meta[META_KEY], tensors)
+        return meta
+
+    _rewrite_metadata(a, bad, reseal)
+    _expect_refusal(["compare", str(bad), str(a)], capsys, needle)
+
+
+def test_tokens_with_lone_surrogates_fingerprint_and_round_trip(tmp_path: Path) -> None:
+    """Token strings decoded from bytes can hold lone surrogates: the file is sealed and read back."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from formatkit import tiny_llama
+
+    from huref.invariants import compare_fingerprints, fingerprint_model, load_fingerprint, save_fingerprint
+    from huref.invariants.extract import Settings
+
+    model, _ = tiny_llama()
+    model.save_pretrained(tmp_path / "m")
+    vocab = {f"t{i}": i for i in range(95)} | {"x\ud800": 95}
+    doc = {"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": []}
+    (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(doc))
+    fp = fingerprint_model(tmp_path / "m", Settings(n=96, paper_n=96))
+    assert any("\ud800" in t for t in fp.robust.token_strings)  # type: ignore[union-attr]
+    back = load_fingerprint(save_fingerprint(fp, tmp_path / "fp.safetensors"))
+    assert back.robust is not None and back.robust.token_strings == fp.robust.token_strings  # type: ignore[union-attr]
+    assert compare_fingerprints(back, fp).ics == pytest.approx(100.0)

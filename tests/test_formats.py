@@ -513,3 +513,23 @@ def test_a_failed_write_in_the_writer_thread_surfaces_and_leaves_nothing(tmp_pat
     # producing stops one tensor after that, well before the sixth
     assert 2 <= len(doc["made"]) < 6
     assert list(tmp_path.iterdir()) == []
+
+
+def test_all_finite_reads_float8_tensors() -> None:
+    """torch has no reductions for float8; the finiteness check (inspect --check-values, every
+    role read) upcasts instead of failing on an F8_E4M3 / F8_E5M2 checkpoint."""
+    from huref.checkpoint.source import all_finite
+
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        t = torch.randn(64, 32).to(dtype)
+        assert all_finite(t)
+        t[3, 5] = float("nan")
+        assert not all_finite(t)
+
+
+def test_frequency_list_reads_a_lone_double_quote_token(tmp_path: Path) -> None:
+    from huref.invariants.tokens import read_frequency_list
+
+    f = tmp_path / "freq.tsv"
+    f.write_text('"\t50\n"\\t"\t7\nthe\t1000\n', encoding="utf-8")
+    assert read_frequency_list(f) == {'"': 50, "\t": 7, "the": 1000}

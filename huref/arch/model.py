@@ -134,6 +134,11 @@ class Model:
             raise ArchitectureError(f"{ckpt.path}: config.json has an unusable value ({e})") from None
         names = ckpt.source.names()
         present = set(names)
+        if self.cfg.n_layers > len(names):  # every layer stores at least one tensor
+            raise ArchitectureError(
+                f"{ckpt.path}: config.json declares {self.cfg.n_layers} layers, the checkpoint holds "
+                f"{len(names)} tensors in all"
+            )
         self.prefix = self._detect_prefix(present)
         self._bind: dict[tuple[str, int | None], Binding] = {}
         claimed: set[str] = set()

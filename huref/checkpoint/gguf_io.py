@@ -125,7 +125,10 @@ class GGUFSource:
         vocab = (
             self._shape("model.embed_tokens.weight")[0] if "model.embed_tokens.weight" in self._tensors else 0
         )
-        ffn = self._shape("model.layers.0.mlp.gate_proj.weight")[0] if n_layers else 0
+        gate = "model.layers.0.mlp.gate_proj.weight"
+        ffn = (
+            self._shape(gate)[0] if n_layers and gate in self._tensors else 0
+        )  # missing: named by the arch check
         self.config: dict[str, Any] = {
             "architectures": [cls],
             "model_type": model_type,

@@ -72,7 +72,10 @@ def _layout(header: bytes) -> tuple[list[tuple[str, tuple[int, ...]]], int, tupl
 
 def looks_like_llama2c(path: Path) -> bool:
     """A plausible header whose arrays fill the file exactly (a torch pickle or zip never does:
-    its first bytes would have to spell such a header *and* its size)."""
+    its first bytes would have to spell such a header *and* its size); or, of another size, a
+    plausible header that does not open like a zip or a pickle (a damaged export: its reader then
+    says what is wrong). A dim of 128 mod 256 makes the first byte 0x80, a pickle's first opcode:
+    that is why the size decides first."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -82,7 +85,11 @@ def looks_like_llama2c(path: Path) -> bool:
     if len(head) < HEADER.size:
         return False
     lay = _layout(head)
-    return lay is not None and lay[1] == size
+    if lay is None:
+        return False
+    if lay[1] == size:
+        return True
+    return not (head[:2] == b"PK" or (head[0] == 0x80 and 2 <= head[1] <= 5))
 
 
 class Llama2cSource:

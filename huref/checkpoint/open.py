@@ -51,13 +51,22 @@ class Checkpoint:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except UnicodeDecodeError:
         raise CheckpointError(f"{path}: corrupt config.json (not valid JSON)") from None
+    return _parse_config(text, f"{path}: corrupt config.json")
+
+
+def _parse_config(text: str, what: str) -> dict[str, Any]:
+    """A config document: a JSON object (nesting deep enough to exhaust the parser is corrupt too)."""
+    try:
+        cfg = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{what} (not valid JSON)") from None
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: corrupt config.json (not a JSON object)")
+        raise CheckpointError(f"{what} (not a JSON object)")
     return cfg
 
 
@@ -92,7 +101,7 @@ def _open_folder(folder: Path) -> Checkpoint:
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is None:
             raise CheckpointError(f"{folder}: no config.json (needed to know the architecture)")
-        config = json.loads(meta)
+        config = _parse_config(meta, f"{folder}: corrupt config in the weights' metadata")
     return Checkpoint(folder, fmt, source, config, load_vocab(folder))
 
 
@@ -109,10 +118,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         cfg_beside = p.parent / "config.json"
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is not None:
-            try:
-                config = json.loads(meta)
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{p}: corrupt config in metadata") from None
+            config = _parse_config(meta, f"{p}: corrupt config in metadata")
         elif cfg_beside.is_file():
             config = _read_config(cfg_beside)
         else:

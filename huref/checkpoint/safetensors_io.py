@@ -24,6 +24,7 @@ from huref.checkpoint.source import (
     TensorInfo,
     empty_tensor,
     gather_rows_by_runs,
+    read_weight_map,
 )
 from huref.errors import CheckpointError
 
@@ -61,7 +62,7 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: cannot read ({e.strerror or e})") from None
         try:
             header = json.loads(header_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise CheckpointError(f"{self.path}: corrupt safetensors header (not valid JSON)") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: corrupt safetensors header (not a JSON object)")
@@ -216,15 +217,7 @@ class SafetensorsSource:
 
     @classmethod
     def from_index(cls, index: Path) -> SafetensorsSource:
-        try:
-            data = json.loads(Path(index).read_text())
-            weight_map = data["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError
-        except OSError as e:
-            raise CheckpointError(f"{index}: cannot read ({e.strerror})") from None
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise CheckpointError(f"{index}: corrupt index (needs a 'weight_map' object)") from None
+        weight_map = read_weight_map(Path(index))
         shards = sorted(set(weight_map.values()))
         files = []
         for s in shards:
@@ -237,7 +230,7 @@ class SafetensorsSource:
         return cls(files, index=Path(index))
 
     def _check_index(self, index: Path) -> None:
-        weight_map: dict[str, str] = json.loads(Path(index).read_text())["weight_map"]
+        weight_map = read_weight_map(index)
         for name, shard in weight_map.items():
             sf = self._where.get(name)
             if sf is None:

@@ -7,6 +7,7 @@ largest tensor (or row band) asked for, never by the size of the model.
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from huref.errors import CheckpointError
 
 # safetensors dtype strings <-> torch dtypes; the inventory speaks safetensors' names.
 DTYPES: dict[str, torch.dtype] = {
@@ -113,6 +116,8 @@ def all_finite(t: torch.Tensor) -> bool:
     """
     if not t.is_floating_point() or t.numel() == 0:
         return True
+    if t.element_size() == 1:  # float8: torch has no reductions for it
+        t = t.float()
     if bool(torch.isfinite(t.sum())):
         return True
     return bool(torch.isfinite(t).all())
@@ -186,3 +191,18 @@ def gather_rows_by_runs(rows: Sequence[int], read_range: RangeReader) -> torch.T
 
 class RangeReader(Protocol):
     def __call__(self, lo: int, hi: int) -> torch.Tensor: ...
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """A sharded checkpoint's index: tensor name -> shard file name, both strings."""
+    try:
+        wm = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"]
+    except OSError as e:
+        raise CheckpointError(f"{index}: cannot read ({e.strerror})") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+        wm = None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CheckpointError(
+            f"{index}: corrupt index (needs a 'weight_map' object of tensor -> shard names)"
+        )
+    return wm

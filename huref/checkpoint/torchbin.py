@@ -7,7 +7,6 @@ before it runs; such a refusal is reported as an unsafe file, never retried anot
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import zipfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from huref.checkpoint.source import DTYPE_NAMES, BufferPool, TensorInfo, empty_tensor
+from huref.checkpoint.source import DTYPE_NAMES, BufferPool, TensorInfo, empty_tensor, read_weight_map
 from huref.errors import CheckpointError, UnsafeFileError
 
 
@@ -66,7 +65,7 @@ class TorchBinSource:
                     raise CheckpointError(f"tensor {name!r} is stored twice")
                 self._where[name] = f
         if index is not None:
-            wm = _read_weight_map(index)
+            wm = read_weight_map(index)
             for name, shard in wm.items():
                 if name not in self._where or self._where[name].name != shard:
                     raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
@@ -78,7 +77,7 @@ class TorchBinSource:
 
     @classmethod
     def from_index(cls, index: Path) -> TorchBinSource:
-        wm = _read_weight_map(index)
+        wm = read_weight_map(index)
         files = []
         for s in sorted(set(wm.values())):
             p = index.parent / s
@@ -116,15 +115,3 @@ class TorchBinSource:
 
     def metadata(self) -> dict[str, str]:
         return {}
-
-
-def _read_weight_map(index: Path) -> dict[str, str]:
-    try:
-        wm = json.loads(index.read_text())["weight_map"]
-        if not isinstance(wm, dict):
-            raise TypeError
-        return {str(k): str(v) for k, v in wm.items()}
-    except OSError as e:
-        raise CheckpointError(f"{index}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(f"{index}: corrupt index (needs a 'weight_map' object)") from None

@@ -82,7 +82,9 @@ class Vocab:
 
 
 def _style_from_tokenizer_json(data: dict) -> str:
-    text = json.dumps({k: data.get(k) for k in ("pre_tokenizer", "decoder", "normalizer")})
+    text = json.dumps(
+        {k: data.get(k) for k in ("pre_tokenizer", "decoder", "normalizer")}, ensure_ascii=False
+    )
     model = data.get("model") or {}
     if "ByteLevel" in text:
         return "byte_level"
@@ -101,22 +103,29 @@ def _from_tokenizer_json(path: Path) -> Vocab:
         )
         if not vocab and isinstance(data["model"].get("vocab"), list):  # Unigram: [[piece, score], ...]
             vocab = {p[0]: i for i, p in enumerate(data["model"]["vocab"])}
-        added = data.get("added_tokens") or []
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"{path}: corrupt tokenizer.json") from None
-    style = _style_from_tokenizer_json(data)
-    special = set()
-    for a in added:
-        vocab[a["content"]] = int(a["id"])
-        if a.get("special"):
-            special.add(int(a["id"]))
+        style = _style_from_tokenizer_json(data)
+        special = set()
+        for a in data.get("added_tokens") or []:
+            vocab[str(a["content"])] = int(a["id"])
+            if a.get("special"):
+                special.add(int(a["id"]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise CheckpointError(f"{path}: corrupt tokenizer.json") from None  # JSONDecodeError is a ValueError
     return _build(vocab, special, style, str(path))
+
+
+MAX_ID_GAP = 4096  # ids may skip a few (removed tokens); a table is never allocated much beyond its entries
 
 
 def _build(vocab: dict[str, int], special: set[int], style: str, source: str) -> Vocab:
     if not vocab:
         raise CheckpointError(f"{source}: empty vocabulary")
-    size = max(vocab.values()) + 1
+    if not all(isinstance(i, int) for i in vocab.values()):
+        raise CheckpointError(f"{source}: corrupt vocabulary (a token id is not an integer)")
+    low, size = min(vocab.values()), max(vocab.values()) + 1
+    if low < 0 or size > 2 * len(vocab) + MAX_ID_GAP:
+        bad = low if low < 0 else size - 1
+        raise CheckpointError(f"{source}: corrupt vocabulary (token id {bad} for {len(vocab)} tokens)")
     toks = [""] * size
     for tok, i in vocab.items():
         toks[i] = normalise_token(tok, style) if i not in special else tok
@@ -131,13 +140,15 @@ def load_vocab(folder: Path) -> Vocab | None:
     if (folder / "vocab.json").is_file():  # GPT-2 style slow tokenizer: byte-level BPE
         try:
             vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ids = {str(k): int(v) for k, v in vocab.items()}
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
             raise CheckpointError(f"{folder / 'vocab.json'}: corrupt vocabulary") from None
-        return _build(
-            {str(k): int(v) for k, v in vocab.items()}, set(), "byte_level", str(folder / "vocab.json")
-        )
+        return _build(ids, set(), "byte_level", str(folder / "vocab.json"))
     if (folder / "vocab.txt").is_file():  # BERT WordPiece
-        lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        try:
+            lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            raise CheckpointError(f"{folder / 'vocab.txt'}: corrupt vocabulary (not UTF-8 text)") from None
         vocab = {t: i for i, t in enumerate(lines)}
         special = {i for t, i in vocab.items() if re.fullmatch(r"\[[A-Z]+\]|\[unused\d+\]", t)}
         return _build(vocab, special, "wordpiece", str(folder / "vocab.txt"))

@@ -59,7 +59,7 @@ def _doc(fp: Fingerprint) -> dict:
 
 
 def _seal(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(meta_json.encode())
+    h = hashlib.sha256(meta_json.encode("utf-8", "surrogatepass"))  # token strings may hold lone surrogates
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(name.encode())
@@ -103,8 +103,10 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         raise FingerprintError(f"{p}: not a huref fingerprint (no '{META_KEY}' metadata)")
     try:
         doc = json.loads(meta[META_KEY])
-    except json.JSONDecodeError:
-        raise FingerprintError(f"{p}: corrupt fingerprint metadata") from None
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise FingerprintError(f"{p}: corrupt fingerprint metadata (not a JSON object)")
     fmt = doc.get("format")
     if fmt != FORMAT_VERSION:
         raise FingerprintError(
@@ -142,5 +144,14 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             )
     except KeyError as e:
         raise FingerprintError(f"{p}: incomplete fingerprint (missing {e})") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise FingerprintError(f"{p}: corrupt fingerprint ({e})") from None
+    for mt in modes.values():
+        n = len(mt.token_ids)
+        if len(mt.token_strings) != n or tuple(mt.terms.shape) != (len(mt.layers), 3, n, n):
+            raise FingerprintError(
+                f"{p}: corrupt fingerprint ({mt.mode} terms {list(mt.terms.shape)} for "
+                f"{len(mt.layers)} layers and {n} tokens)"
+            )
     meta_out = {k: v for k, v in doc.items() if k not in ("robust", "paper", "responses", "timing")}
     return Fingerprint(meta_out, modes.get("robust"), modes.get("paper"), resp, doc.get("timing", {}))

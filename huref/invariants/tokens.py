@@ -68,8 +68,11 @@ def read_frequency_list(path: Path) -> dict[str, int]:
         tok, sep, cnt = line.rpartition("\t")
         if not sep:
             raise UsageError(f"{path}:{ln}: expected 'token<TAB>count'")
-        if tok.startswith('"') and tok.endswith('"'):
-            tok = json.loads(tok)
+        if len(tok) >= 2 and tok.startswith('"') and tok.endswith('"'):  # a JSON-escaped token
+            try:
+                tok = json.loads(tok)
+            except ValueError:
+                raise UsageError(f"{path}:{ln}: token {tok[:40]!r} is not a valid JSON string") from None
         try:
             counts[tok] = int(cnt)
         except ValueError:
