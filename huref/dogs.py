@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from huref.errors import RenderError
+from huref.errors import RenderError, UsageError
 from huref.invariants.fingerprint import Fingerprint
 
 DEFAULT_RENDERER = "sketch"
@@ -104,6 +104,71 @@ def fingerprint_of(path: str | Path) -> Fingerprint:
     if is_fingerprint_file(path):
         return load_fingerprint(path)
     return fingerprint_model(path, Settings(modes=("robust",)))
+
+
+def robust_settings(fp: Fingerprint) -> tuple[int, str]:
+    """(requested robust n, token-selection key digest) of a fingerprint: what decides which
+    tokens were probed. The requested n, not the count of probe tokens: a small vocabulary
+    gives fewer tokens at the same setting."""
+    from huref.encoder.canonical import robust_terms
+
+    mt = robust_terms(fp)  # FingerprintError when there are no robust terms
+    settings = fp.meta.get("settings")
+    n = settings.get("n") if isinstance(settings, dict) else None
+    return (n if isinstance(n, int) and not isinstance(n, bool) else mt.n), mt.key_digest
+
+
+def check_same_robust_settings(sources: Sequence[tuple[str, tuple[int, str]]]) -> None:
+    """Refuse (UsageError) inputs whose robust fingerprints chose their tokens differently: their
+    dogs would differ for that reason alone, so related models would look unrelated."""
+    if len({settings for _, settings in sources}) <= 1:
+        return
+    (name_a, (n_a, key_a)), (name_b, (n_b, key_b)) = (
+        sources[0],
+        next(item for item in sources if item[1] != sources[0][1]),
+    )
+    what = f"robust n {n_a} vs {n_b}" if n_a != n_b else f"token key {key_a} vs {key_b}"
+    raise UsageError(
+        f"{name_a} and {name_b} were fingerprinted with different settings ({what}): their dogs "
+        "are not comparable; fingerprint every model with the same --n and --token-key"
+    )
+
+
+def fingerprints_of(paths: Sequence[str | Path]) -> list[Fingerprint]:
+    """Fingerprints of inputs whose dogs are shown together. Fingerprint files are read first
+    and must agree with each other and with the default robust settings that the checkpoints
+    among the inputs get (those always agree), before any checkpoint is fingerprinted."""
+    from huref.invariants import Settings, fingerprint_model, load_fingerprint
+    from huref.invariants.fpfile import is_fingerprint_file
+    from huref.invariants.tokens import key_digest
+
+    settings = Settings(modes=("robust",))
+    files = {i: load_fingerprint(p) for i, p in enumerate(paths) if is_fingerprint_file(p)}
+    sources = [(str(paths[i]), robust_settings(fp)) for i, fp in files.items()]
+    if len(files) < len(paths):
+        first = next(str(p) for i, p in enumerate(paths) if i not in files)
+        sources.append(
+            (f"{first} (fingerprinted here, default settings)", (settings.n, key_digest(settings.key)))
+        )
+    check_same_robust_settings(sources)
+    return [files[i] if i in files else fingerprint_model(p, settings) for i, p in enumerate(paths)]
+
+
+def encoder_n_range(encoder: str | Path | None = None) -> tuple[int, int]:
+    """The probe-token counts the encoder was trained on: ``n_tokens`` of its recorded config
+    when present, else the range of huref's synthetic training models (every recipe of
+    ``huref encoder train`` draws from it)."""
+    from huref.encoder.synthetic import SynthSpec
+    from huref.encoder.weights import read_metadata, shipped_path
+
+    recorded = read_metadata(encoder if encoder is not None else shipped_path())["config"].get("n_tokens")
+    if (
+        isinstance(recorded, list)
+        and len(recorded) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in recorded)
+    ):
+        return recorded[0], recorded[1]
+    return SynthSpec().n_tokens
 
 
 def dog_sheet(

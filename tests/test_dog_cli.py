@@ -3,6 +3,7 @@ several models, and bad input refused with one line, exit code 2 and no image le
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -14,6 +15,8 @@ from PIL import Image
 from huref.cli import main
 from huref.dogs import dog_png_bytes, dog_vector, fingerprint_of, render_dog
 from huref.errors import RenderError, UsageError
+from huref.invariants.fingerprint import Fingerprint
+from huref.invariants.fpfile import save_fingerprint
 from huref.render import get_renderer
 from huref.render.sheet import sheet_size
 
@@ -193,3 +196,111 @@ def test_stylegan2_renderer_draws_the_same_vector(
         render_dog(np.asarray(doc["z"]), "stylegan2", size=64, checkpoint=str(STYLEGAN2)), dtype=float
     )
     assert np.abs(img - again).max() <= 1  # same z, same generator: same image
+
+
+def _variant(fp: Fingerprint, path: Path, n: int | None = None, key: str | None = None) -> Path:
+    """A sealed fingerprint file of fp as if taken with robust n (first n tokens) or another key."""
+    robust = fp.robust
+    assert robust is not None
+    meta = {**fp.meta, "settings": {**fp.meta["settings"]}}
+    if n is not None:
+        meta["settings"]["n"] = n
+        robust = dataclasses.replace(
+            robust,
+            token_ids=robust.token_ids[:n],
+            token_strings=robust.token_strings[:n],
+            terms=robust.terms[:, :, :n, :n].clone(),
+        )
+    if key is not None:
+        robust = dataclasses.replace(robust, key_digest=key)
+    return save_fingerprint(dataclasses.replace(fp, meta=meta, robust=robust), path)
+
+
+def test_dog_refuses_inputs_fingerprinted_with_different_settings(
+    fps: dict,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = fps["llama-a"]
+    assert base.meta["settings"]["n"] == 512
+    plain = _variant(base, tmp_path / "plain.safetensors")
+    small = _variant(base, tmp_path / "n128.safetensors", n=128)
+    keyed = _variant(base, tmp_path / "keyed.safetensors", key="0123456789abcdef")
+    sheet = tmp_path / "sheet.png"
+    for args, difference in (
+        ([plain, small, "--json"], "robust n 512 vs 128"),
+        ([plain, keyed, "--sheet", sheet], "token key"),
+        ([small, keyed, "--json"], "robust n 128 vs 512"),
+    ):
+        code, stdout, err = _run(capsys, "dog", *map(str, args))
+        lines = err.strip().splitlines()
+        assert code == 2 and stdout == "" and len(lines) == 1, err
+        assert lines[0].startswith("huref: error:") and difference in lines[0]
+    assert not sheet.exists() and not list(tmp_path.glob("*.tmp"))
+
+    import huref.invariants
+
+    def no_fingerprinting(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the checkpoint was fingerprinted before the settings were compared")
+
+    with monkeypatch.context() as m:  # a checkpoint gets the default settings: not the key's
+        m.setattr(huref.invariants, "fingerprint_model", no_fingerprinting)
+        code, _, err = _run(capsys, "dog", str(keyed), str(tiny_zoo / "llama-a"), "--json")
+        assert code == 2 and "token key" in err and "llama-a (fingerprinted here" in err
+    code, stdout, _ = _run(capsys, "dog", str(plain), str(tiny_zoo / "llama-a"), "--json")
+    assert code == 0
+    z_file, z_checkpoint = (np.asarray(d["z"]) for d in json.loads(stdout)["dogs"])
+    assert np.allclose(z_file, z_checkpoint, atol=1e-4)  # the file stores float16 terms
+
+
+def test_dog_warns_when_n_is_outside_the_encoders_training_range(
+    fps: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = _variant(fps["llama-a"], tmp_path / "n128.safetensors", n=128)
+    code, stdout, err = _run(capsys, "dog", str(small), "--json")
+    assert code == 0 and json.loads(stdout)["z"]
+    assert err.startswith("huref: warning:") and "128 probe tokens" in err and "320..640" in err
+    code, _, err = _run(capsys, "dog", str(_variant(fps["llama-a"], tmp_path / "a.safetensors")), "--json")
+    assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("size-too-big", "--size must be 16..4096"),
+        ("cell-too-big", "--cell 16..2048"),
+        ("no-columns", "--columns must be at least 1"),
+        ("output-is-a-folder", "is a folder"),
+        ("sheet-is-a-folder", "is a folder"),
+    ],
+)
+def test_bad_command_line_is_refused_before_any_fingerprinting(
+    case: str,
+    message: str,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huref.dogs
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the command line was checked")
+
+    for name in ("fingerprint_of", "fingerprints_of", "dog_vector"):
+        monkeypatch.setattr(huref.dogs, name, no_work)
+    model, out, folder = str(tiny_zoo / "llama-a"), str(tmp_path / "dog.png"), tmp_path / "d.png"
+    folder.mkdir()
+    args = {
+        "size-too-big": ["-o", out, "--size", "4097"],
+        "cell-too-big": ["--sheet", out, "--cell", "2049"],
+        "no-columns": ["--sheet", out, "--columns", "0"],
+        "output-is-a-folder": ["-o", str(folder)],
+        "sheet-is-a-folder": ["--sheet", str(folder)],
+    }[case]
+    code, _, err = _run(capsys, "dog", model, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("huref: error:") and message in lines[0]
+    assert list(tmp_path.rglob("*.png*")) == [folder] and not any(folder.iterdir())

@@ -131,3 +131,65 @@ def test_a_file_that_is_not_an_encoder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(RenderError):
         load_encoder_file(tmp_path / "junk.safetensors")
+
+
+def _encoder_file(path: Path, config: object, metrics: object = None, width: int = 4) -> Path:
+    """An encoder file with hand-written metadata (any JSON), weights of the given width."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from huref.encoder.weights import FORMAT, canonical_spec
+
+    tensors = {k: v.contiguous() for k, v in CalibratedEncoder(width).state_dict().items()}
+    meta = {
+        "huref.encoder.format": FORMAT,
+        "huref.encoder.canonical": json.dumps(canonical_spec()),
+        "huref.encoder.config": json.dumps(config),
+        "huref.encoder.metrics": json.dumps({"heldout": {}} if metrics is None else metrics),
+    }
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ([1, 2], r"config is a list, not an object"),
+        ({"width": "wide"}, r"width 'wide' is not an integer"),
+        ({"width": True}, r"width True is not an integer"),
+        ({"width": 4096}, r"width 4096 is not an integer in 1\.\.512"),
+        ({"width": 8}, r"has shape \[4, 6, 4, 4\], but width 8 implies \[8, 6, 4, 4\]"),
+    ],
+    ids=["list", "str", "bool", "huge", "other-width"],
+)
+def test_malformed_encoder_config_is_refused_before_building(
+    tmp_path: Path, config: object, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huref.encoder import weights
+
+    path = _encoder_file(tmp_path / "enc.safetensors", config)
+
+    def no_network(width: int = 64) -> None:
+        raise AssertionError(f"a network of width {width} was built before the checks")
+
+    monkeypatch.setattr(weights, "CalibratedEncoder", no_network)
+    with pytest.raises(RenderError, match=message) as info:
+        load_encoder_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_encoder_info_prints_what_the_metadata_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huref.cli import main
+
+    path = _encoder_file(tmp_path / "enc.safetensors", {"width": 4, "seed": 7}, metrics={})
+    capsys.readouterr()
+    assert main(["encoder", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "seed 7" in out and "width 4" in out and "held-out metrics: not recorded" in out
+    bad = _encoder_file(tmp_path / "bad.safetensors", [1, 2])
+    assert main(["encoder", "info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("huref: error:") and "not an object" in err[0]

@@ -123,3 +123,71 @@ def test_convert_command_writes_a_loadable_generator(tmp_path: Path) -> None:
     g = load_generator_safetensors(out)
     assert sum(p.numel() for p in g.parameters()) > 0
     assert main(["convert-stylegan2", str(PKL), "-o", str(out)]) == 2  # never overwrites
+
+
+TINY = {
+    "z_dim": 8,
+    "c_dim": 0,
+    "w_dim": 8,
+    "img_resolution": 8,
+    "img_channels": 3,
+    "mapping_kwargs": {"num_layers": 2},
+    "synthesis_kwargs": {"channel_base": 64, "channel_max": 8},
+}
+
+
+@pytest.fixture()
+def tiny_file(tmp_path: Path) -> Path:
+    """A tiny generator with random weights, saved the way convert-stylegan2 saves one."""
+    from huref.render.stylegan2 import Generator, save_generator
+
+    g = Generator(**TINY)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for t in g.state_dict().values():
+            t.copy_(torch.randn_like(t))
+    return save_generator(g, tmp_path / "tiny.safetensors")
+
+
+def test_tiny_generator_round_trips_through_the_checked_loader(tiny_file: Path) -> None:
+    g = load_generator(tiny_file)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    assert g(z).shape == (2, 3, 8, 8)
+    for name, t in load_file(str(tiny_file)).items():
+        assert torch.equal(g.state_dict()[name], t), name  # every tensor came from the file
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"w_dim": 200_000}, r"w_dim = 200000 is outside"),
+        ({"z_dim": "8"}, r"z_dim must be an integer"),
+        ({"synthesis_kwargs": {"channel_base": 64, "channel_max": 0}}, r"channel_max = 0"),
+        ({"mapping_kwargs": {"num_layers": 2.5}}, r"num_layers must be an integer"),
+        ({"img_resolution": 16}, r"lacks tensor|has shape"),  # valid, but not these tensors
+        ({"extra": 1}, r"bad generator configuration"),
+    ],
+    ids=["huge", "str", "zero-channels", "float-layers", "other-shapes", "unknown-argument"],
+)
+def test_bad_configuration_in_safetensors_metadata_is_refused(
+    tiny_file: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    with safe_open(str(tiny_file), framework="pt") as f:
+        meta = f.metadata()
+    meta[META_KWARGS] = json.dumps({**TINY, **change})
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(tiny_file)), str(bad), metadata=meta)
+    with pytest.raises(RenderError, match=message) as info:
+        load_generator(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_integer_tensors_are_refused_from_the_header(tiny_file: Path, tmp_path: Path) -> None:
+    with safe_open(str(tiny_file), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(tiny_file))
+    tensors["mapping.w_avg"] = tensors["mapping.w_avg"].to(torch.int64)
+    bad = tmp_path / "int.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(RenderError, match=r"mapping\.w_avg is I64"):
+        load_generator(bad)

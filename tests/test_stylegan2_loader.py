@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -389,3 +390,130 @@ def test_build_cannot_change_the_loaders_own_classes(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFileError, match="refused BUILD on a type"):
         load_stylegan_pickle(path)
     assert EasyDict.__setitem__ is before
+
+
+# --- malformed or oversized configurations -------------------------------------------------
+
+
+def _config(**changes: Any) -> dict:
+    """The official-style ``_init_kwargs`` of a tiny generator, with some values changed."""
+    kwargs: dict[str, Any] = {
+        "z_dim": 64,
+        "c_dim": 0,
+        "w_dim": 64,
+        "img_resolution": 4,
+        "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 8},
+        "synthesis_kwargs": {"channel_base": 64, "channel_max": 64},
+    }
+    for key, value in changes.items():
+        group, _, name = key.partition("__")
+        if name:
+            kwargs[group] = {**kwargs[group], name: value}
+        else:
+            kwargs[group] = value
+    return kwargs
+
+
+def _self_referencing() -> list:
+    loop: list = [1, 3, 3]
+    loop.append(loop)
+    return loop
+
+
+BAD_CONFIGS = {
+    "z_dim_str": ({"z_dim": "64"}, r"z_dim must be an integer"),
+    "w_dim_negative": ({"w_dim": -1}, r"w_dim = -1 is outside"),
+    "w_dim_huge": ({"w_dim": 200_000}, r"w_dim = 200000 is outside"),
+    "resolution_float": ({"img_resolution": 8.0}, r"img_resolution must be an integer"),
+    "resolution_not_power_of_two": ({"img_resolution": 12}, r"not a power of two"),
+    "resolution_huge": ({"img_resolution": 1 << 16}, r"img_resolution = 65536 is outside"),
+    "no_image_channels": ({"img_channels": 0}, r"img_channels = 0 is outside"),
+    "channel_max_zero": ({"synthesis_kwargs__channel_max": 0}, r"channel_max = 0 is outside"),
+    "channel_base_too_small": ({"synthesis_kwargs__channel_base": 2}, r"leaves no channels"),
+    "ragged_filter": ({"synthesis_kwargs__resample_filter": [[1, 2], [3]]}, r"resample_filter"),
+    "self_referencing_filter": (
+        {"synthesis_kwargs__resample_filter": _self_referencing()},
+        r"nested more than",
+    ),
+    "clamp_str": ({"synthesis_kwargs__conv_clamp": "x"}, r"conv_clamp must be a finite number"),
+    "even_kernel": ({"synthesis_kwargs__kernel_size": 4}, r"kernel_size 4 is not odd"),
+    "layers_float": ({"mapping_kwargs__num_layers": 2.5}, r"num_layers must be an integer"),
+    "layers_huge": ({"mapping_kwargs__num_layers": 10_000}, r"num_layers = 10000 is outside"),
+    "mapping_kwargs_list": ({"mapping_kwargs": [1, 2]}, r"mapping_kwargs must be a dict"),
+    "unknown_option": ({"synthesis_kwargs__evil": 1}, r"unsupported synthesis_kwargs"),
+    "too_many_parameters": (
+        {
+            "w_dim": 4096,
+            "img_resolution": 2048,
+            "synthesis_kwargs__channel_base": 1 << 20,
+            "synthesis_kwargs__channel_max": 4096,
+        },
+        r"parameters, more than",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_malformed_generator_configuration_is_one_render_error(case: str) -> None:
+    changes, message = BAD_CONFIGS[case]
+    state = {**_plain_state(), "_init_kwargs": _config(**changes)}
+    with pytest.raises(RenderError, match=message) as info:
+        generator_from_record(PersistentRecord("Generator", 6, state))
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_configuration_on_the_command_line_exits_2_and_writes_nothing(
+    official_globals: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huref.cli import main
+
+    state = {**_plain_state(), "_init_kwargs": _config(synthesis_kwargs__channel_max=0)}
+    path, out = tmp_path / "g.pkl", tmp_path / "g.safetensors"
+    path.write_bytes(_official_like(state))
+    capsys.readouterr()
+    assert main(["convert-stylegan2", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "channel_max = 0" in err[0]
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_tiny_file_declaring_a_big_network_allocates_nothing(
+    official_globals: None, tmp_path: Path
+) -> None:
+    """A configuration within the bounds (~530 MiB of float32 weights) in a file with no tensors:
+    refused from the meta-device skeleton, before the network is allocated. Measured in a
+    child process, whose peak memory is its own."""
+    big = _config(z_dim=4096, w_dim=4096, img_resolution=64, synthesis_kwargs__channel_base=1 << 14)
+    pkl = tmp_path / "big.pkl"
+    pkl.write_bytes(_official_like({**_plain_state(), "_init_kwargs": big}))
+    assert pkl.stat().st_size < 2000
+    st = tmp_path / "big.safetensors"
+    from safetensors.torch import save_file
+
+    from huref.render.stylegan2.convert import KIND, META_KIND, META_KWARGS
+
+    meta = {"format": "pt", META_KIND: KIND, META_KWARGS: json.dumps(big)}
+    save_file({"x": torch.zeros(1)}, str(st), metadata=meta)
+    script = (
+        "import resource, sys\n"
+        "from huref.errors import RenderError\n"
+        "from huref.render.stylegan2 import load_generator\n"
+        "def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+        "before = peak()\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_generator(path)\n"
+        "    except RenderError as e:\n"
+        "        print('refused', e)\n"
+        "print('growth_mib', peak() - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(pkl), str(st)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused") and "lacks submodule" in lines[0]
+    assert lines[1].startswith("refused") and "lacks tensor" in lines[1]
+    growth = int(lines[2].split()[1])
+    assert growth < 100, f"peak memory grew by {growth} MiB: the declared network was allocated"

@@ -12,12 +12,17 @@ from huref.cli.app import app
 from huref.cli.console import console
 from huref.errors import UsageError
 
+MAX_SIZE = 4096  # --size: pixels per side (a 4096 x 4096 RGB image is 48 MiB)
+MAX_CELL = 2048  # --cell: pixels per side of one sheet thumbnail
+
 
 def _png_target(path: Path, flag: str) -> Path:
     if path.suffix.lower() != ".png":
         raise UsageError(f"{flag} {path}: the image file name must end in .png")
     if not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder, not an image file")
     return path
 
 
@@ -36,11 +41,15 @@ def dog_cmd(
         Path | None,
         typer.Option("--encoder", help="Encoder weights (default: the shipped, hash-checked file)."),
     ] = None,
-    size: Annotated[int, typer.Option("--size", help="Pixels per side of -o's image.")] = 512,
+    size: Annotated[
+        int, typer.Option("--size", help=f"Pixels per side of -o's image (16..{MAX_SIZE}).")
+    ] = 512,
     columns: Annotated[
-        int | None, typer.Option("--columns", help="Sheet columns (default: about square).")
+        int | None, typer.Option("--columns", help="Sheet columns, at least 1 (default: about square).")
     ] = None,
-    cell: Annotated[int, typer.Option("--cell", help="Sheet thumbnail size in pixels.")] = 192,
+    cell: Annotated[
+        int, typer.Option("--cell", help=f"Sheet thumbnail size in pixels (16..{MAX_CELL}).")
+    ] = 192,
     labels: Annotated[
         list[str] | None,
         typer.Option("--label", help="Sheet caption per model, in order (default: model name)."),
@@ -48,7 +57,14 @@ def dog_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the dog vector(s) as JSON.")] = False,
 ) -> None:
     """Render the dog image of each model: derived models look like their base."""
-    from huref.dogs import dog_sheet, dog_vector, fingerprint_of, get_cached_renderer, render_dog
+    from huref.dogs import (
+        dog_sheet,
+        dog_vector,
+        encoder_n_range,
+        fingerprints_of,
+        get_cached_renderer,
+        render_dog,
+    )
     from huref.render.sheet import save_png_atomic
 
     # every check that needs no computation comes first: no work is wasted on a bad command line
@@ -62,8 +78,12 @@ def dog_cmd(
         _png_target(sheet, "--sheet")
     if labels and len(labels) != len(models):
         raise UsageError(f"{len(labels)} --label values for {len(models)} models")
-    if size < 16 or cell < 16:
-        raise UsageError("--size and --cell must be at least 16 pixels")
+    if not (16 <= size <= MAX_SIZE and 16 <= cell <= MAX_CELL):
+        raise UsageError(
+            f"--size must be 16..{MAX_SIZE} and --cell 16..{MAX_CELL} pixels, got {size} and {cell}"
+        )
+    if columns is not None and columns < 1:
+        raise UsageError(f"--columns must be at least 1, got {columns}")
     opts: dict[str, object] = {}
     if renderer == "stylegan2" and checkpoint is None:
         raise UsageError(
@@ -76,8 +96,18 @@ def dog_cmd(
         opts["checkpoint"] = str(checkpoint)
     get_cached_renderer(renderer, **opts)  # bad renderer or generator file: fail before fingerprinting
 
-    fps = [fingerprint_of(m) for m in models]
+    fps = fingerprints_of(models)  # refuses inputs fingerprinted with different settings
     zs = [dog_vector(fp, encoder) for fp in fps]
+    lo, hi = encoder_n_range(encoder)
+    for m, fp in zip(models, fps, strict=True):
+        n = fp.robust.n if fp.robust is not None else 0
+        if not lo <= n <= hi:
+            console(stderr=True).print(
+                f"huref: warning: {m} has {n} probe tokens, outside the {lo}..{hi} the encoder was "
+                "trained on: its dog is less reliable",
+                markup=False,
+                highlight=False,
+            )
     if out is not None:
         save_png_atomic(render_dog(zs[0], renderer, size=size, **opts), out)
     if sheet is not None:

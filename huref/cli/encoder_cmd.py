@@ -115,13 +115,35 @@ def info_cmd(
         typer.echo(json.dumps(doc))
         return
     con = console()
-    cfg, h = meta["config"], meta["metrics"]["heldout"]
     con.print(styled((str(target), "bold"), f"  sha256 {digest}{'  (shipped)' if doc['shipped'] else ''}"))
-    con.print(
-        f"seed {cfg['seed']}, {cfg['steps']} steps, batch {cfg['families']}x{cfg['siblings']}x2 views, "
-        f"{cfg['threads']} thread(s)"
-    )
-    con.print(
-        f"held-out ({h['n']} stacks): mean {h['mean_min']:.3f}..{h['mean_max']:.3f}, "
-        f"std {h['std_min']:.3f}..{h['std_max']:.3f}, KS D {h['ks_statistic']:.4f} p {h['ks_pvalue']:.3g}"
-    )
+    # files trained elsewhere may lack parts of the recipe or the metrics: print what there is
+    cfg = meta["config"]
+    recipe = [
+        text
+        for text, keys in (
+            ("seed {seed}", ("seed",)),
+            ("{steps} steps", ("steps",)),
+            ("batch {families}x{siblings}x2 views", ("families", "siblings")),
+            ("width {width}", ("width",)),
+            ("{threads} thread(s)", ("threads",)),
+        )
+        if all(_plain_value(cfg.get(k)) for k in keys)
+    ]
+    con.print(", ".join(t.format(**cfg) for t in recipe) if recipe else "recipe: not recorded")
+    h = meta["metrics"].get("heldout")
+    numbers = ("n", "mean_min", "mean_max", "std_min", "std_max", "ks_statistic", "ks_pvalue")
+    if isinstance(h, dict) and all(_number(h.get(k)) for k in numbers):
+        con.print(
+            f"held-out ({h['n']} stacks): mean {h['mean_min']:.3f}..{h['mean_max']:.3f}, "
+            f"std {h['std_min']:.3f}..{h['std_max']:.3f}, KS D {h['ks_statistic']:.4f} p {h['ks_pvalue']:.3g}"
+        )
+    else:
+        con.print("held-out metrics: not recorded")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain_value(value: object) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from huref.checkpoint.hashing import sha256_file
 from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
 from huref.encoder.canonical import BUCKET_KEY, CHANNELS, DEPTH_SLOTS, GRID
-from huref.encoder.model import CalibratedEncoder
+from huref.encoder.model import CalibratedEncoder, Calibration, DogEncoder
 from huref.errors import CheckpointError, RenderError
 from huref.render.base import Z_DIM
 
@@ -39,6 +39,7 @@ ENCODER_NAME = "huref-dog-encoder-v1"
 WEIGHTS_FILE = f"{ENCODER_NAME}.safetensors"
 SHIPPED_SHA256 = "b5f11ddf74bc55ca17bf630e59ff8dc7ae96a21e9b126ec346c66d5c383ef970"  # encoders/README.md
 ENV_DIR = "HUREF_ENCODERS_DIR"
+MAX_WIDTH = 512  # DogEncoder width: 64 shipped; 512 is ~11M parameters (45 MB)
 
 
 def canonical_spec() -> dict[str, Any]:
@@ -100,13 +101,59 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if raw.get("huref.encoder.format") != FORMAT:
         raise RenderError(f"{path}: not a huref encoder file (format {raw.get('huref.encoder.format')!r})")
     try:
-        return {
+        meta = {
             "canonical": json.loads(raw["huref.encoder.canonical"]),
             "config": json.loads(raw["huref.encoder.config"]),
             "metrics": json.loads(raw["huref.encoder.metrics"]),
         }
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise RenderError(f"{path}: incomplete encoder metadata ({e})") from None
+    for key, value in meta.items():
+        if not isinstance(value, dict):
+            raise RenderError(f"{path}: encoder metadata {key} is a {type(value).__name__}, not an object")
+    return meta
+
+
+def network_width(path: str | Path, config: dict[str, Any]) -> int:
+    """The encoder width a file's config declares, refused unless a plain int in 1..MAX_WIDTH."""
+    width = config.get("width", 64)
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise RenderError(f"{path}: encoder width {width!r} is not an integer in 1..{MAX_WIDTH}")
+    return width
+
+
+def expected_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of CalibratedEncoder(width); the network part is built on the meta
+    device, so asking costs no memory whatever the width."""
+    with torch.device("meta"):
+        net = DogEncoder(width)
+    shapes = {f"encoder.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    shapes.update({f"calibration.{k}": tuple(v.shape) for k, v in Calibration().state_dict().items()})
+    return shapes
+
+
+def check_tensor_shapes(path: str | Path, width: int) -> None:
+    """Compare the file's header (names both ways, shapes) with the network its config declares,
+    before anything is allocated for it."""
+    from safetensors import safe_open
+
+    want = expected_shapes(width)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names: list[str] = f.keys()  # a safe_open handle is not iterable
+            have = {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as e:
+        raise RenderError(f"{path}: not a readable encoder weights file ({e})") from None
+    missing, unclaimed = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise RenderError(f"{path}: encoder weights lack tensor {missing[0]} (width {width})")
+    if unclaimed:
+        raise RenderError(f"{path}: unexpected tensor {unclaimed[0]} in the encoder weights")
+    for name, shape in want.items():
+        if have[name] != shape:
+            raise RenderError(
+                f"{path}: {name} has shape {list(have[name])}, but width {width} implies {list(shape)}"
+            )
 
 
 def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> CalibratedEncoder:
@@ -127,7 +174,9 @@ def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> C
     meta = read_metadata(path)
     if meta["canonical"] != canonical_spec():
         raise RenderError(f"{path}: trained for canonical stack {meta['canonical']}, not {canonical_spec()}")
-    model = CalibratedEncoder(int(meta["config"].get("width", 64)))
+    width = network_width(path, meta["config"])
+    check_tensor_shapes(path, width)
+    model = CalibratedEncoder(width)
     try:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)

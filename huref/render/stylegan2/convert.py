@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from huref.errors import RenderError
-from huref.render.stylegan2.network import Generator
+from huref.render.stylegan2.network import Generator, generator_skeleton, materialise
 from huref.render.stylegan2.rebuild import generator_from_pickle, plain
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ KIND = "huref.stylegan2.generator"
 META_KIND = "huref.kind"
 META_KWARGS = "huref.stylegan2.init_kwargs"
 META_SOURCE = "huref.stylegan2.source_sha256"
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names
 
 
 def _sha256(path: Path) -> str:
@@ -82,8 +83,9 @@ def convert_pickle_to_safetensors(pkl: str | Path, out: str | Path, key: str = "
 
 
 def load_generator_safetensors(path: str | Path, device: str = "cpu") -> Generator:
-    """Rebuild a Generator from a file written by :func:`save_generator` (names checked both
-    ways, shapes checked) and move it to ``device``."""
+    """Rebuild a Generator from a file written by :func:`save_generator` and move it to
+    ``device``. The configuration is checked and the tensor names (both ways), shapes and dtypes
+    compared with the header before any network memory is allocated."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -96,23 +98,27 @@ def load_generator_safetensors(path: str | Path, device: str = "cpu") -> Generat
             kwargs: Any = json.loads(metadata[META_KWARGS])
             if not isinstance(kwargs, dict):
                 raise RenderError(f"{path}: {META_KWARGS} is not a JSON object")
-            try:
-                generator = Generator(**kwargs)
-            except TypeError as exc:
-                raise RenderError(f"{path}: bad generator configuration: {exc}") from None
-            expected = generator.state_dict()
+            skeleton = generator_skeleton(kwargs, str(path))  # shapes only, no memory yet
+            expected = skeleton.state_dict()
             names = set(f.keys())
             missing, unclaimed = sorted(set(expected) - names), sorted(names - set(expected))
-            if missing or unclaimed:
-                if missing:
-                    raise RenderError(f"{path} lacks tensor {missing[0]}")
+            if missing:
+                raise RenderError(f"{path} lacks tensor {missing[0]}")
+            if unclaimed:
                 raise RenderError(f"{path} has unexpected tensor {unclaimed[0]}")
             for name, target in expected.items():
-                shape = list(f.get_slice(name).get_shape())
+                view = f.get_slice(name)  # header only
+                shape, dtype = list(view.get_shape()), view.get_dtype()
                 if shape != list(target.shape):
                     raise RenderError(
                         f"{path}: {name} has shape {shape}, expected {list(target.shape)}",
                     )
+                if dtype not in FLOAT_DTYPES:
+                    raise RenderError(f"{path}: {name} is {dtype}, not a floating-point tensor")
+            # safetensors has checked that the data covers every header entry, so what is
+            # allocated now is bounded by the size of the file
+            generator = materialise(skeleton)
+            for name, target in generator.state_dict().items():
                 target.copy_(f.get_tensor(name).to(torch.float32))
     except (OSError, json.JSONDecodeError) as exc:
         raise RenderError(f"cannot read generator file {path}: {exc}") from exc

@@ -2,7 +2,9 @@
 
 Built from the official ``Generator(z_dim, c_dim, w_dim, img_resolution, img_channels,
 mapping_kwargs, synthesis_kwargs)`` arguments, so a checkpoint's ``_init_kwargs`` configure it
-directly; fp16 options of the checkpoint are accepted and ignored (huref runs float32).
+directly; fp16 options of the checkpoint are accepted and ignored (huref runs float32). The
+arguments are checked first (config.py), and loaders build a meta-device skeleton
+(:func:`generator_skeleton`) to compare with a checkpoint before allocating anything.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from huref.errors import RenderError
+from huref.render.stylegan2.config import MAX_PARAMETERS, check_generator_config
 from huref.render.stylegan2.mapping import MappingNetwork
 from huref.render.stylegan2.synthesis import NoiseMode, SynthesisNetwork
 
@@ -33,11 +36,12 @@ class Generator(nn.Module):
         synthesis_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_generator_config(
+            z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs, synthesis_kwargs
+        )
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
         mapping_kwargs, synthesis_kwargs = dict(mapping_kwargs or {}), dict(synthesis_kwargs or {})
-        _check_keys("mapping_kwargs", mapping_kwargs, _MAPPING_KEYS)
-        _check_keys("synthesis_kwargs", synthesis_kwargs, _SYNTHESIS_KEYS)
         synthesis_kwargs.pop("fp16_channels_last", None)  # a memory layout, not a value
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
@@ -77,31 +81,29 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode=noise_mode, rng=rng)
 
 
-_MAPPING_KEYS = {
-    "num_layers",
-    "embed_features",
-    "layer_features",
-    "activation",
-    "lr_multiplier",
-    "w_avg_beta",
-}
-_SYNTHESIS_KEYS = {
-    "channel_base",
-    "channel_max",
-    "num_fp16_res",
-    "conv_clamp",
-    "architecture",
-    "resample_filter",
-    "use_noise",
-    "activation",
-    "kernel_size",
-    "fp16_channels_last",
-}
+def generator_skeleton(kwargs: dict[str, Any], where: str = "generator") -> Generator:
+    """The Generator of a configuration on the meta device: every name and shape, no memory.
 
-
-def _check_keys(what: str, given: dict[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(given) - known)
-    if unknown:
+    The loaders compare it with a checkpoint's tensors before anything is allocated, so a tiny
+    file that declares a huge network costs nothing; any failure of the constructors on a
+    malformed configuration becomes one RenderError.
+    """
+    try:
+        with torch.device("meta"):
+            generator = Generator(**kwargs)
+    except RenderError as exc:
+        raise RenderError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError, RuntimeError) as exc:
+        raise RenderError(f"{where}: bad generator configuration ({type(exc).__name__}: {exc})") from None
+    count = sum(t.numel() for t in generator.state_dict().values())
+    if count > MAX_PARAMETERS:
         raise RenderError(
-            f"unsupported {what} in the generator configuration: {', '.join(unknown)}",
+            f"{where}: the configuration implies {count:,} parameters, more than {MAX_PARAMETERS:,}"
         )
+    return generator
+
+
+def materialise(skeleton: Generator) -> Generator:
+    """Give a skeleton real CPU storage, uninitialised: the caller overwrites every tensor from
+    a checkpoint that it has checked holds each one with this shape."""
+    return skeleton.to_empty(device="cpu")

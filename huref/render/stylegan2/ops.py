@@ -95,9 +95,14 @@ def fully_connected(
 
 def setup_filter(taps: Sequence[float]) -> torch.Tensor:
     """Separable FIR filter from 1-D taps: outer product, normalised to unit sum (DC gain 1)."""
-    f = torch.as_tensor([float(t) for t in taps], dtype=torch.float32)
-    if f.ndim != 1 or f.numel() == 0 or float(f.sum()) == 0.0:
+    # checked in Python, not on the tensor: a generator skeleton is built on the meta device
+    try:
+        values = [float(t) for t in taps]
+    except (TypeError, ValueError):
+        values = []
+    if not values or sum(values) == 0.0 or not all(math.isfinite(v) for v in values):
         raise RenderError(f"resample filter {list(taps)!r} is not a 1-D list with non-zero sum")
+    f = torch.tensor(values, dtype=torch.float32)
     f2 = f.outer(f)  # [k, k]
     return f2 / f2.sum()
 

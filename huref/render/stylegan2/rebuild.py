@@ -6,6 +6,10 @@ must carry the official class name of the module it fills, every parameter and b
 declare must be present with the right shape, every tensor in the record must be claimed, and
 the plain attributes the official modules store (``conv_clamp``, ``up``, ``weight_gain``...)
 must agree with the ones our modules derived from the configuration.
+
+Peak memory: the configuration is checked (config.py) and the network is first built on the meta
+device; every check above runs against that skeleton, and real storage is allocated only once
+the record is known to hold every tensor, so a load costs about twice the tensors in the file.
 """
 
 from __future__ import annotations
@@ -21,18 +25,22 @@ import torch
 from torch import nn
 
 from huref.errors import RenderError
-from huref.render.stylegan2.network import Generator
+from huref.render.stylegan2.network import Generator, generator_skeleton, materialise
 from huref.render.stylegan2.pickle_loader import PersistentRecord, load_stylegan_pickle
 
 log = logging.getLogger(__name__)
 
+MAX_NESTING = 16  # official configurations nest 3 deep; a self-referencing list never ends
 
-def plain(value: Any) -> Any:
+
+def plain(value: Any, _depth: int = 0) -> Any:
     """EasyDicts, tuples and numpy scalars -> JSON-able dicts, lists and Python numbers."""
+    if _depth > MAX_NESTING:
+        raise RenderError(f"the generator configuration is nested more than {MAX_NESTING} deep")
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [plain(v, _depth + 1) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -57,10 +65,14 @@ def generator_kwargs(record: PersistentRecord) -> dict[str, Any]:
 
 def _same(ours: Any, theirs: Any) -> bool:
     if isinstance(theirs, (tuple, list)):
-        return list(ours) == [plain(t) for t in theirs] if isinstance(ours, list) else False
+        return isinstance(ours, list) and list(ours) == plain(theirs)
     theirs = plain(theirs) if isinstance(theirs, np.generic) else theirs
+    if not (theirs is None or isinstance(theirs, (bool, int, float, str))):
+        return False  # a tensor or a record where the official module stores a plain value
     if isinstance(ours, float) or isinstance(theirs, float):
-        return isinstance(theirs, (int, float)) and math.isclose(ours, theirs, rel_tol=1e-6)
+        if not (isinstance(ours, (int, float)) and isinstance(theirs, (int, float))):
+            return False
+        return math.isclose(ours, theirs, rel_tol=1e-6)
     return bool(ours == theirs)
 
 
@@ -75,8 +87,12 @@ def _tensors(state: dict[str, Any], key: str, where: str) -> dict[str, torch.Ten
     return {k: v for k, v in table.items() if v is not None}
 
 
-def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
-    """Copy a record's tensors into ``module`` (recursively), checking names, shapes, attrs."""
+def claim_record_tensors(
+    module: nn.Module, record: Any, where: str, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """Check a record against ``module`` (recursively: class names, attributes, tensor names,
+    shapes, finiteness) and return its tensors by ``state_dict`` name. ``module`` may live on the
+    meta device: nothing is read from or written to it."""
     expected = getattr(module, "official_name", type(module).__name__)
     if not isinstance(record, PersistentRecord):
         raise RenderError(f"{where}: expected a {expected} record, found {type(record).__name__}")
@@ -102,6 +118,7 @@ def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
         raise RenderError(
             f"checkpoint tensor {where}.{unclaimed[0]} is not part of the StyleGAN2 structure",
         )
+    claimed: dict[str, torch.Tensor] = {}
     for name, target in ours_t.items():
         source = theirs_t[name]
         if tuple(source.shape) != tuple(target.shape):
@@ -110,8 +127,7 @@ def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
             )
         if not (source.is_floating_point() and torch.isfinite(source).all()):
             raise RenderError(f"{where}.{name} is not a finite floating-point tensor")
-        with torch.no_grad():
-            target.copy_(source.to(torch.float32))
+        claimed[prefix + name] = source
     children = state.get("_modules", {})
     if not isinstance(children, dict):
         raise RenderError(f"{where}: _modules is a {type(children).__name__}, not a dict")
@@ -126,15 +142,23 @@ def load_module_from_record(module: nn.Module, record: Any, where: str) -> None:
         )
         raise RenderError(what)
     for name, child in ours_m.items():
-        load_module_from_record(child, theirs_m[name], f"{where}.{name}")
+        claimed.update(claim_record_tensors(child, theirs_m[name], f"{where}.{name}", f"{prefix}{name}."))
+    return claimed
 
 
 def generator_from_record(record: Any, where: str = "G_ema") -> Generator:
     """Build our Generator from a ``Generator`` record and load every tensor into it."""
     if not isinstance(record, PersistentRecord):
         raise RenderError(f"expected a persistent Generator object, found {type(record).__name__}")
-    generator = Generator(**generator_kwargs(record))
-    load_module_from_record(generator, record, where)
+    skeleton = generator_skeleton(generator_kwargs(record), where)
+    sources = claim_record_tensors(skeleton, record, where)  # every check, nothing allocated
+    generator = materialise(skeleton)
+    targets = generator.state_dict()
+    if set(targets) != set(sources):  # claim_record_tensors checked both ways; belt and braces
+        raise RenderError(f"{where}: the checkpoint's tensors do not cover the network")
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(sources[name].to(torch.float32))
     generator.eval().requires_grad_(False)
     log.info("rebuilt StyleGAN2 generator: %s", generator.init_kwargs)
     return generator
