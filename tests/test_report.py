@@ -254,3 +254,13 @@ def test_an_audit_that_cannot_be_written_is_refused_before_the_work(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("huref: error: ") and needle in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_report_goes_into_a_folder_that_does_not_exist_yet(report: Path, tmp_path: Path) -> None:
+    """The demo and scans write audits into fresh folders: they are created, not refused."""
+    from huref.report.html import write_report
+
+    ev = json.loads(report.with_name("report.json").read_text())
+    html_path, json_path = write_report(ev, tmp_path / "new" / "deeper" / "r.html")
+    assert html_path.is_file() and json_path.is_file()
+    assert json.loads(json_path.read_text()) == ev

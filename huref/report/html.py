@@ -61,14 +61,13 @@ def render_html(ev: dict[str, Any], json_name: str = "report.json") -> str:
 
 
 def report_paths(html_path: str | Path) -> tuple[Path, Path]:
-    """(report.html, report.json beside it), refused up front where either cannot be a file."""
+    """(report.html, report.json beside it), refused up front where either cannot be a file (a
+    missing folder is created when they are written)."""
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
     for p in (html_path, json_path):
         if p.is_dir():
             raise ReportError(f"{p} is a folder; the report and its evidence are files")
-    if not html_path.parent.is_dir():
-        raise ReportError(f"{html_path.parent}: no such folder for the report")
     return html_path, json_path
 
 
