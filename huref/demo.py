@@ -56,7 +56,8 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     from huref.zoo.build import build_zoo, default_stories
 
     cfg = cfg or DemoConfig()
-    con = console or Console(stderr=True, markup=False)  # paths are printed as they are
+    # paths printed as they are (no markup) and on one line
+    con = console or Console(stderr=True, markup=False, soft_wrap=True)
     t0 = time.perf_counter()
     steps: list[tuple[str, float]] = []
 
