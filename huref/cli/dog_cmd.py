@@ -105,7 +105,6 @@ def dog_cmd(
             console(stderr=True).print(
                 f"huref: warning: {m} has {n} probe tokens, outside the {lo}..{hi} the encoder was "
                 "trained on: its dog is less reliable",
-                markup=False,
                 highlight=False,
             )
     if out is not None:

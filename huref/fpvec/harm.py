@@ -110,12 +110,13 @@ def perplexity_change(
 ) -> HarmReport:
     """Perplexity of ``after`` relative to ``before`` on the held-out text, or, where ``before``'s
     tokenizer cannot spell it, on samples ``before`` writes itself (the same ids for both)."""
-    ids = corpus_ids(D.load_tokenizer(Path(before)), max_chars)
+    tok = D.load_tokenizer(Path(before))
+    ids = corpus_ids(tok, max_chars)
     if ids is not None:  # each model reads the text with its own tokenizer; before's ids are at hand
         p0, w, s = heldout_perplexity(before, max_chars, seq, max_windows, device, stream=ids)
         p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device)
         return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, CORPUS)
-    if D.load_tokenizer(Path(before)).get_vocab() != D.load_tokenizer(Path(after)).get_vocab():
+    if tok.get_vocab() != D.load_tokenizer(Path(after)).get_vocab():
         raise FPVecError(
             f"{before} and {after} have different tokenizers: scored on the first model's samples "
             "(its tokenizer cannot spell the held-out text), both must read the same token ids"
@@ -123,8 +124,8 @@ def perplexity_change(
     m = _Model(before, seq, device)
     with cpu_threads(m.threads):  # one load of the first model writes the samples and scores them
         lm = m.lm()
-        samples = D.self_samples(lm, D.load_tokenizer(m.path), max_windows, m.seq - 1, SAMPLE_SEED)
-        p0, w, s = _score(m, lm, samples.reshape(-1), max_windows)
+        samples = D.self_samples(lm, tok, max_windows, m.seq - 1, SAMPLE_SEED).reshape(-1)
+        p0, w, s = _score(m, lm, samples, max_windows)
         del lm
-    p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device, stream=samples.reshape(-1))
+    p1, _, _ = heldout_perplexity(after, max_chars, seq, max_windows, device, stream=samples)
     return HarmReport(p0, p1, p1 / p0 - 1.0, w, s, SAMPLES)

@@ -210,52 +210,43 @@ def stamp_model(
         raise FPVecError(f"{downstream}: stamping needs a Hugging Face checkpoint (got {m.ckpt.format})")
 
     # 1. structure, from headers only: every vector tensor must have a home downstream
-    base_vocab_names = set(v.doc["base"].get("vocab_roles", {}).values())
+    base_roles = v.doc["base"].get("vocab_roles", {})
     down_vocab = vocab_roles(m)
     down_names = set(src.names())
     skipped: list[str] = []
-    matches: dict[str, RowMatch] = {}
+    tau_of: dict[str, str] = {}  # downstream tensor -> the vector tensor added to it
     for n in v.names:
-        if n not in down_names:
-            if skip_missing:
-                skipped.append(n)
-                continue
+        if n in down_names:
+            tau_of[n] = n
+        elif skip_missing:
+            skipped.append(n)
+        else:
             raise FPVecError(
                 f"vector tensor {n} has no counterpart in {downstream} "
                 f"(vector for {v.doc['base']['family']}, model is {m.spec.name}); --skip-missing ignores it"
             )
-        vs, ds = v.shape(n), src.info(n).shape
-        is_vocab = n in base_vocab_names and n in down_vocab.values()
-        if is_vocab:
-            if vs[1:] != ds[1:]:
-                raise FPVecError(f"tensor {n}: vector shape {list(vs)} does not fit the model's {list(ds)}")
-            matches[n] = _row_match(v, m, n, rows_by_position)
-        elif vs != ds:
-            raise FPVecError(f"tensor {n}: vector shape {list(vs)} does not fit the model's {list(ds)}")
-        if src.info(n).dtype not in DTYPES or not DTYPES[src.info(n).dtype].is_floating_point:
-            raise FPVecError(f"tensor {n} is stored as {src.info(n).dtype} downstream: cannot add tau to it")
     if skipped and len(skipped) == len(v.names):
         raise FPVecError(f"no tensor of the vector matches {downstream}: wrong architecture")
-    # downstream tensor -> the tau it gets: its own name, except where the base ties the output
-    # layer to the token embedding and the downstream model does not: the embedding's tau changed
-    # both roles in the base, so it is added to both here (else half the fingerprint is lost)
-    tau_of = {n: n for n in v.names if n not in skipped}
-    base_roles = v.doc["base"].get("vocab_roles", {})
+    # a base that ties its output layer to the token embedding changed both roles through one tau:
+    # a downstream model with an lm_head of its own gets the embedding's tau there too (else half
+    # the fingerprint is lost)
     tied_note = None
-    embed_tau = base_roles.get("embed")
-    if "lm_head" not in base_roles and "lm_head" in down_vocab and embed_tau in tau_of:
-        head = down_vocab["lm_head"]
-        if head not in tau_of:
-            vs, ds = v.shape(embed_tau), src.info(head).shape
+    head, embed_tau = down_vocab.get("lm_head"), base_roles.get("embed")
+    if "lm_head" not in base_roles and head is not None and head not in tau_of and embed_tau in tau_of:
+        tau_of[head] = embed_tau
+        tied_note = f"{head}: the vector's base ties it to the token embedding; the embedding's tau was added to it too"
+    base_vocab_names = set(base_roles.values())
+    matches: dict[str, RowMatch] = {}
+    for d, n in tau_of.items():
+        vs, ds = v.shape(n), src.info(d).shape
+        if n in base_vocab_names and d in down_vocab.values():
             if vs[1:] != ds[1:]:
-                raise FPVecError(f"tensor {head}: the embedding's tau {list(vs)} does not fit it {list(ds)}")
-            if not DTYPES[src.info(head).dtype].is_floating_point:
-                raise FPVecError(
-                    f"tensor {head} is stored as {src.info(head).dtype} downstream: cannot add tau to it"
-                )
-            tau_of[head] = embed_tau
-            matches[head] = _row_match(v, m, embed_tau, rows_by_position, target=head)
-            tied_note = f"{head}: the vector's base ties it to the token embedding; the embedding's tau was added to it too"
+                raise FPVecError(f"tensor {d}: vector shape {list(vs)} does not fit the model's {list(ds)}")
+            matches[d] = _row_match(v, m, n, rows_by_position, target=d)
+        elif vs != ds:
+            raise FPVecError(f"tensor {d}: vector shape {list(vs)} does not fit the model's {list(ds)}")
+        if src.info(d).dtype not in DTYPES or not DTYPES[src.info(d).dtype].is_floating_point:
+            raise FPVecError(f"tensor {d} is stored as {src.info(d).dtype} downstream: cannot add tau to it")
 
     # 2. is the downstream model derived from the vector's base? (the disk reads the vector meanwhile)
     tc = time.perf_counter()
