@@ -97,14 +97,15 @@ def _neox(tie: bool) -> tuple[Any, type]:
     ), T.GPTNeoXForCausalLM
 
 
-def _opt(tie: bool) -> tuple[Any, type]:
+def _opt(tie: bool, proj: int = 32, pre_ln: bool = True) -> tuple[Any, type]:
     return T.OPTConfig(
         hidden_size=32,
         ffn_dim=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         vocab_size=96,
-        word_embed_proj_dim=32,
+        word_embed_proj_dim=proj,
+        do_layer_norm_before=pre_ln,
         max_position_embeddings=64,
         tie_word_embeddings=tie,
     ), T.OPTForCausalLM
@@ -113,17 +114,7 @@ def _opt(tie: bool) -> tuple[Any, type]:
 def _opt_proj(tie: bool) -> tuple[Any, type]:
     """OPT-350m's layout: token embeddings narrower than the residual stream (project_in/out),
     post-LN; position embeddings are as wide as the residual stream."""
-    return T.OPTConfig(
-        hidden_size=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=96,
-        word_embed_proj_dim=16,
-        do_layer_norm_before=False,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    ), T.OPTForCausalLM
+    return _opt(tie, proj=16, pre_ln=False)
 
 
 def _bloom(tie: bool) -> tuple[Any, type]:
