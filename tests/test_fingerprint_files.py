@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from huref.cli import main
+from huref.errors import FingerprintError
 from huref.invariants import (
     Settings,
     compare_fingerprints,
@@ -136,8 +137,31 @@ def test_fingerprint_output_name_is_checked_and_nothing_written(
             lambda doc: {**doc, "robust": {**doc["robust"], "layers": doc["robust"]["layers"][:1]}},
             "robust terms",
         ),
+        (lambda doc: {**doc, "model": "llama-a"}, "'model' is not an object"),
+        (lambda doc: {**doc, "model": {**doc["model"], "name": 7}}, "'model.name' is not a string"),
+        (
+            lambda doc: {**doc, "architecture": {**doc["architecture"], "n_layers": "four"}},
+            "'architecture.n_layers' is not a count",
+        ),
+        (
+            lambda doc: {**doc, "responses": {**doc["responses"], "views": "gate"}},
+            "'responses.views' is not two names",
+        ),
+        (
+            lambda doc: {**doc, "robust": {**doc["robust"], "tokens": 5}},
+            "'robust.tokens' is not a list of strings",
+        ),
     ],
-    ids=["not-an-object", "mode-not-an-object", "terms-disagree-with-layers"],
+    ids=[
+        "not-an-object",
+        "mode-not-an-object",
+        "terms-disagree-with-layers",
+        "model-a-string",
+        "name-a-number",
+        "n-layers-a-word",
+        "views-a-string",
+        "tokens-a-number",
+    ],
 )
 def test_a_resealed_inconsistent_fingerprint_is_one_line(
     edit: Any, needle: str, tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -159,6 +183,73 @@ def test_a_resealed_inconsistent_fingerprint_is_one_line(
 
     _rewrite_metadata(a, bad, reseal)
     _expect_refusal(["compare", str(bad), str(a)], capsys, needle)
+    with pytest.raises(FingerprintError, match="corrupt fingerprint"):  # the API refuses it too
+        load_fingerprint(bad)
+
+
+def _reseal_tensors(src: Path, dst: Path, edit: Any) -> Path:
+    """A copy of a fingerprint file with its tensors edited and a fresh seal."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from huref.invariants.fpfile import SEAL_KEY, _seal
+
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(src))
+    edit(tensors)
+    meta[SEAL_KEY] = _seal(meta[META_KEY], tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def llama_a_file(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fp(tiny_zoo, "llama-a", tmp_path_factory.mktemp("fp"))
+
+
+NON_FINITE_EDITS = {
+    "robust-terms-inf": (
+        lambda t: t["robust.terms"][1, 0, 0].__setitem__(0, float("inf")),
+        "robust attn_qk term of layer 1",
+    ),
+    "paper-terms-nan": (lambda t: t["paper.terms"][1].fill_(float("nan")), "paper attn_qk term of layer 3"),
+    "responses-nan": (
+        lambda t: t["responses.2.b"].__setitem__((0, 0), float("nan")),
+        "up responses of layer 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NON_FINITE_EDITS))
+def test_a_resealed_fingerprint_with_non_finite_numbers_is_one_line(
+    case: str, llama_a_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """NaN or infinity in any tensor has no similarity to give (it crashed the layer alignment and
+    the neuron matching, and a NaN paper ICS reached report.json): refused when the file is read."""
+    edit, where = NON_FINITE_EDITS[case]
+    bad = _reseal_tensors(llama_a_file, tmp_path / "bad.safetensors", edit)
+    _expect_refusal(
+        ["compare", str(bad), str(llama_a_file)], capsys, f"NaN or infinite values in the {where}"
+    )
+
+
+def test_an_audit_against_a_fingerprint_with_nan_terms_writes_no_report(
+    tiny_zoo: Path, llama_a_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = _reseal_tensors(llama_a_file, tmp_path / "bad.safetensors", NON_FINITE_EDITS["paper-terms-nan"][0])
+    out = tmp_path / "r" / "report.html"
+    argv = ["audit", str(tiny_zoo / "llama-a-sft"), "--base", str(bad), "--no-dogs", "-o", str(out)]
+    _expect_refusal(argv, capsys, "NaN or infinite values in the paper")
+    assert not out.parent.exists()
+
+
+def test_a_fingerprint_built_in_python_with_nan_terms_is_not_compared(llama_a_file: Path) -> None:
+    fp = load_fingerprint(llama_a_file)
+    assert fp.robust is not None
+    fp.robust.terms[0, 2, 1, 1] = float("nan")
+    with pytest.raises(FingerprintError, match="NaN or infinite values in the robust ffn term of layer 0"):
+        compare_fingerprints(fp, load_fingerprint(llama_a_file))
 
 
 def test_tokens_with_lone_surrogates_fingerprint_and_round_trip(tmp_path: Path) -> None:

@@ -80,6 +80,10 @@ def compare_fingerprints(
         raise FingerprintError("mismatched modes: one fingerprint is robust-only and the other paper-only")
     if fa.robust is None and fa.paper is None:
         raise FingerprintError(f"{fa.name}: fingerprint holds no terms")
+    for fp in (fa, fb):  # files are checked when read; this guards fingerprints built in Python
+        where = fp.non_finite()
+        if where is not None:
+            raise FingerprintError(f"{fp.name}: NaN or infinite values in the {where}")
     ics = z = log10_p = None
     alignment: list[list[Any]] = []
     sim: list[list[float]] = []

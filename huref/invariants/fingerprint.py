@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from huref.checkpoint.source import all_finite
+
 FORMAT_VERSION = "huref-fingerprint/1"
 TERM_NAMES = ("attn_qk", "attn_vo", "ffn")
 
@@ -27,6 +29,14 @@ class ModeTerms:
     def n(self) -> int:
         return len(self.token_ids)
 
+    def non_finite(self) -> str | None:
+        """Where the first NaN or infinity sits ('robust ffn term of layer 1'), or None."""
+        for i, layer in enumerate(self.layers):
+            for t, term in enumerate(TERM_NAMES):
+                if i < self.terms.shape[0] and not all_finite(self.terms[i, t]):
+                    return f"{self.mode} {term} term of layer {layer}"
+        return None
+
 
 @dataclass
 class Responses:
@@ -39,6 +49,14 @@ class Responses:
     a: list[torch.Tensor]  # per layer [n_r, d_ff]
     b: list[torch.Tensor]
 
+    def non_finite(self) -> str | None:
+        """Where the first NaN or infinity sits ('gate responses of layer 2'), or None."""
+        for layer, a, b in zip(self.layers, self.a, self.b, strict=False):
+            for view, t in zip(self.views, (a, b), strict=True):
+                if not all_finite(t):
+                    return f"{view} responses of layer {layer}"
+        return None
+
 
 @dataclass
 class Fingerprint:
@@ -47,6 +65,15 @@ class Fingerprint:
     paper: ModeTerms | None = None
     responses: Responses | None = None
     timing: dict[str, float] = field(default_factory=dict)
+
+    def non_finite(self) -> str | None:
+        """Where the first NaN or infinity of the terms or responses sits, or None: a fingerprint
+        holding one has no similarity, alignment or p-value to give."""
+        for part in (self.robust, self.paper, self.responses):
+            where = part.non_finite() if part is not None else None
+            if where is not None:
+                return where
+        return None
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 
@@ -118,6 +119,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         raise FingerprintError(
             f"{p}: fingerprint seal does not verify: the file was modified after it was written"
         )
+    _check_doc(p, doc)
     try:
         modes = {}
         for mode in ("robust", "paper"):
@@ -153,5 +155,76 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                 f"{p}: corrupt fingerprint ({mt.mode} terms {list(mt.terms.shape)} for "
                 f"{len(mt.layers)} layers and {n} tokens)"
             )
+    if resp is not None:
+        for ly, a, b in zip(resp.layers, resp.a, resp.b, strict=True):
+            if a.ndim != 2 or a.shape != b.shape or a.shape[0] != len(resp.token_strings):
+                raise FingerprintError(
+                    f"{p}: corrupt fingerprint (responses of layer {ly}: {list(a.shape)} and "
+                    f"{list(b.shape)} for {len(resp.token_strings)} tokens)"
+                )
+    fp = Fingerprint({}, modes.get("robust"), modes.get("paper"), resp)
+    where = fp.non_finite()
+    if where is not None:
+        raise FingerprintError(f"{p}: corrupt fingerprint (NaN or infinite values in the {where})")
     meta_out = {k: v for k, v in doc.items() if k not in ("robust", "paper", "responses", "timing")}
     return Fingerprint(meta_out, modes.get("robust"), modes.get("paper"), resp, doc.get("timing", {}))
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_list_of(v: object, kind: type) -> TypeGuard[list[Any]]:
+    return isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+
+def _check_doc(p: Path, doc: dict[str, Any]) -> None:
+    """Refuse metadata of the wrong types: the seal proves only that the file was not changed by
+    accident (anyone can recompute it), and every reader of a fingerprint trusts these types."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise FingerprintError(f"{p}: corrupt fingerprint metadata ({what})")
+
+    def obj(d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+        v = d.get(key)
+        if not isinstance(v, dict):
+            raise FingerprintError(f"{p}: corrupt fingerprint metadata ('{where}{key}' is not an object)")
+        return v
+
+    model, arch = obj(doc, "model"), obj(doc, "architecture")
+    need(isinstance(model.get("name"), str), "'model.name' is not a string")
+    for k in ("path", "format"):
+        need(isinstance(model.get(k, ""), str), f"'model.{k}' is not a string")
+    sums = obj(model, "sha256", "model.")
+    need(all(isinstance(v, str) for v in sums.values()), "'model.sha256' holds a non-string")
+    need(_is_int(arch.get("n_layers")) and arch["n_layers"] >= 0, "'architecture.n_layers' is not a count")
+    need(isinstance(arch.get("family", ""), str), "'architecture.family' is not a string")
+    for k in ("tool_version", "created"):
+        need(isinstance(doc.get(k, ""), str), f"'{k}' is not a string")
+    need(isinstance(doc.get("settings", {}), dict), "'settings' is not an object")
+    timing = doc.get("timing", {})
+    need(
+        isinstance(timing, dict) and all(_is_number(v) for v in timing.values()),
+        "'timing' is not an object of numbers",
+    )
+    for mode in ("robust", "paper", "responses"):
+        if mode not in doc:
+            continue
+        d = obj(doc, mode)
+        layers, tokens = d.get("layers"), d.get("tokens")
+        need(
+            _is_list_of(layers, int) and len(set(layers)) == len(layers),
+            f"'{mode}.layers' is not a list of distinct layer numbers",
+        )
+        need(_is_list_of(tokens, str), f"'{mode}.tokens' is not a list of strings")
+        if mode == "responses":
+            views = d.get("views")
+            need(_is_list_of(views, str) and len(views) == 2, "'responses.views' is not two names")
+        else:
+            for k in ("token_source", "key_digest"):
+                need(isinstance(d.get(k), str), f"'{mode}.{k}' is not a string")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
