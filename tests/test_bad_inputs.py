@@ -560,3 +560,22 @@ def test_finite_check_is_exact(dtype: torch.dtype) -> None:
     assert not all_finite(y)
     assert all_finite(torch.full((64,), big, dtype=dtype)), "finite values whose sum overflows"
     assert all_finite(torch.arange(5)) and all_finite(torch.empty(0, dtype=dtype))
+
+
+@pytest.mark.parametrize("modes", ["robust,paper", "paper"])
+def test_weights_whose_invariants_overflow_are_refused_naming_the_layer(
+    modes: str, base: Base, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Weights of 1e38 are finite, so they pass the weight check, but the products of the layer
+    overflow float32: the fingerprint is refused with the model and the layer, and not written."""
+    d = _edit_tensors(
+        _copy(base.single, tmp_path / "m"),
+        lambda t: t["model.layers.1.mlp.down_proj.weight"].fill_(1e38),
+    )
+    out = tmp_path / "fp.safetensors"
+    capfd.readouterr()
+    assert main(["fingerprint", str(d), "-o", str(out), "--modes", modes]) == 2
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("huref: error: "), lines
+    assert str(d) in lines[0] and "layer 1 overflows in its" in lines[0] and "ffn term" in lines[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from huref.errors import FingerprintError
 from huref.invariants import kernels as K
+from huref.invariants.similarity import monotone_alignment
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -61,3 +64,11 @@ def test_robust_attention_invariant_to_orthogonal_residual_rotation() -> None:
 def test_standardise_gives_zero_mean_unit_std() -> None:
     m = K.standardise(_rand(30, 30) * 5 + 3)
     assert abs(float(m.mean())) < 1e-5 and abs(float(m.std()) - 1) < 1e-5
+
+
+def test_monotone_alignment_refuses_nan_similarities() -> None:
+    """A NaN never wins a comparison, so the trace-back used to walk off the matrix (IndexError)."""
+    s = torch.tensor([[90.0, 10.0, 5.0], [10.0, float("nan"), 20.0]])
+    with pytest.raises(FingerprintError, match="NaN or infinite"):
+        monotone_alignment(s)
+    assert [(a, b) for a, b, _ in monotone_alignment(torch.nan_to_num(s))] == [(0, 0), (1, 2)]

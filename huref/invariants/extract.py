@@ -18,9 +18,10 @@ from huref import __version__
 from huref.arch import Model, load_model
 from huref.arch.layers import LayerStream
 from huref.checkpoint import Checkpoint
-from huref.errors import UsageError
+from huref.checkpoint.source import all_finite
+from huref.errors import FingerprintError, UsageError
 from huref.invariants import kernels as K
-from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
+from huref.invariants.fingerprint import FORMAT_VERSION, TERM_NAMES, Fingerprint, ModeTerms, Responses
 from huref.invariants.tokens import (
     DEFAULT_KEY,
     TokenSet,
@@ -118,14 +119,20 @@ def fingerprint_model(
             f = K.ffn_out(h, w["mlp_down"], xr)
             for i, term in enumerate((a, b, f)):
                 terms[layer, i] = K.standardise(term).to("cpu", torch.float16)
+                _check_finite(m, terms[layer, i], f"robust {TERM_NAMES[i]} term", layer)
             # two views of the same neurons on the first n_r probe tokens
             xs = xf[:n_r]
             if gate is not None:
                 va, vb = xs @ gate.t(), xs @ w["mlp_up"].t()
             else:
                 va, vb = xs @ w["mlp_up"].t(), xr[:n_r] @ w["mlp_down"]
-            views_a.append(_colstd(va))
-            views_b.append(_colstd(vb))
+            va, vb = _colstd(va), _colstd(vb)
+            views_a.append(va)
+            views_b.append(vb)
+            for view, resp in zip(
+                ("gate", "up") if gate is not None else ("in", "out"), (va, vb), strict=True
+            ):
+                _check_finite(m, resp, f"{view} responses", layer)
             clock.compute += time.perf_counter() - t
             del w
         clock.read += stream.read_seconds
@@ -162,6 +169,8 @@ def fingerprint_model(
             terms[j, 2] = (
                 K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
             )
+            for i, name in enumerate(TERM_NAMES):
+                _check_finite(m, terms[j, i], f"paper {name} term", layer)
             clock.compute += time.perf_counter() - t
             assert layer == layers[j]
         clock.read += stream.read_seconds
@@ -196,3 +205,13 @@ def _colstd(v: torch.Tensor) -> torch.Tensor:
     v = v - v.mean(0, keepdim=True)
     sd = v.std(0, keepdim=True)
     return (v / torch.where(sd > 0, sd, torch.ones_like(sd))).to("cpu", torch.float16)
+
+
+def _check_finite(m: Model, t: torch.Tensor, what: str, layer: int) -> None:
+    """Finite weights can still overflow in the products (float32 tops out near 3.4e38, float16
+    near 65504): such a layer has no invariants, and a NaN would poison every comparison."""
+    if not all_finite(t):
+        raise FingerprintError(
+            f"{m.ckpt.path}: layer {layer} overflows in its {what} (NaN or infinite values): "
+            "the weights are too large to fingerprint"
+        )

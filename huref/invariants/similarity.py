@@ -76,6 +76,9 @@ def monotone_alignment(s: torch.Tensor) -> list[tuple[int, int, float]]:
     so the pairing is a subsequence alignment: maximise the summed similarity, by dynamic
     programming in O(La * Lb). Returned as (layer_a, layer_b, similarity).
     """
+    if not bool(torch.isfinite(s).all()):
+        # a NaN never wins the comparison below, so the trace-back would walk off the matrix
+        raise FingerprintError("the layer similarities hold NaN or infinite values: no layer alignment")
     flip = s.shape[0] > s.shape[1]
     m = s.t() if flip else s  # rows: shorter side
     R, C = m.shape
