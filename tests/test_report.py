@@ -264,3 +264,31 @@ def test_a_report_goes_into_a_folder_that_does_not_exist_yet(report: Path, tmp_p
     html_path, json_path = write_report(ev, tmp_path / "new" / "deeper" / "r.html")
     assert html_path.is_file() and json_path.is_file()
     assert json.loads(json_path.read_text()) == ev
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        (("passive", 0, "ics_paper"), "non-finite number (nan) at $.passive[0].ics_paper"),
+        (("passive", 0, "shared_tokens"), "non-finite number (nan) at $.passive[0].shared_tokens"),
+        (("active", 0, "seconds"), "cannot be written as JSON"),  # a field the schema leaves open
+    ],
+    ids=["schema-number", "schema-integer", "outside-the-schema"],
+)
+def test_a_non_finite_number_in_the_evidence_is_an_error_not_invalid_json(
+    path: tuple[Any, ...], needle: str, report: Path, tmp_path: Path
+) -> None:
+    """JSON has no NaN: json.dumps would write the bare word NaN, which no JSON reader accepts."""
+    from huref.errors import ReportError
+    from huref.report.html import write_report
+
+    ev = json.loads(report.with_name("report.json").read_text())
+    *where, key = path
+    node = ev
+    for k in where:
+        node = node[k]
+    node[key] = float("nan")
+    with pytest.raises(ReportError) as e:
+        write_report(ev, tmp_path / "r.html")
+    assert needle in str(e.value) and "bug" in str(e.value)
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ nothing from the network (a Content-Security-Policy forbids it) and embeds image
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +72,44 @@ def report_paths(html_path: str | Path) -> tuple[Path, Path]:
     return html_path, json_path
 
 
+def _finite_number(checker: Any, instance: Any) -> bool:
+    """JSON has no NaN or infinity: a Python float that is one is not a JSON number."""
+    return bool(_BASE.TYPE_CHECKER.is_type(instance, "number") and math.isfinite(instance))
+
+
+_BASE = jsonschema.Draft202012Validator
+# the schema's validator, with "number" (and so "integer") meaning a finite number
+EvidenceValidator = jsonschema.validators.extend(
+    _BASE, type_checker=_BASE.TYPE_CHECKER.redefine("number", _finite_number)
+)
+
+
+def validate_evidence(ev: dict[str, Any]) -> None:
+    """Refuse (ReportError) an evidence record that does not fit the shipped schema."""
+    try:
+        EvidenceValidator(load_schema()).validate(ev)
+    except jsonschema.ValidationError as e:
+        if isinstance(e.instance, float) and not math.isfinite(e.instance):
+            raise ReportError(
+                f"the evidence holds a non-finite number ({e.instance}) at {e.json_path}; "
+                "that is a bug in huref: please report it"
+            ) from None
+        raise ReportError(
+            f"the evidence does not fit the report schema at {e.json_path}: {e.message}"
+        ) from None
+
+
 def write_report(ev: dict[str, Any], html_path: str | Path) -> tuple[Path, Path]:
     """Write report.html and its evidence (same stem, .json) atomically; returns both paths.
     Both are written to temporary files first: neither is left without the other."""
     html_path, json_path = report_paths(html_path)
-    try:
-        jsonschema.validate(ev, load_schema())
-    except jsonschema.ValidationError as e:
-        raise ReportError(f"the evidence does not fit the report schema: {e.message}") from None
+    validate_evidence(ev)
+    try:  # strict JSON: a NaN where the schema does not look would make the file unreadable
+        text = json.dumps(ev, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise ReportError(f"the evidence cannot be written as JSON ({e}); that is a bug in huref") from None
     page = render_html(ev, json_path.name)
     with atomic_file(json_path) as tmp_json, atomic_file(html_path) as tmp_html:
-        tmp_json.write_text(json.dumps(ev, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp_json.write_text(text, encoding="utf-8")
         tmp_html.write_text(page, encoding="utf-8")
     return html_path, json_path
