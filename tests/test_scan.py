@@ -355,6 +355,175 @@ def test_dask_cluster_gives_the_same_results_as_the_local_executor(
         assert s.conn.execute("SELECT COUNT(*) FROM fingerprint_cache").fetchone()[0] == len(SMALL_GOOD)
 
 
+@pytest.fixture(scope="module")
+def dask_setup(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A zoo of three models (links into the tiny zoo) and a registry holding one base."""
+    tmp = tmp_path_factory.mktemp("dask")
+    zoo = tmp / "zoo"
+    zoo.mkdir()
+    for name in ("llama-a-sft", "llama-b", "gpt2-a"):
+        (zoo / name).symlink_to(tiny_zoo / name, target_is_directory=True)
+    with Store(tmp / "home") as s:
+        add_base(s, tiny_zoo / "llama-a", "llama-a", settings=ROBUST)
+    return zoo, tmp / "home"
+
+
+@pytest.mark.parametrize(
+    "address", ["nonsense", "http://localhost:8786", "tcp://127.0.0.1:notaport", "tcp://[::1"]
+)
+def test_a_malformed_scheduler_address_is_one_line_and_exit_2(
+    address: str,
+    dask_setup: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("distributed")
+    zoo, home = dask_setup
+    monkeypatch.setenv("HUREF_HOME", str(_copy_home(home, tmp_path / "home")))
+    out = tmp_path / "out"
+    argv = ["scan", str(zoo), "-o", str(out), "--executor", "dask", "--scheduler", address, "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a Dask scheduler address" in err[0], err
+    assert not out.exists()
+
+
+def test_a_scheduler_without_workers_is_one_line_and_exit_2(
+    dask_setup: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    from huref.scan.executors import DaskExecutor
+
+    zoo, home = dask_setup
+    home = _copy_home(home, tmp_path / "home")
+    monkeypatch.setenv("HUREF_HOME", str(home))
+    monkeypatch.setattr(DaskExecutor, "worker_wait_s", 1.0)
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        argv = ["scan", str(zoo), "-o", str(out), "--executor", "dask", "--scheduler", addr, "--no-progress"]
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the Dask scheduler at {addr} has no workers" in err[0], err
+    assert not out.exists() and _done(home / DB_NAME) == 0
+
+
+def test_only_a_lost_connection_fails_the_whole_dask_scan() -> None:
+    distributed = pytest.importorskip("distributed")
+    import asyncio
+
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    from huref.scan.executors import _connection_lost
+
+    assert _connection_lost(FutureCancelledError("k", reason="scheduler-connection-lost"))
+    assert _connection_lost(CommClosedError("in <TCP>: Stream is closed"))
+    assert _connection_lost(asyncio.CancelledError())
+    assert not _connection_lost(
+        distributed.KilledWorker("k", "tcp://w:1", 3)
+    )  # that model took its worker down
+    assert not _connection_lost(RuntimeError("a task that raised"))
+
+
+def test_a_scheduler_lost_mid_scan_fails_the_scan_in_one_line_and_keeps_finished_models(
+    dask_setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed scheduler: one line, exit 3 (the environment failed), no logger tracebacks, no
+    results.json; the models that finished are cached and a second scan resumes from them."""
+    pytest.importorskip("distributed")
+    zoo, home = dask_setup
+    home = _copy_home(home, tmp_path / "home")
+    db, out, sfile = home / DB_NAME, tmp_path / "out", tmp_path / "scheduler.json"
+    env = {**os.environ, "HUREF_HOME": str(home), "HUREF_SCAN_TEST_DELAY_MS": "1500"}
+    pym = [sys.executable, "-m"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [
+        subprocess.Popen(
+            [
+                *pym,
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sfile),
+            ],
+            **quiet,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not sfile.is_file() or not sfile.read_text().strip():
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no scheduler"
+            time.sleep(0.1)
+        addr = json.loads(sfile.read_text())["address"]
+        procs.append(
+            subprocess.Popen(
+                [
+                    *pym,
+                    "distributed.cli.dask_worker",
+                    addr,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                ],
+                **quiet,
+            )
+        )
+        scan = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "huref",
+                "scan",
+                str(zoo),
+                "-o",
+                str(out),
+                "--executor",
+                "dask",
+                "--scheduler",
+                addr,
+                "--no-progress",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(scan)
+        while _done(db) < 1:
+            assert scan.poll() is None, scan.communicate()
+            assert time.monotonic() < deadline, "no model finished in time"
+            time.sleep(0.05)
+        procs[0].kill()
+        stdout, stderr = scan.communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    err = stderr.strip().splitlines()
+    assert scan.returncode == 3, (stdout, stderr)
+    assert len(err) == 1 and "lost the connection to the Dask scheduler" in err[0], err
+    assert "scan again to resume" in err[0] and "Traceback" not in stdout + stderr
+    finished = _done(db)
+    assert 1 <= finished < 3, finished
+    assert not (out / "results.json").exists() and _integrity(db) == "ok"
+
+    monkeypatch.setenv("HUREF_HOME", str(home))
+    assert main(["scan", str(zoo), "-o", str(out), "--workers", "1", "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["scan"]["from_cache"] == finished and doc["scan"]["fingerprinted"] == 3 - finished
+
+
 def _done(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:

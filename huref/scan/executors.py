@@ -14,11 +14,12 @@ cannot be run at all (its worker process died) comes back as an ``Outcome`` with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -96,8 +97,46 @@ class LocalExecutor:
                     )
 
 
+class SchedulerLost(ConnectionError):
+    """The Dask scheduler went away during a scan: the whole scan failed, not one model.
+
+    An ``OSError``, so the CLI reports it as a failure of the environment (exit code 3), not as
+    bad input; the models that finished before are in the cache and a second scan resumes."""
+
+
+def _connection_lost(e: BaseException) -> bool:
+    """Whether a Dask future failed because the client lost its scheduler, not because of its task.
+
+    ``run_task`` turns every failure of a model into an ``Outcome``, so a future that raises
+    failed on the way: cancelled when the client gave up reconnecting, or a broken connection.
+    ``KilledWorker`` (the model took its worker down, e.g. out of memory) stays with that model."""
+    import asyncio
+    from concurrent.futures import CancelledError
+
+    return isinstance(e, CancelledError | asyncio.CancelledError | OSError | TimeoutError)
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Closing a client whose scheduler is gone makes distributed log tracebacks of its cancelled
+    reconnection attempts; the scan has already said what happened in one line."""
+    # ``disabled`` is not inherited: each of distributed's loggers is switched off, then restored
+    names = [n for n in logging.root.manager.loggerDict if n == "distributed" or n.startswith("distributed.")]
+    loggers = [logging.getLogger(n) for n in names]
+    was = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, w in zip(loggers, was, strict=True):
+            lg.disabled = w
+
+
 class DaskExecutor:
     name = "dask"
+    connect_timeout_s = 30.0
+    worker_wait_s = 30.0  # how long a scan waits for the scheduler's first worker
 
     def __init__(self, scheduler: str) -> None:
         self.scheduler = scheduler
@@ -110,32 +149,68 @@ class DaskExecutor:
             raise UsageError(
                 "--executor dask needs the 'distributed' package: pip install 'huref[dask]'"
             ) from None
+        where = self.scheduler
         try:
-            client = Client(self.scheduler, timeout="30s")
-        except (OSError, TimeoutError) as e:
+            client = Client(where, timeout=f"{self.connect_timeout_s}s")
+        except ValueError as e:  # a malformed address: no scheme, no port, an unknown scheme
             raise UsageError(
-                f"cannot reach the Dask scheduler at {self.scheduler}: {one_line(str(e))}"
+                f"--scheduler {where!r} is not a Dask scheduler address (e.g. tcp://10.0.0.5:8786): "
+                f"{one_line(str(e))}"
             ) from None
+        except (OSError, TimeoutError) as e:
+            raise UsageError(f"cannot reach the Dask scheduler at {where}: {one_line(str(e))}") from None
+        done = 0
+
+        def lost(e: BaseException) -> SchedulerLost:
+            return SchedulerLost(
+                f"lost the connection to the Dask scheduler at {where} ({type(e).__name__}); "
+                f"{done} of {len(tasks)} models finished and are cached: scan again to resume"
+            )
+
         try:
             if not tasks:
                 return
+            try:
+                client.wait_for_workers(1, timeout=self.worker_wait_s)
+            except TimeoutError as e:
+                if client.status != "running":
+                    raise lost(e) from None
+                raise UsageError(
+                    f"the Dask scheduler at {where} has no workers (waited {self.worker_wait_s:g} s); "
+                    f"start some with 'dask worker {where}'"
+                ) from None
             run_id = uuid.uuid4().hex[:12]  # keys unique per scan: a cluster may serve several
-            ctx_future = client.scatter(ctx, broadcast=True, hash=False)
-            futures = {
-                client.submit(run_task, t, ctx_future, pure=False, key=f"huref-scan-{run_id}-{t.index}"): t
-                for t in tasks
-            }
+            try:
+                ctx_future = client.scatter(ctx, broadcast=True, hash=False)
+                futures = {
+                    client.submit(
+                        run_task, t, ctx_future, pure=False, key=f"huref-scan-{run_id}-{t.index}"
+                    ): t
+                    for t in tasks
+                }
+            except Exception as e:
+                if _connection_lost(e):
+                    raise lost(e) from None
+                raise
             for f in dask_completed(list(futures)):
                 t = futures[f]
                 try:
                     out = f.result()
-                except Exception as e:  # KilledWorker, a lost connection: this model only
+                except Exception as e:
+                    if _connection_lost(e):
+                        raise lost(e) from None
+                    # KilledWorker and the like: this model only
                     out = Outcome(
                         t.index, error=one_line(f"{t.name}: Dask task failed: {type(e).__name__}: {e}")
                     )
                 on_done(out)
+                done += 1
         finally:
-            client.close()
+            if client.status == "running":
+                client.close()
+            else:
+                with _quiet_distributed():
+                    client.close()
 
 
 @EXECUTORS.register("local")
