@@ -753,3 +753,13 @@ def test_a_registered_base_is_not_matched_to_itself_but_a_renamed_copy_is() -> N
     assert e["registered_as"] == "self" and e["best_base"] == "other" and e["verdict"] == "independent"
     copy = _entry({"self": (100.0, -300.0), "other": (8.0, -0.1)}, name="renamed")
     assert copy["registered_as"] is None and copy["best_base"] == "self" and copy["verdict"] == "derived"
+
+
+def test_the_only_registered_base_found_in_the_zoo_is_said_to_be_that_base() -> None:
+    alone = _entry({"self": (100.0, -300.0)}, name="self")
+    assert alone["registered_as"] == "self" and alone["verdict"] == "independent"
+    assert "this is the registered base 'self'" in alone["note"]
+    assert "no other base is registered" in alone["note"] and "comparable to none" not in alone["note"]
+    apart = _entry({"self": (100.0, -300.0), "other": (None, None)}, name="self")
+    assert "this is the registered base 'self'" in apart["note"]
+    assert "comparable to none of the 1 other registered bases" in apart["note"]

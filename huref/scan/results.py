@@ -61,6 +61,10 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _self_note(name: str) -> str:
+    return f"this is the registered base {name!r} (same name, identical weights)"
+
+
 def report_relpath(name: str) -> str:
     """Where ``huref audit`` puts a model's report, relative to the scan's output folder."""
     return f"reports/{name}.html"
@@ -121,7 +125,12 @@ def model_entry(
     usable = [x for x in rows if "verdict" in x]
     if not usable:
         e["verdict"] = "independent"
-        e["note"] = NO_BASE_NOTE.format(n=len(rows))
+        if not e["registered_as"]:
+            e["note"] = NO_BASE_NOTE.format(n=len(rows))
+        elif not rows:
+            e["note"] = f"{_self_note(e['registered_as'])}; no other base is registered to compare it with"
+        else:
+            e["note"] = f"{_self_note(e['registered_as'])}; " + NO_BASE_NOTE.format(n=f"{len(rows)} other")
         return e
     best = max(usable, key=lambda x: (_RANK[x["verdict"]], x["ics"]))
     e.update(
@@ -133,9 +142,7 @@ def model_entry(
         verdict=best["verdict"],
     )
     if e["registered_as"]:
-        e["note"] = (
-            f"this is the registered base {e['registered_as']!r} (same name, identical weights); compared with the others"
-        )
+        e["note"] = f"{_self_note(e['registered_as'])}; compared with the others"
     return e
 
 
