@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -486,3 +487,74 @@ def test_verify_of_a_weights_file_and_harm_across_tokenizers_are_refused(
     # mean other tokens to llama-a (this printed +24220% before)
     argv = ["fpvec", "harm", tiny_zoo / "stories260k", tiny_zoo / "llama-a"]
     _refused(argv, capsys, d, "different tokenizers")
+
+
+def _resealed_vector(src: Path, dst: Path, edit: Any) -> Path:
+    """A copy of a vector whose metadata document is edited and sealed again (anyone can)."""
+    from huref.fpvec.vector import HASHES_KEY, META_KEY, SEAL_KEY, VOCAB_KEY, seal_of
+
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header["__metadata__"]
+    meta[META_KEY] = json.dumps(edit(json.loads(meta[META_KEY])))
+    meta[SEAL_KEY] = seal_of(meta[META_KEY], meta.get(VOCAB_KEY, "null"), meta.get(HASHES_KEY, "{}"))
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    dst.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
+    return dst
+
+
+MISTYPED_DOCS = {
+    "base-a-string": (lambda doc: {**doc, "base": "llama-a"}, "'base' is not an object"),
+    "base-name-a-number": (
+        lambda doc: {**doc, "base": {**doc["base"], "name": 12345}},
+        "'base.name' is not a string",
+    ),
+    "doc-a-list": (lambda doc: [doc], "not a JSON object"),
+    "commitment-missing": (
+        lambda doc: {k: v for k, v in doc.items() if k != "key_commitment"},
+        "'key_commitment' is not a string",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTYPED_DOCS))
+def test_a_resealed_vector_with_mistyped_metadata_is_one_line(
+    case: str, setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    edit, needle = MISTYPED_DOCS[case]
+    d = setup["dir"]
+    bad = _resealed_vector(setup["llama-a"], d / f"{case}.fpvec.safetensors", edit)
+    try:
+        _refused(["fpvec", "stamp", tiny_zoo / "llama-a-sft", bad, "-o", d / "x"], capsys, d, needle)
+    finally:
+        bad.unlink()
+
+
+def test_an_audit_refuses_a_mistyped_vector_before_the_work(
+    setup: dict,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The base name went into the report as a number and failed the schema after every comparison."""
+    import huref.report.audit as audit
+
+    monkeypatch.setattr(audit, "candidate_from_path", lambda *a, **k: pytest.fail("the audit ran"))
+    bad = _resealed_vector(
+        setup["llama-a"], tmp_path / "v.safetensors", MISTYPED_DOCS["base-name-a-number"][0]
+    )
+    out = tmp_path / "r" / "report.html"
+    argv = [
+        "audit",
+        tiny_zoo / "llama-a-sft",
+        "--base",
+        tiny_zoo / "llama-a",
+        "--fpvec",
+        bad,
+        "--keys",
+        setup["keys"],
+    ]
+    _refused([*argv, "-o", out], capsys, tmp_path, "'base.name' is not a string")

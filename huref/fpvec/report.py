@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from huref.errors import FPVecError
-from huref.fpvec.keys import load_keys
-from huref.fpvec.vector import open_vector
+from huref.fpvec.keys import KeySet, load_keys
+from huref.fpvec.vector import Vector, open_vector
 from huref.fpvec.verify import verify_model
 
 
-def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -> dict[str, Any]:
-    """Query the suspect with the vector's keys (and the near-miss control); a report row."""
+def open_vector_and_keys(vector: str | Path, keys: str | Path) -> tuple[Vector, KeySet]:
+    """The vector (metadata checked) and its key file, refused unless the keys open its commitment.
+    Cheap (headers and a small JSON file): an audit calls it before any other work."""
     vec = open_vector(vector)
     ks = load_keys(keys)
     if ks.commitment != vec.commitment:
@@ -26,11 +27,17 @@ def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -
             f"{keys}: these keys do not belong to {Path(vector).name} "
             f"(commitment {ks.commitment[:16]}... against the vector's {vec.commitment[:16]}...)"
         )
+    return vec, ks
+
+
+def active_evidence(suspect: str | Path, vector: str | Path, keys: str | Path) -> dict[str, Any]:
+    """Query the suspect with the vector's keys (and the near-miss control); a report row."""
+    vec, ks = open_vector_and_keys(vector, keys)
     res = verify_model(suspect, ks, near_miss=True)
     nm, lt = res.near_miss, res.likelihood
     return {
         "vector_name": Path(vector).name,
-        "base": vec.doc.get("base", {}).get("name"),
+        "base": vec.doc["base"]["name"],  # a string: open_vector checks the metadata's types
         "commitment": res.key_commitment,
         "fsr": res.fsr,
         "hits": res.hits,

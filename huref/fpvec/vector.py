@@ -447,14 +447,17 @@ def open_vector(path: str | Path) -> Vector:
         raise FPVecError(f"{p}: vector seal does not verify: its metadata was modified after it was written")
     try:
         doc, vocab, hashes = json.loads(doc_json), json.loads(vocab_json), json.loads(hashes_json)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise FPVecError(f"{p}: corrupt vector metadata") from None
+    if not isinstance(doc, dict):
+        raise FPVecError(f"{p}: corrupt vector metadata (not a JSON object)")
     if doc.get("format") != VECTOR_FORMAT:
         raise FPVecError(f"{p}: vector format {doc.get('format')!r} is not {VECTOR_FORMAT!r}")
     if doc.get("tensor_hash", LEGACY_TENSOR_HASH) not in TENSOR_HASHES:
         raise FPVecError(
             f"{p}: unknown tensor hash {doc.get('tensor_hash')!r} (known: {', '.join(TENSOR_HASHES)})"
         )
+    _check_doc(p, doc, vocab, hashes)
     missing = sorted(set(sf.names()) - set(hashes))
     if missing or FINGERPRINT_TENSOR not in hashes:
         raise FPVecError(
@@ -480,6 +483,35 @@ def open_vector(path: str | Path) -> Vector:
         elif not info.dtype.startswith(("F", "BF")):
             raise FPVecError(f"{p}: tensor {n} has non-float dtype {info.dtype}")
     return Vector(p, sf, doc, vocab, hashes)
+
+
+def _str_map(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+def _str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _check_doc(p: Path, doc: dict[str, Any], vocab: object, hashes: object) -> None:
+    """Refuse sealed metadata of the wrong types: the seal is recomputable, and stamping, the audit
+    report and ``describe`` read these fields as the types checked here."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise FPVecError(f"{p}: corrupt vector metadata ({what})")
+
+    need(isinstance(doc.get("key_commitment"), str), "'key_commitment' is not a string")
+    base = doc.get("base")
+    if not isinstance(base, dict):
+        raise FPVecError(f"{p}: corrupt vector metadata ('base' is not an object)")
+    for k in ("name", "family", "fingerprint_sha256"):
+        need(isinstance(base.get(k), str), f"'base.{k}' is not a string")
+    need(_str_map(base.get("sha256")), "'base.sha256' is not an object of strings")
+    need(_str_map(base.get("vocab_roles", {})), "'base.vocab_roles' is not an object of strings")
+    need(_str_list(doc.get("dropped_roles", [])), "'dropped_roles' is not a list of strings")
+    need(vocab is None or _str_list(vocab), "the vocabulary is not a list of strings")
+    need(_str_map(hashes), "the tensor hashes are not an object of strings")
 
 
 def describe(v: Vector) -> dict[str, Any]:

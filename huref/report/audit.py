@@ -37,6 +37,11 @@ def run_audit(
     home: Path | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
     report_paths(out)  # a report that cannot be written is refused before the work
+    if vectors:  # and so are vectors and key files that do not open or do not belong together
+        from huref.fpvec.report import open_vector_and_keys
+
+        for v, k in vectors:
+            open_vector_and_keys(v, k)
     candidates: list[Candidate] = []
     null = None
     named = []
