@@ -225,6 +225,18 @@ def test_audit_with_keys_of_another_vector_is_refused(
     [
         (lambda d: (d / "r.html").mkdir(), [], "r.html is a folder"),
         (lambda d: (d / "r.json").mkdir(), [], "r.json is a folder"),
+        # -o MODEL/config.html would have replaced the model's config.json with the evidence
+        (
+            lambda d: (d / "r.json").write_text('{"model_type": "llama"}'),
+            [],
+            "r.json exists and is not a huref report",
+        ),
+        (
+            lambda d: (d / "r.html").write_text("<html><title>notes</title></html>"),
+            [],
+            "r.html exists and is not a huref report",
+        ),
+        (lambda d: os.mkfifo(d / "r.json"), [], "r.json exists and is not a regular file"),
         (lambda d: None, ["--fail-on", "derivd"], "--fail-on takes one of"),
     ],
 )
@@ -292,3 +304,17 @@ def test_a_non_finite_number_in_the_evidence_is_an_error_not_invalid_json(
         write_report(ev, tmp_path / "r.html")
     assert needle in str(e.value) and "bug" in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_replaces_an_earlier_huref_report(report: Path, tmp_path: Path) -> None:
+    """Recognised by the page's generator tag (or an older page's title) and the evidence's schema."""
+    from huref.report.html import PAGE_MARK, write_report
+
+    ev = json.loads(report.with_name("report.json").read_text())
+    html_path, json_path = write_report(ev, tmp_path / "r.html")
+    assert PAGE_MARK in html_path.read_text()[:4096]
+    write_report(ev, html_path)  # again: its own earlier report
+    older = "\n".join(ln for ln in html_path.read_text().splitlines() if PAGE_MARK not in ln)
+    html_path.write_text(older)  # a page written before the generator tag
+    write_report(ev, html_path)
+    assert PAGE_MARK in html_path.read_text() and json.loads(json_path.read_text()) == ev

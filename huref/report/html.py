@@ -61,14 +61,47 @@ def render_html(ev: dict[str, Any], json_name: str = "report.json") -> str:
     return _env().get_template("audit.html.j2").render(ev=ev, json_name=json_name)
 
 
+# How a file that a report may replace is recognised as an earlier huref report: the page by the
+# generator tag near its top (or, for pages written before the tag, their title), the evidence by
+# its "schema" field.
+PAGE_MARK = '<meta name="generator" content="huref-report/'
+LEGACY_PAGE_MARK = "<title>huref audit: "
+EVIDENCE_SCHEMA_PREFIX = "huref-report/"
+MAX_EVIDENCE_BYTES = 1 << 30  # a larger .json is not read to find out: it is not ours
+
+
+def _is_report_page(p: Path) -> bool:
+    with p.open("rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    return PAGE_MARK in head or LEGACY_PAGE_MARK in head
+
+
+def _is_report_evidence(p: Path) -> bool:
+    if p.stat().st_size > MAX_EVIDENCE_BYTES:
+        return False
+    try:
+        doc = json.loads(p.read_bytes())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(doc, dict) and str(doc.get("schema", "")).startswith(EVIDENCE_SCHEMA_PREFIX)
+
+
 def report_paths(html_path: str | Path) -> tuple[Path, Path]:
     """(report.html, report.json beside it), refused up front where either cannot be a file (a
-    missing folder is created when they are written)."""
+    missing folder is created when they are written) or would replace a file that is not an
+    earlier huref report (``-o MODEL/config.html`` would replace the model's config.json)."""
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
-    for p in (html_path, json_path):
+    for p, ours in ((html_path, _is_report_page), (json_path, _is_report_evidence)):
         if p.is_dir():
             raise ReportError(f"{p} is a folder; the report and its evidence are files")
+        if p.exists() and not p.is_file():
+            raise ReportError(f"{p} exists and is not a regular file; choose another report name")
+        if p.is_file() and not ours(p):
+            raise ReportError(
+                f"{p} exists and is not a huref report, which the report would replace; "
+                "choose another report name"
+            )
     return html_path, json_path
 
 
