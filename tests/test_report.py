@@ -318,3 +318,39 @@ def test_a_report_replaces_an_earlier_huref_report(report: Path, tmp_path: Path)
     html_path.write_text(older)  # a page written before the generator tag
     write_report(ev, html_path)
     assert PAGE_MARK in html_path.read_text() and json.loads(json_path.read_text()) == ev
+
+
+@pytest.mark.parametrize(
+    ("log10_p", "shown"),
+    [
+        (-5.96, "1.1e-6"),  # inconclusive
+        (-6.04, "9.1e-7"),  # derived: p < 1e-6
+        (-6.0, "1.0e-6"),  # not below the threshold: inconclusive
+        (-6.0017, "9.9e-7"),  # 9.96e-7 rounds within its decade, not up to 1.0e-6
+        (-2.0, "0.01"),
+        (-2.0001, "9.9e-3"),  # just below the independence threshold
+        (-0.8, "0.158"),
+        (-1234.56, "2.8e-1235"),  # far below float range: from the logarithm
+        (float("-inf"), "0"),
+        (None, "n/a"),
+    ],
+)
+def test_p_values_on_either_side_of_a_threshold_never_print_the_same(
+    log10_p: float | None, shown: str
+) -> None:
+    from huref.invariants.stats import format_log10_p
+
+    assert format_log10_p(log10_p) == shown
+
+
+def test_the_page_shows_p_values_either_side_of_1e_6_apart(report: Path) -> None:
+    """The passive p came from log10 as '1e-6.0' for both 1.1e-6 (inconclusive) and 9.1e-7
+    (derived), and the active one as %.1e, which gives 1.0e-06 for 9.96e-7."""
+    from huref.report.html import render_html
+
+    ev = json.loads(report.with_name("report.json").read_text())
+    ev["passive"][0]["log10_p_value"], ev["passive"][1]["log10_p_value"] = -5.96, -6.04
+    ev["active"][0]["likelihood"]["p_value"] = 9.96e-7
+    page = render_html(ev)
+    assert ">1.1e-6<" in page and ">9.1e-7<" in page and ">9.9e-7<" in page
+    assert "1e-6.0" not in page and "1.0e-06" not in page

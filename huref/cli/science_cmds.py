@@ -103,6 +103,7 @@ def compare_cmd(
 ) -> None:
     """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
     from huref.invariants import compare_paths
+    from huref.invariants.stats import format_log10_p
 
     null = _registry_null() if registry else None
     c = compare_paths(
@@ -123,9 +124,7 @@ def compare_cmd(
             )
         )
         con.print(f"robust ICS {f(c.ics)}   paper ICS {f(c.ics_paper)}   PCS {f(c.pcs)}")
-        con.print(
-            f"Z {f(c.z)} (null: {c.null['source']})   p {('n/a' if c.log10_p_value is None else f'1e{c.log10_p_value:.1f}')}"
-        )
+        con.print(f"Z {f(c.z)} (null: {c.null['source']})   p {format_log10_p(c.log10_p_value)}")
         con.print("alignment " + ", ".join(f"{x}->{y} ({s:.1f})" for x, y, s in c.layer_alignment))
         con.print(styled("verdict: ", (str(c.verdict), "bold"), f"  ({c.rule})"))
     if fail_on and c.verdict == fail_on:

@@ -137,6 +137,28 @@ def neuron_test(
     return out
 
 
+def format_log10_p(log10_p: float | None) -> str:
+    """A p-value kept as log10 p, for people: as a decimal from 0.01 up ('0.16'), below that as
+    mantissa and exponent computed from the logarithm ('9.1e-7', '2.8e-1235': no underflow).
+
+    The mantissa is rounded within its decade (p = 9.96e-7 shows as 9.9e-7, not 1.0e-6), so p on
+    either side of a power-of-ten threshold (the verdicts' 1e-6 and 0.01) never prints the same."""
+    if log10_p is None or math.isnan(log10_p):
+        return "n/a"
+    if log10_p == -math.inf:
+        return "0"
+    if log10_p >= -2:
+        return f"{10.0**log10_p:.3g}"
+    e = math.floor(log10_p)
+    m = min(round(10.0 ** (log10_p - e), 1), 9.9)
+    return f"{m:.1f}e{e}"
+
+
+def format_p(p: float) -> str:
+    """``format_log10_p`` of a p-value given as a number."""
+    return format_log10_p(math.log10(p)) if p > 0 else "0"
+
+
 def combine_log10(ps: list[float]) -> float:
     """Fisher's method on log10 p-values, in log space.
 

@@ -19,7 +19,7 @@ from huref.arch import Model, load_model
 from huref.errors import FingerprintError, HurefError, ReportError
 from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
 from huref.invariants.compare import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
-from huref.invariants.stats import BUILTIN_NULL, NullModel
+from huref.invariants.stats import BUILTIN_NULL, NullModel, format_log10_p, format_p
 
 log = logging.getLogger(__name__)
 SCHEMA_ID = "huref-report/1"
@@ -95,14 +95,14 @@ def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]])
         if best:
             why.append(
                 f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f}, "
-                f"log10 p {best['log10_p_value']:.1f})"
+                f"p {format_log10_p(best['log10_p_value'])})"
                 if best["log10_p_value"] is not None
                 else f"passive: derived from {best['base']} (robust ICS {best['ics']:.1f})"
             )
         for a in fired:
             why.append(
                 f"active: fingerprint vector {a['vector_name']} answers {a['hits']}/{a['n']} keys"
-                + (f", key likelihood p {_likelihood_p(a):.1e}" if a.get("likelihood") else "")
+                + (f", key likelihood p {format_p(_likelihood_p(a))}" if a.get("likelihood") else "")
             )
         return {"verdict": "derived", "base": best["base"] if best else fired[0].get("base"), "because": why}
     all_independent = bool(passive) and all(p.get("verdict") == "independent" for p in passive)

@@ -17,20 +17,13 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from huref.checkpoint.writer import atomic_file
 from huref.errors import ReportError
+from huref.invariants.stats import format_log10_p, format_p
 from huref.report import load_schema
 from huref.report.plots import alignment_svg, heatmap_svg
 
 
 def _fmt(v: float | None, d: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{d}f}"
-
-
-def _pfmt(log10_p: float | None) -> str:
-    if log10_p is None:
-        return "n/a"
-    if log10_p > -3:
-        return f"{10**log10_p:.3g}"
-    return f"1e{log10_p:.1f}"
 
 
 def _env() -> Environment:
@@ -41,7 +34,7 @@ def _env() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(fmt=_fmt, pfmt=_pfmt, heatmap=_heatmap, alignment=_alignment)
+    env.globals.update(fmt=_fmt, pfmt=format_log10_p, pvalue=format_p, heatmap=_heatmap, alignment=_alignment)
     return env
 
 

@@ -14,13 +14,13 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from huref.invariants.stats import format_log10_p
 from huref.registry.store import Store
 from huref.scan import cache
 
@@ -35,11 +35,7 @@ def _num(x: float | None, digits: int = 1) -> str:
 
 def _p(m: dict[str, Any]) -> str:
     lp = m.get("log10_p_value")
-    if lp is None:
-        return "—"
-    if lp > -4:
-        return f"{10.0**lp:.3g}"
-    return f"1e{lp:.1f}" if math.isfinite(lp) else "0"
+    return "—" if lp is None else format_log10_p(lp)
 
 
 def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
