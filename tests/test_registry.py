@@ -9,6 +9,7 @@ import json
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,195 @@ def test_a_registry_locked_by_another_process_is_one_line_exit_2(
     assert "cannot write the registry (database is locked" in _err_line(capsys)
     with Store(home) as s:
         assert s.bases() == [] and s.integrity_check() == "ok"
+
+
+# -- damaged registries ------------------------------------------------------------------------
+
+
+def _blob(home: Path, name: str) -> Path:
+    with Store(home) as s:
+        return s.blob_path(s.require(name).fingerprint)
+
+
+def test_a_fingerprint_file_swapped_for_another_base_is_refused_naming_the_base_and_the_fix(
+    home: Path, fp_files: dict[str, Path], tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both files are sealed fingerprints, so only the SHA-256 in the file's name tells that
+    llama-a's evidence is llama-b's: read as it was, the derivative of llama-a audited independent."""
+    for n in ("llama-a", "llama-b"):
+        assert main(["registry", "add", str(fp_files[n]), "--name", n]) == 0
+    shutil.copy(_blob(home, "llama-b"), _blob(home, "llama-a"))
+    capsys.readouterr()
+    out = tmp_path / "a.html"
+    argv = ["audit", str(tiny_zoo / "llama-a-sft"), "--registry", "--no-pcs", "--no-dogs", "-o", str(out)]
+    assert main(argv) == 2
+    line = _err_line(capsys)
+    assert "registered base 'llama-a' is unusable" in line and "damaged or replaced" in line
+    assert "audit --registry needs every base" in line
+    fix = f"'huref registry add {fp_files['llama-a']} --name llama-a --replace' or 'huref registry remove llama-a'"
+    assert fix in line
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_every_unusable_base_is_named_in_one_line(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n in ("llama-a", "llama-b", "stories260k"):
+        assert main(["registry", "add", str(fp_files[n]), "--name", n]) == 0
+    a, b = _blob(home, "llama-a"), _blob(home, "llama-b")
+    a.write_bytes(a.read_bytes()[:1000])  # truncated
+    b.unlink()
+    with Store(home) as s:
+        with pytest.raises(RegistryError) as e:
+            s.load_bases(s.bases(), "the scan stops; ")
+        assert s.load_base(s.require("stories260k")).robust is not None
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("2 registered bases are unusable: 'llama-a' (")
+    assert (
+        "'llama-b' (" in msg and "fingerprint file missing" in msg and "the scan stops; fix each with" in msg
+    )
+
+
+def test_replace_repairs_a_damaged_fingerprint_file_of_the_same_size(
+    home: Path, fp_files: dict[str, Path]
+) -> None:
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    blob = _blob(home, "llama-a")
+    data = bytearray(blob.read_bytes())
+    data[-10] ^= 0xFF  # same size, other bytes
+    blob.write_bytes(bytes(data))
+    with Store(home) as s, pytest.raises(RegistryError, match="damaged or replaced"):
+        s.load_blob(s.require("llama-a").fingerprint)
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a", "--replace"]) == 0
+    assert blob.read_bytes() == fp_files["llama-a"].read_bytes()
+    with Store(home) as s:
+        assert s.load_base(s.require("llama-a")).robust is not None
+
+
+def _damage_table(home: Path, table: str) -> None:
+    """Random bytes over the root page of one table; the file header and the schema stay intact."""
+    conn = sqlite3.connect(home / DB_NAME)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    conn.close()
+    assert root > 1
+    with open(home / DB_NAME, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(bytes(range(256)) * (page_size // 256))
+
+
+def test_a_damaged_database_page_is_one_line_and_exit_2(
+    home: Path, fp_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(home) as s:
+        _fake_bases(s, 3)
+    _damage_table(home, "bases")
+    with Store(home) as s, pytest.raises(RegistryError, match="registry database is damaged"):
+        s.bases()  # a plain read, outside any transaction
+    for argv in (["registry", "list"], ["registry", "add", str(fp_files["llama-a"]), "--name", "x"]):
+        assert main(argv) == 2
+        line = _err_line(capsys)
+        assert (
+            f"{home / DB_NAME}: the registry database is damaged (database disk image is malformed)" in line
+        )
+        assert "restore it from a backup" in line and "HUREF_HOME" in line
+
+
+def test_opening_a_registry_to_read_it_takes_no_write_lock(
+    home: Path, fp_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huref.registry.store as store
+
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(home / DB_NAME, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a writer that does not let go: readers must not wait for it
+    try:
+        capsys.readouterr()
+        assert main(["registry", "list", "--json"]) == 0
+        assert [b["name"] for b in json.loads(capsys.readouterr().out)["bases"]] == ["llama-a"]
+        with Store(home, create=False) as s:
+            assert set(s.load_bases(s.bases())) == {"llama-a"}
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.fixture
+def read_only(home: Path) -> Iterator[Callable[[], None]]:
+    """Makes the registry read-only for this process: chmod for a user, chattr +i for root (whom
+    permission bits do not stop); skipped where neither works."""
+    import os
+    import subprocess
+
+    paths = [home, home / "fingerprints", home / DB_NAME]
+    done: list[str] = []
+
+    def lock() -> None:
+        if os.geteuid() != 0:
+            for p in paths:
+                p.chmod(p.stat().st_mode & ~0o222)
+            done.append("chmod")
+        elif shutil.which("chattr") is None:
+            pytest.skip("running as root without chattr: cannot make a read-only registry")
+        else:
+            r = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"chattr +i refused here ({r.stderr.strip()})")
+            done.append("chattr")
+
+    yield lock
+    if "chattr" in done:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+    elif "chmod" in done:
+        for p in paths:
+            p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_read_only_registry_is_listed_and_audited_and_writes_fail_with_exit_3(
+    home: Path,
+    fp_files: dict[str, Path],
+    tiny_zoo: Path,
+    tmp_path: Path,
+    read_only: Callable[[], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for n in ("llama-a", "llama-b"):
+        assert main(["registry", "add", str(fp_files[n]), "--name", n]) == 0
+    read_only()
+    capsys.readouterr()
+    assert main(["registry", "list", "--json"]) == 0
+    assert [b["name"] for b in json.loads(capsys.readouterr().out)["bases"]] == ["llama-a", "llama-b"]
+    out = tmp_path / "a.html"
+    argv = ["audit", str(tiny_zoo / "llama-a-sft"), "--registry", "--no-pcs", "--no-dogs", "-o", str(out)]
+    assert main(argv) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["verdict"]["verdict"] == "derived"
+    capsys.readouterr()
+    for argv in (
+        ["registry", "add", str(fp_files["stories260k"]), "--name", "s"],
+        ["registry", "remove", "llama-b"],
+        ["registry", "mark-independent", "llama-a", "llama-b"],
+    ):
+        assert main(argv) == 3, argv
+        assert "the registry is read-only here" in _err_line(capsys)
+    assert not list((home / "fingerprints").glob(".*"))  # no temporary file was left either
+
+
+def test_names_differing_only_in_case_are_one_base(
+    home: Path, fp_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--replace"]):
+        assert main(["registry", "add", str(fp_files["llama-b"]), "--name", "Llama-A", *extra]) == 2
+        line = _err_line(capsys)
+        assert "a base named 'llama-a' is already registered" in line and "differ only in case" in line
+    d = tmp_path / "fps"
+    d.mkdir()
+    shutil.copy(fp_files["llama-b"], d / "LLAMA-A.safetensors")
+    assert main(["registry", "import", str(d)]) == 2
+    assert "'llama-a' is already registered" in _err_line(capsys)
+    assert main(["registry", "remove", "LLAMA-A"]) == 2
+    assert "did you mean 'llama-a'" in _err_line(capsys)
+    with Store(home) as s:
+        assert [b.name for b in s.bases()] == ["llama-a"]

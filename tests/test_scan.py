@@ -337,6 +337,88 @@ def test_bad_scan_requests_fail_with_one_line(
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+# -- damaged registries and caches -------------------------------------------------------------
+
+
+def _one_model_zoo(tiny_zoo: Path, where: Path, name: str = "llama-a-sft") -> Path:
+    where.mkdir()
+    (where / name).symlink_to(tiny_zoo / name, target_is_directory=True)
+    return where
+
+
+def test_a_damaged_cached_fingerprint_is_a_miss_and_is_replaced(
+    bases_home: Path, tiny_zoo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A truncated file in the scan cache made every later scan that read it fail (exit 2): it is
+    fingerprinted again, its entry replaced (the damaged file goes), and the next scan is cached."""
+    zoo = _one_model_zoo(tiny_zoo, tmp_path / "zoo")
+    home = _copy_home(bases_home, tmp_path / "home")
+    first = _scan(zoo, tmp_path / "out1", home, workers=1).models[0]
+    with Store(home) as s:
+        (sha,) = [r[0] for r in s.conn.execute("SELECT fingerprint FROM fingerprint_cache")]
+        blob = s.blob_path(sha)
+        # the model must be read again: a comparison not made yet (as with a base added since)
+        s.conn.execute("DELETE FROM comparisons WHERE fingerprint = ?", (sha,))
+    blob.write_bytes(blob.read_bytes()[:1000])
+    with caplog.at_level("WARNING", logger="huref.scan.runner"):
+        again = _scan(zoo, tmp_path / "out2", home, workers=1)
+    warned = [r.getMessage() for r in caplog.records if "cached fingerprint unusable" in r.getMessage()]
+    assert len(warned) == 1 and "llama-a-sft" in warned[0]
+    assert again.stats["fingerprinted"] == 1 and again.models[0]["error"] is None
+    assert _comparable(again.models) == _comparable([first])
+    assert not blob.exists()
+    with Store(home) as s:
+        (new,) = [r[0] for r in s.conn.execute("SELECT fingerprint FROM fingerprint_cache")]
+        assert s.blob_intact(new) and new == again.models[0]["fingerprint"]
+    third = _scan(zoo, tmp_path / "out3", home, workers=1)
+    assert third.stats["from_cache"] == 1 and _comparable(third.models) == _comparable([first])
+
+
+def test_one_unusable_base_stops_a_scan_naming_it_and_the_fix(
+    bases_home: Path,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    zoo = _one_model_zoo(tiny_zoo, tmp_path / "zoo")
+    home = _copy_home(bases_home, tmp_path / "home")
+    with Store(home) as s:
+        blob = s.blob_path(s.require("llama-b").fingerprint)
+    blob.write_bytes(blob.read_bytes()[:-100])
+    monkeypatch.setenv("HUREF_HOME", str(home))
+    assert main(["scan", str(zoo), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "registered base 'llama-b' is unusable" in err[0], err
+    assert "the scan needs every base, so it stops before any work" in err[0]
+    assert f"'huref registry add {tiny_zoo / 'llama-b'} --name llama-b --replace'" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_scan_cache_page_is_one_line_and_exit_2(
+    bases_home: Path,
+    tiny_zoo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    zoo = _one_model_zoo(tiny_zoo, tmp_path / "zoo", "llama-b")
+    home = _copy_home(bases_home, tmp_path / "home")
+    _scan(zoo, tmp_path / "out1", home, workers=1)
+    conn = sqlite3.connect(home / DB_NAME)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'file_hashes'").fetchone()
+    conn.close()
+    with open(home / DB_NAME, "r+b") as f:  # the header and the schema stay intact
+        f.seek((root - 1) * page_size)
+        f.write(bytes(range(256)) * (page_size // 256))
+    monkeypatch.setenv("HUREF_HOME", str(home))
+    assert main(["scan", str(zoo), "-o", str(tmp_path / "out2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{home / DB_NAME}: the registry database is damaged" in err[0], err
+    assert not (tmp_path / "out2").exists()
+
+
 # -- executors and resumption ------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 
 import typer
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         print(f"huref: error: system error: {e.strerror or e}{where}", file=sys.stderr)
         return OS_ERROR_EXIT
+    except sqlite3.Error as e:  # the registry maps its own; this is the net under any other database
+        if _DEBUG["on"] or "--debug" in args:
+            raise
+        print(f"huref: error: database error: {e}", file=sys.stderr)
+        return 2
     except typer.Exit as e:
         return int(e.exit_code or 0)
     except typer.Abort:

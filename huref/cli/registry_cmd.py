@@ -66,6 +66,7 @@ def add_cmd(
         raise RegistryError(f"{source}: no such file or folder")
     settings = Settings(n=n, key=token_key.encode() if token_key else DEFAULT_KEY)
     with Store() as store:
+        store.check_writable()  # before minutes of fingerprinting
         res = add_base(store, source, name, family, replace, settings)
         con = _err()
         b = res.base
@@ -95,6 +96,7 @@ def import_cmd(
     if not folder.is_dir():
         raise RegistryError(f"{folder}: not a folder")
     with Store() as store:
+        store.check_writable()
         results = import_folder(store, folder, family, replace)
         con = _err()
         for res in results:
@@ -163,6 +165,7 @@ def remove_cmd(name: Annotated[str, typer.Argument(help="Name of the base to rem
     from huref.registry.store import Store
 
     with Store(create=False) as store:
+        store.check_writable()
         b = store.remove_base(name)
         _err().print(f"removed {b.name} from {store.home}")
 
@@ -179,6 +182,7 @@ def mark_cmd(
     from huref.registry.store import Store
 
     with Store(create=False) as store:
+        store.check_writable()
         ics = mark_independent(store, a, b)
         _err().print(f"independent pair {a} / {b}: robust ICS {ics:.1f} ({len(store.pairs())} pairs)")
 
@@ -193,6 +197,7 @@ def unmark_cmd(
     from huref.registry.store import Store
 
     with Store(create=False) as store:
+        store.check_writable()
         if not store.remove_pair(a, b):
             raise RegistryError(f"{a} / {b} is not recorded as an independent pair")
         _err().print(f"removed the independent pair {a} / {b}")

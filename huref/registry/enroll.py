@@ -42,6 +42,24 @@ def check_name(name: str) -> str:
     return name
 
 
+def _check_free(store: Store, name: str, replace: bool, what: str = "") -> Base | None:
+    """The base ``name`` replaces (None if new); refused when taken without ``replace``, or when a
+    base of the same name but for case exists (two bases 'Llama-A' and 'llama-a' read as one)."""
+    old = store.base(name)
+    if old is None:
+        same = store.base_ignoring_case(name)
+        if same is not None:
+            raise RegistryError(
+                f"{what}a base named {same.name!r} is already registered (names may not differ only "
+                f"in case); use --name {same.name} --replace to replace it, or another name"
+            )
+    elif not replace:
+        raise RegistryError(
+            f"{what}a base named {name!r} is already registered; use --replace or another --name"
+        )
+    return old
+
+
 def _fingerprint_bytes(fp: Fingerprint) -> bytes:
     from huref.invariants.fpfile import save_fingerprint
 
@@ -110,7 +128,10 @@ def _family_pairs(
     for other in store.bases():
         if other.name in exclude or not other.family or other.family == family:
             continue
-        ics, why = _robust_ics(fp, store.load_blob(other.fingerprint))
+        ics, why = _robust_ics(
+            fp,
+            store.load_base(other, "the new base is paired with every other family, so nothing was added; "),
+        )
         if ics is None:
             skipped.append((other.name, why or ""))
         else:
@@ -130,17 +151,13 @@ def add_base(
     check_name(name)
     if family is not None and not family.strip():
         raise RegistryError("--family must not be empty")
-    taken = f"a base named {name!r} is already registered; use --replace or another --name"
-    if store.base(name) is not None and not replace:  # early, before the fingerprinting
-        raise RegistryError(taken)
+    _check_free(store, name, replace)  # early, before the fingerprinting
     fp, data, what = load_source(source, settings)
     # One write transaction holds the name check, the pairs with the other bases and the writes:
     # two concurrent adds then see each other (checked and paired before, one could replace the
     # other's base, or both miss their pair).
     with store.transaction():
-        old = store.base(name)
-        if old is not None and not replace:
-            raise RegistryError(taken)
+        old = _check_free(store, name, replace)
         sha = store.put_blob(data)
         res = Enrolled(
             _base_record(name, family, sha, fp, what), *_family_pairs(store, family, fp, exclude={name})
@@ -174,13 +191,13 @@ def import_folder(
     seen: dict[str, Path] = {}
     for p in files:
         name = check_name(p.stem)
-        if name in seen:
+        if name.lower() in seen:
             raise RegistryError(
-                f"{p}: the name {name!r} is also used by {seen[name]}; rename one of the files"
+                f"{p}: the name {name!r} is also used by {seen[name.lower()]} (names may not differ "
+                "only in case); rename one of the files"
             )
-        seen[name] = p
-        if store.base(name) is not None and not replace:
-            raise RegistryError(f"{p}: a base named {name!r} is already registered (use --replace)")
+        seen[name.lower()] = p
+        _check_free(store, name, replace, f"{p}: ")
         try:
             fp = load_fingerprint(p)
         except HurefError as e:
@@ -190,8 +207,7 @@ def import_folder(
     new_names = {n for n, *_ in loaded}
     with store.transaction():  # names, pairs and writes see one registry state (see add_base)
         for name, fp, data, p in loaded:
-            if store.base(name) is not None and not replace:
-                raise RegistryError(f"{p}: a base named {name!r} is already registered (use --replace)")
+            _check_free(store, name, replace, f"{p}: ")
             # the new files share one family (or none), so they form no pairs among themselves
             rec = _base_record(name, family, store.put_blob(data), fp, f"fingerprint file {p.resolve()}")
             results.append(Enrolled(rec, *_family_pairs(store, family, fp, exclude=new_names)))
@@ -207,7 +223,8 @@ def mark_independent(store: Store, a: str, b: str) -> float:
     if a == b:
         raise RegistryError("a base cannot be independent of itself")
     ba, bb = store.require(a), store.require(b)
-    ics, why = _robust_ics(store.load_blob(ba.fingerprint), store.load_blob(bb.fingerprint))
+    fps = store.load_bases([ba, bb])
+    ics, why = _robust_ics(fps[ba.name], fps[bb.name])
     if ics is None:
         raise RegistryError(f"cannot mark {a!r} and {b!r} independent: {why}")
     with store.transaction():

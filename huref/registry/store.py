@@ -9,7 +9,14 @@ The database runs in WAL mode; every write happens in one ``BEGIN IMMEDIATE`` tr
 process killed at any instant (even by SIGKILL) leaves the last committed state behind and a
 concurrent reader never sees half a write. Fingerprint files are written to a temporary name and
 renamed before the row that names them is committed: a row never points at a missing or partial
-file (a kill in between leaves at worst an unreferenced file, which is harmless).
+file (a kill in between leaves at worst an unreferenced file, which is harmless). A fingerprint file
+is checked against its name (SHA-256) every time it is read, and rewritten by ``put_blob`` whenever
+its bytes are not the ones its name promises: a damaged or swapped file is refused with the base it
+belongs to and the command that repairs it, never read as that base's evidence.
+
+Opening a registry whose schema is current writes nothing and takes no lock, so a registry that is
+read-only for this user (a shared one) can be listed and audited against; writing commands then
+fail with one line and exit code 3. Every sqlite3 error is one line (see ``huref.registry.db``).
 
 Schema (version 1)::
 
@@ -35,16 +42,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shlex
 import sqlite3
 import time
-import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from huref.errors import RegistryError
+from huref.errors import FingerprintError, RegistryError
 from huref.invariants.fingerprint import Fingerprint
 from huref.invariants.stats import NullModel, null_from_values
+from huref.registry.db import OS_REFUSED_EXIT, Connection, StoreError, db_error, open_database
 
 DB_NAME = "registry.sqlite"
 BLOB_DIR = "fingerprints"
@@ -125,6 +134,9 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 """
 
 
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
 def huref_home() -> Path:
     """``$HUREF_HOME``, or ``~/.huref`` when it is unset or empty."""
     env = os.environ.get("HUREF_HOME", "").strip()
@@ -157,39 +169,93 @@ def weights_digest(sha256s: dict[str, str] | list[str]) -> str:
     return hashlib.sha256("\n".join(values).encode()).hexdigest() if values else ""
 
 
-def _connect(uri: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
+class BlobError(StoreError):
+    """A stored fingerprint file is missing, unreadable, damaged, or not the file its name promises."""
+
+    def __init__(self, path: Path, why: str, exit_code: int = 2) -> None:
+        super().__init__(f"{path}: {why}", exit_code)
+        self.path, self.why = path, why
 
 
-def _uri(path: Path, mode: str) -> str:
-    return f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+def _repair_hint(b: Base) -> str:
+    """The commands that fix an unusable base: re-add it from its source, or remove it."""
+    src = "SOURCE"
+    for prefix in ("fingerprint file ", "checkpoint "):
+        if b.source.startswith(prefix) and Path(b.source[len(prefix) :]).exists():
+            src = shlex.quote(b.source[len(prefix) :])
+    name = shlex.quote(b.name)
+    return f"'huref registry add {src} --name {name} --replace' or 'huref registry remove {name}'"
 
 
 class Store:
     """An open registry. Use as a context manager, or call ``close()``."""
 
+    conn: Connection
+
     def __init__(self, home: Path | None = None, create: bool = True) -> None:
         self.home = Path(home) if home is not None else huref_home()
         self.db_path = self.home / DB_NAME
         self.blob_dir = self.home / BLOB_DIR
-        if not self.db_path.exists() and not create:
+        exists = self.db_path.is_file()
+        if not exists and not create:
             raise RegistryError(f"no registry at {self.home}; add bases with 'huref registry add'")
         try:
             self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self.conn = _connect(_uri(self.db_path, "rwc"))
-            self.conn.execute("PRAGMA journal_mode = WAL")
+        except OSError as e:  # an existing registry in a read-only folder is still readable
+            if not exists:
+                raise StoreError(
+                    f"{self.home}: cannot create the registry ({e.strerror or e})", OS_REFUSED_EXIT
+                ) from None
+        self.conn, self.read_only = open_database(self.db_path, "rwc", BUSY_TIMEOUT_MS)
+        try:
+            if not self._current():
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                with self.transaction():
+                    self._migrate()
             # WAL + NORMAL: a killed process loses nothing committed (only a power cut can lose the last commits)
             self.conn.execute("PRAGMA synchronous = NORMAL")
-            with self.transaction():
-                self._migrate()
-            self._sweep_temporaries()
-        except sqlite3.DatabaseError as e:
-            raise RegistryError(f"{self.db_path}: cannot open the registry ({e})") from None
-        except OSError as e:
-            raise RegistryError(f"{self.home}: cannot create the registry ({e.strerror or e})") from None
+        except BaseException:
+            self.conn.close()
+            raise
+        self._sweep_temporaries()
+
+    def _current(self) -> bool:
+        """True when the database needs no migration: then opening it writes nothing."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = None
+        if "meta" in tables:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        self._check_version(row)
+        if row is None or not _TABLES.issubset(tables):
+            return False
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(file_hashes)")}
+        if self.read_only:  # opened as immutable, which reports no WAL whatever the file says
+            return "ctime_ns" in columns
+        return "ctime_ns" in columns and self.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def _check_version(self, row: tuple[str] | None) -> None:
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise RegistryError(
+                f"{self.db_path}: registry schema {row[0]!r}, this huref reads {SCHEMA_VERSION!r}; "
+                "use a matching huref or a new HUREF_HOME"
+            )
+
+    def check_writable(self, why: str = "") -> None:
+        """Refuse (one line, exit code 3) before any work when this user cannot write the registry."""
+        wal = self.db_path.with_name(DB_NAME + "-wal")
+        blocked = [
+            p
+            for p, need in ((self.db_path, True), (self.blob_dir, True), (self.home, not wal.exists()))
+            if need and not os.access(p, os.W_OK)
+        ]
+        if self.read_only or blocked:
+            where = blocked[0] if blocked else self.home
+            raise StoreError(
+                f"{where}: the registry is read-only here; this command needs write access to "
+                f"{self.home}{why} (reading commands such as 'huref registry list' and 'huref audit "
+                "--registry' do not)",
+                OS_REFUSED_EXIT,
+            )
 
     def _sweep_temporaries(self) -> None:
         """Remove fingerprint files a killed writer left half-written (older than a day: never a live one)."""
@@ -200,14 +266,9 @@ class Store:
                     p.unlink()
 
     def _migrate(self) -> None:
-        row = None
-        with contextlib.suppress(sqlite3.OperationalError):
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None and row[0] != SCHEMA_VERSION:
-            raise RegistryError(
-                f"{self.db_path}: registry schema {row[0]!r}, this huref reads {SCHEMA_VERSION!r}; "
-                "use a matching huref or a new HUREF_HOME"
-            )
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" in tables:
+            self._check_version(self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone())
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(file_hashes)")}
         if columns and "ctime_ns" not in columns:  # a cache written before ctime was in the key: rebuilt
             self.conn.execute("DROP TABLE file_hashes")
@@ -223,24 +284,17 @@ class Store:
         """One write transaction: taken at BEGIN (IMMEDIATE), committed or rolled back as a whole.
 
         A registry another process keeps locked past the busy timeout, or one that cannot be
-        written (disk full, read-only), is a RegistryError, one line, like every registry problem."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise RegistryError(
-                f"{self.db_path}: cannot write the registry ({e}; another process held it for "
-                f"{BUSY_TIMEOUT_MS // 1000} s or more)"
-                if "locked" in str(e) or "busy" in str(e)
-                else f"{self.db_path}: cannot write the registry ({e})"
-            ) from None
+        written (disk full, read-only), is a StoreError, one line, like every registry problem."""
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
             self.conn.execute("COMMIT")
         except BaseException as e:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.DatabaseError):
-                raise RegistryError(f"{self.db_path}: cannot write the registry ({e})") from None
+                with contextlib.suppress(StoreError):  # the first error is the one to tell
+                    self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise db_error(self.db_path, e, BUSY_TIMEOUT_MS) from None
             raise
 
     def close(self) -> None:
@@ -260,33 +314,95 @@ class Store:
     def blob_path(self, sha: str) -> Path:
         return self.blob_dir / f"{sha}.safetensors"
 
+    def blob_intact(self, sha: str) -> bool:
+        """Whether the file stored under ``sha`` exists and its bytes hash to ``sha``."""
+        try:
+            return hashlib.sha256(self.blob_path(sha).read_bytes()).hexdigest() == sha
+        except OSError:
+            return False
+
     def put_blob(self, data: bytes) -> str:
-        """Store fingerprint-file bytes under their SHA-256 (atomically); returns the hash."""
+        """Store fingerprint-file bytes under their SHA-256 (atomically); returns the hash.
+
+        A file already there is kept only when its bytes are these: a damaged or swapped one of
+        any size is replaced (by rename, so a reader sees the old file or the new, never a mix)."""
         from huref.checkpoint.writer import atomic_file
 
         sha = hashlib.sha256(data).hexdigest()
         dest = self.blob_path(sha)
-        if not dest.is_file() or dest.stat().st_size != len(data):
+        if not self.blob_intact(sha):
             try:
                 with atomic_file(dest) as tmp, open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as e:
-                raise RegistryError(
-                    f"{dest}: cannot write the fingerprint file ({e.strerror or e})"
+                raise StoreError(
+                    f"{dest}: cannot write the fingerprint file ({e.strerror or e})", OS_REFUSED_EXIT
                 ) from None
         return sha
 
     def load_blob(self, sha: str) -> Fingerprint:
+        """The fingerprint stored under ``sha``: its bytes must hash to ``sha`` and its seal verify.
+
+        The hash check costs one SHA-256 of a file of a few MB; without it a file swapped for
+        another sealed fingerprint would be read as the evidence of the base that names it."""
         from huref.invariants.fpfile import load_fingerprint
 
         path = self.blob_path(sha)
-        if not path.is_file():
-            raise RegistryError(
-                f"{path}: fingerprint file missing from the registry; remove and re-add that base"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobError(path, "fingerprint file missing") from None
+        except OSError as e:
+            raise BlobError(
+                path, f"cannot read the fingerprint file ({e.strerror or e})", OS_REFUSED_EXIT
+            ) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise BlobError(
+                path,
+                f"fingerprint file damaged or replaced (its SHA-256 is {actual[:12]}..., "
+                f"not the {sha[:12]}... it is stored under)",
             )
-        return load_fingerprint(path)
+        try:
+            return load_fingerprint(path)
+        except FingerprintError as e:
+            why = str(e)
+            raise BlobError(path, why.removeprefix(f"{path}: ")) from None
+
+    def load_base(self, b: Base, purpose: str = "") -> Fingerprint:
+        """A registered base's fingerprint; an unusable file is one line naming the base and the fix."""
+        return self.load_bases([b], purpose)[b.name]
+
+    def load_bases(self, bases: Iterable[Base], purpose: str = "") -> dict[str, Fingerprint]:
+        """name -> fingerprint of every base; every unusable one is named in one line, with
+        ``purpose`` (why the command stops, ending in '; ') and the commands that fix it."""
+        out: dict[str, Fingerprint] = {}
+        by_sha: dict[str, Fingerprint] = {}
+        bad: list[tuple[Base, BlobError]] = []
+        for b in bases:
+            try:
+                if b.fingerprint not in by_sha:
+                    by_sha[b.fingerprint] = self.load_blob(b.fingerprint)
+                out[b.name] = by_sha[b.fingerprint]
+            except BlobError as e:
+                bad.append((b, e))
+        if not bad:
+            return out
+        code = OS_REFUSED_EXIT if all(err.exit_code == OS_REFUSED_EXIT for _, err in bad) else 2
+        if len(bad) == 1:
+            one, err = bad[0]
+            raise StoreError(
+                f"registered base {one.name!r} is unusable: {err}; {purpose}fix: {_repair_hint(one)}",
+                code,
+            )
+        listed = "; ".join(f"{x.name!r} ({err})" for x, err in bad)
+        raise StoreError(
+            f"{len(bad)} registered bases are unusable: {listed}; {purpose}fix each with "
+            "'huref registry add SOURCE --name NAME --replace' or 'huref registry remove NAME'",
+            code,
+        )
 
     def drop_unreferenced_blob(self, sha: str) -> None:
         """Delete a fingerprint file no base and no cache row names any more.
@@ -316,6 +432,15 @@ class Store:
         ).fetchone()
         return Base(*r) if r else None
 
+    def base_ignoring_case(self, name: str) -> Base | None:
+        """A base whose name equals ``name`` but for case (names are ASCII, which NOCASE folds)."""
+        r = self.conn.execute(
+            "SELECT name, family, fingerprint, weights, source, architecture, n_layers, added FROM bases "
+            "WHERE name = ? COLLATE NOCASE AND name != ? ORDER BY name LIMIT 1",
+            (name, name),
+        ).fetchone()
+        return Base(*r) if r else None
+
     def insert_base(self, b: Base) -> None:
         """Insert (inside a transaction); an existing base of that name is replaced with its pairs."""
         self.conn.execute("DELETE FROM bases WHERE name = ?", (b.name,))
@@ -341,7 +466,10 @@ class Store:
         if b is None:
             import difflib
 
-            close = difflib.get_close_matches(name, [x.name for x in self.bases()], n=1)
+            same = self.base_ignoring_case(name)
+            close = (
+                [same.name] if same else difflib.get_close_matches(name, [x.name for x in self.bases()], n=1)
+            )
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RegistryError(f"no base named {name!r} in {self.home}{hint}; {self._known()}")
         return b
@@ -371,7 +499,7 @@ class Store:
         return _null_from_conn(self.conn, self.home)
 
 
-def _null_from_conn(conn: sqlite3.Connection, home: Path) -> NullModel | None:
+def _null_from_conn(conn: Connection, home: Path) -> NullModel | None:
     values = [float(r[0]) for r in conn.execute("SELECT ics FROM independent_pairs ORDER BY a, b").fetchall()]
     if len(values) < MIN_NULL_PAIRS:
         return None
@@ -388,15 +516,11 @@ def default_null() -> NullModel | None:
     db = home / DB_NAME
     if not db.is_file():
         return None
+    conn, _ = open_database(db, "ro", BUSY_TIMEOUT_MS)
     try:
-        conn = _connect(_uri(db, "ro"))
-        try:
-            return _null_from_conn(conn, home)
-        finally:
-            conn.close()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return None
-        raise RegistryError(f"{db}: cannot read the registry ({e})") from None
-    except sqlite3.DatabaseError as e:
-        raise RegistryError(f"{db}: cannot read the registry ({e})") from None
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'independent_pairs'"
+        )
+        return _null_from_conn(conn, home) if found.fetchone() else None
+    finally:
+        conn.close()

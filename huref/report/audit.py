@@ -16,11 +16,12 @@ def _registry_candidates(names: list[str] | None, home: Path | None) -> tuple[li
     from huref.registry.store import Store
 
     with Store(home, create=False) as store:
-        out = [
-            Candidate(b.name, "registry", store.load_blob(b.fingerprint), None)
-            for b in store.bases()
-            if names is None or b.name in names
-        ]
+        chosen = [b for b in store.bases() if names is None or b.name in names]
+        # --registry claims a comparison with every registered base: one that cannot be read
+        # would silently drop out of the evidence, so the audit stops and says which and how to fix it
+        why = "audit --registry needs every base, so it stops; " if names is None else ""
+        fps = store.load_bases(chosen, why)
+        out = [Candidate(b.name, "registry", fps[b.name], None) for b in chosen]
         return out, store.null()
 
 

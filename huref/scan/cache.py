@@ -11,6 +11,10 @@ Three levels, each keyed so that an unchanged zoo is rescanned without reading a
 3. ``comparisons``: (fingerprint, base fingerprint, method) -> robust ICS and log10 p. Z and the
    verdict are derived from these at report time with the registry's current null, so adding an
    independent pair never invalidates the cache; adding a base costs one comparison per model.
+A cached fingerprint file is read (and checked against its SHA-256 name and its seal) only when
+a model needs comparing with a new base; a file that fails the check makes the entry a miss, and the
+fresh fingerprint replaces it (``record_model`` keeps an existing entry only when its file is
+intact), so one damaged file never blocks later scans.
 Broken models are remembered too (``failures``, keyed by the stats of their files): a model that
 failed with a huref error is not read again until one of its files changes. Failures that may be
 transient (a worker that died, an unexpected exception) are not remembered.
@@ -161,6 +165,7 @@ def known_hashes(store: Store, stats: tuple[FileStat, ...]) -> dict[str, str] | 
 
 
 def cached_fingerprint(store: Store, content: str, settings: str) -> CachedFingerprint | None:
+    """The cache entry for a model, when its fingerprint file is present (not read: see the notes)."""
     r = store.conn.execute(
         "SELECT fingerprint, format, weights FROM fingerprint_cache WHERE content = ? AND settings = ?",
         (content, settings),
@@ -231,10 +236,18 @@ def record_model(
     A freshly computed fingerprint is written first (atomically, by content hash), then every row
     in one transaction. When the cache already holds a fingerprint for the same content and
     settings (a touched but unchanged file), that one is kept and the new one dropped, so the
-    identity of a model's fingerprint does not change between scans.
+    identity of a model's fingerprint does not change between scans; unless its file is damaged,
+    and then the new one replaces it.
     """
     with store.transaction() as conn:  # the file is stored under the lock that its row is written with
         existing = cached_fingerprint(store, content, settings)
+        stale = None
+        if (
+            existing is not None
+            and fingerprint_bytes is not None
+            and not store.blob_intact(existing.fingerprint)
+        ):
+            stale, existing = existing.fingerprint, None
         if existing is not None:
             fingerprint = existing.fingerprint
         elif fingerprint_bytes is not None:
@@ -253,6 +266,8 @@ def record_model(
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (content, settings, fingerprint, fmt, weights, seconds),
             )
+            if stale is not None and stale != fingerprint:
+                store.drop_unreferenced_blob(stale)
         for c in comparisons:
             conn.execute(
                 "INSERT OR IGNORE INTO comparisons(fingerprint, base_fingerprint, method, ics, log10_p, "

@@ -5,6 +5,12 @@ soon as its task returns, and the outputs are rebuilt from the caches at the end
 any moment (SIGKILL included) and started again plans only the models it has not finished; an
 unchanged zoo plans nothing and reads no weight (file stats are the only I/O per model).
 A model that failed with a huref error is not tried again until one of its files changes.
+
+Fingerprint files are checked (SHA-256 and seal) whenever they are read. A scan that has work to
+do loads every registered base first, and one unusable base stops it before any work (one line
+naming the base and the fix, exit 2): its results would otherwise lack that base without saying
+so. A model's cached fingerprint is read only when it needs a comparison with a new base; when
+that file does not load, the entry counts as a miss and the model is fingerprinted again.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 from huref.errors import RegistryError, UsageError
 from huref.invariants.extract import Settings
 from huref.invariants.stats import BUILTIN_NULL
-from huref.registry.store import Base, Store
+from huref.registry.store import Base, BlobError, Store
 from huref.scan import cache
 from huref.scan.discover import Candidate, discover
 from huref.scan.executors import ExecutorOptions, make_executor
@@ -78,8 +84,9 @@ def _check_bases(store: Store, bases: list[Base], settings: Settings) -> dict[st
 
     want = key_digest(settings.key)
     out: dict[str, Any] = {}
+    fps = store.load_bases(bases, "the scan needs every base, so it stops before any work; ")
     for b in bases:
-        fp = store.load_blob(b.fingerprint)
+        fp = fps[b.name]
         if fp.robust is None:
             raise RegistryError(
                 f"base {b.name!r} has no robust-mode fingerprint; re-add it from its checkpoint"
@@ -139,7 +146,16 @@ def _plan(
         if not missing and not verify:
             plan.append((st, None))
             continue
-        fp = robust_only(store.load_blob(cached.fingerprint)) if missing else None
+        fp = None
+        if missing:
+            try:
+                fp = robust_only(store.load_blob(cached.fingerprint))
+            except BlobError as e:  # a damaged cache entry is a miss; record_model replaces it
+                log.warning("%s: cached fingerprint unusable (%s); fingerprinting the model again", c.name, e)
+                r.fingerprint = r.format = r.weights = None
+                r.comparisons = None
+                plan.append((st, Task(i, c.name, str(c.path), st.stats, base_shas, fpvec=keysets)))
+                continue
         plan.append(
             (st, Task(i, c.name, str(c.path), st.stats, missing, cached=True, fingerprint=fp, fpvec=verify))
         )
@@ -193,6 +209,9 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
     if not zoo.is_dir():
         raise UsageError(f"{cfg.zoo}: not a folder")
     with Store(cfg.home, create=False) as store:
+        store.check_writable(
+            ", where the scan keeps its caches (or set HUREF_HOME to a registry of your own)"
+        )
         bases = store.bases()
         if not bases:
             raise RegistryError(
