@@ -3,6 +3,7 @@ resumable after SIGKILL, the same on a Dask cluster, and robust to bad input ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -471,13 +473,35 @@ def test_a_malformed_scheduler_address_is_one_line_and_exit_2(
     assert not out.exists()
 
 
+@contextlib.contextmanager
+def _dask_scheduler(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A ``dask scheduler`` process on a free local port: (address, process), killed on exit.
+
+    A separate process, not an in-process LocalCluster: the scan's own client and event loop must
+    not share a process with the scheduler's."""
+    sfile = folder / "scheduler.json"
+    cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+    cmd += ["--port", "0", "--no-dashboard", "--scheduler-file", str(sfile)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not sfile.is_file() or not sfile.read_text().strip():
+            assert time.monotonic() < deadline and proc.poll() is None, "no scheduler"
+            time.sleep(0.1)
+        yield json.loads(sfile.read_text())["address"], proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def test_a_scheduler_without_workers_is_one_line_and_exit_2(
     dask_setup: tuple[Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     from huref.scan.executors import DaskExecutor
 
     zoo, home = dask_setup
@@ -485,8 +509,7 @@ def test_a_scheduler_without_workers_is_one_line_and_exit_2(
     monkeypatch.setenv("HUREF_HOME", str(home))
     monkeypatch.setattr(DaskExecutor, "worker_wait_s", 1.0)
     out = tmp_path / "out"
-    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
-        addr = cluster.scheduler_address
+    with _dask_scheduler(tmp_path) as (addr, _):
         argv = ["scan", str(zoo), "-o", str(out), "--executor", "dask", "--scheduler", addr, "--no-progress"]
         assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -520,78 +543,29 @@ def test_a_scheduler_lost_mid_scan_fails_the_scan_in_one_line_and_keeps_finished
     pytest.importorskip("distributed")
     zoo, home = dask_setup
     home = _copy_home(home, tmp_path / "home")
-    db, out, sfile = home / DB_NAME, tmp_path / "out", tmp_path / "scheduler.json"
+    db, out = home / DB_NAME, tmp_path / "out"
     env = {**os.environ, "HUREF_HOME": str(home), "HUREF_SCAN_TEST_DELAY_MS": "1500"}
-    pym = [sys.executable, "-m"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [
-        subprocess.Popen(
-            [
-                *pym,
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(sfile),
-            ],
-            **quiet,
-        )
-    ]
-    try:
-        deadline = time.monotonic() + 120
-        while not sfile.is_file() or not sfile.read_text().strip():
-            assert time.monotonic() < deadline and procs[0].poll() is None, "no scheduler"
-            time.sleep(0.1)
-        addr = json.loads(sfile.read_text())["address"]
-        procs.append(
-            subprocess.Popen(
-                [
-                    *pym,
-                    "distributed.cli.dask_worker",
-                    addr,
-                    "--nthreads",
-                    "1",
-                    "--no-nanny",
-                    "--no-dashboard",
-                ],
-                **quiet,
-            )
-        )
-        scan = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "huref",
-                "scan",
-                str(zoo),
-                "-o",
-                str(out),
-                "--executor",
-                "dask",
-                "--scheduler",
-                addr,
-                "--no-progress",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    with _dask_scheduler(tmp_path) as (addr, scheduler):
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker", addr]
+        procs = [subprocess.Popen([*worker, "--nthreads", "1", "--no-nanny", "--no-dashboard"], **quiet)]
+        cmd = [sys.executable, "-m", "huref", "scan", str(zoo), "-o", str(out)]
+        cmd += ["--executor", "dask", "--scheduler", addr, "--no-progress"]
+        scan = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(scan)
-        while _done(db) < 1:
-            assert scan.poll() is None, scan.communicate()
-            assert time.monotonic() < deadline, "no model finished in time"
-            time.sleep(0.05)
-        procs[0].kill()
-        stdout, stderr = scan.communicate(timeout=120)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        try:
+            deadline = time.monotonic() + 120
+            while _done(db) < 1:
+                assert scan.poll() is None, scan.communicate()
+                assert time.monotonic() < deadline, "no model finished in time"
+                time.sleep(0.05)
+            scheduler.kill()
+            stdout, stderr = scan.communicate(timeout=120)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
     err = stderr.strip().splitlines()
     assert scan.returncode == 3, (stdout, stderr)
     assert len(err) == 1 and "lost the connection to the Dask scheduler" in err[0], err
