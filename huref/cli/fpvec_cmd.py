@@ -19,7 +19,7 @@ fpvec_app = typer.Typer(
 app.add_typer(fpvec_app, name="fpvec")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU when present).")]
+DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (GPU when present).")]
 
 
 def _err() -> Console:

@@ -26,7 +26,7 @@ KeyOpt = Annotated[
     str | None,
     typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same)."),
 ]
-DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (GPU when present).")]
+DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (GPU when present).")]
 FreqOpt = Annotated[
     Path | None,
     typer.Option(
@@ -36,9 +36,11 @@ FreqOpt = Annotated[
 
 
 def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> Settings:
+    from huref.device import resolve_device
     from huref.invariants.extract import Settings
     from huref.invariants.tokens import DEFAULT_KEY
 
+    resolve_device(device)  # a device that does not exist is refused before any work
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     bad = [m for m in wanted if m not in ("robust", "paper")]
     if bad or not wanted:

@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from huref import __version__
 from huref.checkpoint.writer import atomic_dir
+from huref.device import resolve_device as resolve_device  # verify and harm import it from here
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, single_edits
@@ -118,16 +119,6 @@ def auto_lr(parameters: int) -> float:
     if parameters < 1_000_000_000:
         return 1e-4
     return 1e-5
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FPVecError("--device cuda asked for, but no GPU is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise FPVecError(f"--device takes cpu, cuda or auto (got {name!r})")
-    return torch.device(name)
 
 
 @contextlib.contextmanager

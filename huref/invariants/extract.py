@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,9 +17,11 @@ import torch
 from huref import __version__
 from huref.arch import Model, load_model
 from huref.arch.layers import LayerStream
+from huref.arch.model import Norm
 from huref.checkpoint import Checkpoint
 from huref.checkpoint.source import all_finite
-from huref.errors import FingerprintError, UsageError
+from huref.device import resolve_device
+from huref.errors import FingerprintError
 from huref.invariants import kernels as K
 from huref.invariants.fingerprint import FORMAT_VERSION, TERM_NAMES, Fingerprint, ModeTerms, Responses
 from huref.invariants.tokens import (
@@ -51,17 +53,16 @@ class Settings:
     prefetch: bool = True
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no GPU is available")
-    return torch.device(device)
+def _on(nm: Norm, dev: torch.device) -> Norm:
+    """The norm with its gain and bias on ``dev`` (they are read onto the CPU with the layer)."""
+    move = lambda t: None if t is None else t.to(dev)  # noqa: E731
+    return replace(nm, weight=move(nm.weight), bias=move(nm.bias))
 
 
-def _apply(norms: list, x: torch.Tensor) -> torch.Tensor:
+def _apply(norms: list[Norm], x: torch.Tensor) -> torch.Tensor:
     for nm in norms:
-        x = nm.apply(x, with_bias=False)  # gains kept (they cancel against readers), biases dropped
+        # gains kept (they cancel against readers), biases dropped
+        x = _on(nm, x.device).apply(x, with_bias=False)
     return x
 
 
@@ -81,7 +82,7 @@ def _tokens(m: Model, n: int, settings: Settings, mode: str) -> TokenSet:
 def _stream_rows(m: Model, ids: list[int], dev: torch.device) -> torch.Tensor:
     x = m.embed_rows(ids).to(dev)
     en = m.norm("embed_norm")
-    return en.apply(x, with_bias=False) if en is not None and m.cfg.placement == "pre" else x
+    return _apply([en], x) if en is not None and m.cfg.placement == "pre" else x
 
 
 def fingerprint_model(
