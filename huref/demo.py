@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from huref.errors import UsageError
 from huref.invariants import Settings
 
 AUDITED = (
@@ -31,6 +32,8 @@ AUDITED = (
     "stories260k-cpt",
 )
 STAMPED = "llama-a-sft-stamped"
+OUTPUT_DIRS = ("registry", "fpvec", "suspects", "scan")  # replaced on every run
+MARKER = ".huref-demo"  # written into --out: only a folder holding it has outputs to replace
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,39 @@ def _truth(manifest: dict[str, Any]) -> dict[str, str]:
     return {m["name"]: ("independent" if m["root"] == m["name"] else "derived") for m in manifest["models"]}
 
 
+def _is_demo_folder(out: Path) -> bool:
+    """Holds the marker, or is an earlier run's output from before the marker (its demo.json)."""
+    if (out / MARKER).is_file():
+        return True
+    try:
+        doc = json.loads((out / "demo.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and {"audits", "index", "ok"} <= doc.keys()
+
+
+def check_config(cfg: DemoConfig) -> None:
+    """Refuse a bad configuration before anything is built, written or removed."""
+    from huref.zoo.presets import PRESETS
+
+    if cfg.preset not in PRESETS:
+        raise UsageError(f"unknown preset {cfg.preset!r} (known: {', '.join(PRESETS)})")
+    if cfg.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {cfg.workers}")
+    for flag, path in (("--out", cfg.out), ("--zoo", cfg.zoo)):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path} exists and is not a folder")
+    out, zoo = cfg.out.resolve(), cfg.zoo.resolve()
+    if out == zoo or zoo in out.parents or out in zoo.parents:
+        raise UsageError(
+            f"--out {cfg.out} and --zoo {cfg.zoo} must be separate folders, neither inside the other"
+        )
+    if cfg.out.is_dir() and any(cfg.out.iterdir()) and not _is_demo_folder(cfg.out):
+        raise UsageError(
+            f"--out {cfg.out} holds files that huref demo did not write; choose a new or empty folder"
+        )
+
+
 def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> dict[str, Any]:
     from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
     from huref.registry.enroll import add_base
@@ -56,6 +92,7 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     from huref.zoo.build import build_zoo, default_stories
 
     cfg = cfg or DemoConfig()
+    check_config(cfg)
     # paths printed as they are (no markup) and on one line
     con = console or Console(stderr=True, markup=False, soft_wrap=True)
     t0 = time.perf_counter()
@@ -66,9 +103,8 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
         con.print(Text.assemble(("✓", "green"), f" {what} ({time.perf_counter() - t0:.0f} s)"))
 
     out = cfg.out
-    for sub in ("registry", "fpvec", "suspects", "scan"):
-        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("huref demo outputs: the next 'huref demo --out' here replaces them\n")
 
     con.print(
         Text.assemble(("huref demo", "bold"), f": zoo {cfg.zoo} (preset {cfg.preset}), outputs under {out}")
@@ -77,6 +113,8 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     manifest = json.loads((zoo / "zoo.json").read_text())
     truth = _truth(manifest)
     mark(f"zoo ready: {len(manifest['models'])} models")
+    for sub in OUTPUT_DIRS:  # the previous run's outputs, in a folder the demo owns (checked above)
+        shutil.rmtree(out / sub, ignore_errors=True)
 
     home = out / "registry"
     bases = [m["name"] for m in manifest["models"] if m["relation"] == "base"]

@@ -16,14 +16,14 @@ MAX_SIZE = 4096  # --size: pixels per side (a 4096 x 4096 RGB image is 48 MiB)
 MAX_CELL = 2048  # --cell: pixels per side of one sheet thumbnail
 
 
-def _png_target(path: Path, flag: str) -> Path:
+def _png_target(path: Path, flag: str, models: list[str]) -> Path:
+    from huref.checkpoint.outputs import check_output_file
+
     if path.suffix.lower() != ".png":
         raise UsageError(f"{flag} {path}: the image file name must end in .png")
     if not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder, not an image file")
-    return path
+    return check_output_file(path, models, flag=flag)  # a folder, or inside a model folder read
 
 
 @app.command("dog")
@@ -73,9 +73,11 @@ def dog_cmd(
     if out is not None and len(models) > 1:
         raise UsageError("-o writes one model's dog; use --sheet for several models")
     if out is not None:
-        _png_target(out, "-o")
+        _png_target(out, "-o", models)
     if sheet is not None:
-        _png_target(sheet, "--sheet")
+        _png_target(sheet, "--sheet", models)
+    if out is not None and sheet is not None and out.resolve() == sheet.resolve():
+        raise UsageError(f"-o and --sheet name the same file {out}")
     if labels and len(labels) != len(models):
         raise UsageError(f"{len(labels)} --label values for {len(models)} models")
     if not (16 <= size <= MAX_SIZE and 16 <= cell <= MAX_CELL):

@@ -127,9 +127,11 @@ def extract_cmd(
     ] = None,
 ) -> None:
     """Store tau = theta_fp - theta_base with the base's identity and invariant fingerprint."""
+    from huref.checkpoint.outputs import check_output_file
     from huref.fpvec.keys import load_keys
     from huref.fpvec.vector import extract_vector
 
+    check_output_file(out, [base, fp_model])  # a vector file inside a model folder breaks the model
     commitment = load_keys(keys).commitment if keys is not None else None
     extract_vector(base, fp_model, out, drop_embeddings, drop_lm_head, dtype, commitment)
     _err().print(f"wrote {out}")

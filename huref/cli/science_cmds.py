@@ -70,9 +70,11 @@ def fingerprint_cmd(
 ) -> None:
     """Extract the invariants of one checkpoint into a fingerprint file."""
     from huref.invariants import fingerprint_model, save_fingerprint
+    from huref.invariants.fpfile import check_fingerprint_target
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
+    check_fingerprint_target(out, [model])
     fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))
     save_fingerprint(fp, out)
     console(stderr=True).print(
@@ -106,12 +108,16 @@ def compare_cmd(
     """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
     from huref.invariants import compare_paths
     from huref.invariants.stats import format_log10_p
+    from huref.scan.results import VERDICTS
 
+    if fail_on is not None and fail_on not in VERDICTS:
+        raise UsageError(f"--fail-on takes one of {', '.join(VERDICTS)} (got {fail_on!r})")
+    settings = _settings(n, paper_n, token_key, device, frequency_list, "robust,paper")
     null = _registry_null() if registry else None
     c = compare_paths(
         a,
         b,
-        _settings(n, paper_n, token_key, device, frequency_list, "robust,paper"),
+        settings,
         null,
         with_pcs=not no_pcs,
     )
@@ -159,6 +165,9 @@ def zoo_build_cmd(
     """Build a zoo of bases, derivatives and function-preserving attacks with a zoo.json manifest."""
     from huref.zoo.build import build_zoo, default_stories
 
+    # checked here rather than in build_zoo: the zoo's recipe hash covers huref/zoo's source code
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} exists and is not a folder; a zoo is built in a new or empty folder")
     path = build_zoo(dest, preset, stories or default_stories(), workers, force)
     doc = json.loads((path / "zoo.json").read_text())
     console(stderr=True).print(

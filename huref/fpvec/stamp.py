@@ -105,13 +105,11 @@ class StampResult:
 
 def check_output_path(out: Path, inputs: list[Path]) -> None:
     """Refuse an existing output, or one that is (inside) an input folder."""
+    from huref.checkpoint.outputs import refuse_inputs_as_output
+
     if out.exists() or out.is_symlink():
         raise FPVecError(f"{out} already exists; choose a new output folder")
-    o = out.resolve()
-    for p in inputs:
-        r = p.resolve()
-        if o == r or (r.is_dir() and r in o.parents):
-            raise FPVecError(f"{out}: the output must not be (inside) the input {p}")
+    refuse_inputs_as_output(out, inputs)
 
 
 def _row_match(v: Vector, m: Model, name: str, rows_by_position: bool, target: str | None = None) -> RowMatch:

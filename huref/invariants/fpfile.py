@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import torch
 
+from huref.checkpoint.outputs import check_output_file
 from huref.checkpoint.safetensors_io import SafetensorsFile
 from huref.checkpoint.source import DTYPE_NAMES
 from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
@@ -71,8 +73,16 @@ def _seal(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def check_fingerprint_target(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse to write a fingerprint over one of ``inputs``, inside their model folders, or over
+    an existing file that is not itself a fingerprint (an earlier fingerprint may be replaced)."""
+    return check_output_file(
+        path, inputs, replaceable=is_fingerprint_file, kind="huref fingerprint file (.safetensors)"
+    )
+
+
 def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
-    path = Path(path)
+    path = check_fingerprint_target(path)
     tensors = _tensors(fp)
     meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=False)
     plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from huref.checkpoint.outputs import check_output_file
 from huref.errors import RenderError
 from huref.render.stylegan2.network import Generator, generator_skeleton, materialise
 from huref.render.stylegan2.rebuild import generator_from_pickle, plain
@@ -73,9 +74,7 @@ def save_generator(generator: Generator, out: str | Path, source_sha256: str = "
 
 def convert_pickle_to_safetensors(pkl: str | Path, out: str | Path, key: str = "G_ema") -> Path:
     """Safely read an official checkpoint and store its ``key`` generator as safetensors."""
-    pkl, out = Path(pkl), Path(out)
-    if out.exists() and out.resolve() == pkl.resolve():
-        raise RenderError(f"refusing to overwrite the input checkpoint {pkl}")
+    pkl, out = Path(pkl), check_output_file(out, [pkl])
     if not out.parent.is_dir():  # fail before the (possibly long) read of the checkpoint
         raise RenderError(f"output folder {out.parent} does not exist")
     generator = generator_from_pickle(pkl, key)
