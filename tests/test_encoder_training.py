@@ -193,3 +193,97 @@ def test_encoder_info_prints_what_the_metadata_holds(
     assert main(["encoder", "info", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("huref: error:") and "not an object" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("metrics_json", "word"),
+    [
+        ('{"heldout": {"ks_pvalue": NaN}}', "NaN"),
+        ('{"heldout": {"std_max": Infinity}}', "Infinity"),
+        ('{"heldout": {"mean_min": -Infinity}}', "-Infinity"),
+        ('{"heldout": {"mean_max": 1e999}}', "1e999"),
+    ],
+    ids=["nan", "inf", "minus-inf", "overflow"],
+)
+def test_encoder_metadata_with_non_finite_numbers_is_refused(
+    tmp_path: Path, metrics_json: str, word: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Strict JSON has no NaN or infinity: ``encoder info --json`` must never print them."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from huref.cli import main
+
+    path = _encoder_file(tmp_path / "enc.safetensors", {"width": 4})
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    save_file(load_file(str(path)), str(path), metadata={**meta, "huref.encoder.metrics": metrics_json})
+    with pytest.raises(RenderError, match="not a finite number"):
+        read_metadata(path)
+    capsys.readouterr()
+    assert main(["encoder", "info", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1 and err[0].startswith("huref: error:")
+    assert word in err[0]
+    good = _encoder_file(tmp_path / "good.safetensors", {"width": 4}, metrics={"heldout": {"n": 16}})
+    assert main(["encoder", "info", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == {"heldout": {"n": 16}}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seed", "99999999999999999999"], "--seed"),
+        (["--seed", "-1"], "--seed"),
+        (["--threads", "100000000000"], "--threads"),
+        (["--workers", "100000000000"], "--workers"),
+    ],
+    ids=["seed-huge", "seed-negative", "threads-huge", "workers-huge"],
+)
+def test_encoder_train_refuses_out_of_range_numbers_before_training(
+    tmp_path: Path,
+    args: list[str],
+    needle: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huref.cli import main
+    from huref.encoder import train as train_module
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    out = tmp_path / "enc.safetensors"
+    capsys.readouterr()
+    assert main(["encoder", "train", "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("huref: error:") and needle in err[0]
+    assert not out.exists()
+
+
+def test_encoder_train_force_replaces_only_an_encoder_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huref.cli import main
+    from huref.encoder import train as train_module
+    from huref.encoder.weights import is_encoder_file, shipped_path
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("mine")
+    for target, needle in ((notes, "not a huref encoder file"), (shipped_path(), "shipped encoder")):
+        before = target.read_bytes()
+        capsys.readouterr()
+        assert main(["encoder", "train", "-o", str(target), "--force"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]
+        assert target.read_bytes() == before
+    earlier = _encoder_file(tmp_path / "earlier.safetensors", {"width": 4})
+    assert is_encoder_file(earlier) and not is_encoder_file(notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,11 @@ encoder_app = typer.Typer(
     help="Train and inspect the dog encoder (canonical stack -> Gaussian vector).", no_args_is_help=True
 )
 app.add_typer(encoder_app, name="encoder")
+
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+# a recipe written on a machine with up to 64 cores can be replayed anywhere; more threads than
+# that, or than this machine's cores, only oversubscribe it
+MAX_THREADS = max(64, os.cpu_count() or 1)
 
 
 @encoder_app.command("train")
@@ -44,8 +50,9 @@ def train_cmd(
 ) -> None:
     """Train the encoder on synthetic stacks from a seed (CPU, deterministic) and write it."""
     from huref.checkpoint.hashing import sha256_file
+    from huref.checkpoint.outputs import check_output_file
     from huref.encoder.train import TrainConfig, train
-    from huref.encoder.weights import SHIPPED_SHA256, save_encoder
+    from huref.encoder.weights import SHIPPED_SHA256, is_encoder_file, save_encoder, shipped_path
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the weights file name must end in .safetensors")
@@ -53,6 +60,10 @@ def train_cmd(
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     if not out.parent.is_dir():
         raise UsageError(f"{out}: folder {out.parent} does not exist")
+    # --force replaces an encoder trained earlier, never another file nor the shipped weights
+    if out.resolve() == shipped_path().resolve():
+        raise UsageError(f"{out} is the shipped encoder, which every dog depends on: choose another name")
+    check_output_file(out, replaceable=is_encoder_file, kind="huref encoder file")
     cfg = TrainConfig()
     changes: dict[str, int] = {"threads": threads, "workers": workers}
     for name, value in (
@@ -65,6 +76,12 @@ def train_cmd(
             changes[name] = value
     if threads < 1 or workers < 0 or changes.get("steps", 1) < 1:
         raise UsageError("--threads and --steps must be at least 1, --workers at least 0")
+    if threads > MAX_THREADS or workers > MAX_THREADS:
+        raise UsageError(
+            f"--threads and --workers must be at most {MAX_THREADS}, got {threads} and {workers}"
+        )
+    if not 0 <= changes.get("seed", 0) <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED} (2**64 - 1), got {seed}")
     if (
         changes.get("calib_models", cfg.calib_models) < 1024
         or changes.get("heldout_models", cfg.heldout_models) < 16
@@ -112,7 +129,7 @@ def info_cmd(
     digest = sha256_file(target)
     doc = {"path": str(target), "sha256": digest, "shipped": digest == SHIPPED_SHA256, **meta}
     if as_json:
-        typer.echo(json.dumps(doc))
+        typer.echo(json.dumps(doc, allow_nan=False))  # read_metadata refused non-finite numbers
         return
     con = console()
     con.print(styled((str(target), "bold"), f"  sha256 {digest}{'  (shipped)' if doc['shipped'] else ''}"))

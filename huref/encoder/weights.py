@@ -18,6 +18,7 @@ loaded when named explicitly; their metadata must describe the same canonical st
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +91,29 @@ def save_encoder(
     return path
 
 
+def _non_finite(word: str) -> float:
+    raise ValueError(f"{word} is not a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def is_encoder_file(path: str | Path) -> bool:
+    """A file written by :func:`save_encoder` (by its metadata; the tensors are not checked)."""
+    try:
+        read_metadata(path)
+    except RenderError:
+        return False
+    return True
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The recipe, metrics and canonical stack recorded in an encoder file; NaN and infinities,
+    which strict JSON cannot carry, are refused (``encoder info --json`` prints these numbers)."""
     from safetensors import safe_open
 
     try:
@@ -102,12 +125,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise RenderError(f"{path}: not a huref encoder file (format {raw.get('huref.encoder.format')!r})")
     try:
         meta = {
-            "canonical": json.loads(raw["huref.encoder.canonical"]),
-            "config": json.loads(raw["huref.encoder.config"]),
-            "metrics": json.loads(raw["huref.encoder.metrics"]),
+            key: json.loads(raw[f"huref.encoder.{key}"], parse_constant=_non_finite, parse_float=_finite)
+            for key in ("canonical", "config", "metrics")
         }
-    except (KeyError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise RenderError(f"{path}: incomplete encoder metadata ({e})") from None
+    except KeyError as e:
+        raise RenderError(f"{path}: incomplete encoder metadata (no {e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise RenderError(f"{path}: corrupt encoder metadata ({e})") from None
     for key, value in meta.items():
         if not isinstance(value, dict):
             raise RenderError(f"{path}: encoder metadata {key} is a {type(value).__name__}, not an object")
