@@ -160,12 +160,13 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
         ev, html, _ = run_audit(
             path,
             scan_dir / "reports" / f"{name}.html",
-            [b for b in bases if b != name],
+            [],
             False,
             vectors,
             settings,
             argv=["huref", "demo"],
             home=home,
+            registered=[b for b in bases if b != name],  # names, never paths in the current folder
         )
         got = ev["verdict"]["verdict"]
         audits.append(

@@ -525,3 +525,45 @@ def test_names_differing_only_in_case_are_one_base(
     assert "did you mean 'llama-a'" in _err_line(capsys)
     with Store(home) as s:
         assert [b.name for b in s.bases()] == ["llama-a"]
+
+
+def test_a_base_name_that_is_also_a_path_here_is_refused_and_registered_names_never_read_paths(
+    home: Path,
+    fp_files: dict[str, Path],
+    tiny_zoo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From a folder holding a model named like a registered base, `--base llama-a` could mean
+    either: refused, with `./llama-a` for the path. Names given as registered names (the demo's
+    audits) are looked up in the registry only, whatever the current folder holds."""
+    from huref.report.audit import run_audit
+
+    assert main(["registry", "add", str(fp_files["llama-a"]), "--name", "llama-a"]) == 0
+    here = tmp_path / "here"
+    shutil.copytree(tiny_zoo / "llama-b", here / "llama-a")  # another model under the base's name
+    monkeypatch.chdir(here)
+    capsys.readouterr()
+    out = tmp_path / "r.html"
+    argv = [
+        "audit",
+        str(tiny_zoo / "llama-a-sft"),
+        "--base",
+        "llama-a",
+        "--no-pcs",
+        "--no-dogs",
+        "-o",
+        str(out),
+    ]
+    assert main(argv) == 2
+    line = _err_line(capsys)
+    assert "both a path here and a registered base" in line and "./llama-a" in line
+    assert not out.exists()
+    argv[3] = "./llama-a"  # the path, said so: llama-b's weights, unrelated to the suspect
+    assert main(argv) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["verdict"]["verdict"] != "derived"
+    ev, _, _ = run_audit(
+        tiny_zoo / "llama-a-sft", tmp_path / "n.html", [], False, [], ROBUST, registered=["llama-a"]
+    )
+    assert ev["verdict"]["verdict"] == "derived"

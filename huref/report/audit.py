@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,25 @@ def _registry_candidates(names: list[str] | None, home: Path | None) -> tuple[li
         return out, store.null()
 
 
+def _refuse_ambiguous(paths: list[str], home: Path | None) -> None:
+    """A bare name that is both a file or folder here and a registered base is refused: which one
+    the auditor meant cannot be told (``./NAME`` names the path)."""
+    bare = [b for b in paths if b == Path(b).name and not b.startswith(".")]
+    if not bare:
+        return
+    from huref.registry.store import DB_NAME, Store, huref_home
+
+    if not ((home if home is not None else huref_home()) / DB_NAME).is_file():
+        return
+    with Store(home, create=False) as store:
+        both = sorted(set(bare) & {b.name for b in store.bases()})
+    if both:
+        raise UsageError(
+            f"--base {both[0]} is both a path here and a registered base; write ./{both[0]} for the "
+            "path, or run the audit from another folder for the registered base"
+        )
+
+
 def run_audit(
     suspect: str | Path,
     out: str | Path,
@@ -36,7 +56,10 @@ def run_audit(
     with_pcs: bool = True,
     with_dogs: bool = True,
     home: Path | None = None,
+    registered: Sequence[str] = (),
 ) -> tuple[dict[str, Any], Path, Path]:
+    """Audit ``suspect`` against ``bases`` (paths, or else registered names), the ``registered``
+    names (looked up in the registry only, never as paths), or every registered base."""
     report_paths(out)  # a report that cannot be written is refused before the work
     if vectors:  # and so are vectors and key files that do not open or do not belong together
         from huref.fpvec.report import open_vector_and_keys
@@ -45,12 +68,13 @@ def run_audit(
             open_vector_and_keys(v, k)
     candidates: list[Candidate] = []
     null = None
-    named = []
+    named = list(registered)
+    paths: list[str] = []
     for b in bases:
-        if Path(b).exists():
-            candidates.append(candidate_from_path(b, settings))
-        else:
-            named.append(b)
+        (paths if Path(b).exists() else named).append(b)
+    _refuse_ambiguous(paths, home)
+    for b in paths:
+        candidates.append(candidate_from_path(b, settings))
     if named or use_registry:
         reg_cands, null = _registry_candidates(None if use_registry else named, home)
         missing = set(named) - {c.name for c in reg_cands}
