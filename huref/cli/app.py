@@ -64,6 +64,14 @@ def _register() -> None:
 _INVOCATION: list[str] = []
 
 
+def check_fail_on(value: str | None, allowed: tuple[str, ...]) -> None:
+    """``--fail-on`` must name one of the verdicts a command can give: a typo would turn a CI gate off."""
+    from huref.errors import UsageError
+
+    if value is not None and value not in allowed:
+        raise UsageError(f"--fail-on takes one of {', '.join(allowed)} (got {value!r})")
+
+
 def invocation() -> list[str]:
     """The command line of the running ``huref`` call, for reproducibility records."""
     return list(_INVOCATION) or ["huref", *sys.argv[1:]]

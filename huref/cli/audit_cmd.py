@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from huref.cli.app import app, invocation
+from huref.cli.app import app, check_fail_on, invocation
 from huref.cli.console import console, styled
 from huref.errors import UsageError
 
@@ -49,8 +49,7 @@ def audit_cmd(
 
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"{out}: the report name must end in .html")
-    if fail_on is not None and fail_on not in VERDICTS:
-        raise UsageError(f"--fail-on takes one of {', '.join(VERDICTS)} (got {fail_on!r})")
+    check_fail_on(fail_on, VERDICTS)
     vectors = list(fpvec or [])
     key_files = list(keys or [])
     if len(vectors) != len(key_files):

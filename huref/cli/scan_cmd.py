@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from huref.cli.app import app
+from huref.cli.app import app, check_fail_on
 from huref.cli.console import console
 
 FAIL_ON = ("derived", "inconclusive", "error")
@@ -49,8 +49,7 @@ def scan_cmd(
     from huref.scan import ScanConfig, run_scan, scan_settings
     from huref.scan.runner import default_workers
 
-    if fail_on is not None and fail_on not in FAIL_ON:
-        raise UsageError(f"--fail-on takes one of {', '.join(FAIL_ON)}, got {fail_on!r}")
+    check_fail_on(fail_on, FAIL_ON)
     if n < 16:
         raise UsageError("--n must be at least 16")
     if workers is not None and executor != "local":

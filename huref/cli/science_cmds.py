@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from huref.cli.app import app
+from huref.cli.app import app, check_fail_on
 from huref.cli.console import console, styled
 from huref.errors import UsageError
 
@@ -110,8 +110,7 @@ def compare_cmd(
     from huref.invariants.stats import format_log10_p
     from huref.scan.results import VERDICTS
 
-    if fail_on is not None and fail_on not in VERDICTS:
-        raise UsageError(f"--fail-on takes one of {', '.join(VERDICTS)} (got {fail_on!r})")
+    check_fail_on(fail_on, VERDICTS)
     settings = _settings(n, paper_n, token_key, device, frequency_list, "robust,paper")
     null = _registry_null() if registry else None
     c = compare_paths(
