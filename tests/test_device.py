@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from formatkit import tiny_llama
 
 from huref.cli import main
 from huref.device import resolve_device
@@ -17,19 +18,8 @@ SMALL = ["--n", "16", "--paper-n", "16"]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import transformers as T
-
     root = tmp_path_factory.mktemp("device")
-    cfg = T.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=96,
-    )
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    tiny_llama()[0].save_pretrained(root / "model")
     return root / "model"
 
 
