@@ -106,7 +106,7 @@ def _rebuild_tensor_v2(
     with warnings.catch_warnings():  # TypedStorage is deprecated but is what old blobs hold
         warnings.simplefilter("ignore", UserWarning)
         if isinstance(storage, torch.TypedStorage):
-            dtype, untyped = storage.dtype, storage._untyped_storage
+            dtype, untyped = storage.dtype, storage.untyped()
         else:
             dtype, untyped = torch.uint8, storage
     itemsize = torch.empty((), dtype=dtype).element_size()

@@ -109,8 +109,10 @@ def claim_record_tensors(
             )
     theirs = {**_tensors(state, "_parameters", where), **_tensors(state, "_buffers", where)}
     theirs_t = theirs
-    ours = {**module._parameters, **module._buffers}
-    ours_t = {k: v for k, v in ours.items() if v is not None}
+    ours_t = {
+        **dict(module.named_parameters(recurse=False, remove_duplicate=False)),
+        **dict(module.named_buffers(recurse=False, remove_duplicate=False)),
+    }
     missing, unclaimed = sorted(set(ours_t) - set(theirs_t)), sorted(set(theirs_t) - set(ours_t))
     if missing:
         raise RenderError(f"checkpoint lacks tensor {where}.{missing[0]}")
@@ -131,7 +133,7 @@ def claim_record_tensors(
     children = state.get("_modules", {})
     if not isinstance(children, dict):
         raise RenderError(f"{where}: _modules is a {type(children).__name__}, not a dict")
-    ours_m = {k: v for k, v in module._modules.items() if v is not None}
+    ours_m = dict(module.named_children())
     theirs_m = {k: v for k, v in children.items() if v is not None}
     if set(ours_m) != set(theirs_m):
         extra, lack = sorted(set(theirs_m) - set(ours_m)), sorted(set(ours_m) - set(theirs_m))
