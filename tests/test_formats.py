@@ -533,3 +533,135 @@ def test_frequency_list_reads_a_lone_double_quote_token(tmp_path: Path) -> None:
     f = tmp_path / "freq.tsv"
     f.write_text('"\t50\n"\\t"\t7\nthe\t1000\n', encoding="utf-8")
     assert read_frequency_list(f) == {'"': 50, "\t": 7, "the": 1000}
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "gguf", "llama2c"])
+def test_rows_outside_a_tensor_are_a_checkpoint_error(layout: str, tmp_path: Path) -> None:
+    """A row index past the end (or negative: no counting from the end) is refused by every format."""
+    from huref.errors import CheckpointError
+
+    model, sd = tiny_llama()
+    if layout == "gguf":
+        path = write_gguf(tmp_path / "m.gguf", sd, model.config)
+    elif layout == "llama2c":
+        path = write_llama2c(tmp_path / "m.bin", sd, model.config)
+    else:
+        path = _save_hf(model, tmp_path / "hf")
+        if layout == "bin":
+            (path / "model.safetensors").unlink()
+            torch.save(sd, path / "pytorch_model.bin")
+    src = open_checkpoint(path).source
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(src.read_rows(name, [63, 0]), src.read(name)[[63, 0]])
+    for bad in ([64], [0, -1]):
+        with pytest.raises(CheckpointError, match="outside tensor"):
+            src.read_rows(name, bad)
+
+
+# ------------------------------------------------------------------ safetensors header rules
+
+
+def _st_file(path: Path, header: str | bytes, data: bytes) -> Path:
+    raw = header.encode() if isinstance(header, str) else header
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+_W = '"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+_Z = '"z": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]}'
+# (case, header, data bytes): files that break one rule of the format each
+_REFUSED_BY_BOTH = [
+    ("trailing-bytes", "{" + _W + "}", 9),
+    ("short-data", "{" + _W + "}", 7),
+    ("hole-at-start", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', 12),
+    ("overlap", "{" + _W + ', "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', 12),
+    ("alias", "{" + _W + ', "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8),
+    ("span-not-shape", '{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}', 8),
+    ("begin-after-end", '{"w": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}', 8),
+    ("shape-float", '{"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}', 8),
+    ("shape-bool", '{"w": {"dtype": "F32", "shape": [true, 2], "data_offsets": [0, 8]}}', 8),
+    ("shape-negative", '{"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}', 8),
+    ("shape-nan", '{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 8]}}', 8),
+    ("offset-1e400", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1e400]}}', 8),
+    ("offset-8e0", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8e0]}}', 8),
+    ("offsets-three", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 8]}}', 8),
+    ("offsets-string", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": "x"}}', 8),
+    ("no-offsets", '{"w": {"dtype": "F32", "shape": [2]}}', 8),
+    ("dtype-unknown", '{"w": {"dtype": "f32", "shape": [2], "data_offsets": [0, 8]}}', 8),
+    ("dtype-list", '{"w": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}', 8),
+    ("entry-string", '{"w": "x"}', 0),
+    ("header-array", "[1]", 0),
+    ("field-twice", '{"w": {"dtype": "F32", "dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8),
+    ("metadata-empty-string", '{"__metadata__": "", ' + _W + "}", 8),
+    ("metadata-number", '{"__metadata__": {"a": 1}, ' + _W + "}", 8),
+    ("metadata-nested", '{"__metadata__": {"a": {"b": "c"}}, ' + _W + "}", 8),
+    ("lone-surrogate", '{"\\ud800": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8),
+    ("trailing-nul", "{" + _W + "}\0", 8),
+    # torch cannot make a tensor with a dimension of 2**63: the reference fails reading it
+    (
+        "dimension-2**63",
+        '{"w": {"dtype": "F32", "shape": [0, 9223372036854775808], "data_offsets": [0, 0]}}',
+        0,
+    ),
+    (
+        "dimension-2**64",
+        '{"w": {"dtype": "F32", "shape": [0, 18446744073709551616], "data_offsets": [0, 0]}}',
+        0,
+    ),
+]
+_ACCEPTED_BY_BOTH = [
+    ("plain", "{" + _W + "}", 8),
+    ("no-tensors", "{}", 0),
+    ("metadata-null", '{"__metadata__": null, ' + _W + "}", 8),
+    ("space-padded", "{" + _W + "}   ", 8),
+    ("empty-tensor-last", "{" + _W + ", " + _Z + "}", 8),
+    ("unknown-field", '{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}}', 8),
+]
+# Refused by huref only, each for a documented reason (safetensors_io's module docstring).
+_REFUSED_BY_HUREF_ONLY = [
+    ("name-twice", "{" + _W + ', "w": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}', 8),
+    ("leading-space", " {" + _W + "}", 8),
+    ("dtype-huref-lacks", '{"w": {"dtype": "U16", "shape": [4], "data_offsets": [0, 8]}}', 8),
+]
+
+
+def _refused_by_reference(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                f.get_tensor(k)
+    except Exception:  # the reference raises its own error types, and torch's for some
+        return True
+    return False
+
+
+def _refused_by_huref(path: Path) -> bool:
+    from huref.checkpoint.safetensors_io import SafetensorsFile
+    from huref.errors import CheckpointError
+
+    try:
+        sf = SafetensorsFile(path)
+        for name in sf.names():
+            sf.read(name)
+    except CheckpointError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "case,header,n,huref_refuses,reference_refuses",
+    [(*c, True, True) for c in _REFUSED_BY_BOTH]
+    + [(*c, False, False) for c in _ACCEPTED_BY_BOTH]
+    + [(*c, True, False) for c in _REFUSED_BY_HUREF_ONLY],
+    ids=[c[0] for c in _REFUSED_BY_BOTH + _ACCEPTED_BY_BOTH + _REFUSED_BY_HUREF_ONLY],
+)
+def test_safetensors_header_rules_match_the_reference(
+    case: str, header: str, n: int, huref_refuses: bool, reference_refuses: bool, tmp_path: Path
+) -> None:
+    """huref refuses every file the reference parser (safetensors.safe_open) refuses, accepts
+    what it accepts, and is stricter only where the format's documentation is."""
+    path = _st_file(tmp_path / f"{case}.safetensors", header, bytes(range(n)))
+    assert _refused_by_reference(path) == reference_refuses, "the reference changed its rules"
+    assert _refused_by_huref(path) == huref_refuses

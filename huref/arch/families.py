@@ -8,22 +8,84 @@ the config may omit are written out here, next to the family they belong to.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, TypedDict
 
 from huref.arch.spec import ArchConfig, ArchSpec, Rule
 from huref.errors import ArchitectureError
+from huref.paths import shown
 from huref.plugins import Registry
 
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
 
 
-def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
+# Every value a config reader uses is checked for its JSON type and range here, where its meaning
+# is known: a mistyped value (true for a count, "false" for a flag, 2.5 layers, NaN, 1e400) is one
+# error naming the key, never a silent coercion or an exception where it is used.
+MAX_SIZE = 2**31 - 1  # sizes and counts: frameworks index them with 32-bit integers
+_REQUIRED: Any = object()
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string '{shown(value[:40])}'"
+    if isinstance(value, (bool, int, float)) or value is None:
+        return json.dumps(value)  # true, 2.5, NaN, Infinity
+    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+
+
+def _lookup(cfg: dict[str, Any], keys: tuple[str, ...], default: Any) -> tuple[str, Any]:
+    """(the first of ``keys`` that is set, its value); null counts as unset."""
     for k in keys:
         if cfg.get(k) is not None:
-            return cfg[k]
-    if default is None:
-        raise ArchitectureError(f"config.json lacks {keys[0]!r}")
-    return default
+            return k, cfg[k]
+    if default is _REQUIRED:
+        raise ArchitectureError(f"config.json lacks '{keys[0]}'")
+    return keys[0], default
+
+
+def _count(cfg: dict[str, Any], *keys: str, default: Any = _REQUIRED, low: int = 1) -> int:
+    """A size or count: a whole number (1000 or 1e3, not 2.5, true or "2") in low..MAX_SIZE."""
+    key, value = _lookup(cfg, keys, default)
+    whole = isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
+    if isinstance(value, bool) or not whole or not low <= value <= MAX_SIZE:
+        raise ArchitectureError(
+            f"config.json: '{key}' must be a whole number from {low} to {MAX_SIZE}, not {_describe(value)}"
+        )
+    return int(value)
+
+
+def _optional_count(cfg: dict[str, Any], key: str) -> int | None:
+    return None if cfg.get(key) is None else _count(cfg, key)
+
+
+def _real(cfg: dict[str, Any], key: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite number in low..high (an epsilon: NaN or Infinity would poison every norm; no upper
+    bound, since rescaling a model's residual stream by c legitimately scales its epsilon by c**2)."""
+    _, value = _lookup(cfg, (key,), default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ArchitectureError(f"config.json: '{key}' must be a finite number, not {_describe(value)}")
+    if not low <= value <= high:
+        raise ArchitectureError(f"config.json: '{key}' must be between {low} and {high}, not {value}")
+    return float(value)
+
+
+def _flag(cfg: dict[str, Any], key: str, default: bool) -> bool:
+    """A JSON boolean; the string "false" is not one (bool("false") would be True)."""
+    _, value = _lookup(cfg, (key,), default)
+    if not isinstance(value, bool):
+        raise ArchitectureError(f"config.json: '{key}' must be true or false, not {_describe(value)}")
+    return value
+
+
+def _text(cfg: dict[str, Any], *keys: str, default: str) -> str:
+    key, value = _lookup(cfg, keys, default)
+    if not isinstance(value, str):
+        raise ArchitectureError(f"config.json: '{key}' must be a string, not {_describe(value)}")
+    return value
 
 
 class _Heads(TypedDict):
@@ -32,10 +94,12 @@ class _Heads(TypedDict):
     head_dim: int
 
 
-def _heads(cfg: dict[str, Any], d: int, h: int, kv: int, hd: int | None = None) -> _Heads:
-    hd = hd or d // h
+def _heads(d: int, h: int, kv: int, hd: int | None = None) -> _Heads:
     if h % kv:
         raise ArchitectureError(f"config.json: {h} attention heads do not divide into {kv} key/value heads")
+    hd = hd or d // h
+    if hd < 1:
+        raise ArchitectureError(f"config.json: {h} attention heads for a hidden size of {d}")
     return {"n_heads": h, "n_kv_heads": kv, "head_dim": hd}
 
 
@@ -49,34 +113,33 @@ def _not(key: str):
 
 # ---------------------------------------------------------------- LLaMA and its variants
 def _read_llama_like(cfg: dict[str, Any], family: str) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads"))
-    kv = int(_get(cfg, "num_key_value_heads", default=h))
-    mt = str(cfg.get("model_type", family))
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads")
+    kv = _count(cfg, "num_key_value_heads", default=h)
+    mt = _text(cfg, "model_type", default=family)
     gemma = mt.startswith("gemma")
     extra = {
-        "qkv_bias": bool(cfg.get("attention_bias", False)) or mt == "qwen2",
-        "o_bias": bool(cfg.get("attention_bias", False)),
-        "mlp_bias": bool(cfg.get("mlp_bias", False)),
+        "qkv_bias": _flag(cfg, "attention_bias", False) or mt == "qwen2",
+        "o_bias": _flag(cfg, "attention_bias", False),
+        "mlp_bias": _flag(cfg, "mlp_bias", False),
         "sandwich": mt in ("gemma2", "gemma3_text"),
         "qk_norm": mt in ("qwen3", "gemma3_text"),
         "embed_scale": d**0.5 if gemma else 1.0,
     }
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
     return ArchConfig(
         family=family,
         model_type=mt,
-        n_layers=int(_get(cfg, "num_hidden_layers")),
+        n_layers=_count(cfg, "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, kv, cfg.get("head_dim")),
-        d_ff=int(_get(cfg, "intermediate_size")),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, kv, _optional_count(cfg, "head_dim")),
+        d_ff=_count(cfg, "intermediate_size"),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="rms",
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm_eps=_real(cfg, "rms_norm_eps", 1e-6),
         norm_offset=1.0 if gemma else 0.0,
         gated=True,
-        activation=str(act),
-        tied=bool(cfg.get("tie_word_embeddings", gemma)),
+        activation=_text(cfg, "hidden_activation", "hidden_act", default="silu"),
+        tied=_flag(cfg, "tie_word_embeddings", gemma),
         positions="rope",
         qkv_layout="concat" if mt == "phi3" else "separate",
         extra=extra,
@@ -159,21 +222,21 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- GPT-2
 def _read_gpt2(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "n_embd", "hidden_size"))
-    h = int(_get(cfg, "n_head", "num_attention_heads"))
+    d = _count(cfg, "n_embd", "hidden_size")
+    h = _count(cfg, "n_head", "num_attention_heads")
     return ArchConfig(
         family="gpt2",
         model_type="gpt2",
-        n_layers=int(_get(cfg, "n_layer", "num_hidden_layers")),
+        n_layers=_count(cfg, "n_layer", "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, h),
-        d_ff=int(cfg.get("n_inner") or 4 * d),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, h),
+        d_ff=_count(cfg, "n_inner", default=4 * d),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
         gated=False,
-        activation=str(cfg.get("activation_function", "gelu_new")),
-        tied=bool(cfg.get("tie_word_embeddings", True)),
+        activation=_text(cfg, "activation_function", default="gelu_new"),
+        tied=_flag(cfg, "tie_word_embeddings", True),
         positions="learned",
         qkv_layout="concat",
     )
@@ -222,22 +285,22 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- GPT-NeoX
 def _read_neox(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads"))
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads")
     return ArchConfig(
         family="gpt_neox",
         model_type="gpt_neox",
-        n_layers=int(_get(cfg, "num_hidden_layers")),
+        n_layers=_count(cfg, "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, h),
-        d_ff=int(_get(cfg, "intermediate_size", default=4 * d)),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, h),
+        d_ff=_count(cfg, "intermediate_size", default=4 * d),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
-        parallel=bool(cfg.get("use_parallel_residual", True)),
+        norm_eps=_real(cfg, "layer_norm_eps", 1e-5),
+        parallel=_flag(cfg, "use_parallel_residual", True),
         gated=False,
-        activation=str(cfg.get("hidden_act", "gelu")),
-        tied=bool(cfg.get("tie_word_embeddings", False)),
+        activation=_text(cfg, "hidden_act", default="gelu"),
+        tied=_flag(cfg, "tie_word_embeddings", False),
         qkv_layout="per_head",
     )
 
@@ -274,29 +337,29 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- OPT
 def _read_opt(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads"))
-    pre = bool(cfg.get("do_layer_norm_before", True))
-    d_embed = int(cfg.get("word_embed_proj_dim") or d)
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads")
+    pre = _flag(cfg, "do_layer_norm_before", True)
+    d_embed = _count(cfg, "word_embed_proj_dim", default=d)
     return ArchConfig(
         family="opt",
         model_type="opt",
-        n_layers=int(_get(cfg, "num_hidden_layers")),
+        n_layers=_count(cfg, "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, h),
-        d_ff=int(_get(cfg, "ffn_dim")),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, h),
+        d_ff=_count(cfg, "ffn_dim"),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
         norm_eps=1e-5,
         placement="pre" if pre else "post",
         gated=False,
-        activation=str(cfg.get("activation_function", "relu")),
-        tied=bool(cfg.get("tie_word_embeddings", True)),
+        activation=_text(cfg, "activation_function", default="relu"),
+        tied=_flag(cfg, "tie_word_embeddings", True),
         positions="learned",
         extra={
-            "bias": bool(cfg.get("enable_bias", True)),
+            "bias": _flag(cfg, "enable_bias", True),
             "proj": d_embed != d,
-            "final_norm": pre and not cfg.get("_remove_final_layer_norm", False),
+            "final_norm": pre and not _flag(cfg, "_remove_final_layer_norm", False),
             "d_embed": d_embed,
         },
     )
@@ -332,21 +395,21 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- BLOOM
 def _read_bloom(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size", "n_embed"))
-    h = int(_get(cfg, "n_head", "num_attention_heads"))
+    d = _count(cfg, "hidden_size", "n_embed")
+    h = _count(cfg, "n_head", "num_attention_heads")
     return ArchConfig(
         family="bloom",
         model_type="bloom",
-        n_layers=int(_get(cfg, "n_layer", "num_hidden_layers")),
+        n_layers=_count(cfg, "n_layer", "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, h),
+        **_heads(d, h, h),
         d_ff=4 * d,
-        vocab_size=int(_get(cfg, "vocab_size")),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
         gated=False,
         activation="gelu_new",  # BLOOM uses the tanh approximation of GELU
-        tied=bool(cfg.get("tie_word_embeddings", True)),
+        tied=_flag(cfg, "tie_word_embeddings", True),
         positions="alibi",
         qkv_layout="per_head",
     )
@@ -384,31 +447,31 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- Falcon
 def _read_falcon(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads", "n_head"))
-    new = bool(cfg.get("new_decoder_architecture", False))
-    mq = bool(cfg.get("multi_query", True))
-    kv = int(cfg.get("num_kv_heads") or h) if new else (1 if mq else h)
-    n_ln = int(cfg.get("num_ln_in_parallel_attn") or 2) if new else 1
-    parallel = bool(cfg.get("parallel_attn", True)) or new
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads", "n_head")
+    new = _flag(cfg, "new_decoder_architecture", False)
+    mq = _flag(cfg, "multi_query", True)
+    kv = _count(cfg, "num_kv_heads", default=h) if new else (1 if mq else h)
+    n_ln = _count(cfg, "num_ln_in_parallel_attn", default=2) if new else 1
+    parallel = _flag(cfg, "parallel_attn", True) or new
     return ArchConfig(
         family="falcon",
         model_type="falcon",
-        n_layers=int(_get(cfg, "num_hidden_layers", "n_layer")),
+        n_layers=_count(cfg, "num_hidden_layers", "n_layer"),
         d_model=d,
-        **_heads(cfg, d, h, kv),
-        d_ff=int(cfg.get("ffn_hidden_size") or 4 * d),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, kv),
+        d_ff=_count(cfg, "ffn_hidden_size", default=4 * d),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
         parallel=parallel,
         gated=False,
-        activation=str(cfg.get("activation", "gelu")),
-        tied=bool(cfg.get("tie_word_embeddings", True)),
-        positions="alibi" if cfg.get("alibi") else "rope",
+        activation=_text(cfg, "activation", default="gelu"),
+        tied=_flag(cfg, "tie_word_embeddings", True),
+        positions="alibi" if _flag(cfg, "alibi", False) else "rope",
         # new architecture and multi-query group q heads with their k, v head; else per head
         qkv_layout="per_kv_group" if (new or mq) else "per_head",
-        extra={"bias": bool(cfg.get("bias", False)), "two_ln": n_ln == 2, "post_ln": not parallel},
+        extra={"bias": _flag(cfg, "bias", False), "two_ln": n_ln == 2, "post_ln": not parallel},
     )
 
 
@@ -449,24 +512,24 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- Phi (phi-1, phi-1.5, phi-2)
 def _read_phi(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads"))
-    kv = int(cfg.get("num_key_value_heads") or h)
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads")
+    kv = _count(cfg, "num_key_value_heads", default=h)
     return ArchConfig(
         family="phi",
         model_type="phi",
-        n_layers=int(_get(cfg, "num_hidden_layers")),
+        n_layers=_count(cfg, "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, kv),
-        d_ff=int(_get(cfg, "intermediate_size")),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, kv),
+        d_ff=_count(cfg, "intermediate_size"),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        norm_eps=_real(cfg, "layer_norm_eps", 1e-5),
         parallel=True,  # one input norm feeds attention and MLP
         gated=False,
-        activation=str(cfg.get("hidden_act", "gelu_new")),
-        tied=bool(cfg.get("tie_word_embeddings", False)),
-        extra={"qk_layernorm": bool(cfg.get("qk_layernorm", False))},
+        activation=_text(cfg, "hidden_act", default="gelu_new"),
+        tied=_flag(cfg, "tie_word_embeddings", False),
+        extra={"qk_layernorm": _flag(cfg, "qk_layernorm", False)},
     )
 
 
@@ -523,21 +586,21 @@ ARCHITECTURES.add(
 
 # ---------------------------------------------------------------- BERT (post-LN encoder)
 def _read_bert(cfg: dict[str, Any]) -> ArchConfig:
-    d = int(_get(cfg, "hidden_size"))
-    h = int(_get(cfg, "num_attention_heads"))
+    d = _count(cfg, "hidden_size")
+    h = _count(cfg, "num_attention_heads")
     return ArchConfig(
         family="bert",
-        model_type=str(cfg.get("model_type", "bert")),
-        n_layers=int(_get(cfg, "num_hidden_layers")),
+        model_type=_text(cfg, "model_type", default="bert"),
+        n_layers=_count(cfg, "num_hidden_layers"),
         d_model=d,
-        **_heads(cfg, d, h, h),
-        d_ff=int(_get(cfg, "intermediate_size")),
-        vocab_size=int(_get(cfg, "vocab_size")),
+        **_heads(d, h, h),
+        d_ff=_count(cfg, "intermediate_size"),
+        vocab_size=_count(cfg, "vocab_size"),
         norm="layer",
-        norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+        norm_eps=_real(cfg, "layer_norm_eps", 1e-12),
         placement="post",
         gated=False,
-        activation=str(cfg.get("hidden_act", "gelu")),
+        activation=_text(cfg, "hidden_act", default="gelu"),
         tied=True,
         positions="learned",
     )
@@ -575,8 +638,10 @@ def spec_for(config: dict[str, Any]) -> ArchSpec:
     mt = config.get("model_type")
     if not mt:
         raise ArchitectureError("config.json has no 'model_type'; cannot tell the architecture")
+    if not isinstance(mt, str):
+        raise ArchitectureError(f"config.json: 'model_type' must be a string, not {_describe(mt)}")
     for _, spec in ARCHITECTURES.items():
         if mt in spec.model_types:
             return spec
     known = sorted(t for _, s in ARCHITECTURES.items() for t in s.model_types)
-    raise ArchitectureError(f"unknown architecture {mt!r} (known: {', '.join(known)})")
+    raise ArchitectureError(f"unknown architecture '{shown(mt)}' (known: {', '.join(known)})")

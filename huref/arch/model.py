@@ -20,6 +20,7 @@ from huref.arch.spec import ArchConfig, ArchSpec, Rule
 from huref.checkpoint import Checkpoint, open_checkpoint
 from huref.checkpoint.source import all_finite, empty_tensor
 from huref.errors import ArchitectureError
+from huref.paths import shown
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,21 @@ class Model:
             self.spec = spec or spec_for(ckpt.config)
             self.cfg: ArchConfig = self.spec.read_config(ckpt.config)
         except ArchitectureError as e:
-            raise ArchitectureError(f"{ckpt.path}: {e}") from None
-        except (ValueError, TypeError, ZeroDivisionError) as e:  # e.g. "hidden_size": "big"
-            raise ArchitectureError(f"{ckpt.path}: config.json has an unusable value ({e})") from None
+            raise ArchitectureError(f"{shown(ckpt.path)}: {e}") from None
+        except (
+            ValueError,
+            TypeError,
+            ZeroDivisionError,
+            OverflowError,
+        ) as e:  # a net under the readers' checks
+            raise ArchitectureError(
+                f"{shown(ckpt.path)}: config.json has an unusable value ({shown(e)})"
+            ) from None
         names = ckpt.source.names()
         present = set(names)
         if self.cfg.n_layers > len(names):  # every layer stores at least one tensor
             raise ArchitectureError(
-                f"{ckpt.path}: config.json declares {self.cfg.n_layers} layers, the checkpoint holds "
+                f"{shown(ckpt.path)}: config.json declares {self.cfg.n_layers} layers, the checkpoint holds "
                 f"{len(names)} tensors in all"
             )
         self.prefix = self._detect_prefix(present)
@@ -166,15 +174,15 @@ class Model:
             for n in names
             if n not in claimed and n not in self.buffers and not any(p.search(n) for p in ignored)
         ]
-        where = f"{ckpt.path} ({self.spec.name}, {self.cfg.n_layers} layers)"
+        where = f"{shown(ckpt.path)} ({self.spec.name}, {self.cfg.n_layers} layers)"
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ArchitectureError(f"{where}: missing tensors {', '.join(missing[:5])}{more}")
+            raise ArchitectureError(f"{where}: missing tensors {', '.join(map(shown, missing[:5]))}{more}")
         if unclaimed:
             more = f" and {len(unclaimed) - 5} more" if len(unclaimed) > 5 else ""
             raise ArchitectureError(
                 f"{where}: tensors not claimed by the {self.spec.name} definition: "
-                f"{', '.join(unclaimed[:5])}{more}"
+                f"{', '.join(map(shown, unclaimed[:5]))}{more}"
             )
         self._check_shapes()
         self._cache: tuple[str, torch.Tensor] | None = None
@@ -186,7 +194,7 @@ class Model:
             if any(prefix + r.template in present for r in embed_rules):
                 return prefix
         raise ArchitectureError(
-            f"{self.ckpt.path}: no token embedding found for the {self.spec.name} family "
+            f"{shown(self.ckpt.path)}: no token embedding found for the {self.spec.name} family "
             f"(looked for {', '.join(p + embed_rules[0].template for p in self.spec.prefixes)})"
         )
 
@@ -207,7 +215,7 @@ class Model:
                 want = (got[0], self.cfg.d_model) if got else got  # (OPT-350m: embed is narrower)
             if tuple(got) != tuple(want):
                 raise ArchitectureError(
-                    f"{self.ckpt.path}: tensor {b.name} has shape {list(info.shape)}, but config.json "
+                    f"{shown(self.ckpt.path)}: tensor {shown(b.name)} has shape {list(info.shape)}, but config.json "
                     f"implies {list(want[::-1] if b.rule.storage == 'conv1d' else want)}"
                 )
 
@@ -220,7 +228,7 @@ class Model:
             return self._bind[(role, layer)]
         except KeyError:
             where = f" in layer {layer}" if layer is not None else ""
-            raise ArchitectureError(f"{self.ckpt.path}: no {role!r}{where}") from None
+            raise ArchitectureError(f"{shown(self.ckpt.path)}: no {role!r}{where}") from None
 
     def roles(self, layer: int | None = None) -> list[str]:
         return sorted(r for (r, ly) in self._bind if ly == layer)
@@ -266,7 +274,9 @@ class Model:
         # a widening conversion (bf16/f16 -> f32) keeps finiteness: check the smaller stored tensor
         widening = t.is_floating_point() and res.is_floating_point() and _max(res.dtype) >= _max(t.dtype)
         if not all_finite(t if widening else res):
-            raise ArchitectureError(f"{self.ckpt.path}: tensor {b.name} contains NaN or infinite values")
+            raise ArchitectureError(
+                f"{shown(self.ckpt.path)}: tensor {shown(b.name)} contains NaN or infinite values"
+            )
         return res
 
     def optional(self, role: str, layer: int | None = None) -> torch.Tensor | None:
@@ -283,7 +293,9 @@ class Model:
         b = self.binding("embed")
         x = self.ckpt.source.read_rows(b.name, list(ids)).to(torch.float32)
         if not all_finite(x):
-            raise ArchitectureError(f"{self.ckpt.path}: token embedding contains NaN or infinite values")
+            raise ArchitectureError(
+                f"{shown(self.ckpt.path)}: token embedding contains NaN or infinite values"
+            )
         if self.has("embed_proj_in"):
             x = x @ self.tensor("embed_proj_in").t()  # [n, d_embed] -> [n, d]
         return x * float(self.cfg.extra.get("embed_scale", 1.0))

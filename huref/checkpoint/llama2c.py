@@ -8,21 +8,35 @@ interleaved rotary pairs (x0, x1), (x2, x3)... to Hugging Face's half-split layo
 
 from __future__ import annotations
 
+import math
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from huref.checkpoint.source import BufferPool, TensorInfo
+from huref.checkpoint.source import BufferPool, TensorInfo, check_rows, open_regular
 from huref.errors import CheckpointError
+from huref.paths import shown
 
 HEADER = struct.Struct("<7i")
 
 
+def _check_heads(w: torch.Tensor, n_heads: int) -> None:
+    # the rows must split into whole heads of whole rotary pairs; a file's header or metadata
+    # that says otherwise is corrupt, not a reason for a reshape error
+    if w.dim() != 2 or n_heads < 1 or w.shape[0] % n_heads or (w.shape[0] // n_heads) % 2:
+        raise CheckpointError(
+            f"query/key weights of shape {list(w.shape)} do not split into {n_heads} heads of rotary pairs"
+        )
+
+
 def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder q/k rows per head from rotary pairs (2i, 2i+1) to (i, i + head_dim/2)."""
+    _check_heads(w, n_heads)
     out_dim, in_dim = w.shape
     hd = out_dim // n_heads
     # [heads, hd/2 pairs, 2, in] -> [heads, 2, hd/2, in]: evens first, then odds
@@ -30,6 +44,7 @@ def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    _check_heads(w, n_heads)
     out_dim, in_dim = w.shape
     hd = out_dim // n_heads
     return w.reshape(n_heads, 2, hd // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
@@ -66,7 +81,7 @@ def _layout(header: bytes) -> tuple[list[tuple[str, tuple[int, ...]]], int, tupl
     ]
     if not shared:
         layout.append(("cls", (vocab, dim)))
-    need = HEADER.size + 4 * sum(int(np.prod(s)) for _, s in layout)
+    need = HEADER.size + 4 * sum(math.prod(s) for _, s in layout)  # Python integers: no overflow
     return layout, need, (dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len)
 
 
@@ -77,11 +92,9 @@ def looks_like_llama2c(path: Path) -> bool:
     says what is wrong). A dim of 128 mod 256 makes the first byte 0x80, a pickle's first opcode:
     that is why the size decides first."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(HEADER.size)
-    except OSError:
-        return False
+        head, size = _read_head(path)
+    except (CheckpointError, OSError):
+        return False  # not a readable regular file: whoever opens it next says why
     if len(head) < HEADER.size:
         return False
     lay = _layout(head)
@@ -92,35 +105,52 @@ def looks_like_llama2c(path: Path) -> bool:
     return not (head[:2] == b"PK" or (head[0] == 0x80 and 2 <= head[1] <= 5))
 
 
+def _read_head(path: Path) -> tuple[bytes, int]:
+    """(the first bytes of a regular file, its size when opened); special files are refused."""
+    fd, size = open_regular(path, "llama2.c export")
+    with os.fdopen(fd, "rb") as f:
+        return f.read(HEADER.size), size
+
+
 class Llama2cSource:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
+        fd, size = open_regular(self.path, "llama2.c export")
+        with os.fdopen(fd, "rb") as f:  # one descriptor for the header and the mapping
+            try:
                 head = f.read(HEADER.size)
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
+            except OSError as e:
+                raise CheckpointError(f"{shown(self.path)}: cannot read ({e.strerror})") from None
+            self._open(f, head, size)
+
+    def _open(self, f: BinaryIO, head: bytes, size: int) -> None:
+        """Check the header against the file's size, map the arrays, name them as Hugging Face does."""
         if len(head) < HEADER.size:
-            raise CheckpointError(f"{self.path}: not a llama2.c export (file too short)")
+            raise CheckpointError(f"{shown(self.path)}: not a llama2.c export (file too short)")
         lay = _layout(head)
         if lay is None:
-            raise CheckpointError(f"{self.path}: not a llama2.c export (implausible header)")
+            raise CheckpointError(f"{shown(self.path)}: not a llama2.c export (implausible header)")
         layout, need, (dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) = lay
         shared = not any(name == "cls" for name, _ in layout)
         if size < need:
             raise CheckpointError(
-                f"{self.path}: truncated llama2.c export ({size} bytes, header implies {need})"
+                f"{shown(self.path)}: truncated llama2.c export ({size} bytes, header implies {need})"
             )
         if size > need:
             raise CheckpointError(
-                f"{self.path}: {size - need} unexpected trailing bytes after the llama2.c arrays"
+                f"{shown(self.path)}: {size - need} unexpected trailing bytes after the llama2.c arrays"
             )
-        self._mm = np.memmap(self.path, dtype="<f4", mode="r", offset=HEADER.size)
+        # mapped no further than the size checked above, whatever the file becomes later
+        try:
+            self._mm = np.memmap(
+                f, dtype="<f4", mode="r", offset=HEADER.size, shape=((need - HEADER.size) // 4,)
+            )
+        except (ValueError, OSError) as e:  # e.g. the file shrank since it was opened
+            raise CheckpointError(f"{shown(self.path)}: cannot map the file ({shown(e)})") from None
         self._arrays: dict[str, np.ndarray] = {}
         off = 0
         for name, shape in layout:
-            n = int(np.prod(shape))
+            n = math.prod(shape)
             self._arrays[name] = self._mm[off : off + n].reshape(shape)
             off += n
         self.config = {
@@ -172,7 +202,7 @@ class Llama2cSource:
         try:
             arr, layer = self._map[name]
         except KeyError:
-            raise CheckpointError(f"no tensor named {name!r} in this checkpoint") from None
+            raise CheckpointError(f"no tensor named '{shown(name)}' in this checkpoint") from None
         a = self._arrays[arr]
         return a[layer] if layer is not None else a
 
@@ -188,6 +218,7 @@ class Llama2cSource:
         return t
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
+        check_rows(rows, self._array(name).shape, name)
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             return self.read(name)[torch.as_tensor(list(rows), dtype=torch.long)]
         a = self._array(name)

@@ -16,10 +16,11 @@ from huref.checkpoint.gguf_io import GGUFSource
 from huref.checkpoint.hashing import sha256_file
 from huref.checkpoint.llama2c import Llama2cSource, looks_like_llama2c
 from huref.checkpoint.safetensors_io import SafetensorsSource
-from huref.checkpoint.source import TensorSource
+from huref.checkpoint.source import MAX_CONFIG_DEPTH, TensorSource, nesting_depth_exceeds, read_json
 from huref.checkpoint.torchbin import TorchBinSource
 from huref.checkpoint.vocab import Vocab, load_vocab, vocab_from_list
 from huref.errors import CheckpointError
+from huref.paths import refuse_special, shown
 
 CONFIG_METADATA_KEY = "huref.config"  # a single-file checkpoint may carry its config here
 
@@ -50,24 +51,33 @@ class Checkpoint:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: corrupt config.json (not valid JSON)") from None
-    return _parse_config(text, f"{path}: corrupt config.json")
+    return _check_config(read_json(path, "config.json"), f"{shown(path)}: corrupt config.json")
 
 
 def _parse_config(text: str, what: str) -> dict[str, Any]:
-    """A config document: a JSON object (nesting deep enough to exhaust the parser is corrupt too)."""
+    """A config document carried as text (a single file's metadata)."""
     try:
         cfg = json.loads(text)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # nesting deep enough to exhaust the parser is corrupt too
         raise CheckpointError(f"{what} (not valid JSON)") from None
+    return _check_config(cfg, what)
+
+
+def _check_config(cfg: Any, what: str) -> dict[str, Any]:
+    """A config is a JSON object, nested no deeper than real configs are (the values themselves
+    are checked by the architecture's config reader, where their meaning is known)."""
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{what} (not a JSON object)")
+    if nesting_depth_exceeds(cfg, MAX_CONFIG_DEPTH):
+        raise CheckpointError(f"{what} (nested deeper than {MAX_CONFIG_DEPTH} levels)")
     return cfg
+
+
+def _present(path: Path, what: str) -> bool:
+    """Whether a checkpoint's companion file is there; a FIFO, device or socket in its place is
+    refused, not passed over as absent nor opened."""
+    refuse_special(path, what, CheckpointError)
+    return path.is_file()
 
 
 def _open_folder(folder: Path) -> Checkpoint:
@@ -76,32 +86,32 @@ def _open_folder(folder: Path) -> Checkpoint:
     st_files = sorted(folder.glob("*.safetensors"))
     bin_files = sorted(folder.glob("pytorch_model*.bin"))
     source: TensorSource
-    if st_index.is_file():
+    if _present(st_index, "index"):
         source, fmt = SafetensorsSource.from_index(st_index), "hf-safetensors"
     elif st_files:
         if len(st_files) > 1:
             raise CheckpointError(
-                f"{folder}: {len(st_files)} safetensors files but no model.safetensors.index.json"
+                f"{shown(folder)}: {len(st_files)} safetensors files but no model.safetensors.index.json"
             )
         source, fmt = SafetensorsSource(st_files), "hf-safetensors"
-    elif bin_index.is_file():
+    elif _present(bin_index, "index"):
         source, fmt = TorchBinSource.from_index(bin_index), "hf-bin"
     elif bin_files:
         if len(bin_files) > 1:
-            raise CheckpointError(f"{folder}: several pytorch_model*.bin files but no index")
+            raise CheckpointError(f"{shown(folder)}: several pytorch_model*.bin files but no index")
         source, fmt = TorchBinSource(bin_files), "hf-bin"
     else:
-        entries = [p.name for p in folder.iterdir()][:5]
+        entries = [shown(p.name) for p in folder.iterdir()][:5]
         what = "empty folder" if not entries else f"found only {', '.join(entries)}"
-        raise CheckpointError(f"{folder}: no weights (.safetensors or pytorch_model*.bin): {what}")
+        raise CheckpointError(f"{shown(folder)}: no weights (.safetensors or pytorch_model*.bin): {what}")
     cfg_path = folder / "config.json"
-    if cfg_path.is_file():
+    if _present(cfg_path, "config.json"):
         config = _read_config(cfg_path)
     else:
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is None:
-            raise CheckpointError(f"{folder}: no config.json (needed to know the architecture)")
-        config = _parse_config(meta, f"{folder}: corrupt config in the weights' metadata")
+            raise CheckpointError(f"{shown(folder)}: no config.json (needed to know the architecture)")
+        config = _parse_config(meta, f"{shown(folder)}: corrupt config in the weights' metadata")
     return Checkpoint(folder, fmt, source, config, load_vocab(folder))
 
 
@@ -109,7 +119,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open any supported checkpoint lazily; nothing but headers is read here."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: no such file or folder")
+        raise CheckpointError(f"{shown(p)}: no such file or folder")
+    refuse_special(p, "checkpoint", CheckpointError)  # before anything opens it
     if p.is_dir():
         return _open_folder(p)
     suffix = p.suffix.lower()
@@ -118,12 +129,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         cfg_beside = p.parent / "config.json"
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is not None:
-            config = _parse_config(meta, f"{p}: corrupt config in metadata")
-        elif cfg_beside.is_file():
+            config = _parse_config(meta, f"{shown(p)}: corrupt config in metadata")
+        elif _present(cfg_beside, "config.json"):
             config = _read_config(cfg_beside)
         else:
             raise CheckpointError(
-                f"{p}: a bare safetensors file needs a config.json beside it (or '{CONFIG_METADATA_KEY}' metadata)"
+                f"{shown(p)}: a bare safetensors file needs a config.json beside it "
+                f"(or '{CONFIG_METADATA_KEY}' metadata)"
             )
         return Checkpoint(p, "safetensors", source, config, load_vocab(p.parent))
     if suffix == ".gguf":
@@ -136,9 +148,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             return Checkpoint(p, "llama2c", s, s.config, None)
         source_b = TorchBinSource([p])
         cfg_beside = p.parent / "config.json"
-        if not cfg_beside.is_file():
-            raise CheckpointError(f"{p}: a bare .bin state dict needs a config.json beside it")
+        if not _present(cfg_beside, "config.json"):
+            raise CheckpointError(f"{shown(p)}: a bare .bin state dict needs a config.json beside it")
         return Checkpoint(p, "hf-bin", source_b, _read_config(cfg_beside), load_vocab(p.parent))
     raise CheckpointError(
-        f"{p}: unrecognised checkpoint (expected a folder, .safetensors, .bin (llama2.c or PyTorch) or .gguf)"
+        f"{shown(p)}: unrecognised checkpoint (expected a folder, .safetensors, .bin (llama2.c or PyTorch) "
+        "or .gguf)"
     )

@@ -4,6 +4,16 @@ The header is parsed here (8-byte little-endian length, then JSON) so that corru
 files are caught before any tensor is touched, and tensors are read with positioned reads straight
 into freshly allocated tensors. Not mapping the file keeps resident memory equal to the tensors
 actually held, which is what makes layer-by-layer reading of a 7B model fit in a few GB.
+
+The header is held to the format's documented rules, at least as strictly as the reference
+implementation (``safetensors.safe_open``) holds it: a JSON object starting with '{', optional
+``__metadata__`` mapping strings to strings, every tensor a known dtype, a shape of non-negative
+integers and two integer offsets whose span is exactly the shape's bytes, and the tensors, sorted
+by offset, tiling the data section from its first byte to the end of the file with no gap and no
+overlap (a hole could hide a second payload, an overlap alias two tensors). Stricter than the
+reference: a tensor name given twice (the format forbids it; JSON parsers keep one of the two
+silently), leading whitespace before '{', JSON's non-standard NaN/Infinity tokens anywhere, and
+dimensions beyond what torch can index (2**63 - 1).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,13 +33,17 @@ from huref.checkpoint.source import (
     ITEMSIZE,
     BufferPool,
     TensorInfo,
+    check_shard_name,
     empty_tensor,
     gather_rows_by_runs,
+    open_regular,
     read_weight_map,
 )
 from huref.errors import CheckpointError
+from huref.paths import refuse_special, shown
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+MAX_DIM = 2**63 - 1  # torch indexes tensors with signed 64-bit integers
 PARALLEL_READ_MIN_BYTES = 32 * 2**20  # tensors at least this large are read by several threads
 READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 PART_ALIGN = 2 * 2**20  # thread ranges start on huge-page boundaries of the destination
@@ -41,66 +56,158 @@ class _Entry:
     end: int
 
 
+class _HeaderError(ValueError):
+    """A header that is JSON but breaks one of the format's rules (the reason is the message)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: the format forbids a name given twice, and a parser
+    that keeps the last one would show an auditor a different tensor than another reader loads."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _HeaderError(f"key '{shown(key)}' appears twice")
+        obj[key] = value
+    return obj
+
+
+def _not_json(token: str) -> Any:
+    raise _HeaderError(f"{token} is not a JSON number")
+
+
+def _read_header(path: Path) -> tuple[bytes, int]:
+    """(the header's JSON bytes, the file's size when opened)."""
+    fd, size = open_regular(path, "safetensors file")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{shown(path)}: not a safetensors file (shorter than 8 bytes)")
+            n = int.from_bytes(raw_len, "little")
+            if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:  # "{}" is the smallest header
+                raise CheckpointError(
+                    f"{shown(path)}: corrupt safetensors header (declared length {n}, file {size} bytes)"
+                )
+            header_bytes = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
+    if len(header_bytes) < n:
+        raise CheckpointError(f"{shown(path)}: truncated while reading the safetensors header")
+    return header_bytes, size
+
+
+def _parse_header(path: Path, header_bytes: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensor name -> entry, metadata) of a header, checked as JSON and as the format's object."""
+    if header_bytes[:1] != b"{":
+        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (must start with '{{')")
+    try:
+        header = json.loads(
+            header_bytes.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json
+        )
+    except _HeaderError as e:
+        raise CheckpointError(f"{shown(path)}: corrupt safetensors header ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta  # null is what the reference reads as "no metadata"
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{shown(path)}: corrupt safetensors metadata (must map str to str)")
+    for text in [*header, *meta, *meta.values()]:
+        _check_utf8(path, text)
+    return header, meta
+
+
+def _check_utf8(path: Path, text: str) -> None:
+    # a \ud800 escape parses in Python but stands for no character: no UTF-8 reader accepts it
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(
+            f"{shown(path)}: corrupt safetensors header (a string escapes a lone surrogate: '{shown(text)}')"
+        ) from None
+
+
+def _uint(value: Any, limit: int) -> bool:
+    """A JSON integer in 0..limit: not a float (2.0, 1e400), not a boolean, not a string."""
+    return type(value) is int and 0 <= value <= limit
+
+
+def _check_entry(path: Path, name: str, spec: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field checked before it is used."""
+    what = f"{shown(path)}: tensor '{shown(name)}'"
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{what}: corrupt header entry (not an object)")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in spec]
+    if missing:
+        raise CheckpointError(f"{what}: corrupt header entry (no {', '.join(missing)})")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        shown_dtype = (
+            f"'{shown(dtype)}'" if isinstance(dtype, str) else f"of JSON type {type(dtype).__name__}"
+        )
+        raise CheckpointError(f"{what} has unsupported dtype {shown_dtype}")
+    if not isinstance(shape, list) or not all(_uint(s, MAX_DIM) for s in shape):
+        raise CheckpointError(f"{what}: corrupt header entry (shape must be a list of integers 0..2**63-1)")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(x, 2**64 - 1) for x in offsets):
+        raise CheckpointError(f"{what}: corrupt header entry (data_offsets must be two integers >= 0)")
+    begin, end = offsets
+    numel = 1
+    for s in shape:
+        numel *= s
+    if begin > end or end - begin != numel * ITEMSIZE[dtype]:
+        raise CheckpointError(
+            f"{what} byte range [{begin}, {end}] does not match its shape {shape} ({dtype})"
+        )
+    return dtype, tuple(shape), begin, end
+
+
+def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """The tensors' byte ranges, sorted, tile the data section exactly (the format's rule: no
+    holes, no overlaps, nothing after the last tensor)."""
+    last = max(spans, key=lambda s: s[1], default=(0, 0, ""))
+    if last[1] > data_len:
+        raise CheckpointError(
+            f"{shown(path)}: truncated file (tensor '{shown(last[2])}' ends at byte {last[1]}, "
+            f"only {data_len} data bytes present)"
+        )
+    expected = 0
+    for begin, end, name in sorted(spans):
+        if begin != expected:
+            how = (
+                "overlaps the tensor before it"
+                if begin < expected
+                else f"leaves a hole of {begin - expected} bytes"
+            )
+            raise CheckpointError(
+                f"{shown(path)}: corrupt safetensors file (tensor '{shown(name)}' at data byte {begin} {how})"
+            )
+        expected = end
+    if expected != data_len:
+        raise CheckpointError(
+            f"{shown(path)}: corrupt safetensors file ({data_len - expected} bytes after the last tensor "
+            "belong to no tensor)"
+        )
+
+
 class SafetensorsFile:
     """One .safetensors file: validated header, positioned reads."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
-                raw_len = f.read(8)
-                if len(raw_len) < 8:
-                    raise CheckpointError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
-                n = int.from_bytes(raw_len, "little")
-                if n <= 0 or n > MAX_HEADER_BYTES or n > size - 8:
-                    raise CheckpointError(
-                        f"{self.path}: corrupt safetensors header (declared length {n}, file {size} bytes)"
-                    )
-                header_bytes = f.read(n)
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot read ({e.strerror or e})") from None
-        try:
-            header = json.loads(header_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise CheckpointError(f"{self.path}: corrupt safetensors header (not valid JSON)") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{self.path}: corrupt safetensors header (not a JSON object)")
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise CheckpointError(f"{self.path}: corrupt safetensors metadata (must map str to str)")
-        self._meta: dict[str, str] = meta
-        data_start = 8 + n
-        data_len = size - data_start
+        header_bytes, size = _read_header(self.path)
+        header, self._meta = _parse_header(self.path, header_bytes)
+        data_start = 8 + len(header_bytes)
         self._entries: dict[str, _Entry] = {}
-        max_end = 0
+        spans = []
         for name, spec in header.items():
-            try:
-                dtype = spec["dtype"]
-                shape = tuple(int(s) for s in spec["shape"])
-                begin, end = (int(x) for x in spec["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: corrupt header entry for tensor {name!r}") from None
-            if dtype not in DTYPES:
-                raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype!r}")
-            numel = 1
-            for s in shape:
-                if s < 0:
-                    raise CheckpointError(f"{self.path}: tensor {name!r} has a negative dimension")
-                numel *= s
-            if end - begin != numel * ITEMSIZE[dtype] or begin < 0:
-                raise CheckpointError(
-                    f"{self.path}: tensor {name!r} byte range does not match its shape {list(shape)}"
-                )
-            if end > data_len:
-                raise CheckpointError(
-                    f"{self.path}: truncated file (tensor {name!r} ends at byte {end}, "
-                    f"only {data_len} data bytes present)"
-                )
-            max_end = max(max_end, end)
+            dtype, shape, begin, end = _check_entry(self.path, name, spec)
+            spans.append((begin, end, name))
             self._entries[name] = _Entry(
                 TensorInfo(name, shape, dtype, self.path), data_start + begin, data_start + end
             )
+        _check_coverage(self.path, spans, size - data_start)
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -115,7 +222,7 @@ class SafetensorsFile:
         try:
             return self._entries[name]
         except KeyError:
-            raise CheckpointError(f"{self.path}: no tensor named {name!r}") from None
+            raise CheckpointError(f"{shown(self.path)}: no tensor named '{shown(name)}'") from None
 
     def locate(self, name: str) -> tuple[SafetensorsFile, int, int]:
         """(file, first byte, end) of a tensor's stored bytes, for reads of several tensors at once
@@ -126,9 +233,11 @@ class SafetensorsFile:
     def read_bytes_into(self, out: torch.Tensor, offset: int) -> None:
         buf = out.view(torch.uint8).numpy().data.cast("B") if out.numel() else memoryview(b"")
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO put in the file's place since its header was read must not block
+            # the open (its positioned reads then fail: a FIFO cannot seek)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot open ({e.strerror})") from None
+            raise CheckpointError(f"{shown(self.path)}: cannot open ({e.strerror})") from None
         try:
             # A large tensor is read as a few disjoint ranges in parallel: one thread's kernel copy
             # (and first-touch faults) reaches about half the speed of a read from the page cache.
@@ -162,9 +271,9 @@ class SafetensorsFile:
             try:
                 got = os.preadv(fd, [view[done:]], offset + done)
             except OSError as e:
-                raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
+                raise CheckpointError(f"{shown(self.path)}: cannot read ({e.strerror})") from None
             if got <= 0:
-                raise CheckpointError(f"{self.path}: truncated while reading")
+                raise CheckpointError(f"{shown(self.path)}: truncated while reading")
             done += got
 
     def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
@@ -179,7 +288,7 @@ class SafetensorsFile:
         e = self._entry(name)
         shape = e.info.shape
         if not shape or not (0 <= lo <= hi <= shape[0]):
-            raise CheckpointError(f"{self.path}: row range {lo}:{hi} outside tensor {name!r}")
+            raise CheckpointError(f"{shown(self.path)}: row range {lo}:{hi} outside tensor '{shown(name)}'")
         row_bytes = (e.end - e.begin) // shape[0] if shape[0] else 0
         out = empty_tensor((hi - lo, *shape[1:]), DTYPES[e.info.dtype])
         self.read_bytes_into(out, e.begin + lo * row_bytes)
@@ -189,7 +298,9 @@ class SafetensorsFile:
         n = self.info(name).shape[0]
         for r in rows:
             if not 0 <= r < n:
-                raise CheckpointError(f"{self.path}: row {r} outside tensor {name!r} ({n} rows)")
+                raise CheckpointError(
+                    f"{shown(self.path)}: row {r} outside tensor '{shown(name)}' ({n} rows)"
+                )
         return gather_rows_by_runs(rows, lambda lo, hi: self.read_row_range(name, lo, hi))
 
 
@@ -209,7 +320,8 @@ class SafetensorsSource:
             for name in sf.names():
                 if name in self._where:
                     raise CheckpointError(
-                        f"tensor {name!r} is stored twice ({self._where[name].path.name} and {sf.path.name})"
+                        f"tensor '{shown(name)}' is stored twice "
+                        f"({shown(self._where[name].path.name)} and {shown(sf.path.name)})"
                     )
                 self._where[name] = sf
         if index is not None:
@@ -221,11 +333,10 @@ class SafetensorsSource:
         shards = sorted(set(weight_map.values()))
         files = []
         for s in shards:
-            p = Path(index).parent / s
-            if Path(s).name != s:
-                raise CheckpointError(f"{index}: shard name {s!r} must be a file name in the folder")
+            p = check_shard_name(Path(index), s)
+            refuse_special(p, "shard", CheckpointError)
             if not p.is_file():
-                raise CheckpointError(f"{index}: names shard {s!r}, which is missing")
+                raise CheckpointError(f"{shown(index)}: names shard '{shown(s)}', which is missing")
             files.append(p)
         return cls(files, index=Path(index))
 
@@ -234,14 +345,18 @@ class SafetensorsSource:
         for name, shard in weight_map.items():
             sf = self._where.get(name)
             if sf is None:
-                raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
+                raise CheckpointError(
+                    f"{shown(index)}: tensor '{shown(name)}' is not in shard '{shown(shard)}'"
+                )
             if sf.path.name != shard:
                 raise CheckpointError(
-                    f"{index}: tensor {name!r} is indexed in {shard!r} but stored in {sf.path.name!r}"
+                    f"{shown(index)}: tensor '{shown(name)}' is indexed in '{shown(shard)}' "
+                    f"but stored in '{shown(sf.path.name)}'"
                 )
         extra = sorted(set(self._where) - set(weight_map))
         if extra:
-            raise CheckpointError(f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}")
+            names = ", ".join(shown(n) for n in extra[:5])
+            raise CheckpointError(f"{shown(index)}: shard tensors missing from the index: {names}")
 
     def names(self) -> list[str]:
         return list(self._where)
@@ -250,7 +365,7 @@ class SafetensorsSource:
         try:
             return self._where[name]
         except KeyError:
-            raise CheckpointError(f"no tensor named {name!r} in this checkpoint") from None
+            raise CheckpointError(f"no tensor named '{shown(name)}' in this checkpoint") from None
 
     def info(self, name: str) -> TensorInfo:
         return self._file(name).info(name)

@@ -7,49 +7,111 @@ before it runs; such a refusal is reported as an unsafe file, never retried anot
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 
-from huref.checkpoint.source import DTYPE_NAMES, BufferPool, TensorInfo, empty_tensor, read_weight_map
+from huref.checkpoint.source import (
+    DTYPE_NAMES,
+    BufferPool,
+    TensorInfo,
+    check_rows,
+    check_shard_name,
+    empty_tensor,
+    open_regular,
+    read_weight_map,
+)
 from huref.errors import CheckpointError, UnsafeFileError
+from huref.paths import refuse_special, shown
 
 
 def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
-    """Weights-only load; code-carrying pickles raise UnsafeFileError, never run."""
-    mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
+    """Weights-only load; code-carrying pickles raise UnsafeFileError, never run.
+
+    The file must be a regular file (a FIFO would block, a link to /dev/zero would be read until
+    memory runs out), and the unpickler reads it through the descriptor opened here, so it never
+    reads past the size the file had when opened.
+    """
+    fd, size = open_regular(Path(path), "PyTorch weights file")
+    with os.fdopen(fd, "rb") as f:
+        bounded = io.BufferedReader(_Bounded(f, size))
+        zipped = zipfile.is_zipfile(bounded)  # the legacy (non-zip) format cannot be memory-mapped
+        bounded.seek(0)
+        if bounded.read(2) == b"PK" and not zipped:  # torch.load's own error here is "[Errno 22]"
+            raise CheckpointError(
+                f"{shown(path)}: corrupt or truncated PyTorch file (zip without a central directory)"
+            )
+        bounded.seek(0)
+        # a zip is mapped (the mapping has the size the file has now), through the descriptor
+        # checked above where the system names one; a legacy pickle is read through ``bounded``
+        obj = _unpickle(path, _descriptor_path(f.fileno(), path) if zipped else bounded, mmap=zipped)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{shown(path)}: not a state dict of tensors")
+    return obj
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only view of an open file that ends at ``size`` bytes, whatever the file does later."""
+
+    def __init__(self, f: io.BufferedReader, size: int) -> None:
+        self._f, self._size, self._pos = f, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        want = max(0, min(len(view), self._size - self._pos))
+        self._f.seek(self._pos)
+        got = self._f.readinto(view[:want]) or 0
+        self._pos += got
+        return got
+
+
+def _descriptor_path(fd: int, path: Path) -> str:
+    """A name that opens the very file behind ``fd`` (Linux), else ``path`` itself."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else str(path)
+
+
+def _unpickle(path: Path, source: str | BinaryIO, mmap: bool) -> Any:
     try:
-        with open(path, "rb") as f:
-            if f.read(2) == b"PK" and not mmap:  # torch.load's own error here is "[Errno 22]"
-                raise CheckpointError(
-                    f"{path}: corrupt or truncated PyTorch file (zip without a central directory)"
-                )
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the callable or class it refused: "GLOBAL posix.system"
         refused = re.search(r"GLOBAL ([\w.]+)", str(e))
         if refused:
             raise UnsafeFileError(
-                f"{path}: refused, the pickle asks to run code or build objects other than "
+                f"{shown(path)}: refused, the pickle asks to run code or build objects other than "
                 f"tensors ({refused.group(1)}; loaded with weights_only=True, nothing was executed)"
             ) from None
         why = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
-        raise CheckpointError(f"{path}: corrupt pickle ({why.group(1) if why else 'unreadable'})") from None
+        raise CheckpointError(
+            f"{shown(path)}: corrupt pickle ({shown(why.group(1)) if why else 'unreadable'})"
+        ) from None
     except Exception as e:  # any other failure to parse untrusted bytes is corruption
         msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({msg})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    return obj
+        raise CheckpointError(f"{shown(path)}: corrupt or truncated PyTorch file ({shown(msg)})") from None
 
 
 class TorchBinSource:
@@ -62,27 +124,29 @@ class TorchBinSource:
         for f in self._files:
             for name in self._shard(f):
                 if name in self._where:
-                    raise CheckpointError(f"tensor {name!r} is stored twice")
+                    raise CheckpointError(f"tensor '{shown(name)}' is stored twice")
                 self._where[name] = f
         if index is not None:
             wm = read_weight_map(index)
             for name, shard in wm.items():
                 if name not in self._where or self._where[name].name != shard:
-                    raise CheckpointError(f"{index}: tensor {name!r} is not in shard {shard!r}")
+                    raise CheckpointError(
+                        f"{shown(index)}: tensor '{shown(name)}' is not in shard '{shown(shard)}'"
+                    )
             extra = sorted(set(self._where) - set(wm))
             if extra:
-                raise CheckpointError(
-                    f"{index}: shard tensors missing from the index: {', '.join(extra[:5])}"
-                )
+                names = ", ".join(shown(n) for n in extra[:5])
+                raise CheckpointError(f"{shown(index)}: shard tensors missing from the index: {names}")
 
     @classmethod
     def from_index(cls, index: Path) -> TorchBinSource:
         wm = read_weight_map(index)
         files = []
         for s in sorted(set(wm.values())):
-            p = index.parent / s
+            p = check_shard_name(index, s)
+            refuse_special(p, "shard", CheckpointError)
             if not p.is_file():
-                raise CheckpointError(f"{index}: names shard {s!r}, which is missing")
+                raise CheckpointError(f"{shown(index)}: names shard '{shown(s)}', which is missing")
             files.append(p)
         return cls(files, index=index)
 
@@ -96,7 +160,7 @@ class TorchBinSource:
 
     def _tensor(self, name: str) -> torch.Tensor:
         if name not in self._where:
-            raise CheckpointError(f"no tensor named {name!r} in this checkpoint")
+            raise CheckpointError(f"no tensor named '{shown(name)}' in this checkpoint")
         return self._shard(self._where[name])[name]
 
     def info(self, name: str) -> TensorInfo:
@@ -108,6 +172,7 @@ class TorchBinSource:
         return empty_tensor(t.shape, t.dtype, pool).copy_(t)
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
+        check_rows(rows, self._tensor(name).shape, name)
         return self._tensor(name)[torch.as_tensor(list(rows), dtype=torch.long)].clone()
 
     def weight_files(self) -> list[Path]:

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huref.checkpoint.source import read_json, read_small_file
 from huref.errors import CheckpointError
+from huref.paths import refuse_special, shown
 
 
 def _byte_level_table() -> dict[str, int]:
@@ -95,68 +97,84 @@ def _style_from_tokenizer_json(data: dict) -> str:
     return "plain"
 
 
+def _token_id(value: object) -> int:
+    """A token id as a JSON file gives it: an integer (not 2.5, 1e400, "3" or true)."""
+    if type(value) is not int:
+        raise TypeError("a token id is not an integer")
+    return value
+
+
 def _from_tokenizer_json(path: Path) -> Vocab:
+    data = read_json(path, "tokenizer.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        vocab: dict[str, int] = (
-            dict(data["model"]["vocab"]) if isinstance(data["model"].get("vocab"), dict) else {}
-        )
-        if not vocab and isinstance(data["model"].get("vocab"), list):  # Unigram: [[piece, score], ...]
-            vocab = {p[0]: i for i, p in enumerate(data["model"]["vocab"])}
+        model = data["model"]
+        vocab: dict[str, int] = dict(model["vocab"]) if isinstance(model.get("vocab"), dict) else {}
+        if not vocab and isinstance(model.get("vocab"), list):  # Unigram: [[piece, score], ...]
+            vocab = {p[0]: i for i, p in enumerate(model["vocab"])}
         style = _style_from_tokenizer_json(data)
         special = set()
         for a in data.get("added_tokens") or []:
-            vocab[str(a["content"])] = int(a["id"])
+            vocab[str(a["content"])] = _token_id(a["id"])
             if a.get("special"):
-                special.add(int(a["id"]))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise CheckpointError(f"{path}: corrupt tokenizer.json") from None  # JSONDecodeError is a ValueError
-    return _build(vocab, special, style, str(path))
+                special.add(_token_id(a["id"]))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise CheckpointError(f"{shown(path)}: corrupt tokenizer.json") from None
+    if not all(isinstance(t, str) for t in vocab):
+        raise CheckpointError(f"{shown(path)}: corrupt tokenizer.json (a token is not a string)")
+    return _build(vocab, special, style, path)
 
 
 MAX_ID_GAP = 4096  # ids may skip a few (removed tokens); a table is never allocated much beyond its entries
 
 
-def _build(vocab: dict[str, int], special: set[int], style: str, source: str) -> Vocab:
+def _build(vocab: dict[str, int], special: set[int], style: str, source: Path | str) -> Vocab:
     if not vocab:
-        raise CheckpointError(f"{source}: empty vocabulary")
-    if not all(isinstance(i, int) for i in vocab.values()):
-        raise CheckpointError(f"{source}: corrupt vocabulary (a token id is not an integer)")
+        raise CheckpointError(f"{shown(source)}: empty vocabulary")
+    if not all(type(i) is int for i in vocab.values()):
+        raise CheckpointError(f"{shown(source)}: corrupt vocabulary (a token id is not an integer)")
     low, size = min(vocab.values()), max(vocab.values()) + 1
     if low < 0 or size > 2 * len(vocab) + MAX_ID_GAP:
         bad = low if low < 0 else size - 1
-        raise CheckpointError(f"{source}: corrupt vocabulary (token id {bad} for {len(vocab)} tokens)")
+        raise CheckpointError(f"{shown(source)}: corrupt vocabulary (token id {bad} for {len(vocab)} tokens)")
     toks = [""] * size
     for tok, i in vocab.items():
         toks[i] = normalise_token(tok, style) if i not in special else tok
-    return Vocab(tuple(toks), frozenset(special), style, source)
+    return Vocab(tuple(toks), frozenset(special), style, str(source))
+
+
+def _present(path: Path) -> bool:
+    """Whether a tokenizer file is there; a FIFO or device in its place is refused, not opened."""
+    refuse_special(path, "tokenizer file", CheckpointError)
+    return path.is_file()
 
 
 def load_vocab(folder: Path) -> Vocab | None:
     """The vocabulary of a Hugging Face folder, or None when it ships no readable tokenizer."""
     folder = Path(folder)
-    if (folder / "tokenizer.json").is_file():
+    if _present(folder / "tokenizer.json"):
         return _from_tokenizer_json(folder / "tokenizer.json")
-    if (folder / "vocab.json").is_file():  # GPT-2 style slow tokenizer: byte-level BPE
+    if _present(folder / "vocab.json"):  # GPT-2 style slow tokenizer: byte-level BPE
+        path = folder / "vocab.json"
+        vocab = read_json(path, "vocab.json")
         try:
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-            ids = {str(k): int(v) for k, v in vocab.items()}
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
-            raise CheckpointError(f"{folder / 'vocab.json'}: corrupt vocabulary") from None
-        return _build(ids, set(), "byte_level", str(folder / "vocab.json"))
-    if (folder / "vocab.txt").is_file():  # BERT WordPiece
+            ids = {str(k): _token_id(v) for k, v in vocab.items()}
+        except (TypeError, AttributeError):
+            raise CheckpointError(f"{shown(path)}: corrupt vocabulary") from None
+        return _build(ids, set(), "byte_level", path)
+    if _present(folder / "vocab.txt"):  # BERT WordPiece
+        path = folder / "vocab.txt"
         try:
-            lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
-            raise CheckpointError(f"{folder / 'vocab.txt'}: corrupt vocabulary (not UTF-8 text)") from None
+            lines = read_small_file(path, "vocab.txt").decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{shown(path)}: corrupt vocabulary (not UTF-8 text)") from None
         vocab = {t: i for i, t in enumerate(lines)}
         special = {i for t, i in vocab.items() if re.fullmatch(r"\[[A-Z]+\]|\[unused\d+\]", t)}
-        return _build(vocab, special, "wordpiece", str(folder / "vocab.txt"))
+        return _build(vocab, special, "wordpiece", path)
     return None
 
 
 def vocab_from_list(tokens: list[str], types: list[int] | None, source: str) -> Vocab:
     """GGUF's tokenizer.ggml.tokens (type 1 = normal, 6 = byte; others are control/unused)."""
     style = "byte_level" if any(t.startswith("Ġ") for t in tokens[:5000]) else "sentencepiece"
-    special = {i for i, ty in enumerate(types or []) if ty not in (1, 6)}
+    special = {i for i, ty in enumerate(types or []) if ty not in (1, 6) and i < len(tokens)}
     return _build({t: i for i, t in enumerate(tokens)}, special, style, source)
