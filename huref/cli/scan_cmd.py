@@ -46,6 +46,7 @@ def scan_cmd(
 ) -> None:
     """Fingerprint every model of a zoo once, compare it with every registered base, report."""
     from huref.errors import UsageError
+    from huref.paths import shown
     from huref.scan import ScanConfig, run_scan, scan_settings
     from huref.scan.runner import default_workers
 
@@ -54,8 +55,6 @@ def scan_cmd(
         raise UsageError("--n must be at least 16")
     if workers is not None and executor != "local":
         raise UsageError("--workers is for --executor local (a Dask cluster sizes itself)")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder")
     cfg = ScanConfig(
         zoo=zoo,
         out_dir=out,
@@ -77,7 +76,7 @@ def scan_cmd(
         f"{s['candidates']} models: {verdicts['derived']} derived, {verdicts['inconclusive']} inconclusive, "
         f"{verdicts['independent']} independent, {s['errors']} not scanned "
         f"({s['fingerprinted']} fingerprinted, {s['fingerprint_cached']} from cached fingerprints, {s['from_cache']} cached) "
-        f"in {s['seconds']:.1f} s -> {out / 'index.html'}"
+        f"in {s['seconds']:.1f} s -> {shown(out / 'index.html')}"
     )
     if fail_on == "error":
         hit = [m["name"] for m in models if m["error"]]

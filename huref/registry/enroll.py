@@ -6,6 +6,13 @@ recorded with its robust ICS (reason ``family``). ``mark_independent`` records o
 declaration (reason ``declared``), whatever the families. A pair is never recorded when the two
 fingerprints share too few probe tokens to compare, nor when their comparison says ``derived``: a
 mislabelled family must not poison the null (the CLI says which pairs were skipped and why).
+
+A base's record binds its fingerprint to the SHA-256s of its weight files (its ``weights``
+digest: a zoo model of the same name with those weights *is* the base, and is not compared with
+it). Those hashes are taken after the tensors are read, so a checkpoint's files are identified
+(``huref.checkpoint.hashing.FileIdentity``) before it is opened and again once it is fingerprinted:
+a file replaced or rewritten in between would bind the new bytes' hashes to the old bytes'
+fingerprint, and the add is refused instead (nothing is written; add it again).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 from huref.errors import FingerprintError, HurefError, RegistryError
 from huref.invariants.fingerprint import Fingerprint
+from huref.paths import shown
 from huref.registry.store import Base, Store, weights_digest
 
 log = logging.getLogger(__name__)
@@ -68,9 +76,47 @@ def _fingerprint_bytes(fp: Fingerprint) -> bytes:
         return path.read_bytes()
 
 
+# what a single-file checkpoint reads from beside it (its config and vocabulary)
+_READ_BESIDE = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def _checkpoint_files(p: Path) -> list[Path]:
+    """The files fingerprinting ``p`` may read: every visible file of a checkpoint folder, or a
+    single file with the config and tokenizer files beside it."""
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if not f.name.startswith(".") and f.is_file())
+    return [p, *(p.parent / n for n in _READ_BESIDE if (p.parent / n).is_file())]
+
+
+def _fingerprint_checkpoint(p: Path, settings: object) -> Fingerprint:
+    """``fingerprint_model(p)``, refused when a file of the checkpoint changed meanwhile."""
+    from huref.checkpoint.hashing import changed_since, identities
+    from huref.invariants import fingerprint_model
+
+    before = identities(_checkpoint_files(p))
+    fp = fingerprint_model(p, settings)  # type: ignore[arg-type]
+    moved = changed_since(before)
+    if moved:
+        raise RegistryError(
+            f"{shown(moved[0])} changed while it was being fingerprinted (replaced or rewritten): "
+            "its hashes may not be the bytes that were read; nothing was added: add it again"
+        )
+    return fp
+
+
 def load_source(source: str | Path, settings: object = None) -> tuple[Fingerprint, bytes, str]:
     """(fingerprint, fingerprint-file bytes, what it came from) for a fingerprint file or a checkpoint."""
-    from huref.invariants import fingerprint_model, load_fingerprint
+    from huref.invariants import load_fingerprint
     from huref.invariants.fpfile import is_fingerprint_file
 
     p = Path(source)
@@ -79,7 +125,7 @@ def load_source(source: str | Path, settings: object = None) -> tuple[Fingerprin
     if is_fingerprint_file(p):
         fp = load_fingerprint(p)  # verifies the seal
         return fp, p.read_bytes(), f"fingerprint file {p.resolve()}"
-    fp = fingerprint_model(p, settings)  # type: ignore[arg-type]
+    fp = _fingerprint_checkpoint(p, settings)
     return fp, _fingerprint_bytes(fp), f"checkpoint {p.resolve()}"
 
 

@@ -19,6 +19,10 @@ Broken models are remembered too (``failures``, keyed by the stats of their file
 failed with a huref error is not read again until one of its files changes. Failures that may be
 transient (a worker that died, an unexpected exception) are not remembered.
 
+Paths and names need not be UTF-8 (a folder created from bytes): the database and the hashed keys
+take them as their file-system bytes (``path_key``, ``_fs_bytes``), never as text that cannot be
+encoded.
+
 A model's hashes, fingerprint and comparisons are written in **one transaction** as soon as its
 task returns: a scan killed at any point keeps every finished model and nothing half-written.
 """
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huref import __version__
+from huref.paths import shown, special_kind
 from huref.registry.store import Store
 from huref.scan.discover import Candidate, one_line
 
@@ -87,13 +92,29 @@ class CachedFingerprint:
     weights: str
 
 
+def _fs_bytes(text: str) -> bytes:
+    """A path or file name as the bytes the file system holds (``os.fsencode``'s inverse of the
+    surrogate escapes that stand for bytes that are not UTF-8)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def path_key(real: str) -> str:
+    """A real path as database text: itself when it is UTF-8, else its bytes in hex behind a
+    prefix no absolute path starts with (SQLite refuses the surrogates of a non-UTF-8 name)."""
+    try:
+        real.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bytes:" + _fs_bytes(real).hex()
+    return real
+
+
 def stat_files(c: Candidate) -> tuple[FileStat, ...]:
     """Stat every file of a candidate (following links); raises InputError on unusable files."""
     out = []
     for p in c.files:
         own = c.kind != "folder" and p == c.path  # a single-file model's own file; else a named file
         rel = "file" if own else p.name
-        where = c.name if own else f"{c.name}/{p.name}"
+        where = c.name if own else f"{c.name}/{shown(p.name)}"
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -104,13 +125,7 @@ def stat_files(c: Candidate) -> tuple[FileStat, ...]:
         except OSError as e:
             raise InputError(one_line(f"{where}: cannot read ({e.strerror or e})")) from None
         if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a FIFO"
-                if stat.S_ISFIFO(st.st_mode)
-                else "a folder"
-                if stat.S_ISDIR(st.st_mode)
-                else "special"
-            )
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else special_kind(p) or "special"
             raise InputError(one_line(f"{where}: not a regular file ({kind})"))
         if not os.access(p, os.R_OK):
             raise InputError(one_line(f"{where}: cannot read (permission denied)"))
@@ -125,7 +140,7 @@ def stat_files(c: Candidate) -> tuple[FileStat, ...]:
 def content_key(stats: tuple[FileStat, ...], hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for fs in sorted(stats, key=lambda f: f.label):
-        h.update(f"{fs.label}\0{hashes[fs.path]}\n".encode())
+        h.update(_fs_bytes(f"{fs.label}\0{hashes[fs.path]}\n"))
     return h.hexdigest()
 
 
@@ -156,7 +171,7 @@ def known_hashes(store: Store, stats: tuple[FileStat, ...]) -> dict[str, str] | 
         r = store.conn.execute(
             "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
             "AND inode = ?",
-            (fs.real, fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode),
+            (path_key(fs.real), fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode),
         ).fetchone()
         if r is None:
             return None
@@ -196,7 +211,7 @@ def failure_signature(stats: tuple[FileStat, ...], settings: str) -> str:
     """A broken model's identity without reading it: its files' stats, the settings, the method."""
     h = hashlib.sha256(f"{settings}\0{METHOD}\n".encode())
     for fs in sorted(stats, key=lambda f: f.real):
-        h.update(f"{fs.real}\0{fs.size}\0{fs.mtime_ns}\0{fs.ctime_ns}\0{fs.inode}\n".encode())
+        h.update(_fs_bytes(f"{fs.real}\0{fs.size}\0{fs.mtime_ns}\0{fs.ctime_ns}\0{fs.inode}\n"))
     return h.hexdigest()
 
 
@@ -258,7 +273,7 @@ def record_model(
             conn.execute(
                 "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ctime_ns, inode, sha256) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (fs.real, fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode, hashes[fs.path]),  # type: ignore[index]
+                (path_key(fs.real), fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode, hashes[fs.path]),  # type: ignore[index]
             )
         if existing is None:
             conn.execute(

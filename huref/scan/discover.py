@@ -13,8 +13,16 @@ Folders with only tokenizer or data files (``_tokenizer``, ``_data`` in the tiny
 files and other files are not candidates. Hidden entries (``.git``, temporary files) are skipped.
 
 Bad input is reported, never fatal: a symlink loop (a link that resolves to itself, or a folder
-link back to one of its own ancestors), a dangling symlink, a folder that cannot be listed, or a
-model file that cannot be read becomes a candidate that carries its one-line error.
+link back to one of its own ancestors), a dangling symlink, a folder that cannot be listed, a
+model file that cannot be read, or a FIFO, device or socket named like a weight file (never
+opened: reading one blocks or never ends) becomes a candidate that carries its one-line error.
+The walk keeps its own stack, so a zoo nested hundreds of folders deep is searched like any other
+(a recursive walk ran out of Python's stack near 500 levels); a path too long for the operating
+system is a folder that cannot be listed.
+
+Names come from the file system and need not be UTF-8 or printable: a candidate's ``name`` is
+shown escaped (``huref.paths.shown``: ``bad\\xff`` for the byte 0xff), its ``path`` keeps the
+bytes that open it.
 
 A candidate's ``files`` are the files its fingerprint depends on (weights, config, tokenizer; for
 a loose ``.safetensors`` file, the tokenizer files beside it): their (size, mtime_ns, ctime_ns,
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huref.errors import UsageError
+from huref.paths import shown, special_kind
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = (
@@ -56,8 +65,8 @@ class Candidate:
 
 
 def one_line(text: str) -> str:
-    """Errors are reported on one line, at most MAX_ERROR_CHARS characters."""
-    line = " ".join(str(text).split())
+    """Errors are reported on one printable line (names escaped), at most MAX_ERROR_CHARS characters."""
+    line = shown(" ".join(str(text).split()))
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
 
 
@@ -76,29 +85,38 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+Ancestors = tuple[tuple[int, int], ...]  # (st_dev, st_ino) of every folder from the root down
+
+
 class _Walker:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.out: list[Candidate] = []
+        self.todo: list[tuple[Path, Ancestors]] = []  # folders still to list: the walk's own stack
 
     def rel(self, p: Path) -> str:
-        return p.relative_to(self.root).as_posix()
+        return shown(p.relative_to(self.root).as_posix())
 
     def error(self, p: Path, reason: str) -> None:
         self.out.append(Candidate(self.rel(p), p, "error", error=one_line(f"{self.rel(p)}: {reason}")))
 
-    def walk(self, d: Path, ancestors: tuple[tuple[int, int], ...]) -> None:
+    def run(self, root_key: tuple[int, int]) -> None:
+        self.todo.append((self.root, (root_key,)))
+        while self.todo:
+            self.walk(*self.todo.pop())
+
+    def walk(self, d: Path, ancestors: Ancestors) -> None:
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
             if d == self.root:
-                raise UsageError(f"{d}: cannot list the zoo folder ({_os_reason(err)})") from None
+                raise UsageError(f"{shown(d)}: cannot list the zoo folder ({_os_reason(err)})") from None
             self.error(d, f"cannot list folder ({_os_reason(err)})")
             return
         names = {e.name for e in entries}
         if "config.json" in names or any(i in names for i in WEIGHT_INDEXES):
-            self.folder_candidate(d, entries, None if d != self.root else d.name)  # a zoo of one
+            self.folder_candidate(d, entries, None if d != self.root else shown(d.name))  # a zoo of one
             return
         if d.name.startswith("models--") and "snapshots" in names:
             self.hf_cache_repo(d)
@@ -107,7 +125,7 @@ class _Walker:
             if not entry.name.startswith("."):
                 self.entry(Path(entry.path), entry, ancestors)
 
-    def entry(self, p: Path, e: os.DirEntry, ancestors: tuple[tuple[int, int], ...]) -> None:
+    def entry(self, p: Path, e: os.DirEntry, ancestors: Ancestors) -> None:
         try:
             st = p.stat()  # follows symlinks
         except OSError as err:
@@ -127,13 +145,13 @@ class _Walker:
                     f"symlink loop: {os.readlink(p) if e.is_symlink() else p.name} leads back to an enclosing folder",
                 )
                 return
-            self.walk(p, (*ancestors, key))
+            self.todo.append((p, (*ancestors, key)))
             return
         suffix = p.suffix.lower()
         if suffix not in (".gguf", ".bin", ".safetensors"):
             return
         if not stat.S_ISREG(st.st_mode):
-            self.error(p, "not a regular file")
+            self.error(p, f"not a regular file ({special_kind(p) or 'special'}); not opened")
             return
         if suffix == ".gguf":
             self.out.append(Candidate(self.rel(p), p, "gguf", (p,)))
@@ -181,7 +199,7 @@ class _Walker:
             self.error(snap_dir, f"cannot list folder ({_os_reason(e)})")
             return
         for s in snaps:
-            name = base if len(snaps) == 1 else f"{base}@{s.name[:12]}"
+            name = shown(base if len(snaps) == 1 else f"{base}@{s.name[:12]}")
             try:
                 with os.scandir(s) as it:
                     entries = sorted(it, key=lambda e: e.name)
@@ -195,10 +213,10 @@ def discover(zoo: str | Path) -> list[Candidate]:
     """Every candidate under ``zoo``, sorted by name; names are unique."""
     root = Path(zoo).absolute()
     if not root.is_dir():
-        raise UsageError(f"{zoo}: not a folder")
+        raise UsageError(f"{shown(zoo)}: not a folder")
     w = _Walker(root)
     st = root.stat()
-    w.walk(root, ((st.st_dev, st.st_ino),))
+    w.run((st.st_dev, st.st_ino))
     out: list[Candidate] = []
     used: set[str] = set()
     for c in sorted(w.out, key=lambda c: (c.name, str(c.path))):

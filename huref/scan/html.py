@@ -23,6 +23,7 @@ import jinja2
 from huref.invariants.stats import format_log10_p
 from huref.registry.store import Store
 from huref.scan import cache
+from huref.scan.outdir import SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def render_index(doc: dict[str, Any], thumbnails: dict[str, str] | None = None) 
         with_dogs=thumbnails is not None,
         with_fpvec=any("fpvec" in m for m in models),
         thumb_size=THUMB_SIZE,
+        generator=doc.get("schema", SCHEMA),
     )
 
 

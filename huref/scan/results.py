@@ -16,6 +16,10 @@ Decisions worth knowing:
   files) is that base: it is reported with ``registered_as`` and compared with the other bases
   only, so a zoo that holds its own bases does not flag each as derived from itself. A copy under
   another name is not excused: it is ``derived`` with ICS 100.
+- **Names and paths are shown escaped** (``huref.paths.shown``): a zoo folder's name need not be
+  UTF-8, and results.json and index.html are UTF-8 text.
+- results.json carries ``"schema": "huref-scan/1"`` and index.html a generator tag: the marks
+  by which a later scan knows the files it may replace (``huref.scan.outdir``).
 - ``report_path`` is ``reports/<name>.html`` (relative to the output folder) when that file exists
   at render time, else null; ``huref audit`` fills that folder, and ``write_outputs`` re-renders.
 """
@@ -31,9 +35,11 @@ from typing import Any
 
 from huref.invariants.compare import VERDICT_RULE, verdict_for
 from huref.invariants.stats import NullModel
+from huref.paths import shown
 from huref.registry.store import Base
 from huref.scan.cache import Cmp
 from huref.scan.discover import Candidate
+from huref.scan.outdir import INDEX_NAME, RESULTS_NAME, SCHEMA
 
 VERDICTS = ("derived", "independent", "inconclusive")
 _RANK = {"derived": 2, "inconclusive": 1, "independent": 0}
@@ -75,8 +81,8 @@ def model_entry(
 ) -> dict[str, Any]:
     c = r.candidate
     e: dict[str, Any] = {
-        "name": c.name,
-        "path": str(c.path),
+        "name": c.name,  # already shown escaped (discover)
+        "path": shown(c.path),
         "best_base": None,
         "ics": None,
         "z": None,
@@ -156,8 +162,9 @@ def results_doc(
     scan: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "zoo": str(zoo),
-        "registry": str(home),
+        "schema": SCHEMA,
+        "zoo": shown(zoo),
+        "registry": shown(home),
         "bases": [{"name": b.name, "family": b.family, "fingerprint": b.fingerprint} for b in bases],
         "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
         "verdict_rule": VERDICT_RULE,
@@ -181,8 +188,8 @@ def write_outputs(out_dir: Path, doc: dict[str, Any], thumbnails: dict[str, str]
         m["report_path"] = (
             report_relpath(m["name"]) if (out_dir / report_relpath(m["name"])).is_file() else None
         )
-    with atomic_file(out_dir / "results.json") as tmp:
+    with atomic_file(out_dir / RESULTS_NAME) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     html = render_index(doc, thumbnails)
-    with atomic_file(out_dir / "index.html") as tmp:
+    with atomic_file(out_dir / INDEX_NAME) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -6,6 +6,9 @@ any moment (SIGKILL included) and started again plans only the models it has not
 unchanged zoo plans nothing and reads no weight (file stats are the only I/O per model).
 A model that failed with a huref error is not tried again until one of its files changes.
 
+The output folder is checked before any work (``huref.scan.outdir``): never inside a model of the
+zoo, and never over a results.json or index.html that an earlier scan did not write.
+
 Fingerprint files are checked (SHA-256 and seal) whenever they are read. A scan that has work to
 do loads every registered base first, and one unusable base stops it before any work (one line
 naming the base and the fix, exit 2): its results would otherwise lack that base without saying
@@ -25,10 +28,12 @@ from typing import Any
 from huref.errors import RegistryError, UsageError
 from huref.invariants.extract import Settings
 from huref.invariants.stats import BUILTIN_NULL
+from huref.paths import shown
 from huref.registry.store import Base, BlobError, Store
 from huref.scan import cache
 from huref.scan.discover import Candidate, discover
 from huref.scan.executors import ExecutorOptions, make_executor
+from huref.scan.outdir import check_out_dir, refuse_models_as_out_dir
 from huref.scan.results import ModelResult, model_entry, results_doc, write_outputs
 from huref.scan.tasks import DELAY_ENV, Outcome, Task, WorkerContext, robust_only
 
@@ -186,7 +191,7 @@ def _fpvec_entries(
         r = rows.get(ks.commitment)
         out.append(
             {
-                "keys": str(p),
+                "keys": shown(p),
                 "commitment": ks.commitment,
                 "fsr": r.fsr if r else None,
                 "hits": r.hits if r else None,
@@ -207,7 +212,8 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
     executor = make_executor(cfg.executor, ExecutorOptions(cfg.workers, cfg.scheduler))
     zoo = Path(cfg.zoo).absolute()
     if not zoo.is_dir():
-        raise UsageError(f"{cfg.zoo}: not a folder")
+        raise UsageError(f"{shown(cfg.zoo)}: not a folder")
+    check_out_dir(Path(cfg.out_dir))
     with Store(cfg.home, create=False) as store:
         store.check_writable(
             ", where the scan keeps its caches (or set HUREF_HOME to a registry of your own)"
@@ -221,6 +227,9 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
         skey = cache.settings_key(cfg.settings)
         keysets = _load_keysets(tuple(cfg.fpvec_keys))
         states = [_State(c, ModelResult(c)) for c in discover(zoo)]
+        refuse_models_as_out_dir(
+            Path(cfg.out_dir), [st.cand.path for st in states if st.cand.kind != "error"]
+        )
         plan = _plan(store, states, bases, skey, keysets)
         tasks = [t for _, t in plan if t is not None]
         log.info("%d candidates under %s: %d to run on %s", len(states), zoo, len(tasks), cfg.executor)

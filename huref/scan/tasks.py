@@ -5,6 +5,12 @@ fingerprint file's bytes, comparisons with the bases) and the process that owns 
 writes it. That keeps SQLite single-writer however many workers (local processes or Dask
 workers on other machines) run tasks.
 
+A model's files must not change while its task reads them: the hashes are the cache key of what
+the fingerprint describes. Each file's identity (inode, size, mtime, ctime, and the device as this
+worker sees it) is checked against the planning scan's stat before the first read, and again after
+the last (``huref.checkpoint.hashing``). A model whose files changed in between is reported as
+changed, with nothing of it cached: the next scan reads it afresh.
+
 Every task runs with one torch thread: parallelism comes from workers, and a fixed thread count
 makes the float reductions, hence every score, bit-identical whichever executor ran the task.
 """
@@ -22,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huref.errors import HurefError
+from huref.checkpoint.hashing import FileIdentity, changed_since
+from huref.errors import CheckpointError, HurefError
+from huref.paths import shown
 from huref.scan.cache import Cmp, FileStat, FpvecRow
 from huref.scan.discover import one_line
 
@@ -80,17 +88,53 @@ def robust_only(fp: Any) -> Any:
     return dataclasses.replace(fp, paper=None)
 
 
+class ModelChanged(CheckpointError):
+    """A file of the model changed (or went) while the scan worked on it."""
+
+
+def _file_label(task: Task, fs: FileStat) -> str:
+    return task.name if fs.label == "file" else f"{task.name}/{shown(fs.label)}"
+
+
+def _changed(task: Task, fs: FileStat, how: str = "changed") -> ModelChanged:
+    return ModelChanged(
+        f"{_file_label(task, fs)}: {how} while the scan was reading it (replaced or rewritten); "
+        "nothing was cached for this model: scan again"
+    )
+
+
+def _identity_as_planned(task: Task) -> dict[str, FileIdentity | None]:
+    """Each file's identity now, refused unless it is the file the plan statted (the stat its hash
+    is cached under). Checked before anything is opened: a file swapped since for a FIFO is
+    never opened (that would block for ever)."""
+    out: dict[str, FileIdentity | None] = {}
+    for fs in task.files:
+        now = FileIdentity.of(fs.path)
+        if now is None:
+            raise _changed(task, fs, "vanished")
+        # not the device: a Dask worker may number a shared file system's device differently
+        if (now.inode, now.size, now.mtime_ns, now.ctime_ns) != (fs.inode, fs.size, fs.mtime_ns, fs.ctime_ns):
+            raise _changed(task, fs)
+        out[fs.path] = now
+    return out
+
+
 def _hash_files(files: tuple[FileStat, ...]) -> dict[str, str]:
     from huref.checkpoint.hashing import sha256_file
-    from huref.errors import CheckpointError
 
-    out = {}
-    for fs in files:
-        out[fs.path] = sha256_file(Path(fs.path))
-        st = os.stat(fs.path)
-        if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns):
-            raise CheckpointError(f"{fs.path}: changed while it was being scanned; scan again")
-    return out
+    return {fs.path: sha256_file(Path(fs.path)) for fs in files}
+
+
+def _printable_meta(fp: Any) -> Any:
+    """The fingerprint with the model's name, path and file names as printable UTF-8: a zoo
+    folder's name need not be UTF-8, and a fingerprint file must be."""
+    model = dict(fp.meta.get("model") or {})
+    for key in ("name", "path"):
+        if key in model:
+            model[key] = shown(model[key])
+    if isinstance(model.get("sha256"), dict):
+        model["sha256"] = {shown(k): v for k, v in model["sha256"].items()}
+    return dataclasses.replace(fp, meta={**fp.meta, "model": model})
 
 
 def _fingerprint(task: Task, ctx: WorkerContext, out: Outcome) -> Any:
@@ -106,7 +150,7 @@ def _fingerprint(task: Task, ctx: WorkerContext, out: Outcome) -> Any:
     weights = {p.name: by_real.get(os.path.realpath(p), "") for p in ckpt.weight_files()}
     if all(weights.values()):  # hashed above: spare fingerprint_model a second read of the weights
         ckpt = dataclasses.replace(ckpt, _hashes=weights)
-    fp = fingerprint_model(ckpt, ctx.settings)
+    fp = _printable_meta(fingerprint_model(ckpt, ctx.settings))
     with tempfile.TemporaryDirectory(prefix="huref-scan-") as d:
         out.fingerprint_bytes = save_fingerprint(fp, Path(d) / "fp.safetensors").read_bytes()
     out.format = ckpt.format
@@ -150,9 +194,31 @@ def verify_keys(path: str, keysets: tuple[Any, ...]) -> list[FpvecRow]:
     return out
 
 
+def _reads_files(task: Task) -> bool:
+    return not task.cached or bool(task.fpvec)
+
+
 def run_task(task: Task, ctx: WorkerContext) -> Outcome:
-    """Fingerprint (unless cached), compare, verify one model. Never raises for a bad model."""
+    """Fingerprint (unless cached), compare, verify one model. Never raises for a bad model.
+
+    A model whose files changed while the task read them is an error that is not remembered
+    (``lasting_error`` false), whatever the reader made of the changed bytes."""
     t0 = time.perf_counter()
+    try:
+        before = _identity_as_planned(task) if _reads_files(task) else {}
+    except ModelChanged as e:
+        out = Outcome(task.index, error=one_line(str(e)))
+    else:
+        out = _work(task, ctx)
+        moved = changed_since(before)
+        if moved:
+            fs = next(f for f in task.files if f.path == moved[0])
+            out = Outcome(task.index, error=one_line(str(_changed(task, fs))))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _work(task: Task, ctx: WorkerContext) -> Outcome:
     out = Outcome(task.index)
     try:
         with one_torch_thread():
@@ -166,7 +232,6 @@ def run_task(task: Task, ctx: WorkerContext) -> Outcome:
         out = Outcome(task.index, error=one_line(f"{task.name}: out of memory while fingerprinting"))
     except Exception as e:  # a reader bug or an exotic file must not stop the scan: report it
         out = Outcome(task.index, error=one_line(f"{task.name}: {type(e).__name__}: {e}"))
-    out.seconds = time.perf_counter() - t0
     return out
 
 
