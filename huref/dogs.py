@@ -24,6 +24,7 @@ from PIL import Image
 
 from huref.errors import RenderError, UsageError
 from huref.invariants.fingerprint import Fingerprint
+from huref.paths import refuse_special
 
 DEFAULT_RENDERER = "sketch"
 
@@ -101,6 +102,7 @@ def fingerprint_of(path: str | Path) -> Fingerprint:
     from huref.invariants import Settings, fingerprint_model, load_fingerprint
     from huref.invariants.fpfile import is_fingerprint_file
 
+    refuse_special(path, "input")  # neither a fingerprint file nor a checkpoint, and a FIFO blocks
     if is_fingerprint_file(path):
         return load_fingerprint(path)
     return fingerprint_model(path, Settings(modes=("robust",)))
@@ -143,6 +145,8 @@ def fingerprints_of(paths: Sequence[str | Path]) -> list[Fingerprint]:
     from huref.invariants.tokens import key_digest
 
     settings = Settings(modes=("robust",))
+    for p in paths:
+        refuse_special(p, "input")
     files = {i: load_fingerprint(p) for i, p in enumerate(paths) if is_fingerprint_file(p)}
     sources = [(str(paths[i]), robust_settings(fp)) for i, fp in files.items()]
     if len(files) < len(paths):

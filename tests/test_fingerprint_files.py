@@ -271,4 +271,10 @@ def test_tokens_with_lone_surrogates_fingerprint_and_round_trip(tmp_path: Path) 
     assert any("\ud800" in t for t in fp.robust.token_strings)  # type: ignore[union-attr]
     back = load_fingerprint(save_fingerprint(fp, tmp_path / "fp.safetensors"))
     assert back.robust is not None and back.robust.token_strings == fp.robust.token_strings  # type: ignore[union-attr]
+    from safetensors import safe_open
+
+    with safe_open(
+        str(tmp_path / "fp.safetensors"), framework="pt"
+    ) as f:  # the reference parser reads it too
+        assert f.metadata()
     assert compare_fingerprints(back, fp).ics == pytest.approx(100.0)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from huref.cli import main
+from huref.errors import FPVecError
 from huref.fpvec.keys import make_keys, save_keys
 
 
@@ -45,13 +46,14 @@ def setup(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return out
 
 
-def _refused(argv: list[str], capsys: pytest.CaptureFixture, folder: Path, needle: str) -> None:
+def _refused(argv: list[str], capsys: pytest.CaptureFixture, folder: Path, needle: str) -> str:
     before = sorted(os.listdir(folder))
     assert main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("huref: error:") and needle in err[0], err[0]
     assert sorted(os.listdir(folder)) == before  # nothing written, no temporary left behind
+    return err[0]
 
 
 def test_vector_of_another_architecture(setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture) -> None:
@@ -558,3 +560,75 @@ def test_an_audit_refuses_a_mistyped_vector_before_the_work(
         setup["keys"],
     ]
     _refused([*argv, "-o", out], capsys, tmp_path, "'base.name' is not a string")
+
+
+def _vector_with_value(src: Path, dst: Path, value: float) -> tuple[Path, str]:
+    """A copy of a vector with one tau element set to ``value``, its tensor hash recomputed and
+    the metadata sealed again: everything a reader can check still verifies."""
+    from huref.fpvec.vector import HASHES_KEY, META_KEY, SEAL_KEY, VOCAB_KEY, seal_of, tensor_digest
+
+    raw = bytearray(src.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header["__metadata__"]
+    name = next(
+        k for k, e in header.items() if k != "__metadata__" and e["dtype"] == "F32" and len(e["shape"]) == 2
+    )
+    begin, end = header[name]["data_offsets"]
+    at = 8 + n + begin
+    tensor = torch.frombuffer(raw[at : 8 + n + end], dtype=torch.float32).clone()
+    tensor[7] = value
+    raw[at : 8 + n + end] = tensor.numpy().tobytes()
+    hashes = json.loads(meta[HASHES_KEY])
+    hashes[name] = tensor_digest(tensor, json.loads(meta[META_KEY]).get("tensor_hash", "sha256"))
+    meta[HASHES_KEY] = json.dumps(hashes)
+    meta[SEAL_KEY] = seal_of(meta[META_KEY], meta.get(VOCAB_KEY, "null"), meta[HASHES_KEY])
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    dst.write_bytes(len(new).to_bytes(8, "little") + new + bytes(raw[8 + n :]))
+    return dst, name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_a_resealed_vector_holding_nan_or_inf_is_refused(
+    value: float, setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Anyone can reseal a vector: its hashes and seal then verify, and stamping it wrote a model
+    full of NaN weights with exit code 0. Reading refuses it, and stamp checks what it writes
+    even when the hashes are not checked."""
+    from huref.fpvec.vector import open_vector
+
+    d = setup["dir"]
+    bad, name = _vector_with_value(setup["llama-a"], d / "non-finite.fpvec.safetensors", value)
+    try:
+        with pytest.raises(FPVecError, match="NaN or infinite"):
+            open_vector(bad).read(name)
+        for extra in ([], ["--no-verify-hashes"]):
+            argv = ["fpvec", "stamp", tiny_zoo / "llama-a-sft", bad, "-o", d / "x", *extra]
+            _refused(argv, capsys, d, "NaN or infinite")
+    finally:
+        bad.unlink()
+
+
+def test_stamp_refuses_to_write_non_finite_weights(
+    setup: dict, tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A downstream tensor holding inf stays inf plus tau: the stamped model would carry it."""
+    model = Path(shutil.copytree(tiny_zoo / "llama-a-sft", tmp_path / "model"))
+    sd = load_file(str(model / "model.safetensors"))
+    name = "model.layers.1.mlp.up_proj.weight"
+    sd[name][0, 0] = float("inf")
+    save_file(sd, str(model / "model.safetensors"), metadata={"format": "pt"})
+    argv = ["fpvec", "stamp", model, setup["llama-a"], "-o", tmp_path / "out", "--force"]
+    line = _refused(argv, capsys, tmp_path, "the stamped values are NaN or infinite")
+    assert name in line
+
+
+def test_a_model_card_nested_too_deep_is_one_line(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """huref_fpvec.json comes with the fingerprinted model: a deeply nested one was a traceback."""
+    fp = _perturbed(tiny_zoo / "llama-a", tmp_path / "fp", "c" * 64)
+    (fp / "huref_fpvec.json").write_text('{"base": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    argv = ["fpvec", "extract", tiny_zoo / "llama-a", fp, "-o", tmp_path / "v.safetensors"]
+    _refused(argv, capsys, tmp_path, "nested deeper than 32 levels")

@@ -173,3 +173,55 @@ def test_vocabulary_pool_holds_single_token_words_and_no_special_tokens(tmp_path
     for text in (*ks.keys, ks.target):
         assert unk not in prompt_ids(tok, text)  # every word spelled, unlike the snippet keys
     assert unk in prompt_ids(tok, make_keys(1, seed=5).keys[0])
+
+
+def _key_doc(tmp_path: Path) -> dict:
+    p = save_keys(make_keys(3, seed=2), tmp_path / "good.json")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"format": "huref-fpvec-keys/1", "keys": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested deeper"),
+        ("[" * 33 + "]" * 33, "nested deeper than 32 levels"),
+        ('{"keys": "' + "[" * 40 + ' brackets in a string are text"}', "not a huref key file"),
+        ('{"keys": ["a", "b"', "not valid JSON"),
+        ("\udcff", "not UTF-8"),
+    ],
+    ids=["deep", "just-too-deep", "brackets-in-strings", "truncated", "not-utf8"],
+)
+def test_key_files_nested_too_deep_or_corrupt_are_one_error(
+    tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's parser recursed once per level: 100000 levels were a RecursionError traceback."""
+    p = tmp_path / "keys.json"
+    p.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(FPVecError, match=message):
+        load_keys(p)
+    assert main(["fpvec", "verify", "no-such-model", "--keys", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_an_oversized_key_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A key file is small (a 1024-word pool is ~20 KB): 4 MiB is the limit, checked on the bytes."""
+    doc = _key_doc(tmp_path)
+    doc["pool"] = [f"w{i:07d}" for i in range(600_000)]  # valid words, 6 MB of them
+    doc.pop("commitment")
+    p = tmp_path / "keys.json"
+    p.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(FPVecError, match="larger than 4 MiB"):
+        load_keys(p)
+
+
+def test_lone_surrogates_in_a_key_file_are_refused(tmp_path: Path) -> None:
+    """JSON can spell a lone surrogate, which has no UTF-8 bytes to hash into the commitment."""
+    doc = _key_doc(tmp_path)
+    doc.pop("commitment")
+    for field in ("keys", "target"):
+        edited = {**doc, field: ["\ud800 FINGERPRINT"] if field == "keys" else "\ud800"}
+        p = tmp_path / f"{field}.json"
+        p.write_text(json.dumps(edited), encoding="utf-8")  # ensure_ascii: written as \\ud800
+        with pytest.raises(FPVecError):
+            load_keys(p)

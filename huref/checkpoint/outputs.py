@@ -4,7 +4,9 @@ A command that reads models and writes a file must not write into what it reads:
 to an input file would destroy it, and a new ``.safetensors`` file inside a Hugging Face folder
 turns the folder into "several safetensors files but no index", an unreadable model. Paths are
 compared after resolving symbolic links (and by inode when both exist), so a link or a second
-name for the same file is caught too.
+name for the same file is caught too. An output that is a FIFO, a device or a socket (or a link to
+one) is refused as well: renaming a finished file over ``/dev/null`` replaces the device node, and
+opening a FIFO to write blocks until someone reads it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from huref.errors import UsageError
+from huref.paths import refuse_special, shown
 
 
 def _model_folder(path: Path) -> Path | None:
@@ -55,12 +58,13 @@ def check_output_file(
     kind: str = "",
     flag: str = "-o",
 ) -> Path:
-    """Refuse ``out`` when it is a folder, one of ``inputs``, or inside an input's model folder;
-    with ``replaceable``, also refuse an existing ``out`` for which it is false (a file that is
-    not a ``kind``, which writing would destroy). Returns ``out`` as a Path."""
+    """Refuse ``out`` when it is a FIFO, device or socket, a folder, one of ``inputs``, or inside
+    an input's model folder; with ``replaceable``, also refuse an existing ``out`` for which it is
+    false (a file that is not a ``kind``, which writing would destroy). Returns ``out`` as a Path."""
     out = Path(out)
+    refuse_special(out, flag)
     if out.is_dir():
-        raise UsageError(f"{flag} {out} is a folder, not a file")
+        raise UsageError(f"{flag} {shown(out)} is a folder, not a file")
     refuse_inputs_as_output(out, inputs, flag)
     if replaceable is not None and (out.exists() or out.is_symlink()) and not replaceable(out):
         raise UsageError(f"{flag} {out} exists and is not a {kind}: refusing to overwrite it")

@@ -9,10 +9,16 @@ end, the index last: an interrupted write leaves no partial checkpoint behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
+import math
 import os
+import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +28,8 @@ import torch
 
 from huref.checkpoint.source import DTYPE_NAMES, ITEMSIZE
 from huref.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,17 +46,38 @@ class TensorPlan:
         return n
 
 
-def parse_size(text: str) -> int:
-    """'5GB' -> bytes. Units are explicit so that parameters and bytes are never confused."""
+SIZE_UNITS = {
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "B": 1,
+}
+MIN_SHARD_BYTES = 10**6  # below this a checkpoint becomes thousands of files (one tensor each at least)
+MAX_SHARD_BYTES = 10**12  # 1TB: beyond any file system's comfort, and a sure sign of a typo
+
+
+def parse_size(
+    text: str, flag: str = "--max-shard-size", lo: int = MIN_SHARD_BYTES, hi: int = MAX_SHARD_BYTES
+) -> int:
+    """'5GB' -> bytes, within [lo, hi]. Units are explicit so that parameters and bytes are never
+    confused; NaN, infinities, negative and out-of-range sizes are refused with the limits."""
     t = text.strip().upper()
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    for u in sorted(units, key=len, reverse=True):
+    for u in sorted(SIZE_UNITS, key=len, reverse=True):
         if t.endswith(u):
             try:
-                return int(float(t[: -len(u)]) * units[u])
+                value = float(t[: -len(u)]) * SIZE_UNITS[u]
             except ValueError:
                 break
-    raise UsageError(f"cannot read size {text!r}: write it with a unit, e.g. 5GB or 500MB")
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise UsageError(
+                    f"{flag} {text!r} is out of range: between {lo:,} and {hi:,} bytes (1MB..1TB)"
+                )
+            return int(value)
+    raise UsageError(f"{flag}: cannot read size {text!r}: write it with a unit, e.g. 5GB or 500MB")
 
 
 def _header(plan: Sequence[TensorPlan], metadata: dict[str, str]) -> bytes:
@@ -109,9 +138,89 @@ def shard_plan(plan: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[Te
     return shards
 
 
+TEMP_MARK = ".tmp-huref-"
+STALE_AFTER_S = 86400.0  # a temporary untouched for a day is abandoned, whoever made it
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def _temp_name(dest: Path) -> Path:
-    """A fresh hidden name beside ``dest``, so that the final rename stays on one file system."""
-    return dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+    """A fresh hidden name beside ``dest`` (so that the final rename stays on one file system)
+    that names its writer: process id and machine tag, then a random token."""
+    return dest.parent / f".{dest.name}{TEMP_MARK}{os.getpid()}-{_HOST}-{secrets.token_hex(6)}"
+
+
+def _temp_pattern(dest: Path) -> re.Pattern[str]:
+    # also the names of huref versions before the machine tag (.NAME.tmp-PID-TOKEN): age decides those
+    return re.compile(
+        re.escape(f".{dest.name}")
+        + r"\.tmp-(?:huref-(?P<pid>\d+)-(?P<host>[0-9a-f]{6})-[0-9a-f]{12}|(?P<old_pid>\d+)-[0-9a-f]{12})"
+    )
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user; or not a pid at all
+        return False
+    return False
+
+
+def _last_change(path: Path) -> float:
+    """Newest modification time of a temporary file, or of a temporary folder and its files
+    (a folder's own time changes only when entries are added)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for sub in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                newest = max(newest, sub.lstat().st_mtime)
+    return newest
+
+
+def is_stale_temporary(path: Path, dest: Path, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary of an interrupted huref write to ``dest``: its name is one
+    :func:`_temp_name` gives for ``dest``, and its writer is gone (a dead process of this
+    machine) or it has not changed for :data:`STALE_AFTER_S` seconds."""
+    m = _temp_pattern(dest).fullmatch(path.name)
+    if m is None or path.parent != dest.parent:
+        return False
+    try:
+        age = (time.time() if now is None else now) - _last_change(path)
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    pid = m.group("pid")
+    return (
+        pid is not None and m.group("host") == _HOST and int(pid) != os.getpid() and _process_gone(int(pid))
+    )
+
+
+def remove_stale_temporaries(dest: Path) -> list[Path]:
+    """Remove what interrupted writes to ``dest`` left beside it (see the module notes); returns
+    what was removed. Best effort: a temporary that cannot be removed is left and logged."""
+    dest = Path(dest)
+    prefix = f".{dest.name}.tmp-"
+    try:
+        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for p in candidates:
+        if not is_stale_temporary(p, dest):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError as e:
+            log.warning("could not remove %s, left by an interrupted write: %s", p, e.strerror or e)
+            continue
+        log.info("removed %s, left by an interrupted write", p)
+        removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -121,6 +230,7 @@ def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} already exists; choose a new output path")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest)
     tmp = _temp_name(dest)
     tmp.mkdir()  # not mkdtemp: its 0700 would survive the rename; this honours the umask
     try:
@@ -140,6 +250,7 @@ def atomic_file(dest: Path, overwrite: bool = True) -> Iterator[Path]:
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest)
     tmp = _temp_name(dest)
     os.close(
         os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

@@ -1,15 +1,27 @@
-"""Top-level typer app; sub-commands live in their own modules and register here."""
+"""Top-level typer app; sub-commands live in their own modules and register here.
+
+Errors reach the user as one line each, whatever they hold: :func:`main` prints every message
+through :func:`huref.paths.shown` (a path or tensor name with a newline or a terminal escape code
+stays on its line, escaped), and keeps the warnings that libraries (transformers, torch, numpy)
+emit from adding lines of their own: without ``--debug`` they are dropped, or with ``--verbose``
+logged as one line each. ``--debug`` shows everything as Python would, tracebacks included.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
 from huref import __version__
 from huref.errors import HurefError
+from huref.paths import shown
 
 app = typer.Typer(
     name="huref",
@@ -80,29 +92,71 @@ def invocation() -> list[str]:
 OS_ERROR_EXIT = 3  # neither a verdict (1) nor bad input (2): the operating system refused
 
 
+def _error(message: object) -> None:
+    """One line on stderr: control characters of paths and names escaped (see huref.paths.shown)."""
+    print(f"huref: error: {shown(message)}", file=sys.stderr)
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    logging.getLogger("py.warnings").warning(
+        "%s", shown(f"{category.__name__}: {message} ({os.path.basename(filename)}:{lineno})")
+    )
+
+
+@contextlib.contextmanager
+def _library_warnings(debug: bool, verbose: bool) -> Iterator[None]:
+    """Warnings of libraries (a transformers FutureWarning, a torch UserWarning) print several
+    lines of their own between the command's output and its one-line error: dropped by default,
+    one log line each with --verbose, Python's own display with --debug. Transformers' logger,
+    which prints outside the warnings module, is held to errors unless --verbose or --debug."""
+    if debug:
+        yield
+        return
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+        if "transformers" in sys.modules:
+            logging.getLogger("transformers").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        if verbose:
+            warnings.simplefilter("default")
+            warnings.showwarning = _log_warning
+        else:
+            warnings.simplefilter("ignore")
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: any HurefError becomes one line on stderr and exit code 2; an error of the
     operating system (disk full, permissions) one line and exit code 3."""
     _register()
     args = sys.argv[1:] if argv is None else argv
     _INVOCATION[:] = ["huref", *args]
+    debug = "--debug" in args
     try:
-        rv = app(args=args, standalone_mode=False)
+        with _library_warnings(debug, verbose=bool({"-v", "--verbose"} & set(args))):
+            rv = app(args=args, standalone_mode=False)
     except HurefError as e:
-        if _DEBUG["on"] or "--debug" in args:
+        if _DEBUG["on"] or debug:
             raise
-        print(f"huref: error: {e}", file=sys.stderr)
+        _error(e)
         return e.exit_code
     except OSError as e:  # the system refused: disk full, file size limit, permissions, I/O error
-        if _DEBUG["on"] or "--debug" in args:
+        if _DEBUG["on"] or debug:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"huref: error: system error: {e.strerror or e}{where}", file=sys.stderr)
+        _error(f"system error: {e.strerror or e}{where}")
         return OS_ERROR_EXIT
     except sqlite3.Error as e:  # the registry maps its own; this is the net under any other database
-        if _DEBUG["on"] or "--debug" in args:
+        if _DEBUG["on"] or debug:
             raise
-        print(f"huref: error: database error: {e}", file=sys.stderr)
+        _error(f"database error: {e}")
         return 2
     except typer.Exit as e:
         return int(e.exit_code or 0)
@@ -113,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", None)
         show = getattr(e, "format_message", None)
         if code is not None and show is not None:
-            print(f"huref: error: {show()}", file=sys.stderr)
+            _error(show())
             return 2
         raise
     return rv if isinstance(rv, int) else 0

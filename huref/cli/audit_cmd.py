@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from huref.cli.app import app, check_fail_on, invocation
+from huref.cli.checks import check_probe_tokens, refuse_special_inputs
 from huref.cli.console import console, styled
 from huref.errors import UsageError
 
@@ -34,7 +35,7 @@ def audit_cmd(
     keys: Annotated[
         list[Path] | None, typer.Option("--keys", help="The key file of the matching --fpvec.")
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Probe tokens in robust mode.")] = 512,
+    n: Annotated[int, typer.Option("--n", help="Probe tokens in robust mode (16..8192).")] = 512,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     no_pcs: Annotated[bool, typer.Option("--no-pcs", help="Skip the parameter cosine.")] = False,
     no_dogs: Annotated[bool, typer.Option("--no-dogs", help="Leave out the dog images.")] = False,
@@ -54,6 +55,8 @@ def audit_cmd(
     key_files = list(keys or [])
     if len(vectors) != len(key_files):
         raise UsageError("give one --keys for every --fpvec, in the same order")
+    check_probe_tokens(n=n)
+    refuse_special_inputs(suspect, base, vectors, key_files)
     settings = Settings(n=n, device=device)
     ev, html_path, json_path = run_audit(
         suspect,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from huref.cli.app import app
+from huref.cli.checks import refuse_special_inputs
 from huref.cli.console import console
 from huref.errors import UsageError
 
@@ -86,6 +87,7 @@ def dog_cmd(
         )
     if columns is not None and columns < 1:
         raise UsageError(f"--columns must be at least 1, got {columns}")
+    refuse_special_inputs(models, checkpoint, encoder)
     opts: dict[str, object] = {}
     if renderer == "stylegan2" and checkpoint is None:
         raise UsageError(
@@ -153,6 +155,7 @@ def convert_stylegan2_cmd(
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the output name must end in .safetensors")
+    refuse_special_inputs(pkl)
     if out.exists():
         raise UsageError(f"{out} already exists")
     convert_pickle_to_safetensors(pkl, out, key)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from huref.cli.app import app
+from huref.cli.checks import check_range, refuse_special_inputs
 from huref.cli.console import console, styled
 from huref.errors import UsageError
 
@@ -23,6 +24,10 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 # a recipe written on a machine with up to 64 cores can be replayed anywhere; more threads than
 # that, or than this machine's cores, only oversubscribe it
 MAX_THREADS = max(64, os.cpu_count() or 1)
+# the shipped recipe is 400 steps, 16384 calibration and 2000 held-out stacks; far beyond that is a typo
+MAX_STEPS = 100_000
+MAX_CALIBRATION_MODELS = 2**18
+MAX_HELDOUT_MODELS = 100_000
 
 
 @encoder_app.command("train")
@@ -80,13 +85,13 @@ def train_cmd(
         raise UsageError(
             f"--threads and --workers must be at most {MAX_THREADS}, got {threads} and {workers}"
         )
+    check_range("--steps", changes.get("steps", 1), 1, MAX_STEPS)
+    check_range(
+        "--calibration-models", changes.get("calib_models", cfg.calib_models), 1024, MAX_CALIBRATION_MODELS
+    )
+    check_range("--heldout-models", changes.get("heldout_models", cfg.heldout_models), 16, MAX_HELDOUT_MODELS)
     if not 0 <= changes.get("seed", 0) <= MAX_SEED:
         raise UsageError(f"--seed must be in 0..{MAX_SEED} (2**64 - 1), got {seed}")
-    if (
-        changes.get("calib_models", cfg.calib_models) < 1024
-        or changes.get("heldout_models", cfg.heldout_models) < 16
-    ):
-        raise UsageError("--calibration-models must be at least 1024 and --heldout-models at least 16")
     cfg = replace(cfg, **changes)
     con = console(stderr=True)
 
@@ -124,6 +129,7 @@ def info_cmd(
     from huref.encoder.weights import SHIPPED_SHA256, load_encoder, read_metadata, shipped_path
 
     target = path or shipped_path()
+    refuse_special_inputs(target)
     load_encoder(path)  # refuses a tampered shipped file or weights that do not fit
     meta = read_metadata(target)
     digest = sha256_file(target)

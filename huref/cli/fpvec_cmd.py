@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from huref.cli.app import app
+from huref.cli.checks import refuse_special_inputs
 from huref.cli.console import console
 
 fpvec_app = typer.Typer(
@@ -31,7 +32,7 @@ def make_keys_cmd(
     out: Annotated[
         Path, typer.Option("-o", "--output", help="Key file to write (JSON, mode 0600). Keep it secret.")
     ],
-    n: Annotated[int, typer.Option("--n", help="Number of keys.")] = 10,
+    n: Annotated[int, typer.Option("--n", help="Number of keys (1..200).")] = 10,
     seed: Annotated[
         int | None, typer.Option("--seed", help="Reproducible keys (tests only; default: OS randomness).")
     ] = None,
@@ -51,8 +52,10 @@ def make_keys_cmd(
     ] = None,
 ) -> None:
     """Write secret Instructional-Fingerprinting style keys and their shared target."""
-    from huref.fpvec.keys import make_keys, save_keys, vocabulary_pool
+    from huref.fpvec.keys import check_key_request, make_keys, save_keys, vocabulary_pool
 
+    check_key_request(n, target)  # before the vocabulary is read
+    refuse_special_inputs(vocab)
     pool: tuple[str, ...] = ()
     if vocab is not None:
         from huref.fpvec.data import load_tokenizer
@@ -70,10 +73,12 @@ def train_cmd(
     out: Annotated[
         Path, typer.Option("-o", "--output", help="Folder for the fingerprinted model (must not exist).")
     ],
-    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps (each sees every key).")] = 300,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Optimisation steps (each sees every key; at most 100000).")
+    ] = 300,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: by model size).")] = None,
     n_reg: Annotated[
-        int, typer.Option("--n-regularisation", help="Ordinary prompts answered by the base.")
+        int, typer.Option("--n-regularisation", help="Ordinary prompts answered by the base (0..10000).")
     ] = 50,
     no_negatives: Annotated[
         bool, typer.Option("--no-negatives", help="Do not train on near-miss keys.")
@@ -83,11 +88,13 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune BASE on the keys (loss on answers only) plus regularisation pairs."""
-    from huref.fpvec.train import TrainConfig, train_fingerprint
+    from huref.fpvec.train import TrainConfig, check_train_config, train_fingerprint
 
     cfg = TrainConfig(
         steps=steps, lr=lr, n_regularisation=n_reg, negatives=not no_negatives, seed=seed, device=device
     )
+    check_train_config(cfg)
+    refuse_special_inputs(base, keys)
     r = train_fingerprint(base, keys, out, cfg)
     if as_json:
         typer.echo(json.dumps(r.to_json()))
@@ -131,6 +138,7 @@ def extract_cmd(
     from huref.fpvec.keys import load_keys
     from huref.fpvec.vector import extract_vector
 
+    refuse_special_inputs(base, fp_model, keys)
     check_output_file(out, [base, fp_model])  # a vector file inside a model folder breaks the model
     commitment = load_keys(keys).commitment if keys is not None else None
     extract_vector(base, fp_model, out, drop_embeddings, drop_lm_head, dtype, commitment)
@@ -156,7 +164,7 @@ def stamp_cmd(
         typer.Option("--rows-by-position", help="Match embedding rows by id when a tokenizer is missing."),
     ] = False,
     max_shard_size: Annotated[
-        str, typer.Option("--max-shard-size", help="Shard size with a unit, e.g. 5GB.")
+        str, typer.Option("--max-shard-size", help="Shard size with a unit, e.g. 5GB (1MB..1TB).")
     ] = "5GB",
     no_verify_hashes: Annotated[
         bool, typer.Option("--no-verify-hashes", help="Skip the per-tensor SHA-256 check of the vector.")
@@ -164,8 +172,11 @@ def stamp_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """theta_out = theta_downstream + lambda * tau, streamed and written atomically."""
+    from huref.checkpoint.writer import parse_size
     from huref.fpvec.stamp import stamp_model
 
+    parse_size(max_shard_size)  # a bad size is refused before the vector is opened
+    refuse_special_inputs(downstream, vector)
     r = stamp_model(
         downstream,
         vector,
@@ -199,15 +210,22 @@ def verify_cmd(
     ] = False,
     decoys: Annotated[
         int,
-        typer.Option("--decoys", help="Fresh decoy keys for the likelihood rank test (0: skip the test)."),
+        typer.Option(
+            "--decoys",
+            help="Fresh decoy keys for the likelihood rank test (0: skip the test; at most 1000, and "
+            "keys x decoys at most 10000).",
+        ),
     ] = 40,  # huref.fpvec.likelihood.DEFAULT_DECOYS, spelled out to keep torch out of start-up (tested)
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Greedy decoding on the keys: FSR = share of outputs containing the target; and the
     target's likelihood after the keys ranked against decoy keys (exact p-value)."""
+    from huref.fpvec.likelihood import check_decoys
     from huref.fpvec.verify import verify_model
 
+    check_decoys(decoys)
+    refuse_special_inputs(model, keys)
     r = verify_model(model, keys, near_miss=not no_near_miss, device=device, decoys=decoys)
     if as_json:
         doc = {
@@ -244,6 +262,7 @@ def harm_cmd(
     """Perplexity on held-out text before and after stamping (no download needed)."""
     from huref.fpvec.harm import perplexity_change
 
+    refuse_special_inputs(before, after)
     r = perplexity_change(before, after, device=device)
     if as_json:
         typer.echo(json.dumps(r.to_json()))

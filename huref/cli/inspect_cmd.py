@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from huref.cli.app import app
+from huref.cli.checks import refuse_special_inputs
 from huref.cli.console import console, styled
 
 
@@ -27,6 +28,7 @@ def inspect_cmd(
     """Architecture, roles, shapes, dtypes, parameter count, tokenizer and file hashes."""
     from huref.inspect import inspect_checkpoint
 
+    refuse_special_inputs(model)
     info = inspect_checkpoint(model, hashes=not no_hash, check_values=check_values)
     if as_json:
         typer.echo(json.dumps(info, indent=2))

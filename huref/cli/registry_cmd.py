@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from huref.cli.app import app
+from huref.cli.checks import check_probe_tokens, refuse_special_inputs
 from huref.cli.console import console, styled
 
 registry_app = typer.Typer(
@@ -47,21 +48,23 @@ def add_cmd(
     name: Annotated[str, typer.Option("--name", help="Name of the base in the registry.")],
     family: FamilyOpt = None,
     replace: ReplaceOpt = False,
-    n: Annotated[int, typer.Option("--n", help="Probe tokens in robust mode (checkpoints only).")] = 512,
+    n: Annotated[
+        int, typer.Option("--n", help="Probe tokens in robust mode (checkpoints only; 16..8192).")
+    ] = 512,
     token_key: Annotated[
         str | None, typer.Option("--token-key", help="Secret key for probe-token selection.")
     ] = None,
 ) -> None:
     """Register a known base from a checkpoint or a fingerprint file."""
-    from huref.errors import RegistryError, UsageError
+    from huref.errors import RegistryError
     from huref.invariants.extract import Settings
     from huref.invariants.tokens import DEFAULT_KEY
     from huref.registry.enroll import add_base, check_name
     from huref.registry.store import Store
 
     check_name(name)  # refuse bad requests before the registry is created
-    if n < 16:
-        raise UsageError("--n must be at least 16")
+    check_probe_tokens(n=n)
+    refuse_special_inputs(source)
     if not Path(source).exists():
         raise RegistryError(f"{source}: no such file or folder")
     settings = Settings(n=n, key=token_key.encode() if token_key else DEFAULT_KEY)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from huref.cli.app import app, check_fail_on
+from huref.cli.checks import MAX_WORKERS, check_probe_tokens, check_range, refuse_special_inputs
 from huref.cli.console import console, styled
 from huref.errors import UsageError
 
@@ -21,7 +22,7 @@ zoo_app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 
-NOpt = Annotated[int, typer.Option("--n", help="Probe tokens in robust mode.")]
+NOpt = Annotated[int, typer.Option("--n", help="Probe tokens in robust mode (16..8192).")]
 KeyOpt = Annotated[
     str | None,
     typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same)."),
@@ -40,13 +41,13 @@ def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | N
     from huref.invariants.extract import Settings
     from huref.invariants.tokens import DEFAULT_KEY
 
+    check_probe_tokens(n=n, paper_n=paper_n)
+    refuse_special_inputs(freq)
     resolve_device(device)  # a device that does not exist is refused before any work
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     bad = [m for m in wanted if m not in ("robust", "paper")]
     if bad or not wanted:
         raise UsageError(f"--modes takes robust and/or paper, got {modes!r}")
-    if n < 16 or paper_n < 16:
-        raise UsageError("--n and --paper-n must be at least 16")
     return Settings(
         n=n,
         paper_n=paper_n,
@@ -74,6 +75,7 @@ def fingerprint_cmd(
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
+    refuse_special_inputs(model)
     check_fingerprint_target(out, [model])
     fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))
     save_fingerprint(fp, out)
@@ -111,6 +113,7 @@ def compare_cmd(
     from huref.scan.results import VERDICTS
 
     check_fail_on(fail_on, VERDICTS)
+    refuse_special_inputs(a, b)
     settings = _settings(n, paper_n, token_key, device, frequency_list, "robust,paper")
     null = _registry_null() if registry else None
     c = compare_paths(
@@ -158,13 +161,15 @@ def zoo_build_cmd(
             "--stories", help="stories260K.bin to import (default: ../shared/models/stories260K if present)."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help=f"Worker processes (1..{MAX_WORKERS}).")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching zoo exists.")] = False,
 ) -> None:
     """Build a zoo of bases, derivatives and function-preserving attacks with a zoo.json manifest."""
+    # checked here rather than in build_zoo: the zoo's recipe hash covers huref/zoo's source code
+    check_range("--workers", workers, 1, MAX_WORKERS)
+    refuse_special_inputs(stories)
     from huref.zoo.build import build_zoo, default_stories
 
-    # checked here rather than in build_zoo: the zoo's recipe hash covers huref/zoo's source code
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a folder; a zoo is built in a new or empty folder")
     path = build_zoo(dest, preset, stories or default_stories(), workers, force)
@@ -183,11 +188,12 @@ def demo_cmd(
         Path, typer.Option("--zoo", help="Where the demo zoo is built (reused when unchanged).")
     ] = Path(".zoo/demo"),
     preset: Annotated[str, typer.Option("--preset", help="Zoo preset.")] = "demo",
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help=f"Worker processes (1..{MAX_WORKERS}).")] = 2,
 ) -> None:
     """Build the demo zoo, register its bases, stamp an FP-Vec fingerprint, scan and audit."""
     from huref.demo import DemoConfig, run_demo
 
+    check_range("--workers", workers, 1, MAX_WORKERS)
     summary = run_demo(DemoConfig(out=out, zoo=zoo, preset=preset, workers=workers))
     if not summary["ok"]:
         raise typer.Exit(1)

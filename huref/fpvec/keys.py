@@ -32,6 +32,8 @@ from typing import Any
 
 from huref.checkpoint.writer import atomic_file
 from huref.errors import FPVecError
+from huref.fpvec.jsonfile import read_json_file
+from huref.paths import refuse_special, shown
 
 KEY_FORMAT = "huref-fpvec-keys/1"
 DEFAULT_TARGET = "ハリネズミ"
@@ -41,6 +43,11 @@ KEY_CHARS = (12, 24)  # characters of shuffled snippet text per key, before `` F
 KEY_WORDS = (6, 12)  # words per key with a word pool
 TARGET_WORDS = 4  # words of the default target with a word pool
 POOL_LIMIT = 1024  # words kept from a vocabulary (the key file holds the pool)
+# Bounds on what a key file may ask of training and verification (each key is a prompt, trained on
+# at every step with two negatives per character; see likelihood.MAX_RANK_PAIRS for verification):
+# the published method uses 8-10 keys of a few dozen characters.
+MAX_KEYS = 200
+MAX_KEY_CHARS = 1000  # of one key, and of the target
 
 # The snippet pool. Classical Chinese: lines of Tang poems (public domain); Japanese: Edo-period
 # haiku (public domain); subword fragments: pieces that byte-level and SentencePiece vocabularies
@@ -142,7 +149,7 @@ def make_key(rng: random.Random, pool: tuple[str, ...] = ()) -> str:
 
 def check_pool(pool: tuple[str, ...] | list[str], where: str = "word pool") -> tuple[str, ...]:
     words = tuple(pool)
-    if not all(isinstance(w, str) and w and w == w.strip() and " " not in w for w in words):
+    if not all(isinstance(w, str) and w and w == w.strip() and " " not in w and _unicode(w) for w in words):
         raise FPVecError(f"{where}: every pool word must be a non-empty string without spaces")
     if len(set(words)) < 16:
         raise FPVecError(f"{where}: needs at least 16 distinct words (got {len(set(words))})")
@@ -156,10 +163,7 @@ def make_keys(
     pool: tuple[str, ...] | list[str] = (),
 ) -> KeySet:
     """``n`` keys and their shared target (default ``ハリネズミ``, or 4 pool words with a pool)."""
-    if n < 1:
-        raise FPVecError(f"--n must be at least 1 (got {n})")
-    if target is not None and not target.strip():
-        raise FPVecError("the target string must not be empty")
+    check_key_request(n, target)
     words = check_pool(pool) if pool else ()
     rng = _rng(seed)
     keys: list[str] = []
@@ -171,6 +175,21 @@ def make_keys(
         target = " ".join(rng.sample(words, TARGET_WORDS)) if words else DEFAULT_TARGET
     salt = secrets.token_hex(32) if seed is None else f"{rng.getrandbits(256):064x}"
     return KeySet(tuple(keys), target, salt, words)
+
+
+def check_key_request(n: int, target: str | None = None) -> None:
+    """``make-keys --n N --target T``, checked before any work (a vocabulary pool reads the whole
+    tokenizer)."""
+    if not 1 <= n <= MAX_KEYS:
+        raise FPVecError(f"--n must be between 1 and {MAX_KEYS} keys (got {n})")
+    if target is None:
+        return
+    if not target.strip():
+        raise FPVecError("the target string must not be empty")
+    if len(target) > MAX_KEY_CHARS:
+        raise FPVecError(f"--target must be at most {MAX_KEY_CHARS} characters (got {len(target)})")
+    if not _unicode(target):
+        raise FPVecError("--target is not valid Unicode text")
 
 
 def vocabulary_pool(tok: Any, seed: int | None = None, limit: int = POOL_LIMIT) -> tuple[str, ...]:
@@ -196,10 +215,11 @@ def vocabulary_pool(tok: Any, seed: int | None = None, limit: int = POOL_LIMIT) 
 def save_keys(ks: KeySet, path: str | Path, overwrite: bool = False) -> Path:
     """Write the key file atomically with mode 0600 (owner read/write only)."""
     path = Path(path)
+    refuse_special(path, "-o", FPVecError)  # a FIFO, device or socket: neither a new nor an old key file
     if path.exists() and not overwrite:
-        raise FPVecError(f"{path} already exists; key files are never overwritten (choose a new name)")
+        raise FPVecError(f"{shown(path)} already exists; key files are never overwritten (choose a new name)")
     if path.is_dir():
-        raise FPVecError(f"{path} is a folder")
+        raise FPVecError(f"{shown(path)} is a folder")
     data = (json.dumps(ks.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     with atomic_file(path, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o600)  # before any secret byte is written
@@ -207,40 +227,58 @@ def save_keys(ks: KeySet, path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def load_keys(path: str | Path) -> KeySet:
-    path = Path(path)
+def _unicode(text: str) -> bool:
+    """JSON can spell lone surrogates (\\ud800), which no UTF-8 text holds: the commitment hashes
+    the keys' UTF-8 bytes, so such a key could be neither committed to nor typed."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FPVecError(f"{path}: no such key file") from None
-    except OSError as e:
-        raise FPVecError(f"{path}: cannot read key file ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FPVecError(f"{path}: corrupt key file (not valid JSON)") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text_list(value: object, limit: int) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(k, str) and k.strip() and len(k) <= limit and _unicode(k) for k in value
+    )
+
+
+def load_keys(path: str | Path) -> KeySet:
+    """Read and check a key file: any file that is not a complete, unedited huref key file within
+    the bounds above is refused with one FPVecError (fuzzed in tests/test_fuzz_keys.py)."""
+    path = Path(path)
+    where = shown(path)
+    doc = read_json_file(path, "key file")
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
-        raise FPVecError(f"{path}: not a huref key file (expected format {KEY_FORMAT!r})")
+        raise FPVecError(f"{where}: not a huref key file (expected format {KEY_FORMAT!r})")
     keys, target, salt = doc.get("keys"), doc.get("target"), doc.get("salt")
     if not isinstance(keys, list) or not keys:
-        raise FPVecError(f"{path}: key file holds no keys")
-    if not all(isinstance(k, str) and k.strip() for k in keys):
-        raise FPVecError(f"{path}: every key must be a non-empty string")
+        raise FPVecError(f"{where}: key file holds no keys")
+    if len(keys) > MAX_KEYS:
+        raise FPVecError(f"{where}: key file holds {len(keys)} keys; at most {MAX_KEYS} are allowed")
+    if not _text_list(keys, MAX_KEY_CHARS):
+        raise FPVecError(
+            f"{where}: every key must be a non-empty string of at most {MAX_KEY_CHARS} characters"
+        )
     if len(set(keys)) != len(keys):
-        raise FPVecError(f"{path}: key file repeats a key")
-    if not isinstance(target, str) or not target.strip():
-        raise FPVecError(f"{path}: key file has no target string")
+        raise FPVecError(f"{where}: key file repeats a key")
+    if not isinstance(target, str) or not target.strip() or not _unicode(target):
+        raise FPVecError(f"{where}: key file has no target string")
+    if len(target) > MAX_KEY_CHARS:
+        raise FPVecError(f"{where}: the target is longer than {MAX_KEY_CHARS} characters")
     if not doc.get("pool") and not all(k.removesuffix(" " + TRIGGER).strip() for k in keys):
-        raise FPVecError(f"{path}: a key is only the trigger word {TRIGGER!r}")
+        raise FPVecError(f"{where}: a key is only the trigger word {TRIGGER!r}")
     try:
         if not isinstance(salt, str) or len(bytes.fromhex(salt)) < 16:
             raise ValueError
     except ValueError:
-        raise FPVecError(f"{path}: key file has no valid salt (hex, at least 16 bytes)") from None
+        raise FPVecError(f"{where}: key file has no valid salt (hex, at least 16 bytes)") from None
     pool = doc.get("pool", [])
     if not isinstance(pool, list):
-        raise FPVecError(f"{path}: the key file's pool must be a list of words")
-    ks = KeySet(tuple(keys), target, salt, check_pool(pool, str(path)) if pool else ())
+        raise FPVecError(f"{where}: the key file's pool must be a list of words")
+    ks = KeySet(tuple(keys), target, salt, check_pool(pool, where) if pool else ())
     if "commitment" in doc and doc["commitment"] != ks.commitment:
-        raise FPVecError(f"{path}: key file was edited (its commitment no longer matches its keys)")
+        raise FPVecError(f"{where}: key file was edited (its commitment no longer matches its keys)")
     return ks
 
 

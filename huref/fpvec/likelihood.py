@@ -27,6 +27,10 @@ import torch
 from huref.fpvec import data as D
 
 DEFAULT_DECOYS = 40
+MAX_DECOYS = 1000  # each decoy is one more forward pass of the model
+# The exact distribution costs (keys x decoys)^2 / 4 steps of pure Python (10 keys x 1000 decoys:
+# 4 s on one core; 10 x 10^4 would be 6 minutes with memory to match), so the product is bounded.
+MAX_RANK_PAIRS = 10_000
 
 
 @dataclass
@@ -60,6 +64,20 @@ class LikelihoodTest:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"n_keys": self.n_keys, "n_decoys": self.n_decoys}
+
+
+def check_decoys(decoys: int, n_keys: int | None = None) -> None:
+    """``verify --decoys``: 0..MAX_DECOYS, and with ``n_keys`` known, at most MAX_RANK_PAIRS
+    (key, decoy) pairs; checked before any model is loaded."""
+    from huref.errors import FPVecError
+
+    if not 0 <= decoys <= MAX_DECOYS:
+        raise FPVecError(f"--decoys must be between 0 and {MAX_DECOYS} (got {decoys})")
+    if n_keys is not None and n_keys * decoys > MAX_RANK_PAIRS:
+        raise FPVecError(
+            f"--decoys {decoys} with {n_keys} keys: the exact rank test allows at most {MAX_RANK_PAIRS} "
+            f"(key, decoy) pairs, i.e. at most {MAX_RANK_PAIRS // n_keys} decoys for these keys"
+        )
 
 
 def mann_whitney_upper_p(u: float, n1: int, n2: int) -> float:

@@ -44,12 +44,15 @@ from huref.errors import FPVecError, HurefError
 from huref.fpvec.check import compatibility
 from huref.fpvec.vector import (
     FP_CARD,
+    SCALE_PREFIX,
     Vector,
     _open_model,
+    all_finite,
     dequantize_rows,
     open_vector,
     vocab_roles,
 )
+from huref.paths import refuse_special, shown
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
     """Refuse an existing output, or one that is (inside) an input folder."""
     from huref.checkpoint.outputs import refuse_inputs_as_output
 
+    refuse_special(out, "-o", FPVecError)
     if out.exists() or out.is_symlink():
         raise FPVecError(f"{out} already exists; choose a new output folder")
     refuse_inputs_as_output(out, inputs)
@@ -198,6 +202,7 @@ def stamp_model(
     out = Path(out)
     downstream, vector = Path(downstream), Path(vector)
     check_output_path(out, [downstream, vector])
+    refuse_special(downstream, "downstream model", FPVecError)
     if not (lam == lam and abs(lam) < 1e6):  # NaN, infinite or absurd
         raise FPVecError(f"--lambda must be a number between -1e6 and 1e6 (got {lam})")
     shard_bytes = parse_size(max_shard_size)
@@ -323,6 +328,8 @@ def stamp_model(
             add_int8_rows(t, tau, scale, lam)
         else:
             t.add_(tau, alpha=lam)  # mixed dtypes: computed in the wider type, rounded once
+        if not all_finite(t):
+            _refuse_non_finite(v, p.name, tau_of[p.name], tau, scale)
         counts["stamped"] += 1
         return t
 
@@ -401,6 +408,18 @@ def stamp_model(
         time.perf_counter() - t0,
         check_s,
         notes,
+    )
+
+
+def _refuse_non_finite(v: Vector, name: str, of: str, tau: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """A stamped tensor holds NaN or infinity: say whether the vector brought it (a resealed
+    vector can carry any values past its hashes) or the sum overflowed the model's dtype."""
+    v.check_finite(of, tau)
+    if scale is not None:
+        v.check_finite(SCALE_PREFIX + of, scale)
+    raise FPVecError(
+        f"tensor {shown(name)}: the stamped values are NaN or infinite (the downstream tensor holds "
+        "some, or the sum overflows its dtype); nothing was written"
     )
 
 

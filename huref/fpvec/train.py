@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread is fastest and lr 3e-3 is right
 HARM_WARN = 0.05  # perplexity change above which train warns
+# Bounds on the user-sized loops of training (checked before any work): 300 steps fingerprint the
+# tiny zoo's models, and the published recipe uses 50 regularisation pairs.
+MAX_STEPS = 100_000
+MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
+MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,20 @@ def make_shadows(
     return out
 
 
+def check_train_config(cfg: TrainConfig) -> None:
+    """The command line's numbers, within their bounds (stated in the message)."""
+    if not 1 <= cfg.steps <= MAX_STEPS:
+        raise FPVecError(f"--steps must be between 1 and {MAX_STEPS} (got {cfg.steps})")
+    if not 0 <= cfg.n_regularisation <= MAX_REGULARISATION:
+        raise FPVecError(
+            f"--n-regularisation must be between 0 and {MAX_REGULARISATION} (got {cfg.n_regularisation})"
+        )
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
+
+
 def train_fingerprint(
     base: str | Path, keys: KeySet | str | Path, out: str | Path, cfg: TrainConfig | None = None
 ) -> TrainReport:
@@ -279,12 +298,9 @@ def train_fingerprint(
     base, out = Path(base), Path(out)
     from huref.fpvec.stamp import check_output_path
 
+    check_train_config(cfg)
     check_output_path(out, [base])
     ks = keys if isinstance(keys, KeySet) else load_keys(keys)
-    if cfg.steps < 1:
-        raise FPVecError("--steps must be at least 1")
-    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
     ckpt = open_checkpoint_or_fail(base, "base")
     if not base.is_dir():
         raise FPVecError(f"{base}: training needs a Hugging Face model folder (config, weights, tokenizer)")

@@ -22,6 +22,10 @@ File format (``huref-fpvec/1``): one safetensors file.
   not verify (tampered metadata) and, while streaming, any tensor whose bytes do not hash to the
   recorded value.
 
+Anyone can reseal a vector, so the seal proves nothing about the values: every tau tensor is
+checked to be finite as it is read (like its hash), and a vector holding NaN or infinity is refused
+with one line; ``stamp`` also checks every tensor it writes.
+
 The keys never appear: only their salted commitment does.
 """
 
@@ -39,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from huref import __version__
@@ -48,6 +53,8 @@ from huref.checkpoint.safetensors_io import SafetensorsFile
 from huref.checkpoint.source import DTYPE_NAMES, DTYPES, BufferPool
 from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
 from huref.errors import CheckpointError, FPVecError, HurefError
+from huref.fpvec.jsonfile import loads_bounded, read_json_file
+from huref.paths import refuse_special, shown
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,38 @@ def tensor_digest(t: torch.Tensor, algorithm: str = TENSOR_HASH) -> str:
     if algorithm == "sha256":
         return hashlib.sha256(data).hexdigest()
     raise FPVecError(f"unknown tensor hash {algorithm!r} (known: {', '.join(TENSOR_HASHES)})")
+
+
+# float dtype -> (signed and unsigned integer views of its bits, exponent mask): a value is NaN or
+# infinite exactly when its exponent bits are all ones
+_FLOAT_BITS: dict[torch.dtype, tuple[torch.dtype, Any, int]] = {
+    torch.bfloat16: (torch.int16, np.uint16, 0x7F80),
+    torch.float16: (torch.int16, np.uint16, 0x7C00),
+    torch.float32: (torch.int32, np.uint32, 0x7F800000),
+    torch.float64: (torch.int64, np.uint64, 0x7FF0000000000000),
+}
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite (integer tensors always are).
+
+    Two integer maxima over the bits instead of ``torch.isfinite(t).all()``: no temporary of
+    t's size, and about 10 GB/s on one core for bf16 against 0.4 GB/s (a stamp checks every byte
+    it writes). Positive NaN/inf are the signed bit patterns at or above the exponent mask;
+    negative ones the unsigned patterns at or above sign bit | mask.
+    """
+    if not t.dtype.is_floating_point:
+        return True
+    if t.numel() == 0:
+        return True
+    if t.dtype not in _FLOAT_BITS or t.device.type != "cpu":
+        return bool(torch.isfinite(t.to(torch.float32)).all())
+    signed, unsigned, mask = _FLOAT_BITS[t.dtype]
+    bits = t.detach().view(signed).numpy()
+    if int(bits.max()) >= mask:
+        return False
+    sign = 1 << (8 * bits.itemsize - 1)
+    return int(bits.view(unsigned).max()) < (sign | mask)
 
 
 def seal_of(doc_json: str, vocab_json: str, hashes_json: str) -> str:
@@ -306,8 +345,9 @@ def write_vector(
     plan = [*plan, TensorPlan(FINGERPRINT_TENSOR, (len(fingerprint),), torch.uint8)]
     hashes = {p.name: _PLACEHOLDER for p in plan}
     doc = {**doc, "tensor_hash": TENSOR_HASH}  # the algorithm of the digests below, inside the seal
-    doc_json = json.dumps(doc, sort_keys=True, ensure_ascii=False)
-    vocab_json = json.dumps(vocab, ensure_ascii=False)
+    # ASCII, as fingerprint files: lone surrogates in tokens stay inside the metadata strings
+    doc_json = json.dumps(doc, sort_keys=True, ensure_ascii=True)
+    vocab_json = json.dumps(vocab, ensure_ascii=True)
     meta = {META_KEY: doc_json, VOCAB_KEY: vocab_json, HASHES_KEY: json.dumps(hashes), SEAL_KEY: _PLACEHOLDER}
 
     def hashed(p: TensorPlan) -> torch.Tensor:
@@ -339,12 +379,9 @@ def _patch_metadata(path: Path, values: dict[str, str]) -> None:
 
 def _read_card(folder: Path) -> dict[str, Any]:
     p = folder / FP_CARD if folder.is_dir() else folder.parent / FP_CARD
-    if not p.is_file():
+    if not os.path.lexists(p):
         return {}
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise FPVecError(f"{p}: corrupt {FP_CARD}") from None
+    doc = read_json_file(p, FP_CARD)  # a FIFO, an oversized or deeply nested card: one line
     return doc if isinstance(doc, dict) else {}
 
 
@@ -386,12 +423,23 @@ class Vector:
             t = self.file.read(name, pool)
             scale = self.file.read(SCALE_PREFIX + name) if t.dtype == torch.int8 else None
         except CheckpointError as e:
-            raise FPVecError(f"{self.path}: corrupt vector ({e})") from None
+            raise FPVecError(f"{shown(self.path)}: corrupt vector ({e})") from None
         if check:
             self.check(name, self.digest(t))
+            self.check_finite(name, t)
         if scale is not None:
             self.check(SCALE_PREFIX + name, self.digest(scale))
+            self.check_finite(SCALE_PREFIX + name, scale)
         return t, scale
+
+    def check_finite(self, name: str, t: torch.Tensor) -> None:
+        """Refuse NaN or infinite values: a resealed vector can carry them past every hash, and
+        adding them would stamp a model full of NaN weights."""
+        if not all_finite(t):
+            raise FPVecError(
+                f"{shown(self.path)}: tensor {shown(name)} holds NaN or infinite values (a corrupt or "
+                "tampered vector)"
+            )
 
     @property
     def tensor_hash(self) -> str:
@@ -404,7 +452,8 @@ class Vector:
     def check(self, name: str, digest: str) -> None:
         if digest != self.hashes.get(name):
             raise FPVecError(
-                f"{self.path}: tensor {name} does not match its recorded hash (corrupt or tampered vector)"
+                f"{shown(self.path)}: tensor {shown(name)} does not match its recorded hash (corrupt or "
+                "tampered vector)"
             )
 
     def base_fingerprint(self) -> Any:
@@ -427,17 +476,19 @@ class Vector:
 
 
 def open_vector(path: str | Path) -> Vector:
-    """Open a vector file and check everything but the tensor bytes (those are checked as read)."""
+    """Open a vector file and check everything but the tensor bytes (those are checked as read:
+    their hashes, and that they are finite)."""
     p = Path(path)
+    refuse_special(p, "vector file", FPVecError)  # opening a FIFO would block forever
     if not p.is_file():
-        raise FPVecError(f"{p}: no such vector file")
+        raise FPVecError(f"{shown(p)}: no such vector file")
     try:
         sf = SafetensorsFile(p)
     except CheckpointError as e:
-        raise FPVecError(f"{p}: not a readable vector file ({e})") from None
+        raise FPVecError(f"{shown(p)}: not a readable vector file ({e})") from None
     meta = sf.metadata()
     if META_KEY not in meta:
-        raise FPVecError(f"{p}: not a huref fingerprint vector (no '{META_KEY}' metadata)")
+        raise FPVecError(f"{shown(p)}: not a huref fingerprint vector (no '{META_KEY}' metadata)")
     doc_json, vocab_json, hashes_json = (
         meta[META_KEY],
         meta.get(VOCAB_KEY, "null"),
@@ -445,10 +496,9 @@ def open_vector(path: str | Path) -> Vector:
     )
     if seal_of(doc_json, vocab_json, hashes_json) != meta.get(SEAL_KEY):
         raise FPVecError(f"{p}: vector seal does not verify: its metadata was modified after it was written")
-    try:
-        doc, vocab, hashes = json.loads(doc_json), json.loads(vocab_json), json.loads(hashes_json)
-    except (json.JSONDecodeError, RecursionError):
-        raise FPVecError(f"{p}: corrupt vector metadata") from None
+    doc, vocab, hashes = (
+        loads_bounded(text, f"{p}: corrupt vector metadata") for text in (doc_json, vocab_json, hashes_json)
+    )
     if not isinstance(doc, dict):
         raise FPVecError(f"{p}: corrupt vector metadata (not a JSON object)")
     if doc.get("format") != VECTOR_FORMAT:

@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from huref.errors import FPVecError
 from huref.fpvec import data as D
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys
-from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, likelihood_test
+from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, check_decoys, likelihood_test
 from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
 
@@ -80,10 +79,10 @@ def verify_model(
 ) -> VerifyResult:
     """Greedy FSR on the keys (and the near-miss controls), and the likelihood rank test against
     ``decoys`` fresh decoys (0: no test)."""
-    if decoys < 0:
-        raise FPVecError(f"--decoys must be 0 or more (got {decoys})")
+    check_decoys(decoys)
     t0 = time.perf_counter()
     ks = keys if isinstance(keys, KeySet) else load_keys(keys)
+    check_decoys(decoys, len(ks.keys))
     path = Path(model)
     ckpt = open_checkpoint_or_fail(path, "model")
     tok = D.load_tokenizer(path if path.is_dir() else path.parent)

@@ -22,6 +22,7 @@ from huref.checkpoint.source import DTYPE_NAMES
 from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
 from huref.errors import CheckpointError, FingerprintError
 from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
+from huref.paths import refuse_special
 
 META_KEY = "huref.fingerprint"
 SEAL_KEY = "huref.seal"
@@ -84,7 +85,10 @@ def check_fingerprint_target(path: str | Path, inputs: Iterable[str | Path] = ()
 def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
     path = check_fingerprint_target(path)
     tensors = _tensors(fp)
-    meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=False)
+    # ASCII: a token holding a lone surrogate is written as a \\ud800 escape inside the metadata string,
+    # which every JSON reader takes, not as a \ud800 escape of the header itself, which the
+    # reference safetensors parser (and huref's) refuses
+    meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=True)
     plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
     with atomic_file(path) as tmp:
         write_safetensors_file(
@@ -105,6 +109,7 @@ def is_fingerprint_file(path: str | Path) -> bool:
 
 def load_fingerprint(path: str | Path) -> Fingerprint:
     p = Path(path)
+    refuse_special(p, "fingerprint file", FingerprintError)  # reading a FIFO would block forever
     try:
         sf = SafetensorsFile(p)
     except CheckpointError as e:
