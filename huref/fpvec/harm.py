@@ -23,6 +23,7 @@ from huref.errors import FPVecError
 from huref.fpvec import data as D
 from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
+from huref.paths import shown
 from huref.zoo.corpus import corpus_text
 from huref.zoo.train import perplexity
 
@@ -63,7 +64,11 @@ class _Model:
     def __init__(self, path: str | Path, seq: int, device: str) -> None:
         self.path = Path(path)
         ckpt = open_checkpoint_or_fail(self.path, "model")
-        ctx = int(ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions") or seq)
+        ctx = ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions") or seq
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1:  # 1e400, NaN, "2k", true
+            raise FPVecError(
+                f"{shown(self.path)}: config.json context length {shown(repr(ctx))} is not a positive integer"
+            )
         self.seq = max(8, min(seq, ctx))
         self.dev = resolve_device(device)
         n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
