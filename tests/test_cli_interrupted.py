@@ -73,9 +73,9 @@ def _dead_pid() -> int:
 
 
 def _temp(
-    dest: Path, pid: int, host: str = W._HOST, token: str = "0123456789ab", folder: bool = False
+    dest: Path, pid: int, host: str | None = None, token: str = "0123456789ab", folder: bool = False
 ) -> Path:
-    p = dest.parent / f".{dest.name}.tmp-huref-{pid}-{host}-{token}"
+    p = dest.parent / f".{dest.name}.tmp-huref-{pid}-{host or W._HOST}-{token}"
     if folder:
         p.mkdir()
         (p / "model.safetensors").write_bytes(b"partial")
@@ -142,7 +142,7 @@ def test_a_killed_fingerprint_leaves_a_temporary_the_next_run_removes(tiny_zoo: 
     argv = ["fingerprint", str(tiny_zoo / "llama-a"), "-o", str(out), "--modes", "robust", "--n", "16"]
     _killed_mid_write(argv)
     left = _hidden(tmp_path)
-    assert len(left) == 1 and left[0].startswith(f".{out.name}.tmp-huref-"), left
+    assert len(left) == 1 and left[0].startswith(f".{out.name}.tmp-"), left
     assert not out.exists()
     assert main(argv) == 0
     assert _hidden(tmp_path) == [] and out.is_file()
@@ -155,7 +155,7 @@ def test_a_killed_stamp_leaves_a_temporary_folder_the_next_run_removes(
     argv = ["fpvec", "stamp", str(tiny_zoo / "llama-a-sft"), str(vector), "-o", str(out)]
     _killed_mid_write(argv)
     (left,) = _hidden(tmp_path)
-    assert left.startswith(".stamped.tmp-huref-") and (tmp_path / left / "model.safetensors").is_file()
+    assert left.startswith(".stamped.tmp-") and (tmp_path / left / "model.safetensors").is_file()
     assert not out.exists()
     assert main(argv) == 0
     assert _hidden(tmp_path) == [] and (out / "model.safetensors").is_file()

@@ -181,6 +181,9 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+MAX_SCALE = torch.finfo(torch.float32).max / 127  # a larger scale times q = 127 overflows float32
+
+
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.to(torch.float32) * scale[:, None]
 
@@ -429,8 +432,19 @@ class Vector:
             self.check_finite(name, t)
         if scale is not None:
             self.check(SCALE_PREFIX + name, self.digest(scale))
-            self.check_finite(SCALE_PREFIX + name, scale)
+            self.check_scales(name, scale)
         return t, scale
+
+    def check_scales(self, name: str, scale: torch.Tensor) -> None:
+        """Row scales are max|row| / 127 of a finite float32 tau: finite, not negative, and small
+        enough that q * scale (|q| <= 127) cannot overflow float32 to infinity (a resealed scale
+        of 1e37 passed the finiteness check and read back as inf; found by tests/test_fuzz_keys.py)."""
+        self.check_finite(SCALE_PREFIX + name, scale)
+        if scale.numel() and not (float(scale.min()) >= 0.0 and float(scale.max()) <= MAX_SCALE):
+            raise FPVecError(
+                f"{shown(self.path)}: row scales of tensor {shown(name)} are out of range (0..{MAX_SCALE:.3g}; "
+                "a corrupt or tampered vector)"
+            )
 
     def check_finite(self, name: str, t: torch.Tensor) -> None:
         """Refuse NaN or infinite values: a resealed vector can carry them past every hash, and
