@@ -453,7 +453,16 @@ def dask_setup(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 @pytest.mark.parametrize(
-    "address", ["nonsense", "http://localhost:8786", "tcp://127.0.0.1:notaport", "tcp://[::1"]
+    "address",
+    [
+        "nonsense",
+        "http://localhost:8786",
+        "tcp://127.0.0.1:notaport",
+        "tcp://[::1",
+        "tcp://127.0.0.1:70000",
+        "tcp://127.0.0.1",
+        "tcp://host name:8786",
+    ],
 )
 def test_a_malformed_scheduler_address_is_one_line_and_exit_2(
     address: str,

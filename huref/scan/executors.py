@@ -18,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from huref.errors import UsageError
+from huref.paths import shown
 from huref.plugins import Registry
 from huref.scan.discover import one_line
 from huref.scan.tasks import Outcome, Task, WorkerContext, init_worker, run_in_worker, run_task
@@ -222,10 +224,40 @@ def _local(opts: ExecutorOptions) -> Executor:
     return InlineExecutor() if opts.workers == 1 else LocalExecutor(opts.workers)
 
 
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # distributed's network transports
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse a scheduler address that no transport could connect to, before a client starts.
+
+    ``scheme://host:port`` with one of distributed's network schemes, a host name or address (an
+    IPv6 address in brackets) and a port 1..65535. Checked here rather than left to
+    ``distributed.Client``: the client starts its event loop thread before it parses the address,
+    and on a loaded machine that start can time out first, turning bad input into a traceback."""
+    scheme, sep, rest = address.partition("://")
+    host, colon, port = rest.rpartition(":")
+    ok = (
+        sep == "://"
+        and scheme in _SCHEMES
+        and colon == ":"
+        and _HOST.fullmatch(host) is not None
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+    )
+    if not ok:
+        raise UsageError(
+            f"--scheduler {shown(address)} is not a Dask scheduler address: expected "
+            f"SCHEME://HOST:PORT with SCHEME one of {', '.join(_SCHEMES)} (e.g. tcp://10.0.0.5:8786)"
+        )
+
+
 @EXECUTORS.register("dask")
 def _dask(opts: ExecutorOptions) -> Executor:
     if not opts.scheduler:
         raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    check_scheduler_address(opts.scheduler)
     return DaskExecutor(opts.scheduler)
 
 
