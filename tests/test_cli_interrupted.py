@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from huref.checkpoint import writer as W
+from huref.checkpoint import atomic as A
 from huref.cli import main
 
 # Runs the CLI with its tensor producer stalled after the first tensor: by then the temporary
@@ -75,7 +75,7 @@ def _dead_pid() -> int:
 def _temp(
     dest: Path, pid: int, host: str | None = None, token: str = "0123456789ab", folder: bool = False
 ) -> Path:
-    p = dest.parent / f".{dest.name}.tmp-huref-{pid}-{host or W._HOST}-{token}"
+    p = dest.parent / f".{dest.name}.tmp-huref-{pid}-{host or A._HOST}-{token}"
     if folder:
         p.mkdir()
         (p / "model.safetensors").write_bytes(b"partial")
@@ -87,7 +87,7 @@ def _temp(
 def test_only_temporaries_of_dead_writers_to_the_same_destination_are_removed(tmp_path: Path) -> None:
     dest = tmp_path / "fp.safetensors"
     dead, live = _dead_pid(), os.getppid()
-    day_ago = time.time() - W.STALE_AFTER_S - 60
+    day_ago = time.time() - A.STALE_AFTER_S - 60
     removed = [
         _temp(dest, dead),
         _temp(dest, dead, token="ba9876543210", folder=True),
@@ -103,9 +103,9 @@ def test_only_temporaries_of_dead_writers_to_the_same_destination_are_removed(tm
         _temp(dest, dead, host="ffffff"),  # another machine's pid says nothing here; it is fresh
         _temp(tmp_path / "other.safetensors", dead),  # another destination
         tmp_path / f".{dest.name}.tmp-{dead}-ba9876543210",  # an older huref's name, still fresh
-        tmp_path / f".{dest.name}.tmp-huref-{dead}-{W._HOST}-notours",  # not a name huref gives
-        tmp_path / f".{dest.name}.tmp-huref-{dead}-{W._HOST}-0123456789ab.keep",
-        tmp_path / f"{dest.name}.tmp-huref-{dead}-{W._HOST}-0123456789ab",  # not hidden: not ours
+        tmp_path / f".{dest.name}.tmp-huref-{dead}-{A._HOST}-notours",  # not a name huref gives
+        tmp_path / f".{dest.name}.tmp-huref-{dead}-{A._HOST}-0123456789ab.keep",
+        tmp_path / f"{dest.name}.tmp-huref-{dead}-{A._HOST}-0123456789ab",  # not hidden: not ours
     ]
     for p in kept[4:]:
         p.write_bytes(b"mine")
@@ -114,7 +114,7 @@ def test_only_temporaries_of_dead_writers_to_the_same_destination_are_removed(tm
     os.utime(old_user_file, (day_ago, day_ago))
     kept.append(old_user_file)
 
-    with W.atomic_file(dest) as tmp:
+    with A.atomic_file(dest) as tmp:
         tmp.write_bytes(b"new")
     assert dest.read_bytes() == b"new"
     assert not any(p.exists() for p in removed), [p.name for p in removed if p.exists()]

@@ -457,7 +457,8 @@ def test_model_tensor_is_the_callers_own_copy(tmp_path: Path) -> None:
 def test_written_checkpoints_honour_the_umask(tmp_path: Path) -> None:
     """Outputs are built under temporary names and renamed; they get the modes any file the user
     creates gets (mkdtemp/mkstemp would leave 0700 folders and 0600 files behind)."""
-    from huref.checkpoint.writer import TensorPlan, atomic_file, write_checkpoint
+    from huref.checkpoint.atomic import atomic_file
+    from huref.checkpoint.writer import TensorPlan, write_checkpoint
 
     old = os.umask(0o022)
     try:

@@ -1,7 +1,29 @@
-"""Architectures as data, and the role-level view of a checkpoint."""
+"""Architectures as data, and the role-level view of a checkpoint.
 
-from huref.arch.families import ARCHITECTURES, spec_for
-from huref.arch.model import Model, Norm, load_model
-from huref.arch.spec import ArchConfig, ArchSpec, Rule
+The names below are imported on first use: ``import huref.arch`` does not import torch."""
+
+from typing import TYPE_CHECKING
+
+from huref.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from huref.arch.families import ARCHITECTURES, spec_for
+    from huref.arch.model import Model, Norm, load_model
+    from huref.arch.spec import ArchConfig, ArchSpec, Rule
 
 __all__ = ["ARCHITECTURES", "ArchConfig", "ArchSpec", "Model", "Norm", "Rule", "load_model", "spec_for"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ARCHITECTURES": "huref.arch.families",
+        "spec_for": "huref.arch.families",
+        "Model": "huref.arch.model",
+        "Norm": "huref.arch.model",
+        "load_model": "huref.arch.model",
+        "ArchConfig": "huref.arch.spec",
+        "ArchSpec": "huref.arch.spec",
+        "Rule": "huref.arch.spec",
+    },
+    globals(),
+)

@@ -18,7 +18,6 @@ dimensions beyond what torch can index (2**63 - 1).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from huref.checkpoint.safetensors_header import parse_header, read_header
 from huref.checkpoint.source import (
     DTYPES,
     ITEMSIZE,
@@ -36,13 +36,11 @@ from huref.checkpoint.source import (
     check_shard_name,
     empty_tensor,
     gather_rows_by_runs,
-    open_regular,
     read_weight_map,
 )
 from huref.errors import CheckpointError
 from huref.paths import refuse_special, shown
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
 MAX_DIM = 2**63 - 1  # torch indexes tensors with signed 64-bit integers
 PARALLEL_READ_MIN_BYTES = 32 * 2**20  # tensors at least this large are read by several threads
 READ_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -54,79 +52,6 @@ class _Entry:
     info: TensorInfo
     begin: int  # absolute byte offset in the file
     end: int
-
-
-class _HeaderError(ValueError):
-    """A header that is JSON but breaks one of the format's rules (the reason is the message)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are distinct: the format forbids a name given twice, and a parser
-    that keeps the last one would show an auditor a different tensor than another reader loads."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _HeaderError(f"key '{shown(key)}' appears twice")
-        obj[key] = value
-    return obj
-
-
-def _not_json(token: str) -> Any:
-    raise _HeaderError(f"{token} is not a JSON number")
-
-
-def _read_header(path: Path) -> tuple[bytes, int]:
-    """(the header's JSON bytes, the file's size when opened)."""
-    fd, size = open_regular(path, "safetensors file")
-    try:
-        with os.fdopen(fd, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) < 8:
-                raise CheckpointError(f"{shown(path)}: not a safetensors file (shorter than 8 bytes)")
-            n = int.from_bytes(raw_len, "little")
-            if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:  # "{}" is the smallest header
-                raise CheckpointError(
-                    f"{shown(path)}: corrupt safetensors header (declared length {n}, file {size} bytes)"
-                )
-            header_bytes = f.read(n)
-    except OSError as e:
-        raise CheckpointError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
-    if len(header_bytes) < n:
-        raise CheckpointError(f"{shown(path)}: truncated while reading the safetensors header")
-    return header_bytes, size
-
-
-def _parse_header(path: Path, header_bytes: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensor name -> entry, metadata) of a header, checked as JSON and as the format's object."""
-    if header_bytes[:1] != b"{":
-        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (must start with '{{')")
-    try:
-        header = json.loads(
-            header_bytes.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json
-        )
-    except _HeaderError as e:
-        raise CheckpointError(f"{shown(path)}: corrupt safetensors header ({e})") from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{shown(path)}: corrupt safetensors header (not a JSON object)")
-    meta = header.pop("__metadata__", None)
-    meta = {} if meta is None else meta  # null is what the reference reads as "no metadata"
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise CheckpointError(f"{shown(path)}: corrupt safetensors metadata (must map str to str)")
-    for text in [*header, *meta, *meta.values()]:
-        _check_utf8(path, text)
-    return header, meta
-
-
-def _check_utf8(path: Path, text: str) -> None:
-    # a \ud800 escape parses in Python but stands for no character: no UTF-8 reader accepts it
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise CheckpointError(
-            f"{shown(path)}: corrupt safetensors header (a string escapes a lone surrogate: '{shown(text)}')"
-        ) from None
 
 
 def _uint(value: Any, limit: int) -> bool:
@@ -196,8 +121,8 @@ class SafetensorsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        header_bytes, size = _read_header(self.path)
-        header, self._meta = _parse_header(self.path, header_bytes)
+        header_bytes, size = read_header(self.path)
+        header, self._meta = parse_header(self.path, header_bytes)
         data_start = 8 + len(header_bytes)
         self._entries: dict[str, _Entry] = {}
         spans = []

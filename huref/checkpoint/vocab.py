@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huref.checkpoint.source import read_json, read_small_file
+from huref.checkpoint.files import read_json, read_small_file
 from huref.errors import CheckpointError
 from huref.paths import refuse_special, shown
 

@@ -57,7 +57,7 @@ def add_cmd(
 ) -> None:
     """Register a known base from a checkpoint or a fingerprint file."""
     from huref.errors import RegistryError
-    from huref.invariants.extract import Settings
+    from huref.invariants.settings import Settings
     from huref.invariants.tokens import DEFAULT_KEY
     from huref.registry.enroll import add_base, check_name
     from huref.registry.store import Store
@@ -113,7 +113,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSO
     """List the registered bases, the independent pairs and the Z null they give."""
     from dataclasses import asdict
 
-    from huref.invariants.stats import BUILTIN_NULL
+    from huref.invariants.calibration import BUILTIN_NULL
     from huref.registry.store import MIN_NULL_PAIRS, Store, huref_home
 
     home = huref_home()

@@ -28,8 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from huref.checkpoint.atomic import atomic_file
 from huref.checkpoint.hashing import sha256_file
-from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.checkpoint.writer import TensorPlan, write_safetensors_file
 from huref.encoder.canonical import BUCKET_KEY, CHANNELS, DEPTH_SLOTS, GRID
 from huref.encoder.model import CalibratedEncoder, Calibration, DogEncoder
 from huref.errors import CheckpointError, RenderError

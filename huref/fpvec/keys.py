@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huref.checkpoint.writer import atomic_file
+from huref.checkpoint.atomic import atomic_file
 from huref.errors import FPVecError
 from huref.fpvec.jsonfile import read_json_file
 from huref.paths import refuse_special, shown

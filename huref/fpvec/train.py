@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from huref import __version__
-from huref.checkpoint.writer import atomic_dir
+from huref.checkpoint.atomic import atomic_dir
 from huref.device import resolve_device as resolve_device  # verify and harm import it from here
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D

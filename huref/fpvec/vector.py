@@ -49,9 +49,10 @@ import torch
 from huref import __version__
 from huref.arch import Model, load_model
 from huref.checkpoint import open_checkpoint
+from huref.checkpoint.atomic import atomic_file
 from huref.checkpoint.safetensors_io import SafetensorsFile
 from huref.checkpoint.source import DTYPE_NAMES, DTYPES, BufferPool
-from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.checkpoint.writer import TensorPlan, write_safetensors_file
 from huref.errors import CheckpointError, FPVecError, HurefError
 from huref.fpvec.jsonfile import loads_bounded, read_json_file
 from huref.paths import refuse_special, shown

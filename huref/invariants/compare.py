@@ -9,26 +9,19 @@ Verdict rule (documented in the report's method notes):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huref.checkpoint import Checkpoint
 from huref.errors import FingerprintError
 from huref.invariants.fingerprint import Fingerprint
 from huref.invariants.pcs import parameter_cosine
 from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
 from huref.invariants.stats import BUILTIN_NULL, NullModel, combine_log10, neuron_test
+from huref.invariants.verdict import VERDICT_RULE, verdict_for
 
-P_DERIVED = 1e-6
-P_INDEPENDENT = 0.01
-Z_DERIVED = 6.0
-Z_INDEPENDENT = 3.0
-VERDICT_RULE = (
-    "derived if the neuron-matching test gives p < 1e-6 (or, without a test, Z >= 6); independent if "
-    "p >= 0.01 and Z < 3; inconclusive otherwise"
-)
+if TYPE_CHECKING:
+    from huref.checkpoint import Checkpoint
 
 
 @dataclass
@@ -52,20 +45,6 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def verdict_for(log10_p: float | None, z: float | None) -> str:
-    if log10_p is not None:
-        if log10_p < math.log10(P_DERIVED):
-            return "derived"
-        if log10_p >= math.log10(P_INDEPENDENT) and (z is None or z < Z_INDEPENDENT):
-            return "independent"
-        return "inconclusive"
-    if z is None:
-        return "inconclusive"
-    if z >= Z_DERIVED:
-        return "derived"
-    return "independent" if z < Z_INDEPENDENT else "inconclusive"
 
 
 def compare_fingerprints(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from huref.device import resolve_device
 from huref.errors import FingerprintError
 from huref.invariants import kernels as K
 from huref.invariants.fingerprint import FORMAT_VERSION, TERM_NAMES, Fingerprint, ModeTerms, Responses
+from huref.invariants.settings import Settings
 from huref.invariants.tokens import (
-    DEFAULT_KEY,
     TokenSet,
     key_digest,
     read_frequency_list,
@@ -34,23 +34,6 @@ from huref.invariants.tokens import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_N = 512  # robust mode: the tiny-zoo separation is the same from n=128 to 1024 (README "Choosing n")
-PAPER_N = 4096  # the published choice
-DEFAULT_N_RESPONSES = 128
-
-
-@dataclass(frozen=True)
-class Settings:
-    n: int = DEFAULT_N
-    paper_n: int = PAPER_N
-    n_responses: int = DEFAULT_N_RESPONSES
-    modes: tuple[str, ...] = ("robust", "paper")
-    key: bytes = DEFAULT_KEY
-    frequency_list: Path | None = None
-    device: str = "cpu"
-    # read the next layer while this one is computed (faster; holds one more layer's weights)
-    prefetch: bool = True
 
 
 def _on(nm: Norm, dev: torch.device) -> Norm:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from huref.checkpoint.source import all_finite
+from huref.invariants.settings import FORMAT_VERSION, TERM_NAMES
 
-FORMAT_VERSION = "huref-fingerprint/1"
-TERM_NAMES = ("attn_qk", "attn_vo", "ffn")
+__all__ = ["FORMAT_VERSION", "TERM_NAMES", "Fingerprint", "ModeTerms", "Responses"]
 
 
 @dataclass

@@ -16,10 +16,11 @@ from typing import Any, TypeGuard
 
 import torch
 
+from huref.checkpoint.atomic import atomic_file
 from huref.checkpoint.outputs import check_output_file
 from huref.checkpoint.safetensors_io import SafetensorsFile
 from huref.checkpoint.source import DTYPE_NAMES
-from huref.checkpoint.writer import TensorPlan, atomic_file, write_safetensors_file
+from huref.checkpoint.writer import TensorPlan, write_safetensors_file
 from huref.errors import CheckpointError, FingerprintError
 from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
 from huref.paths import refuse_special

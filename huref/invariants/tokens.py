@@ -12,9 +12,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from huref.checkpoint.vocab import Vocab
 from huref.errors import UsageError
+
+if TYPE_CHECKING:  # annotations only: importing the checkpoint readers would import torch
+    from huref.checkpoint.vocab import Vocab
 
 DEFAULT_KEY = b"huref/token-selection/v1"
 

@@ -49,11 +49,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huref.errors import FingerprintError, RegistryError
-from huref.invariants.fingerprint import Fingerprint
-from huref.invariants.stats import NullModel, null_from_values
+from huref.invariants.calibration import NullModel, null_from_values
 from huref.registry.db import OS_REFUSED_EXIT, Connection, StoreError, db_error, open_database
+
+if TYPE_CHECKING:  # fingerprints are tensors: loaded (with torch) only when a command needs one
+    from huref.invariants.fingerprint import Fingerprint
 
 DB_NAME = "registry.sqlite"
 BLOB_DIR = "fingerprints"
@@ -326,7 +329,7 @@ class Store:
 
         A file already there is kept only when its bytes are these: a damaged or swapped one of
         any size is replaced (by rename, so a reader sees the old file or the new, never a mix)."""
-        from huref.checkpoint.writer import atomic_file
+        from huref.checkpoint.atomic import atomic_file
 
         sha = hashlib.sha256(data).hexdigest()
         dest = self.blob_path(sha)

@@ -18,8 +18,8 @@ from huref import __version__
 from huref.arch import Model, load_model
 from huref.errors import FingerprintError, HurefError, ReportError
 from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
-from huref.invariants.compare import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
-from huref.invariants.stats import BUILTIN_NULL, NullModel, format_log10_p, format_p
+from huref.invariants.calibration import BUILTIN_NULL, NullModel, format_log10_p, format_p
+from huref.invariants.verdict import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
 
 log = logging.getLogger(__name__)
 SCHEMA_ID = "huref-report/1"

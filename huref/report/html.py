@@ -15,9 +15,9 @@ from typing import Any
 import jsonschema
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from huref.checkpoint.writer import atomic_file
+from huref.checkpoint.atomic import atomic_file
 from huref.errors import ReportError
-from huref.invariants.stats import format_log10_p, format_p
+from huref.invariants.calibration import format_log10_p, format_p
 from huref.report import load_schema
 from huref.report.plots import alignment_svg, heatmap_svg
 

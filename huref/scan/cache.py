@@ -145,7 +145,7 @@ def content_key(stats: tuple[FileStat, ...], hashes: dict[str, str]) -> str:
 
 
 def settings_key(settings: Any) -> str:
-    from huref.invariants.fingerprint import FORMAT_VERSION
+    from huref.invariants.settings import FORMAT_VERSION
     from huref.invariants.tokens import key_digest
 
     doc = {

@@ -173,11 +173,11 @@ class _Walker:
             self.out.append(Candidate(self.rel(p), p, "llama2c", (p,)))
 
     def loose_safetensors(self, p: Path) -> None:
-        from huref.checkpoint.safetensors_io import SafetensorsFile
+        from huref.checkpoint.safetensors_header import read_metadata
         from huref.errors import CheckpointError
 
         try:
-            meta = SafetensorsFile(p).metadata()
+            meta = read_metadata(p)
         except CheckpointError:
             return  # not a readable safetensors file, and nothing says it is a checkpoint
         if CONFIG_METADATA_KEY in meta:

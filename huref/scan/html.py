@@ -15,12 +15,13 @@ import importlib
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from huref.invariants.stats import format_log10_p
+from huref.invariants.calibration import format_log10_p
 from huref.registry.store import Store
 from huref.scan import cache
 from huref.scan.outdir import SCHEMA
@@ -94,13 +95,13 @@ def render_index(doc: dict[str, Any], thumbnails: dict[str, str] | None = None) 
     )
 
 
-def _renderer_key(mod: Any) -> str:
-    """Digest of everything a dog depends on besides the fingerprint: the source of huref.dogs,
-    huref.encoder and huref.render (the shipped encoder weights are hash-checked in that source)
-    and the encoder folder override."""
-    root = Path(mod.__file__ or "").parent
+def _renderer_key(origin: Path) -> str:
+    """Digest of everything a dog depends on besides the fingerprint: the source of huref.dogs
+    (at ``origin``), huref.encoder and huref.render (the shipped encoder weights are hash-checked
+    in that source) and the encoder folder override."""
+    root = origin.parent
     h = hashlib.sha256(os.environ.get("HUREF_ENCODERS_DIR", "").encode())
-    files = [Path(mod.__file__ or "")]
+    files = [origin]
     for pkg in ("encoder", "render"):
         files += sorted(p for p in (root / pkg).rglob("*") if p.suffix in (".py", ".json"))
     for f in files:
@@ -110,16 +111,14 @@ def _renderer_key(mod: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _renderer() -> tuple[Any, str] | None:
-    """(dog_png_bytes, renderer key) when huref.dogs is importable, else None."""
-    if importlib.util.find_spec("huref.dogs") is None:
+def _renderer() -> tuple[Callable[[], Any], str] | None:
+    """(a function that imports huref.dogs and returns its dog_png_bytes, renderer key) when
+    huref.dogs is present, else None. The key is computed from the sources without importing
+    them, so a scan whose thumbnails are all cached never imports the encoder (nor torch)."""
+    spec = importlib.util.find_spec("huref.dogs")
+    if spec is None or spec.origin is None:
         return None
-    try:
-        mod = importlib.import_module("huref.dogs")
-        return mod.dog_png_bytes, _renderer_key(mod)
-    except Exception as e:  # a half-written module must not break the scan's report
-        log.warning("huref.dogs is present but unusable (%s); no dog thumbnails", e)
-        return None
+    return (lambda: importlib.import_module("huref.dogs").dog_png_bytes), _renderer_key(Path(spec.origin))
 
 
 def dog_thumbnails(
@@ -131,7 +130,8 @@ def dog_thumbnails(
     r = _renderer()
     if r is None:
         return None
-    fn, key = r
+    load, key = r
+    fn: Any = None
     out: dict[str, str] = {}
     tried = False
     for m in models:
@@ -141,6 +141,8 @@ def dog_thumbnails(
         png = cache.thumbnail(store, sha, key, size)
         if png is None:
             try:
+                if fn is None:
+                    fn = load()  # the first thumbnail not in the cache
                 png = bytes(fn(store.load_blob(sha), size=size))
             except Exception as e:
                 if not tried:

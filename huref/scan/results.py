@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huref.invariants.compare import VERDICT_RULE, verdict_for
-from huref.invariants.stats import NullModel
+from huref.invariants.calibration import NullModel
+from huref.invariants.verdict import VERDICT_RULE, verdict_for
 from huref.paths import shown
 from huref.registry.store import Base
 from huref.scan.cache import Cmp
@@ -180,7 +180,7 @@ def write_outputs(out_dir: Path, doc: dict[str, Any], thumbnails: dict[str, str]
     Callable again later (e.g. by ``huref audit`` once it has written ``reports/``): report links
     are refreshed from the files present.
     """
-    from huref.checkpoint.writer import atomic_file
+    from huref.checkpoint.atomic import atomic_file
     from huref.scan.html import render_index
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from huref.errors import RegistryError, UsageError
-from huref.invariants.extract import Settings
-from huref.invariants.stats import BUILTIN_NULL
+from huref.invariants.calibration import BUILTIN_NULL
+from huref.invariants.settings import Settings
 from huref.paths import shown
 from huref.registry.store import Base, BlobError, Store
 from huref.scan import cache

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from huref.checkpoint.atomic import atomic_dir
 from huref.checkpoint.convert import export_hf
-from huref.checkpoint.writer import atomic_dir
 from huref.errors import UsageError
 from huref.zoo import attacks, derive
 from huref.zoo.corpus import corpus_text

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import transformers as T
 
-from huref.checkpoint.writer import atomic_dir
+from huref.checkpoint.atomic import atomic_dir
 from huref.zoo.presets import Preset
 from huref.zoo.rolestate import TOKENIZER_FILES
 

@@ -1,0 +1,145 @@
+"""Commands answered from caches never import torch or transformers (issue: whole-process speed).
+
+A second scan of an unchanged zoo, the registry's listing, --help and --version are run as whole
+processes under ``python -X importtime`` and every module they import is read from its report;
+none may be a tensor or model library. The torch-free modules those commands rest on are each
+imported alone in a fresh interpreter, so a stray top-level import is caught where it is added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from huref.invariants import Settings
+from huref.registry.enroll import add_base
+from huref.registry.store import Store
+from huref.scan import ScanConfig, run_scan
+
+HEAVY = ("torch", "transformers", "safetensors", "numpy", "scipy", "peft", "huggingface_hub", "PIL")
+
+# modules that cached commands import; each must stay importable without the heavy libraries
+TORCH_FREE = (
+    "huref.cli.app",
+    "huref.lazy",
+    "huref.invariants",
+    "huref.invariants.settings",
+    "huref.invariants.calibration",
+    "huref.invariants.verdict",
+    "huref.invariants.tokens",
+    "huref.checkpoint",
+    "huref.checkpoint.files",
+    "huref.checkpoint.safetensors_header",
+    "huref.checkpoint.atomic",
+    "huref.checkpoint.vocab",
+    "huref.arch",
+    "huref.registry.store",
+    "huref.scan",
+    "huref.scan.runner",
+    "huref.scan.results",
+    "huref.scan.html",
+)
+
+
+def imported_modules(
+    argv: list[str], env: dict[str, str], cwd: Path
+) -> tuple[set[str], subprocess.CompletedProcess]:
+    """Top-level names of every module a whole ``python -X importtime`` process imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+    names = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            mod = line.rsplit("|", 1)[1].strip()
+            if mod and mod != "package":
+                names.add(mod.split(".")[0])
+    assert "huref" in names, proc.stderr[-2000:]
+    return names, proc
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HUREF_HOME"] = str(home)
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def scanned(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(zoo, home, out): a two-model zoo scanned once against a registry of one base."""
+    tmp = tmp_path_factory.mktemp("lazy")
+    zoo = tmp / "zoo"
+    zoo.mkdir()
+    for name in ("llama-a-sft", "llama-b"):
+        (zoo / name).symlink_to(tiny_zoo / name, target_is_directory=True)
+    home = tmp / "home"
+    with Store(home) as s:
+        add_base(s, tiny_zoo / "llama-a", "llama-a", settings=Settings(modes=("robust",)))
+    out = tmp / "out"
+    run_scan(ScanConfig(zoo, out, workers=1, home=home, progress=False))
+    return zoo, home, out
+
+
+def test_a_second_scan_as_a_whole_process_imports_no_tensor_library(scanned: tuple[Path, Path, Path]) -> None:
+    zoo, home, out = scanned
+    before = json.loads((out / "results.json").read_text())
+    names, proc = imported_modules(
+        ["-m", "huref", "scan", str(zoo), "-o", str(out), "--no-progress"], _env(home), zoo.parent
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 cached" in proc.stderr, proc.stderr[-2000:]  # answered from the cache, nothing recomputed
+    assert not names & set(HEAVY), sorted(names & set(HEAVY))
+    after = json.loads((out / "results.json").read_text())
+    assert [(m["name"], m["verdict"], m.get("best_base")) for m in after["models"]] == [
+        (m["name"], m["verdict"], m.get("best_base")) for m in before["models"]
+    ]
+    verdicts = {m["name"]: m["verdict"] for m in after["models"]}
+    assert verdicts == {"llama-a-sft": "derived", "llama-b": "independent"}
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["registry", "list"], ["scan", "--help"]])
+def test_registry_listing_help_and_version_import_no_tensor_library(
+    argv: list[str], scanned: tuple[Path, Path, Path]
+) -> None:
+    _, home, _ = scanned
+    names, proc = imported_modules(["-m", "huref", *argv], _env(home), home.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(HEAVY), sorted(names & set(HEAVY))
+    if argv == ["registry", "list"]:
+        assert "llama-a" in proc.stdout
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_each_module_cached_commands_rest_on_imports_alone_without_tensor_libraries(
+    module: str, tmp_path: Path
+) -> None:
+    names, proc = imported_modules(["-c", f"import {module}"], dict(os.environ), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(HEAVY), f"{module} imports {sorted(names & set(HEAVY))}"
+
+
+def test_lazy_package_exports_resolve_to_their_defining_modules() -> None:
+    import huref.arch
+    import huref.checkpoint
+    import huref.invariants
+    from huref.arch.model import load_model
+    from huref.checkpoint.open import open_checkpoint
+    from huref.invariants.compare import compare_fingerprints
+
+    assert huref.invariants.compare_fingerprints is compare_fingerprints
+    assert huref.checkpoint.open_checkpoint is open_checkpoint
+    assert huref.arch.load_model is load_model
+    assert {"Settings", "Fingerprint", "fingerprint_model"} <= set(dir(huref.invariants))
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = huref.invariants.nothing_here  # type: ignore[attr-defined]
