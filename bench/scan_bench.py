@@ -3,8 +3,9 @@
 In one run, with a fresh HUREF_HOME: register the zoo's bases (each its own family, so their
 pairs form the Z null), scan the zoo twice through the same API the CLI uses, and print both
 times, their ratio (target: the second at least 20x faster), the cache counters of each scan,
-and the accuracy table against zoo.json. The time of a whole ``huref scan`` process (interpreter
-and imports included) is printed too for the second scan.
+and the accuracy table against zoo.json. The second scan is also timed as a whole ``huref scan``
+process (interpreter start and imports included, the figure a user feels), with the same target:
+a scan answered from the cache imports no tensor library, so the process stays well under a second.
 
     python bench/scan_bench.py [--zoo .zoo/tiny] [--workers N] [--keep-home DIR]
 """
@@ -81,7 +82,7 @@ def main() -> int:
         print(f"ratio {t_first / t_second:,.0f}x (target >= 20x); results identical: {same}")
         print(
             f"second scan as a whole 'huref scan' process (interpreter start and imports included): {t_cli:.2f} s "
-            f"-> ratio {t_first / t_cli:.1f}x"
+            f"-> ratio {t_first / t_cli:.1f}x (target >= 20x)"
         )
         rows, counts = accuracy(first.models, manifest, set(bases))
         print()
@@ -89,6 +90,7 @@ def main() -> int:
         ok = (
             same
             and t_first / t_second >= 20
+            and t_first / t_cli >= 20
             and counts["FN"] == counts["FP"] == counts["WRONG"] == counts["ERROR"] == 0
         )
     return 0 if ok else 1
