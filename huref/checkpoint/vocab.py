@@ -19,6 +19,18 @@ from huref.checkpoint.files import read_json, read_small_file
 from huref.errors import CheckpointError
 from huref.paths import refuse_special, shown
 
+# the files a checkpoint's vocabulary is read from (whichever are present): part of its identity
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
 
 def _byte_level_table() -> dict[str, int]:
     """The printable-character alphabet of byte-level BPE (GPT-2 and its descendants)."""

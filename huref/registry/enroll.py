@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from huref.checkpoint.vocab import TOKENIZER_FILES
 from huref.errors import FingerprintError, HurefError, RegistryError
 from huref.invariants.fingerprint import Fingerprint
 from huref.paths import shown
@@ -77,17 +78,7 @@ def _fingerprint_bytes(fp: Fingerprint) -> bytes:
 
 
 # what a single-file checkpoint reads from beside it (its config and vocabulary)
-_READ_BESIDE = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
+_READ_BESIDE = ("config.json", *TOKENIZER_FILES)
 
 
 def _checkpoint_files(p: Path) -> list[Path]:

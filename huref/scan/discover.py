@@ -37,20 +37,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from huref.checkpoint.vocab import TOKENIZER_FILES
 from huref.errors import UsageError
 from huref.paths import shown, special_kind
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 CONFIG_METADATA_KEY = "huref.config"
 MAX_ERROR_CHARS = 300
 
