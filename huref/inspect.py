@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from huref.arch import Model, load_model
+from huref.checkpoint import open_checkpoint
 from huref.checkpoint.source import all_finite
 from huref.errors import ArchitectureError
 
@@ -30,13 +31,16 @@ def non_finite_tensors(m: Model) -> list[str]:
     return bad
 
 
-def inspect_checkpoint(path: str | Path, hashes: bool = True, check_values: bool = False) -> dict[str, Any]:
+def inspect_checkpoint(
+    path: str | Path, hashes: bool = True, check_values: bool = False, adapter_base: str | Path | None = None
+) -> dict[str, Any]:
     """A JSON-ready description of one checkpoint (reads headers, and weight files for hashes).
 
     ``check_values`` also reads every role tensor and raises ArchitectureError naming those that
     hold NaN or infinite values; it is off by default because it reads the whole model again.
+    ``adapter_base``: the base of a PEFT adapter folder, instead of the one its config names.
     """
-    m = load_model(path)
+    m = load_model(open_checkpoint(path, adapter_base) if adapter_base is not None else path)
     if check_values:
         bad = non_finite_tensors(m)
         if bad:
@@ -52,6 +56,7 @@ def inspect_checkpoint(path: str | Path, hashes: bool = True, check_values: bool
     return {
         "path": str(Path(path)),
         "format": m.ckpt.format,
+        "adapter": None if m.ckpt.adapter is None else m.ckpt.adapter.to_json(),
         "architecture": m.spec.name,
         "model_type": cfg.model_type,
         "config": {

@@ -2,7 +2,8 @@
 
 Supported: Hugging Face folders (single or sharded safetensors, ``pytorch_model*.bin``), single
 ``.safetensors`` files (with a ``config.json`` beside them or a config in their metadata),
-llama2.c ``.bin`` exports and GGUF files.
+llama2.c ``.bin`` exports, GGUF files, and PEFT LoRA/DoRA adapter folders (read as their base
+with the adapter merged in, tensor by tensor; see huref.checkpoint.adapter).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huref.checkpoint.adapter import AdapterInfo, is_adapter_folder, open_adapter
 from huref.checkpoint.gguf_io import GGUFSource
 from huref.checkpoint.hashing import sha256_file
 from huref.checkpoint.llama2c import Llama2cSource, looks_like_llama2c
@@ -19,7 +21,7 @@ from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.source import MAX_CONFIG_DEPTH, TensorSource, nesting_depth_exceeds, read_json
 from huref.checkpoint.torchbin import TorchBinSource
 from huref.checkpoint.vocab import Vocab, load_vocab, vocab_from_list
-from huref.errors import CheckpointError
+from huref.errors import CheckpointError, UsageError
 from huref.paths import refuse_special, shown
 
 CONFIG_METADATA_KEY = "huref.config"  # a single-file checkpoint may carry its config here
@@ -35,9 +37,12 @@ class Checkpoint:
     config: dict[str, Any]
     vocab: Vocab | None
     _hashes: dict[str, str] | None = field(default=None, repr=False)
+    adapter: AdapterInfo | None = None  # a PEFT adapter read merged into its base
 
     @property
     def name(self) -> str:
+        if self.adapter is not None:  # names both: "my-lora (LoRA adapter on llama-7b)"
+            return self.adapter.display_name
         return self.path.stem if self.path.is_file() else self.path.name
 
     def weight_files(self) -> list[Path]:
@@ -115,12 +120,20 @@ def _open_folder(folder: Path) -> Checkpoint:
     return Checkpoint(folder, fmt, source, config, load_vocab(folder))
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open any supported checkpoint lazily; nothing but headers is read here."""
+def open_checkpoint(path: str | Path, adapter_base: str | Path | None = None) -> Checkpoint:
+    """Open any supported checkpoint lazily; nothing but headers is read here.
+
+    A PEFT adapter folder opens as its base with the adapter merged in when read; its base is
+    ``adapter_base`` when given, else the one its adapter_config.json names.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{shown(p)}: no such file or folder")
     refuse_special(p, "checkpoint", CheckpointError)  # before anything opens it
+    if is_adapter_folder(p):
+        return open_adapter(p, adapter_base)
+    if adapter_base is not None:
+        raise UsageError(f"{shown(p)}: an adapter base was given, but this is not a PEFT adapter folder")
     if p.is_dir():
         return _open_folder(p)
     suffix = p.suffix.lower()

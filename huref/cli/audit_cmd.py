@@ -42,6 +42,10 @@ def audit_cmd(
     fail_on: Annotated[
         str | None, typer.Option("--fail-on", help="Exit 1 when the overall verdict is this.")
     ] = None,
+    adapter_base: Annotated[
+        str | None,
+        typer.Option("--adapter-base", help="Base of a PEFT adapter suspect (default: its config's)."),
+    ] = None,
 ) -> None:
     """Write a self-contained HTML audit report and its JSON evidence."""
     from huref.invariants import Settings
@@ -56,7 +60,7 @@ def audit_cmd(
     if len(vectors) != len(key_files):
         raise UsageError("give one --keys for every --fpvec, in the same order")
     check_probe_tokens(n=n)
-    refuse_special_inputs(suspect, base, vectors, key_files)
+    refuse_special_inputs(suspect, base, vectors, key_files, adapter_base)
     settings = Settings(n=n, device=device)
     ev, html_path, json_path = run_audit(
         suspect,
@@ -68,6 +72,7 @@ def audit_cmd(
         argv=invocation(),
         with_pcs=not no_pcs,
         with_dogs=not no_dogs,
+        adapter_base=adapter_base,
     )
     console(stderr=True).print(
         styled("verdict: ", (ev["verdict"]["verdict"], "bold"), f"; wrote {html_path} and {json_path}")

@@ -24,18 +24,29 @@ def inspect_cmd(
         bool,
         typer.Option("--check-values", help="Read every role tensor; fail if any holds NaN or inf."),
     ] = False,
+    adapter_base: Annotated[
+        str | None,
+        typer.Option("--adapter-base", "--base", help="Base of a PEFT adapter (default: its config's)."),
+    ] = None,
 ) -> None:
     """Architecture, roles, shapes, dtypes, parameter count, tokenizer and file hashes."""
     from huref.inspect import inspect_checkpoint
 
-    refuse_special_inputs(model)
-    info = inspect_checkpoint(model, hashes=not no_hash, check_values=check_values)
+    refuse_special_inputs(model, adapter_base)
+    info = inspect_checkpoint(model, hashes=not no_hash, check_values=check_values, adapter_base=adapter_base)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     con = console()
     c = info["config"]
     con.print(styled((str(info["path"]), "bold"), f"  ({info['format']})"))
+    if info["adapter"] is not None:
+        ad = info["adapter"]
+        con.print(
+            f"{ad['variant']} adapter (r {ad['r']}, alpha {ad['lora_alpha']:g}{', rsLoRA' if ad['rslora'] else ''}) "
+            f"on base {ad['base']['name']} ({ad['base']['path']}): {ad['merged_tensors']} tensors merged, "
+            f"{ad['replaced_tensors']} replaced"
+        )
     con.print(
         f"architecture {info['architecture']} ({info['model_type']}): {c['n_layers']} layers, d={c['d_model']}, "
         f"heads {c['n_heads']}/{c['n_kv_heads']} kv, head_dim {c['head_dim']}, d_ff {c['d_ff']}, vocab {c['vocab_size']}"

@@ -14,8 +14,11 @@ from huref.cli.console import console, styled
 from huref.errors import UsageError
 
 if TYPE_CHECKING:
-    from huref.invariants.extract import Settings
-    from huref.invariants.stats import NullModel
+    from huref.checkpoint import Checkpoint
+    from huref.invariants import Fingerprint
+    from huref.invariants.calibration import NullModel
+    from huref.invariants.compare import Comparison
+    from huref.invariants.settings import Settings
 
 zoo_app = typer.Typer(
     help="Build the CPU model zoo used by tests, benchmarks and the demo.", no_args_is_help=True
@@ -28,6 +31,10 @@ KeyOpt = Annotated[
     typer.Option("--token-key", help="Secret key for probe-token selection (both sides must use the same)."),
 ]
 DevOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (GPU when present).")]
+AdapterBaseOpt = Annotated[
+    str | None,
+    typer.Option("--adapter-base", help="Base of a PEFT adapter argument (default: its config's)."),
+]
 FreqOpt = Annotated[
     Path | None,
     typer.Option(
@@ -38,7 +45,7 @@ FreqOpt = Annotated[
 
 def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> Settings:
     from huref.device import resolve_device
-    from huref.invariants.extract import Settings
+    from huref.invariants.settings import Settings
     from huref.invariants.tokens import DEFAULT_KEY
 
     check_probe_tokens(n=n, paper_n=paper_n)
@@ -68,16 +75,22 @@ def fingerprint_cmd(
     token_key: KeyOpt = None,
     device: DevOpt = "cpu",
     frequency_list: FreqOpt = None,
+    adapter_base: Annotated[
+        str | None,
+        typer.Option("--adapter-base", "--base", help="Base of a PEFT adapter (default: its config's)."),
+    ] = None,
 ) -> None:
     """Extract the invariants of one checkpoint into a fingerprint file."""
+    from huref.checkpoint import open_checkpoint
     from huref.invariants import fingerprint_model, save_fingerprint
     from huref.invariants.fpfile import check_fingerprint_target
 
     if out.suffix != ".safetensors":
         raise UsageError(f"{out}: the fingerprint file name must end in .safetensors")
-    refuse_special_inputs(model)
+    refuse_special_inputs(model, adapter_base)
     check_fingerprint_target(out, [model])
-    fp = fingerprint_model(model, _settings(n, paper_n, token_key, device, frequency_list, modes))
+    settings = _settings(n, paper_n, token_key, device, frequency_list, modes)
+    fp = fingerprint_model(model if adapter_base is None else open_checkpoint(model, adapter_base), settings)
     save_fingerprint(fp, out)
     console(stderr=True).print(
         f"wrote {out} ({fp.meta['architecture']['n_layers']} layers, "
@@ -106,23 +119,21 @@ def compare_cmd(
     fail_on: Annotated[
         str | None, typer.Option("--fail-on", help="Exit 1 when the verdict is this (e.g. derived).")
     ] = None,
+    adapter_base: AdapterBaseOpt = None,
 ) -> None:
     """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
     from huref.invariants import compare_paths
-    from huref.invariants.stats import format_log10_p
+    from huref.invariants.calibration import format_log10_p
     from huref.scan.results import VERDICTS
 
     check_fail_on(fail_on, VERDICTS)
-    refuse_special_inputs(a, b)
+    refuse_special_inputs(a, b, adapter_base)
     settings = _settings(n, paper_n, token_key, device, frequency_list, "robust,paper")
     null = _registry_null() if registry else None
-    c = compare_paths(
-        a,
-        b,
-        settings,
-        null,
-        with_pcs=not no_pcs,
-    )
+    if adapter_base is None:
+        c = compare_paths(a, b, settings, null, with_pcs=not no_pcs)
+    else:
+        c = _compare_adapter(a, b, adapter_base, settings, null, with_pcs=not no_pcs)
     if as_json:
         typer.echo(json.dumps(c.to_json()))
     else:
@@ -139,6 +150,29 @@ def compare_cmd(
         con.print(styled("verdict: ", (str(c.verdict), "bold"), f"  ({c.rule})"))
     if fail_on and c.verdict == fail_on:
         raise typer.Exit(1)
+
+
+def _compare_adapter(
+    a: str, b: str, adapter_base: str, settings: Settings, null: NullModel | None, with_pcs: bool
+) -> Comparison:
+    """``compare_paths`` with ``adapter_base`` as the base of whichever of A and B is an adapter."""
+    from huref.arch import load_model
+    from huref.checkpoint import open_checkpoint
+    from huref.checkpoint.adapter import is_adapter_folder
+    from huref.invariants import compare_fingerprints, fingerprint_model
+    from huref.invariants.compare import load_any
+
+    if not (is_adapter_folder(a) or is_adapter_folder(b)):
+        raise UsageError("--adapter-base: neither model is a PEFT adapter folder")
+    loaded: list[tuple[Fingerprint, Checkpoint | None]] = []
+    for p in (a, b):
+        if is_adapter_folder(p):
+            m = load_model(open_checkpoint(p, adapter_base))
+            loaded.append((fingerprint_model(m, settings), m.ckpt))
+        else:
+            loaded.append(load_any(p, settings))
+    (fa, ca), (fb, cb) = loaded
+    return compare_fingerprints(fa, fb, null, ca if with_pcs else None, cb if with_pcs else None)
 
 
 def _registry_null() -> NullModel | None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huref.errors import UsageError
 from huref.invariants import Settings
 from huref.report.evidence import Candidate, candidate_from_path, gather
 from huref.report.html import report_paths, write_report
+
+if TYPE_CHECKING:
+    from huref.checkpoint import Checkpoint
 
 
 def _registry_candidates(names: list[str] | None, home: Path | None) -> tuple[list[Candidate], Any]:
@@ -57,10 +60,22 @@ def run_audit(
     with_dogs: bool = True,
     home: Path | None = None,
     registered: Sequence[str] = (),
+    adapter_base: str | Path | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
     """Audit ``suspect`` against ``bases`` (paths, or else registered names), the ``registered``
-    names (looked up in the registry only, never as paths), or every registered base."""
+    names (looked up in the registry only, never as paths), or every registered base.
+
+    ``adapter_base``: the base of a PEFT adapter suspect, instead of the one its config names."""
     report_paths(out)  # a report that cannot be written is refused before the work
+    subject: str | Path | Checkpoint = suspect
+    if adapter_base is not None:
+        if vectors:
+            raise UsageError(
+                "--adapter-base cannot be combined with --fpvec (audit the adapter with its own base)"
+            )
+        from huref.checkpoint import open_checkpoint
+
+        subject = open_checkpoint(suspect, adapter_base)  # a missing or unfit base fails here, early
     if vectors:  # and so are vectors and key files that do not open or do not belong together
         from huref.fpvec.report import open_vector_and_keys
 
@@ -82,7 +97,7 @@ def run_audit(
             raise UsageError(f"no such file, and not a registered base: {', '.join(sorted(missing))}")
         candidates += [c for c in reg_cands if c.name not in {x.name for x in candidates}]
     active = [_active(suspect, v, k) for v, k in vectors]
-    ev = gather(suspect, candidates, settings, null, active, argv, with_pcs=with_pcs, with_dogs=with_dogs)
+    ev = gather(subject, candidates, settings, null, active, argv, with_pcs=with_pcs, with_dogs=with_dogs)
     html_path, json_path = write_report(ev, out)
     return ev, html_path, json_path
 

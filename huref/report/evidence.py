@@ -12,14 +12,18 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huref import __version__
 from huref.arch import Model, load_model
+from huref.checkpoint.card import read_claims, weigh_claims
 from huref.errors import FingerprintError, HurefError, ReportError
 from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
 from huref.invariants.calibration import BUILTIN_NULL, NullModel, format_log10_p, format_p
 from huref.invariants.verdict import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
+
+if TYPE_CHECKING:
+    from huref.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 SCHEMA_ID = "huref-report/1"
@@ -42,6 +46,7 @@ def _identity(m: Model) -> dict[str, Any]:
         "name": m.ckpt.name,
         "path": str(m.ckpt.path),
         "format": m.ckpt.format,
+        "adapter": None if m.ckpt.adapter is None else m.ckpt.adapter.to_json(),  # with its base
         "architecture": m.summary(),
         "config_strings": {k: str(v) for k, v in sorted(m.ckpt.config.items()) if isinstance(v, str)},
         "parameters": m.parameter_count(),
@@ -120,7 +125,7 @@ def overall_verdict(passive: list[dict[str, Any]], active: list[dict[str, Any]])
 
 
 def gather(
-    suspect: str | Path,
+    suspect: str | Path | Checkpoint,
     candidates: list[Candidate],
     settings: Settings | None = None,
     null: NullModel | None = None,
@@ -198,7 +203,12 @@ def gather(
             "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
         },
         "suspect": {**_identity(sm), "n_layers": sm.cfg.n_layers},
-        "verdict": {**overall_verdict(comparable, active), "rule": VERDICT_RULE},
+        "verdict": {
+            **overall_verdict(comparable, active),
+            "rule": VERDICT_RULE,
+            # the model card's claimed base against the per-base verdicts (huref.checkpoint.card)
+            "claim": weigh_claims(read_claims(sm.ckpt.path), passive),
+        },
         "passive": passive,
         "dogs": dogs,
         "active": active,

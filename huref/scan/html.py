@@ -49,6 +49,8 @@ def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
         if m["verdict"] in ("derived", "independent", "inconclusive")
         else "error",
         "best_base": m["best_base"] or "—",
+        "claim": (m.get("claim") or {}).get("status", "—"),
+        "claim_summary": (m.get("claim") or {}).get("summary", ""),
         "ics": _num(m["ics"]),
         "z": _num(m["z"]),
         "p": _p(m),

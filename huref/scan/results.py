@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huref.checkpoint.card import read_claims, weigh_claims
 from huref.invariants.calibration import NullModel
 from huref.invariants.verdict import VERDICT_RULE, verdict_for
 from huref.paths import shown
@@ -96,6 +97,7 @@ def model_entry(
         "note": None,
         "comparisons": [],
         "report_path": None,
+        "claim": None,  # the model card's claimed base against the comparisons (huref.checkpoint.card)
     }
     if r.fpvec is not None:
         e["fpvec"] = r.fpvec
@@ -128,6 +130,7 @@ def model_entry(
             }
         )
     e["comparisons"] = rows
+    e["claim"] = weigh_claims(read_claims(c.path), rows)
     usable = [x for x in rows if "verdict" in x]
     if not usable:
         e["verdict"] = "independent"
