@@ -13,7 +13,9 @@ counted. A pair listed more than once (in either order) is scored once; a pair w
 on the label is left out. Model ids must be ``owner/name`` or ``name`` (letters, digits, ``._-``);
 a model is looked for as DIR/owner/name or DIR/owner--name under --models-dir, then in the Hugging
 Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) at the snapshot that
-refs/main names (the only snapshot when there is no refs/main). Each model is fingerprinted once.
+refs/main names (the only snapshot when there is no refs/main); with ``--hub on`` (or ``auto``,
+the default, when the hub answers) any other model is read from the hub by its repository id
+(HF_ENDPOINT, HF_TOKEN; see huref.checkpoint.hub). Each model is fingerprinted once.
 Bad input is one line on stderr and exit code 2.
 """
 
@@ -223,19 +225,37 @@ class Row:
     zoo: bool  # a pair of the zoo manifest (PCS is computed from its checkpoints)
 
 
+def hub_reachable(model_id: str) -> bool:
+    """Whether the hub (HF_ENDPOINT) answers for ``model_id``: one metadata request; offline
+    (HF_HUB_OFFLINE=1) or a network failure is 'no', any answer of the hub (even 'not found') 'yes'."""
+    from huref.checkpoint.hub import HubEnv, parse_repo_id, resolve_revision
+
+    env, ref = HubEnv.from_env(), parse_repo_id(model_id)
+    if env.offline or ref is None:
+        return False
+    try:
+        resolve_revision(ref, env)
+    except HurefError as e:
+        return "cannot reach" not in str(e)
+    return True
+
+
 def hub_rows(
     pairs: PairList,
     models_dir: Path | None,
     settings: Settings,
-    fingerprint: Callable[[Path, Settings], Any] = fingerprint_model,
+    fingerprint: Callable[[Path | str, Settings], Any] = fingerprint_model,
+    from_hub: bool = False,
 ) -> tuple[list[Row], Counter[str]]:
-    """The pairs whose models are local, each model fingerprinted once; and why the others were skipped."""
+    """The pairs whose models are local (with ``from_hub``: every pair, a model that is not local
+    being read from the hub by its repository id), each model fingerprinted once; and why the
+    others were skipped."""
     rows: list[Row] = []
     skipped: Counter[str] = Counter()
-    fps: dict[Path, Any] = {}  # real path -> fingerprint, or Failed
+    fps: dict[Path | str, Any] = {}  # real path or repository id -> fingerprint, or Failed
 
-    def fp_of(p: Path) -> Any:
-        key = p.resolve()
+    def fp_of(p: Path | str) -> Any:
+        key = p.resolve() if isinstance(p, Path) else p
         if key not in fps:
             try:
                 fps[key] = fingerprint(p, settings)
@@ -250,10 +270,10 @@ def hub_rows(
             print(f"skip {pr.a} / {pr.b}: {why}")
             skipped["invalid id" if id_problem(pr.a) or id_problem(pr.b) else "cache unusable"] += 1
             continue
-        if pa is None or pb is None:
+        if (pa is None or pb is None) and not from_hub:
             skipped[NOT_LOCAL] += 1
             continue
-        fa, fb = fp_of(pa), fp_of(pb)
+        fa, fb = fp_of(pa or pr.a), fp_of(pb or pr.b)  # a repository id: read from the hub
         bad = next((f for f in (fa, fb) if isinstance(f, Failed)), None)
         if bad is not None:
             print(f"skip {pr.a} / {pr.b}: {bad.message}")
@@ -269,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=Path, default=None, help=f"default: {DEFAULT_PAIRS} where it exists")
     ap.add_argument("--models-dir", type=Path, default=None)
     ap.add_argument("--n", type=int, default=512)
+    ap.add_argument(
+        "--hub",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read pairs' models that are not local from the hub by repository id "
+        "(auto: when the hub answers and HF_HUB_OFFLINE is not set)",
+    )
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -294,7 +321,13 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(zoo)
     fps = {m["name"]: fingerprint_model(zoo / m["path"], settings) for m in manifest["models"]}
     rows = [Row(a, b, rel, y, fps[a], fps[b], zoo=True) for a, b, rel, y in zoo_pairs(manifest)]
-    hub, skipped = hub_rows(pairs, args.models_dir, settings)
+    non_local = [
+        m for pr in pairs.pairs for m in (pr.a, pr.b) if resolve_local(m, args.models_dir) == (None, None)
+    ]
+    from_hub = args.hub == "on" or (args.hub == "auto" and bool(non_local) and hub_reachable(non_local[0]))
+    if non_local:
+        print(f"{len(set(non_local))} models not local: {'read from the hub' if from_hub else 'skipped'}")
+    hub, skipped = hub_rows(pairs, args.models_dir, settings, from_hub=from_hub)
     rows += hub
 
     # Z against the null measured on this harness's own independent base pairs

@@ -57,6 +57,7 @@ def inspect_checkpoint(
         "path": str(Path(path)),
         "format": m.ckpt.format,
         "adapter": None if m.ckpt.adapter is None else m.ckpt.adapter.to_json(),
+        "quantization": src.describe() if hasattr(src, "describe") else None,  # e.g. "gptq 4-bit, group 128"
         "architecture": m.spec.name,
         "model_type": cfg.model_type,
         "config": {

@@ -180,13 +180,16 @@ def _tiny_llama(dst: Path, hidden: int) -> Path:
 def test_missing_or_incompatible_base_is_one_line_exit_2(
     adapters: dict[str, Path], tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = _copy_with_config(
-        adapters["lora"], tmp_path / "missing", base_model_name_or_path="nowhere/llama-x"
+    missing = _copy_with_config(adapters["lora"], tmp_path / "missing", base_model_name_or_path="./nowhere-x")
+    # a repo id is read from the hub: here offline (tests/conftest.py) with nothing cached
+    on_hub = _copy_with_config(
+        adapters["lora"], tmp_path / "on-hub", base_model_name_or_path="nowhere/llama-x"
     )
     narrow = _tiny_llama(tmp_path / "narrow", 32)
     out = tmp_path / "fp.safetensors"
     cases = [
         (["inspect", str(missing), "--no-hash"], "not a local checkpoint"),
+        (["inspect", str(on_hub), "--no-hash"], "nowhere/llama-x: not in the local hub cache"),
         (
             ["inspect", str(adapters["on-disguised-base"]), "--adapter-base", str(tiny_zoo / "neox-a")],
             "base has no tensor",

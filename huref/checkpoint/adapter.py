@@ -131,15 +131,20 @@ def is_adapter_folder(path: str | Path) -> bool:
 def resolve_base_reference(reference: str, adapter_dir: Path) -> Path:
     """The local checkpoint an adapter's ``base_model_name_or_path`` names.
 
-    Every base reference goes through here (Hugging Face repository ids can be resolved to a
-    local snapshot at this one point). A relative path is tried beside the adapter folder first
-    (bundles that ship adapter and base together), then from the working directory.
+    Every base reference goes through here. A relative path is tried beside the adapter folder
+    first (bundles that ship adapter and base together), then from the working directory; a
+    reference that is no local path but a Hugging Face repository id (``owner/name[@rev]``, as
+    peft writes for hub bases) is returned as it is, and ``open_checkpoint`` reads it from the hub.
     """
+    from huref.checkpoint.hub import parse_repo_id
+
     ref = Path(reference).expanduser()
     tries = [ref] if ref.is_absolute() else [adapter_dir.parent / ref, adapter_dir / ref, ref]
     for t in tries:
         if t.exists():
             return t
+    if parse_repo_id(reference) is not None:
+        return Path(reference)
     raise CheckpointError(
         f"{shown(adapter_dir)}: the adapter's base {shown(reference)!r} (base_model_name_or_path) "
         "is not a local checkpoint; give the base explicitly (--adapter-base PATH)"

@@ -9,6 +9,7 @@ with the adapter merged in, tensor by tensor; see huref.checkpoint.adapter).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from huref.checkpoint.adapter import AdapterInfo, is_adapter_folder, open_adapte
 from huref.checkpoint.gguf_io import GGUFSource
 from huref.checkpoint.hashing import sha256_file
 from huref.checkpoint.llama2c import Llama2cSource, looks_like_llama2c
+from huref.checkpoint.quant import wrap_quantized
 from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.source import MAX_CONFIG_DEPTH, TensorSource, nesting_depth_exceeds, read_json
 from huref.checkpoint.torchbin import TorchBinSource
@@ -38,11 +40,14 @@ class Checkpoint:
     vocab: Vocab | None
     _hashes: dict[str, str] | None = field(default=None, repr=False)
     adapter: AdapterInfo | None = None  # a PEFT adapter read merged into its base
+    origin: str | None = None  # the hub repository id it was resolved from ("owner/name@rev")
 
     @property
     def name(self) -> str:
         if self.adapter is not None:  # names both: "my-lora (LoRA adapter on llama-7b)"
             return self.adapter.display_name
+        if self.origin is not None:  # a hub snapshot folder is named by its commit
+            return self.origin
         return self.path.stem if self.path.is_file() else self.path.name
 
     def weight_files(self) -> list[Path]:
@@ -117,6 +122,7 @@ def _open_folder(folder: Path) -> Checkpoint:
         if meta is None:
             raise CheckpointError(f"{shown(folder)}: no config.json (needed to know the architecture)")
         config = _parse_config(meta, f"{shown(folder)}: corrupt config in the weights' metadata")
+    source = wrap_quantized(source, config)  # quantized linears read as float, one at a time
     return Checkpoint(folder, fmt, source, config, load_vocab(folder))
 
 
@@ -128,6 +134,11 @@ def open_checkpoint(path: str | Path, adapter_base: str | Path | None = None) ->
     """
     p = Path(path)
     if not p.exists():
+        from huref.checkpoint.hub import hub_reference, open_hub_checkpoint
+
+        ref = hub_reference(os.fspath(path))  # owner/name[@rev]: read from the hub (or its cache)
+        if ref is not None and adapter_base is None:
+            return open_hub_checkpoint(ref)  # type: ignore[no-any-return]
         raise CheckpointError(f"{shown(p)}: no such file or folder")
     refuse_special(p, "checkpoint", CheckpointError)  # before anything opens it
     if is_adapter_folder(p):

@@ -46,3 +46,21 @@ def check_probe_tokens(**flags: int) -> None:
     """``--n 512 --paper-n 4096``: each within MIN_PROBE_TOKENS..MAX_PROBE_TOKENS."""
     for flag, value in flags.items():
         check_range(f"--{flag.replace('_', '-')}", value, MIN_PROBE_TOKENS, MAX_PROBE_TOKENS)
+
+
+def is_model_reference(spec: str | Path) -> bool:
+    """Whether a model argument names something to read: an existing path, or else a hub
+    repository id (``owner/name[@revision]``, resolved when the model is opened)."""
+    from huref.checkpoint.hub import hub_reference
+
+    return Path(spec).exists() or hub_reference(spec) is not None
+
+
+def local_model_folder(spec: str | Path) -> Path:
+    """A model argument as a local path, for commands that hand a folder to ``transformers``
+    (FP-Vec verify and stamp): an existing path as given, a hub repository id as its snapshot
+    folder with every weight file downloaded whole (resumable; the hub's progress bar)."""
+    from huref.checkpoint.hub import hub_reference, resolve_model
+
+    ref = hub_reference(spec)
+    return Path(spec) if ref is None else resolve_model(ref, need="files")

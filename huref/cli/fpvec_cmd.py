@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from huref.cli.app import app
-from huref.cli.checks import refuse_special_inputs
+from huref.cli.checks import local_model_folder, refuse_special_inputs
 from huref.cli.console import console
 
 fpvec_app = typer.Typer(
@@ -178,7 +178,7 @@ def stamp_cmd(
     parse_size(max_shard_size)  # a bad size is refused before the vector is opened
     refuse_special_inputs(downstream, vector)
     r = stamp_model(
-        downstream,
+        local_model_folder(downstream),  # a hub repository id: its snapshot, weights downloaded
         vector,
         out,
         lam,
@@ -226,6 +226,7 @@ def verify_cmd(
 
     check_decoys(decoys)
     refuse_special_inputs(model, keys)
+    model = local_model_folder(model)  # a hub repository id: its snapshot, weights downloaded
     r = verify_model(model, keys, near_miss=not no_near_miss, device=device, decoys=decoys)
     if as_json:
         doc = {

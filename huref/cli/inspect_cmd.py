@@ -40,6 +40,8 @@ def inspect_cmd(
     con = console()
     c = info["config"]
     con.print(styled((str(info["path"]), "bold"), f"  ({info['format']})"))
+    if info.get("quantization"):
+        con.print(f"quantized: {info['quantization']} (read dequantized to float32, tensor by tensor)")
     if info["adapter"] is not None:
         ad = info["adapter"]
         con.print(

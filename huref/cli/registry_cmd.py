@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from huref.cli.app import app
-from huref.cli.checks import check_probe_tokens, refuse_special_inputs
+from huref.cli.checks import check_probe_tokens, is_model_reference, refuse_special_inputs
 from huref.cli.console import console, styled
 
 registry_app = typer.Typer(
@@ -65,8 +65,8 @@ def add_cmd(
     check_name(name)  # refuse bad requests before the registry is created
     check_probe_tokens(n=n)
     refuse_special_inputs(source)
-    if not Path(source).exists():
-        raise RegistryError(f"{source}: no such file or folder")
+    if not is_model_reference(source):  # a path here, or a hub repository id (owner/name[@rev])
+        raise RegistryError(f"{source}: no such file or folder (nor a hub repository id owner/name)")
     settings = Settings(n=n, key=token_key.encode() if token_key else DEFAULT_KEY)
     with Store() as store:
         store.check_writable()  # before minutes of fingerprinting

@@ -85,8 +85,10 @@ def run_audit(
     null = None
     named = list(registered)
     paths: list[str] = []
-    for b in bases:
-        (paths if Path(b).exists() else named).append(b)
+    from huref.checkpoint.hub import hub_reference
+
+    for b in bases:  # a path, a hub repository id (owner/name[@rev]), else a registered base's name
+        (paths if Path(b).exists() or hub_reference(b) is not None else named).append(b)
     _refuse_ambiguous(paths, home)
     for b in paths:
         candidates.append(candidate_from_path(b, settings))
