@@ -2,6 +2,21 @@
 
 The n x d token-row products (normalised rows, per-layer inputs) are formed once per layer and
 reused by every term; bf16/fp16 weights are converted to float32 before any product.
+
+Memory. Layers are streamed as stored (bf16 stays bf16) and each matrix is converted to float32
+only for the products that read it, then dropped, so a whole float32 layer never exists. Peak
+memory is bounded by:
+
+- the stored bytes of one layer, twice in robust mode (the next layer is read while this one is
+  used; paper mode reads its two layers without prefetch);
+- float32 copies of at most two matrices of the layer at once (the FFN's gate and up; in paper
+  mode W_gate * W_up is formed in place in one float32 buffer), plus the [n, d_ff] product;
+- the n x d token rows and a few n x n float32 products, and the float16 result terms
+  (layers x 3 x n x n).
+
+For LLaMA-2-7B shapes that is about 0.8 GB + 0.4 GB + small in robust mode (n = 512) and
+0.4 GB + 0.55 GB + 0.45 GB in paper mode (n = 4096), beside the interpreter and torch itself.
+Converting bf16 to float32 is exact, so the products and the fingerprint are unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ from huref.arch.model import Norm
 from huref.checkpoint import Checkpoint
 from huref.checkpoint.source import all_finite
 from huref.device import resolve_device
-from huref.errors import FingerprintError
+from huref.errors import ArchitectureError, FingerprintError
 from huref.invariants import kernels as K
 from huref.invariants.fingerprint import FORMAT_VERSION, TERM_NAMES, Fingerprint, ModeTerms, Responses
 from huref.invariants.settings import Settings
@@ -32,6 +47,7 @@ from huref.invariants.tokens import (
     select_least_frequent,
     select_tokens,
 )
+from huref.paths import shown
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +69,34 @@ class _Clock:
     def __init__(self) -> None:
         self.read = 0.0
         self.compute = 0.0
+
+
+class _Weights:
+    """One streamed layer's stored matrices (role -> view of the read buffer), converted to
+    float32 on ``dev`` one at a time, when a product needs them."""
+
+    def __init__(self, m: Model, layer: int, raw: dict[str, torch.Tensor], dev: torch.device) -> None:
+        self.m, self.layer, self.raw, self.dev = m, layer, raw, dev
+
+    def __contains__(self, role: str) -> bool:
+        return role in self.raw
+
+    def f32(self, role: str) -> torch.Tensor:
+        t = self.raw[role]
+        if not all_finite(t):  # bf16/fp16 -> fp32 widens: checking the stored values suffices
+            name = self.m.binding(role, self.layer).name
+            raise ArchitectureError(
+                f"{shown(self.m.ckpt.path)}: tensor {shown(name)} contains NaN or infinite values"
+            )
+        out = torch.empty(t.shape, dtype=torch.float32, device=self.dev)
+        return out.copy_(t)  # always a copy: the read buffer is reused for a later layer
+
+    def hadamard_in(self) -> torch.Tensor:
+        """W_gate * W_up (or W_1) in one float32 buffer; the products of bf16 values are exact."""
+        w = self.f32("mlp_up")
+        if "mlp_gate" in self:
+            w.mul_(self.f32("mlp_gate"))
+        return w
 
 
 def _tokens(m: Model, n: int, settings: Settings, mode: str) -> TokenSet:
@@ -90,35 +134,37 @@ def fingerprint_model(
         n_r = min(s.n_responses, len(tok.ids))
         terms = torch.empty(cfg.n_layers, 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
         views_a, views_b = [], []
-        stream = LayerStream(m, roles, prefetch=s.prefetch)
-        for layer, w in stream:
-            w = {r: t.to(dev) for r, t in w.items()}
+        stream = LayerStream(m, roles, dtype=None, prefetch=s.prefetch)
+        for layer, raw in stream:
+            w = _Weights(m, layer, raw, dev)
             t = time.perf_counter()
             xa = _apply(m.input_norms(layer, "attn"), x)
             xf = _apply(m.input_norms(layer, "mlp"), x)
-            a = K.attn_qk(xa, xa, w["attn_q"], w["attn_k"], H, KV, hd)
-            b = K.attn_vo(xa, xr, w["attn_v"], w["attn_o"], H, KV, hd)
-            gate = w.get("mlp_gate")
-            h = K.ffn_hidden(xf, w["mlp_up"], gate)
-            f = K.ffn_out(h, w["mlp_down"], xr)
-            for i, term in enumerate((a, b, f)):
-                terms[layer, i] = K.standardise(term).to("cpu", torch.float16)
-                _check_finite(m, terms[layer, i], f"robust {TERM_NAMES[i]} term", layer)
+            a = K.attn_qk(xa, xa, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
+            b = K.attn_vo(xa, xr, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
+            gated = "mlp_gate" in w
+            gate = w.f32("mlp_gate") if gated else None
+            up = w.f32("mlp_up")
+            h = K.ffn_hidden(xf, up, gate)
             # two views of the same neurons on the first n_r probe tokens
             xs = xf[:n_r]
             if gate is not None:
-                va, vb = xs @ gate.t(), xs @ w["mlp_up"].t()
-            else:
-                va, vb = xs @ w["mlp_up"].t(), xr[:n_r] @ w["mlp_down"]
+                va, vb = xs @ gate.t(), xs @ up.t()
+            del gate, up
+            f = K.ffn_out(h, w.f32("mlp_down"), xr)
+            del h
+            if not gated:
+                va, vb = xs @ w.f32("mlp_up").t(), xr[:n_r] @ w.f32("mlp_down")
+            for i, term in enumerate((a, b, f)):
+                terms[layer, i] = K.standardise(term).to("cpu", torch.float16)
+                _check_finite(m, terms[layer, i], f"robust {TERM_NAMES[i]} term", layer)
             va, vb = _colstd(va), _colstd(vb)
             views_a.append(va)
             views_b.append(vb)
-            for view, resp in zip(
-                ("gate", "up") if gate is not None else ("in", "out"), (va, vb), strict=True
-            ):
+            for view, resp in zip(("gate", "up") if gated else ("in", "out"), (va, vb), strict=True):
                 _check_finite(m, resp, f"{view} responses", layer)
             clock.compute += time.perf_counter() - t
-            del w
+            del w, raw
         clock.read += stream.read_seconds
         robust = ModeTerms(
             "robust",
@@ -144,19 +190,23 @@ def fingerprint_model(
         clock.read += time.perf_counter() - t
         layers = list(range(max(0, cfg.n_layers - 2), cfg.n_layers))
         terms = torch.empty(len(layers), 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
-        stream = LayerStream(m, roles, layers=layers, prefetch=s.prefetch)
-        for j, (layer, w) in enumerate(stream):
-            w = {r: t.to(dev) for r, t in w.items()}
+        # two layers: overlapping their reads saves little and would hold a second layer
+        stream = LayerStream(m, roles, dtype=None, layers=layers, prefetch=False)
+        for j, (layer, raw) in enumerate(stream):
+            w = _Weights(m, layer, raw, dev)
             t = time.perf_counter()
-            terms[j, 0] = K.standardise(K.attn_qk(x, x, w["attn_q"], w["attn_k"], H, KV, hd)).cpu().half()
-            terms[j, 1] = K.standardise(K.attn_vo(x, x, w["attn_v"], w["attn_o"], H, KV, hd)).cpu().half()
-            terms[j, 2] = (
-                K.standardise(K.hadamard_ffn(x, w["mlp_up"], w.get("mlp_gate"), w["mlp_down"])).cpu().half()
-            )
+            qk = K.attn_qk(x, x, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
+            terms[j, 0] = K.standardise(qk).cpu().half()
+            vo = K.attn_vo(x, x, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
+            terms[j, 1] = K.standardise(vo).cpu().half()
+            ff = K.hadamard_ffn(x, w.hadamard_in(), None, w.f32("mlp_down"))
+            terms[j, 2] = K.standardise(ff).cpu().half()
+            del qk, vo, ff
             for i, name in enumerate(TERM_NAMES):
                 _check_finite(m, terms[j, i], f"paper {name} term", layer)
             clock.compute += time.perf_counter() - t
             assert layer == layers[j]
+            del w, raw
         clock.read += stream.read_seconds
         paper = ModeTerms(
             "paper", layers, list(tok.ids), list(tok.strings), tok.source, terms, key_digest(s.key)

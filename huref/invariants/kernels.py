@@ -3,11 +3,31 @@
 Conventions: weights are PyTorch ``Linear.weight`` ([out, in]); token rows are [n, d]. The paper
 writes W = weight^T, so its X W_Q is ``x @ w_q.T`` here. Every product is formed as
 (n x d) @ (d x k) first, so the cost is linear in d_ff and d and the n x n products come last.
+
+Memory. No kernel modifies its arguments. Intermediates are freed as soon as the next product
+no longer needs them, and elementwise steps work in place on buffers the kernel itself made.
+``hadamard_ffn`` takes its weights in any stored dtype (bf16, fp16, fp32; widening is exact) and
+forms W_gate * W_up ``FFN_BLOCK`` rows of d_ff at a time, straight into X (W_gate * W_up)^T, so no
+whole float32 W_gate, W_up or their product exists. Its peak is the [n, d_ff] float32 product
+plus a float32 copy of W_down (d x d_ff) plus the [n, d] product (LLaMA-2-7B shapes, n = 4096:
+180 + 180 + 64 MB, then 64 + 64 MB for the last product), where the unblocked formula with
+float32 weights held W_gate, W_up, their product, W_down and the [n, d_ff] product (900 MB). Each
+block computes its output columns over the same full reduction over d; on CPU the result was
+``torch.equal`` to the unblocked formula at LLaMA-2-7B shapes (blocking W_down's output columns was
+not, at some block sizes, so W_down is used whole).
 """
 
 from __future__ import annotations
 
 import torch
+
+FFN_BLOCK = 1024
+"""Rows of an FFN weight matrix widened to float32 at a time by ``hadamard_ffn``."""
+
+
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``x``'s dtype and on its device (``t`` itself when it already is)."""
+    return t.to(device=x.device, dtype=x.dtype)
 
 
 def expand_kv(t: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
@@ -47,7 +67,9 @@ def attn_vo(
 ) -> torch.Tensor:
     """(xv W_V W_O) xo^T with GQA expansion of V heads -> [n, n]; V/O mixing per head cancels."""
     v = expand_kv(xv @ w_v.t(), n_heads, n_kv, head_dim)  # [n, H*hd]
-    return (v @ w_o.t()) @ xo.t()  # [n, d] @ [d, n]
+    vo = v @ w_o.t()  # [n, d]
+    del v
+    return vo @ xo.t()  # [n, d] @ [d, n]
 
 
 def ffn_hidden(xf: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None) -> torch.Tensor:
@@ -57,7 +79,9 @@ def ffn_hidden(xf: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None
     ffn_out. Residual transforms never enter because x is already the layer's normalised input.
     """
     up = xf @ w_up.t()
-    return up if w_gate is None else (xf @ w_gate.t()) * up
+    if w_gate is None:
+        return up
+    return (xf @ w_gate.t()).mul_(up)  # in place on the fresh gate product: one [n, d_ff] fewer
 
 
 def ffn_out(h: torch.Tensor, w_down: torch.Tensor, xo: torch.Tensor) -> torch.Tensor:
@@ -68,16 +92,30 @@ def ffn_out(h: torch.Tensor, w_down: torch.Tensor, xo: torch.Tensor) -> torch.Te
 def hadamard_ffn(
     x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor
 ) -> torch.Tensor:
-    """The published M_f: X (W_gate ⊙ W_up) W_down X^T (⊙ of the weight matrices), or X W_1 W_2 X^T."""
-    w_in = w_up if w_gate is None else w_gate * w_up  # [d_ff, d]
-    return ((x @ w_in.t()) @ w_down.t()) @ x.t()
+    """The published M_f: X (W_gate ⊙ W_up) W_down X^T (⊙ of the weight matrices), or X W_1 W_2 X^T.
+
+    The products are in ``x``'s dtype (float32 in extraction); the weights may be stored in a
+    narrower one (bf16/fp16) and on the CPU, widened and moved block by block. Blocked over
+    ``FFN_BLOCK`` weight rows (see the module docstring); the values equal the unblocked formula.
+    """
+    n, d_ff = x.shape[0], w_up.shape[0]
+    h = torch.empty(n, d_ff, dtype=x.dtype, device=x.device)  # X (W_gate ⊙ W_up)^T
+    for s in range(0, d_ff, FFN_BLOCK):
+        e = min(s + FFN_BLOCK, d_ff)
+        w_in = _like(w_up[s:e], x) if w_gate is None else _like(w_gate[s:e], x) * _like(w_up[s:e], x)
+        h[:, s:e] = x @ w_in.t()
+        del w_in
+    # W_down whole: blocking its output columns changed float32 roundings at 7B shapes
+    y = h @ _like(w_down, x).t()  # [n, d]
+    del h
+    return y @ x.t()
 
 
 def standardise(m: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit standard deviation over all entries (the published channel normalisation)."""
     m = m.to(torch.float32)
     sd = m.std()
-    return (m - m.mean()) / (sd if float(sd) > 0 else 1.0)
+    return (m - m.mean()).div_(sd if float(sd) > 0 else 1.0)  # in place on the fresh difference
 
 
 def rms_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
