@@ -291,7 +291,8 @@ def test_adding_a_base_costs_comparisons_only_and_a_renamed_copy_is_derived(
     import huref.scan.tasks as tasks
 
     monkeypatch.setattr(tasks, "_fingerprint", forbidden)
-    r = _scan(small_zoo, tmp_path / "out", home, workers=1)
+    # exhaustive: every model is compared with the new base (an indexed scan compares fewer)
+    r = _scan(small_zoo, tmp_path / "out", home, workers=1, exhaustive=True)
     assert r.stats["fingerprinted"] == 0 and r.stats["fingerprint_cached"] == len(SMALL_GOOD)
     m = next(x for x in r.models if x["name"] == "llama-a-sft")
     assert m["best_base"] == "sft-copy" and m["ics"] == pytest.approx(100.0) and m["verdict"] == "derived"

@@ -43,6 +43,12 @@ def scan_cmd(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    exhaustive: Annotated[
+        bool,
+        typer.Option(
+            "--exhaustive", help="Compare with every base (no sketch rule-outs; slower on large registries)."
+        ),
+    ] = False,
 ) -> None:
     """Fingerprint every model of a zoo once, compare it with every registered base, report."""
     from huref.errors import UsageError
@@ -64,6 +70,7 @@ def scan_cmd(
         settings=scan_settings(n, token_key.encode() if token_key else None),
         progress=progress,
         fpvec_keys=tuple(keys or ()),
+        exhaustive=exhaustive,
     )
     report = run_scan(cfg)
     s = report.stats

@@ -176,6 +176,22 @@ def _family_pairs(
     return pairs, skipped
 
 
+def _sketch_of(fp: Fingerprint) -> bytes | None:
+    """The base's sketch (``huref.registry.sketch``) as stored; None without robust terms."""
+    if fp.robust is None:
+        return None
+    from huref.registry.sketch import compute_sketch, to_bytes
+
+    return to_bytes(compute_sketch(fp))
+
+
+def _put_sketch(store: Store, sha: str, size: int, data: bytes | None) -> None:
+    from huref.registry.sketch import SKETCH_VERSION
+
+    if data is not None:
+        store.put_sketch(sha, SKETCH_VERSION, size, data)
+
+
 def add_base(
     store: Store,
     source: str | Path,
@@ -190,6 +206,7 @@ def add_base(
         raise RegistryError("--family must not be empty")
     _check_free(store, name, replace)  # early, before the fingerprinting
     fp, data, what = load_source(source, settings)
+    sketch = _sketch_of(fp)  # before the transaction: the write lock is held for writes only
     # One write transaction holds the name check, the pairs with the other bases and the writes:
     # two concurrent adds then see each other (checked and paired before, one could replace the
     # other's base, or both miss their pair).
@@ -200,6 +217,7 @@ def add_base(
             _base_record(name, family, sha, fp, what), *_family_pairs(store, family, fp, exclude={name})
         )
         store.insert_base(res.base)
+        _put_sketch(store, sha, len(data), sketch)
         for other, ics in res.pairs:
             store.set_pair(name, other, ics, "family")
         if old is not None and old.fingerprint != sha:
@@ -248,8 +266,9 @@ def import_folder(
             # the new files share one family (or none), so they form no pairs among themselves
             rec = _base_record(name, family, store.put_blob(data), fp, f"fingerprint file {p.resolve()}")
             results.append(Enrolled(rec, *_family_pairs(store, family, fp, exclude=new_names)))
-        for res in results:
+        for res, (_, fp, data, _) in zip(results, loaded, strict=True):
             store.insert_base(res.base)
+            _put_sketch(store, res.base.fingerprint, len(data), _sketch_of(fp))
             for other, ics in res.pairs:
                 store.set_pair(res.base.name, other, ics, "family")
     return results

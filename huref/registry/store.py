@@ -35,6 +35,14 @@ Schema (version 1)::
     fpvec_results(content, commitment, method, fsr, hits, n, near_miss_fsr, error,
                   PRIMARY KEY(content, commitment, method))                scan cache (--keys)
     thumbnails(fingerprint, renderer, size, png, PRIMARY KEY(fingerprint, renderer, size))
+    sketches(fingerprint PRIMARY KEY, version, size, data)       per-base (and per-model) sketches
+
+``sketches`` (``huref.registry.sketch``) came after the first release of schema 1: it is optional.
+A registry without it opens as before (a read-only one stays readable); the table is created by
+the first write that needs it, and a base registered before gets its sketch computed from its
+fingerprint file the first time a scan needs it (``Store.base_sketches``). ``size`` is the size of
+the fingerprint file the sketch was computed from: a scan checks it for every base before any work
+without reading the files.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from huref.errors import FingerprintError, RegistryError
 from huref.invariants.calibration import NullModel, null_from_values
@@ -139,6 +147,16 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
+# optional (see the notes above): not in _TABLES, so a registry without it needs no migration
+_SKETCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sketches (
+    fingerprint TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+)
+"""
+
 
 def huref_home() -> Path:
     """``$HUREF_HOME``, or ``~/.huref`` when it is unset or empty."""
@@ -188,6 +206,22 @@ def _repair_hint(b: Base) -> str:
             src = shlex.quote(b.source[len(prefix) :])
     name = shlex.quote(b.name)
     return f"'huref registry add {src} --name {name} --replace' or 'huref registry remove {name}'"
+
+
+def _unusable(bad: list[tuple[Base, BlobError]], purpose: str) -> StoreError:
+    """One line naming every unusable base, with ``purpose`` and the commands that fix it."""
+    code = OS_REFUSED_EXIT if all(err.exit_code == OS_REFUSED_EXIT for _, err in bad) else 2
+    if len(bad) == 1:
+        one, err = bad[0]
+        return StoreError(
+            f"registered base {one.name!r} is unusable: {err}; {purpose}fix: {_repair_hint(one)}", code
+        )
+    listed = "; ".join(f"{x.name!r} ({err})" for x, err in bad)
+    return StoreError(
+        f"{len(bad)} registered bases are unusable: {listed}; {purpose}fix each with "
+        "'huref registry add SOURCE --name NAME --replace' or 'huref registry remove NAME'",
+        code,
+    )
 
 
 class Store:
@@ -278,6 +312,7 @@ class Store:
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 self.conn.execute(stmt)
+        self.conn.execute(_SKETCH_SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -391,21 +426,107 @@ class Store:
                 out[b.name] = by_sha[b.fingerprint]
             except BlobError as e:
                 bad.append((b, e))
-        if not bad:
-            return out
-        code = OS_REFUSED_EXIT if all(err.exit_code == OS_REFUSED_EXIT for _, err in bad) else 2
-        if len(bad) == 1:
-            one, err = bad[0]
-            raise StoreError(
-                f"registered base {one.name!r} is unusable: {err}; {purpose}fix: {_repair_hint(one)}",
-                code,
-            )
-        listed = "; ".join(f"{x.name!r} ({err})" for x, err in bad)
-        raise StoreError(
-            f"{len(bad)} registered bases are unusable: {listed}; {purpose}fix each with "
-            "'huref registry add SOURCE --name NAME --replace' or 'huref registry remove NAME'",
-            code,
+        if bad:
+            raise _unusable(bad, purpose)
+        return out
+
+    def check_blob_sizes(self, bases: Iterable[Base], sizes: dict[str, int], purpose: str = "") -> None:
+        """Every base's fingerprint file is present with the size recorded with its sketch (a stat
+        per base, no read): a missing or truncated file stops a command before any work."""
+        bad: list[tuple[Base, BlobError]] = []
+        for b in bases:
+            path = self.blob_path(b.fingerprint)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                bad.append((b, BlobError(path, "fingerprint file missing")))
+                continue
+            except OSError as e:
+                bad.append(
+                    (
+                        b,
+                        BlobError(
+                            path, f"cannot read the fingerprint file ({e.strerror or e})", OS_REFUSED_EXIT
+                        ),
+                    )
+                )
+                continue
+            want = sizes.get(b.fingerprint)
+            if want is not None and size != want:
+                bad.append(
+                    (b, BlobError(path, f"fingerprint file damaged or replaced ({size} bytes, not {want})"))
+                )
+        if bad:
+            raise _unusable(bad, purpose)
+
+    # -- sketches (huref.registry.sketch) ---------------------------------------------------------
+
+    def _has_sketches(self) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sketches'"
+            ).fetchone()
+            is not None
         )
+
+    def sketch_rows(self, shas: Iterable[str]) -> dict[str, tuple[str, int, bytes]]:
+        """fingerprint hash -> (version, file size, sketch bytes) of the stored sketches."""
+        if not self._has_sketches():
+            return {}
+        out: dict[str, tuple[str, int, bytes]] = {}
+        want = list(dict.fromkeys(shas))
+        for i in range(0, len(want), 500):  # SQLite's bound-parameter limit
+            part = want[i : i + 500]
+            rows = self.conn.execute(
+                f"SELECT fingerprint, version, size, data FROM sketches WHERE fingerprint IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            out.update({r[0]: (str(r[1]), int(r[2]), bytes(r[3])) for r in rows})
+        return out
+
+    def put_sketch(self, sha: str, version: str, size: int, data: bytes) -> None:
+        """Store a sketch (inside a transaction, or in one of its own); creates the table if needed."""
+        own = not self.conn.in_transaction
+        ctx = self.transaction() if own else contextlib.nullcontext(self.conn)
+        with ctx:
+            self.conn.execute(_SKETCH_SCHEMA)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO sketches(fingerprint, version, size, data) VALUES (?, ?, ?, ?)",
+                (sha, version, int(size), data),
+            )
+
+    def base_sketches(self, bases: Iterable[Base], purpose: str = "") -> dict[str, Any]:
+        """fingerprint hash -> Sketch of every base; a base without a current sketch (registered
+        before sketches, or with another sketch version) has it computed from its file and stored,
+        once. Bases whose fingerprint holds no robust terms get none."""
+        from huref.registry import sketch as sk
+
+        bases = list(bases)
+        rows = self.sketch_rows(b.fingerprint for b in bases)
+        out: dict[str, Any] = {}
+        todo: list[Base] = []
+        for b in bases:
+            row = rows.get(b.fingerprint)
+            got = sk.from_bytes(row[2]) if row is not None and row[0] == sk.SKETCH_VERSION else None
+            if got is None:
+                todo.append(b)
+            else:
+                out[b.fingerprint] = got
+        if todo:
+            fps = self.load_bases(todo, purpose)
+            for b in todo:
+                fp = fps[b.name]
+                if fp.robust is None or b.fingerprint in out:
+                    continue
+                out[b.fingerprint] = s = sk.compute_sketch(fp)
+                if not self.read_only:
+                    self.put_sketch(
+                        b.fingerprint, s.version, self.blob_path(b.fingerprint).stat().st_size, sk.to_bytes(s)
+                    )
+        return out
+
+    def sketch_sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        return {k: v[1] for k, v in self.sketch_rows(shas).items()}
 
     def drop_unreferenced_blob(self, sha: str) -> None:
         """Delete a fingerprint file no base and no cache row names any more.

@@ -44,6 +44,10 @@ from huref.scan.discover import Candidate, one_line
 
 METHOD = f"huref-{__version__}/robust-ics+neuron-test"
 FPVEC_METHOD = f"huref-{__version__}/fpvec-greedy+near-miss"
+# rows of ``comparisons`` that hold what a base's sketch says about a model, not a comparison:
+# ics = ICS bound, log10_p = response bound, shared_tokens = 1 when a neuron test would run,
+# error = why the sketch cannot stand for the comparison (the rule is re-applied with each scan's null)
+SKETCH_METHOD = f"huref-{__version__}/sketch-bounds"
 
 
 class InputError(Exception):
@@ -197,6 +201,42 @@ def stored_comparisons(store: Store, fingerprint: str) -> dict[str, Cmp]:
         (fingerprint, METHOD),
     ).fetchall()
     return {r[0]: Cmp(r[0], r[1], r[2], r[3] or 0, r[4], json.loads(r[5]) if r[5] else None) for r in rows}
+
+
+@dataclass(frozen=True)
+class SketchBounds:
+    ics: float | None
+    response: float | None
+    needs_response: bool
+    why: str
+
+
+def stored_bounds(store: Store, fingerprint: str) -> dict[str, SketchBounds]:
+    rows = store.conn.execute(
+        "SELECT base_fingerprint, ics, log10_p, shared_tokens, error FROM comparisons "
+        "WHERE fingerprint = ? AND method = ?",
+        (fingerprint, SKETCH_METHOD),
+    ).fetchall()
+    return {r[0]: SketchBounds(r[1], r[2], bool(r[3]), r[4] or "") for r in rows}
+
+
+def record_bounds(
+    store: Store, fingerprint: str, bounds: dict[str, SketchBounds], known: Sequence[Cmp] = ()
+) -> None:
+    """A model's sketch bounds against bases, and comparisons known without the bases' files."""
+    with store.transaction() as conn:
+        for sha, b in bounds.items():
+            conn.execute(
+                "INSERT OR REPLACE INTO comparisons(fingerprint, base_fingerprint, method, ics, log10_p, "
+                "shared_tokens, error, detail) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (fingerprint, sha, SKETCH_METHOD, b.ics, b.response, int(b.needs_response), b.why or None),
+            )
+        for c in known:
+            conn.execute(
+                "INSERT OR IGNORE INTO comparisons(fingerprint, base_fingerprint, method, ics, log10_p, "
+                "shared_tokens, error, detail) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (fingerprint, c.base_fingerprint, METHOD, c.ics, c.log10_p, c.shared_tokens, c.error),
+            )
 
 
 def stored_fpvec(store: Store, content: str) -> dict[str, FpvecRow]:

@@ -20,6 +20,10 @@ Decisions worth knowing:
   UTF-8, and results.json and index.html are UTF-8 text.
 - results.json carries ``"schema": "huref-scan/1"`` and index.html a generator tag: the marks
   by which a later scan knows the files it may replace (``huref.scan.outdir``).
+- **Indexed scans** (``huref.scan.index``): a base the sketch rules out has no row in
+  ``comparisons``; ``bases_compared`` counts the bases compared exactly (their rows) and
+  ``bases_ruled_out`` those ruled out. A model whose every comparable base was ruled out is
+  ``independent``, with a note saying so.
 - ``report_path`` is ``reports/<name>.html`` (relative to the output folder) when that file exists
   at render time, else null; ``huref audit`` fills that folder, and ``write_outputs`` re-renders.
 """
@@ -44,6 +48,10 @@ from huref.scan.outdir import INDEX_NAME, RESULTS_NAME, SCHEMA
 
 VERDICTS = ("derived", "independent", "inconclusive")
 _RANK = {"derived": 2, "inconclusive": 1, "independent": 0}
+RULED_OUT_NOTE = (
+    "the sketch ruled out every comparable base ({n}): robust ICS bound below the margin, and no "
+    "neuron correspondence possible (huref.registry.sketch; 'huref scan --exhaustive' compares all)"
+)
 REQUIRED_FIELDS = ("name", "path", "best_base", "ics", "z", "p_value", "verdict", "error")
 NO_BASE_NOTE = (
     "comparable to none of the {n} registered bases (no shared probe tokens): it cannot derive from "
@@ -62,6 +70,7 @@ class ModelResult:
     weights: str | None = None
     comparisons: dict[str, Cmp] | None = None  # base fingerprint hash -> comparison
     fpvec: list[dict[str, Any]] | None = None
+    ruled_out: dict[str, float] | None = None  # base fingerprint hash -> ICS bound (indexed scans)
 
 
 def _finite(x: float | None) -> float | None:
@@ -98,6 +107,8 @@ def model_entry(
         "comparisons": [],
         "report_path": None,
         "claim": None,  # the model card's claimed base against the comparisons (huref.checkpoint.card)
+        "bases_compared": 0,  # bases compared exactly (indexed scans: huref.scan.index)
+        "bases_ruled_out": 0,  # bases the sketch ruled out
     }
     if r.fpvec is not None:
         e["fpvec"] = r.fpvec
@@ -106,11 +117,18 @@ def model_entry(
     if r.error is not None or r.comparisons is None:
         return e
     rows: list[dict[str, Any]] = []
+    ruled = r.ruled_out or {}
+    ruled_rows: list[dict[str, Any]] = []
     for b in bases:
         if b.name == c.name and b.weights and b.weights == r.weights:
             e["registered_as"] = b.name
             continue
         cmp = r.comparisons.get(b.fingerprint)
+        if cmp is None and b.fingerprint in ruled:  # the sketch rules it out (huref.scan.index)
+            e["bases_ruled_out"] += 1
+            # the scan counts a ruled-out base as independent (its verdict below); so does the claim
+            ruled_rows.append({"base": b.name, "verdict": "independent", "ruled_out_by_sketch": True})
+            continue
         if cmp is None:  # cannot happen after a completed scan; guarded so a report never lies
             rows.append({"base": b.name, "error": "not compared"})
             continue
@@ -130,11 +148,14 @@ def model_entry(
             }
         )
     e["comparisons"] = rows
-    e["claim"] = weigh_claims(read_claims(c.path), rows)
+    e["claim"] = weigh_claims(read_claims(c.path), rows + ruled_rows)
+    e["bases_compared"] = sum(1 for x in rows if x.get("error") != "not compared")
     usable = [x for x in rows if "verdict" in x]
     if not usable:
         e["verdict"] = "independent"
-        if not e["registered_as"]:
+        if e["bases_ruled_out"]:
+            e["note"] = RULED_OUT_NOTE.format(n=e["bases_ruled_out"])
+        elif not e["registered_as"]:
             e["note"] = NO_BASE_NOTE.format(n=len(rows))
         elif not rows:
             e["note"] = f"{_self_note(e['registered_as'])}; no other base is registered to compare it with"

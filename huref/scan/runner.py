@@ -9,8 +9,13 @@ A model that failed with a huref error is not tried again until one of its files
 The output folder is checked before any work (``huref.scan.outdir``): never inside a model of the
 zoo, and never over a results.json or index.html that an earlier scan did not write.
 
-Fingerprint files are checked (SHA-256 and seal) whenever they are read. A scan that has work to
-do loads every registered base first, and one unusable base stops it before any work (one line
+An indexed scan (the default) runs in two rounds: the models not yet fingerprinted are
+fingerprinted, then each model is compared exactly with the bases its sketch cannot rule out
+(``huref.scan.index``), and only those bases are loaded. ``--exhaustive`` (``ScanConfig.exhaustive``)
+compares with every base, in one round, as described next.
+
+Fingerprint files are checked (SHA-256 and seal) whenever they are read. An exhaustive scan that has
+work to do loads every registered base first, and one unusable base stops it before any work (one line
 naming the base and the fix, exit 2): its results would otherwise lack that base without saying
 so. A model's cached fingerprint is read only when it needs a comparison with a new base; when
 that file does not load, the entry counts as a miss and the model is fingerprinted again.
@@ -62,6 +67,7 @@ class ScanConfig:
     home: Path | None = None
     progress: bool = True
     fpvec_keys: tuple[Path, ...] = ()  # FP-Vec key files: verify every model with each (--keys)
+    exhaustive: bool = False  # compare with every base (no sketch rule-outs; huref.scan.index)
 
 
 @dataclass
@@ -167,6 +173,108 @@ def _plan(
     return plan
 
 
+def _check_sketches_if_needed(
+    store: Store, states: list[_State], bases: list[Base], settings: Settings, has_tasks: bool
+) -> dict[str, Any]:
+    """The bases' sketches, checked (``index.check_base_sketches``), when any model may need a
+    comparison: a zoo answered entirely from the caches reads none (and imports no numpy)."""
+    if not has_tasks:
+        shas = {b.fingerprint for b in bases}
+        done = all(
+            st.result.error is not None
+            or (
+                st.result.fingerprint is not None
+                and shas
+                <= set(st.result.comparisons or {}) | set(cache.stored_bounds(store, st.result.fingerprint))
+            )
+            for st in states
+        )
+        if done and not _null_sensitive(store, states, bases):
+            return {}
+    from huref.scan.index import check_base_sketches
+
+    return check_base_sketches(store, bases, settings)
+
+
+def _null_sensitive(store: Store, states: list[_State], bases: list[Base]) -> bool:
+    """Whether a cached sketch bound might not rule its base out under this scan's null (then
+    the base is compared exactly, and the sketches are needed); pure Python, no tensors."""
+    from huref.registry.sketch import decide
+
+    null = store.null() or BUILTIN_NULL
+    for st in states:
+        if st.result.error is not None or st.result.fingerprint is None:
+            continue
+        cmps = st.result.comparisons or {}
+        for sha, b in cache.stored_bounds(store, st.result.fingerprint).items():
+            if sha not in cmps and not decide(b.ics, b.response, b.why, b.needs_response, null).ruled_out:
+                return True
+    return False
+
+
+def _compare_round(
+    store: Store,
+    states: list[_State],
+    bases: list[Base],
+    sketches: dict[str, Any],
+    null: Any,
+    settings: Settings,
+) -> tuple[list[Task], WorkerContext]:
+    """The second round of an indexed scan: per model, the bases its sketch cannot rule out."""
+    from huref.scan.index import select_bases
+
+    shas = tuple(dict.fromkeys(b.fingerprint for b in bases))
+    todo: list[tuple[int, _State, list[str]]] = []
+    for i, st in enumerate(states):
+        r = st.result
+        if r.error is not None or r.fingerprint is None:
+            continue
+        if sketches:
+            compare, ruled = select_bases(store, r.fingerprint, shas, sketches, null)
+        else:  # answered from the caches (see _check_sketches_if_needed)
+            compare, ruled = [], _cached_rule_outs(store, r.fingerprint, shas, null)
+        r.ruled_out = ruled
+        r.comparisons = cache.stored_comparisons(store, r.fingerprint)
+        if compare:
+            todo.append((i, st, compare))
+    loaded: list[tuple[int, _State, list[str], Any]] = []
+    for i, st, compare in todo:
+        try:
+            fp = robust_only(store.load_blob(st.result.fingerprint))  # type: ignore[arg-type]
+        except BlobError as e:  # a damaged cache entry is a miss, as in _plan: fingerprint again,
+            # and compare with every base not ruled out (its comparisons are stored under the new file)
+            log.warning(
+                "%s: cached fingerprint unusable (%s); fingerprinting the model again", st.cand.name, e
+            )
+            r = st.result
+            compare = [s for s in shas if s not in (r.ruled_out or {})]
+            r.fingerprint = r.format = r.weights = None
+            r.comparisons, fp = None, None
+        loaded.append((i, st, compare, fp))
+    if not loaded:
+        return [], WorkerContext(settings, {})
+    need = {s for _, _, c, _ in loaded for s in c}
+    fps = _check_bases(store, [b for b in bases if b.fingerprint in need], settings)
+    tasks = [
+        Task(i, st.cand.name, str(st.cand.path), st.stats, tuple(c), cached=fp is not None, fingerprint=fp)
+        for i, st, c, fp in loaded
+    ]
+    return tasks, WorkerContext(settings, fps)
+
+
+def _cached_rule_outs(store: Store, fingerprint: str, shas: tuple[str, ...], null: Any) -> dict[str, float]:
+    from huref.registry.sketch import decide
+
+    cmps = cache.stored_comparisons(store, fingerprint)
+    out: dict[str, float] = {}
+    for sha, b in cache.stored_bounds(store, fingerprint).items():
+        if sha not in shas or sha in cmps or b.ics is None:
+            continue
+        if decide(b.ics, b.response, b.why, b.needs_response, null).ruled_out:
+            out[sha] = b.ics
+    return out
+
+
 def _load_keysets(paths: tuple[Path, ...]) -> tuple[Any, ...]:
     """The --keys files, read and checked before any work starts (a bad file is one clear line)."""
     if not paths:
@@ -230,7 +338,7 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
         refuse_models_as_out_dir(
             Path(cfg.out_dir), [st.cand.path for st in states if st.cand.kind != "error"]
         )
-        plan = _plan(store, states, bases, skey, keysets)
+        plan = _plan(store, states, bases if cfg.exhaustive else [], skey, keysets)
         tasks = [t for _, t in plan if t is not None]
         log.info("%d candidates under %s: %d to run on %s", len(states), zoo, len(tasks), cfg.executor)
         counts: dict[str, Any] = {
@@ -241,7 +349,15 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
             "errors": 0,
         }
         delay = float(os.environ.get(DELAY_ENV, "0") or 0) / 1000.0
-        ctx = WorkerContext(cfg.settings, _check_bases(store, bases, cfg.settings) if tasks else {}, delay)
+        sketches: dict[str, Any] = {}
+        if cfg.exhaustive:
+            ctx = WorkerContext(
+                cfg.settings, _check_bases(store, bases, cfg.settings) if tasks else {}, delay
+            )
+        else:
+            ctx = WorkerContext(cfg.settings, {}, delay)
+            sketches = _check_sketches_if_needed(store, states, bases, cfg.settings, bool(tasks))
+        phase2: set[int] = set()  # models fingerprinted in this scan's first round
 
         con = Console(stderr=True, soft_wrap=True)
         with Progress(
@@ -284,6 +400,7 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
                     st.result.fingerprint, st.result.format, st.result.weights = sha, out.format, out.weights
                     st.result.comparisons = cache.stored_comparisons(store, sha)
                     counts["fingerprinted"] += 1
+                    phase2.add(out.index)
                 else:
                     assert st.content is not None and st.result.fingerprint is not None
                     cache.record_model(
@@ -301,10 +418,16 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
                         out.fpvec,
                     )
                     st.result.comparisons = cache.stored_comparisons(store, st.result.fingerprint)
-                    counts["fingerprint_cached"] += 1
+                    if out.index not in phase2:
+                        counts["fingerprint_cached"] += 1
                 bar.advance(pid)
 
             executor.run(tasks, ctx, on_done)
+            if not cfg.exhaustive:
+                tasks2, ctx2 = _compare_round(store, states, bases, sketches, null, cfg.settings)
+                if tasks2:
+                    bar.update(pid, total=len(states) + len(tasks2))
+                    executor.run(tasks2, ctx2, on_done)
 
         for st in states:
             if keysets and st.result.error is None:
@@ -313,6 +436,9 @@ def run_scan(cfg: ScanConfig) -> ScanReport:
         counts["errors"] = sum(1 for e in entries if e["error"])
         counts["seconds"] = round(time.perf_counter() - t0, 3)
         counts["executor"] = cfg.executor
+        counts["indexed"] = not cfg.exhaustive
+        counts["compared_exactly"] = sum(e.get("bases_compared", 0) for e in entries)
+        counts["ruled_out_by_sketch"] = sum(e.get("bases_ruled_out", 0) for e in entries)
         settings_doc = {
             "modes": list(cfg.settings.modes),
             "n": cfg.settings.n,
