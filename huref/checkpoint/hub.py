@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from huref.checkpoint.vocab import TOKENIZER_FILES
 from huref.errors import CheckpointError
 from huref.paths import shown
 
@@ -46,16 +47,6 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_REVISION = "main"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 ST_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 METADATA_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES, ST_INDEX, BIN_INDEX)
