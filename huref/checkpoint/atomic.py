@@ -108,15 +108,21 @@ def remove_stale_temporaries(dest: Path) -> list[Path]:
     return removed
 
 
+def _prepare(dest: Path, overwrite: bool, taken: str) -> Path:
+    """A fresh temporary name for a writer into ``dest``: refused (``taken``) when ``dest`` exists
+    and may not be replaced; the folder is made and stale temporaries of earlier writers removed."""
+    if dest.exists() and not overwrite:
+        raise UsageError(taken)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest)
+    return _temp_name(dest)
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; rename it to ``dest`` only on success."""
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise UsageError(f"{dest} already exists; choose a new output path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(dest)
-    tmp = _temp_name(dest)
+    tmp = _prepare(dest, overwrite, f"{dest} already exists; choose a new output path")
     tmp.mkdir()  # not mkdtemp: its 0700 would survive the rename; this honours the umask
     try:
         yield tmp
@@ -132,11 +138,7 @@ def atomic_dir(dest: Path, overwrite: bool = False) -> Iterator[Path]:
 def atomic_file(dest: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path in ``dest``'s folder; rename to ``dest`` only on success."""
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise UsageError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(dest)
-    tmp = _temp_name(dest)
+    tmp = _prepare(dest, overwrite, f"{dest} already exists")
     os.close(
         os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     )  # umask applies, unlike mkstemp's 0600
