@@ -1,13 +1,4 @@
-"""Quantized checkpoints, dequantized one tensor at a time when read.
-
-A checkpoint whose config.json carries a ``quantization_config`` is read through
-``QuantizedSource``: each quantized linear appears as one float32 tensor under its float name
-(``...q_proj.weight``) and the auxiliary tensors it is stored as (packed integers, scales, zero
-points, group indices) are hidden. Nothing is dequantized up front; peak memory is that of the
-largest tensor read, as for a float checkpoint. Tensors that are not part of a recognised
-quantized linear stay visible, so the architecture's unclaimed-tensor check still refuses them.
-
-Formats (layout facts from each format's documentation):
+"""GPTQ, AWQ and FP8 releases (layout facts from each format's documentation):
 
 - GPTQ (``quant_method: gptq``): ``qweight`` int32 [in*bits/32, out], values packed as a
   little-endian bit stream along the input dimension (2/3/4/8 bits; 3-bit values straddle
@@ -28,20 +19,18 @@ Formats (layout facts from each format's documentation):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from huref.checkpoint.source import BufferPool, TensorInfo, TensorSource, all_finite, check_rows
+from huref.checkpoint.quant.source import Headers, QLinear, expand_blocks, finite_scales, stored_shape
 from huref.errors import CheckpointError
 from huref.paths import shown
 
 GPTQ_BITS = (2, 3, 4, 8)
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k of a word holds column 8*j + AWQ_ORDER[k]
-SUPPORTED = ("gptq", "awq", "fp8")
+METHODS = ("gptq", "awq", "fp8")
 
 
 @dataclass(frozen=True)
@@ -82,11 +71,7 @@ def parse_scheme(qcfg: Any) -> QuantScheme:
     if not isinstance(qcfg, dict):
         raise CheckpointError("config.json: quantization_config is not a JSON object")
     method = qcfg.get("quant_method")
-    if not isinstance(method, str) or method.lower() not in SUPPORTED:
-        raise CheckpointError(
-            f"config.json: unsupported quant_method {shown(repr(method))} (huref reads {', '.join(SUPPORTED)})"
-        )
-    method = method.lower()
+    method = str(method).lower()
     if method == "fp8":
         fmt = qcfg.get("fmt", "e4m3")
         if fmt != "e4m3":
@@ -195,45 +180,23 @@ def dequant_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
     s = scale_inv.to(torch.float32)
     if block is None or s.numel() == 1:
         return w * s.reshape(())
-    s = s.repeat_interleave(block[0], dim=0)[: w.shape[0]].repeat_interleave(block[1], dim=1)[:, : w.shape[1]]
-    return w * s
+    return w * expand_blocks(s, (w.shape[0], w.shape[1]), block)
 
 
-# ---------------------------------------------------------------- the source wrapper
+# ---------------------------------------------------------------- the codec
 
 
-@dataclass(frozen=True)
-class _QLinear:
-    weight_name: str
-    shape: tuple[int, int]  # [out, in]
-    parts: dict[str, str]  # role -> stored tensor name
+class ClassicCodec:
+    """GPTQ, AWQ and FP8 (``quant_method`` gptq | awq | fp8) as a codec of QuantizedSource."""
 
+    def __init__(self, qcfg: Any) -> None:
+        self.scheme = parse_scheme(qcfg)
+        self.method = self.scheme.method
 
-class QuantizedSource:
-    """A TensorSource over a quantized checkpoint, presenting float weights (see module docstring)."""
+    def describe(self) -> str:
+        return self.scheme.describe()
 
-    def __init__(self, base: TensorSource, scheme: QuantScheme) -> None:
-        self.base = base
-        self.scheme = scheme
-        self._linears: dict[str, _QLinear] = {}
-        names = base.names()
-        have = set(names)
-        hidden: set[str] = set()
-        for n in names:
-            q = self._recognise(n, have)
-            if q is not None:
-                self._linears[q.weight_name] = q
-                hidden.update(q.parts.values())
-        if not self._linears:
-            raise CheckpointError(
-                f"config.json declares {scheme.method} quantization, but no {scheme.method}-quantized tensors were found"
-            )
-        self._names = [n for n in names if n not in hidden]
-        for n in self._linears:
-            if n not in self._names:
-                self._names.append(n)
-
-    def _recognise(self, name: str, have: set[str]) -> _QLinear | None:
+    def recognise(self, name: str, have: set[str], src: Headers) -> QLinear | None:
         s = self.scheme
         if s.method in ("gptq", "awq"):
             if not name.endswith(".qweight"):
@@ -243,26 +206,20 @@ class QuantizedSource:
             for r in ("qzeros", "scales"):
                 if r not in parts:
                     raise CheckpointError(f"{s.method} tensor '{shown(name)}' has no '{shown(pre + r)}'")
-            return self._check_int(pre, parts)
+            return self._check_int(pre, parts, src)
         if not name.endswith(".weight_scale_inv"):
             return None
         pre = name[: -len("weight_scale_inv")]
         if pre + "weight" not in have:
             raise CheckpointError(f"fp8 scale '{shown(name)}' has no weight '{shown(pre + 'weight')}'")
-        return self._check_fp8(pre, {"weight": pre + "weight", "scale": name})
+        return self._check_fp8(pre, {"weight": pre + "weight", "scale": name}, src)
 
-    def _shape(self, name: str, dtype: str | None = None) -> tuple[int, ...]:
-        info = self.base.info(name)
-        if dtype is not None and info.dtype != dtype:
-            raise CheckpointError(f"quantized tensor '{shown(name)}' is {info.dtype}, expected {dtype}")
-        return info.shape
-
-    def _check_int(self, pre: str, parts: dict[str, str]) -> _QLinear:
+    def _check_int(self, pre: str, parts: dict[str, str], src: Headers) -> QLinear:
         s = self.scheme
         bad = f"{s.method} linear '{shown(pre + 'weight')}': inconsistent shapes"
-        qw = self._shape(parts["qweight"], "I32")
-        qz = self._shape(parts["qzeros"], "I32")
-        sc = self._shape(parts["scales"])
+        qw = stored_shape(src, parts["qweight"], "I32")
+        qz = stored_shape(src, parts["qzeros"], "I32")
+        sc = stored_shape(src, parts["scales"])
         if len(qw) != 2 or len(qz) != 2 or len(sc) != 2:
             raise CheckpointError(f"{bad} (2-d tensors expected)")
         n_groups, n_out = sc
@@ -275,7 +232,7 @@ class QuantizedSource:
             n_in = qw[0]
             ok = qw[1] * 8 == n_out and qz == (n_groups, qw[1])
         if "g_idx" in parts:
-            ok = ok and self._shape(parts["g_idx"]) == (n_in,)
+            ok = ok and stored_shape(src, parts["g_idx"]) == (n_in,)
         elif s.group_size > 0:
             ok = ok and n_groups == math.ceil(n_in / s.group_size)
         else:
@@ -284,43 +241,25 @@ class QuantizedSource:
             raise CheckpointError(
                 f"{bad} for {s.bits}-bit (qweight {list(qw)}, qzeros {list(qz)}, scales {list(sc)})"
             )
-        return _QLinear(pre + "weight", (n_out, n_in), parts)
+        return QLinear(pre + "weight", (n_out, n_in), parts)
 
-    def _check_fp8(self, pre: str, parts: dict[str, str]) -> _QLinear:
+    def _check_fp8(self, pre: str, parts: dict[str, str], src: Headers) -> QLinear:
         bad = f"fp8 linear '{shown(pre + 'weight')}': inconsistent shapes"
-        w = self._shape(parts["weight"], "F8_E4M3")
-        sc = self._shape(parts["scale"])
+        w = stored_shape(src, parts["weight"], "F8_E4M3")
+        sc = stored_shape(src, parts["scale"])
         if len(w) != 2:
             raise CheckpointError(f"{bad} (weight {list(w)} is not 2-d)")
         blk = self.scheme.block
         per_tensor = math.prod(sc) == 1
         if not per_tensor and (blk is None or sc != (math.ceil(w[0] / blk[0]), math.ceil(w[1] / blk[1]))):
             raise CheckpointError(f"{bad} (weight {list(w)}, weight_scale_inv {list(sc)}, blocks {blk})")
-        return _QLinear(pre + "weight", (w[0], w[1]), parts)
+        return QLinear(pre + "weight", (w[0], w[1]), parts)
 
-    # TensorSource protocol
-
-    def names(self) -> list[str]:
-        return list(self._names)
-
-    def info(self, name: str) -> TensorInfo:
-        q = self._linears.get(name)
-        if q is None:
-            return self.base.info(name)
-        file = self.base.info(next(iter(q.parts.values()))).file
-        return TensorInfo(name, q.shape, "F32", file)
-
-    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
-        q = self._linears.get(name)
-        if q is None:
-            if name not in self._names:
-                raise CheckpointError(f"no tensor named '{shown(name)}' in this checkpoint")
-            return self.base.read(name, pool)
-        t = {r: self.base.read(n) for r, n in q.parts.items()}
+    def dequantize(self, q: QLinear, t: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.scheme
+        name = q.weight_name
         scale = t["scales"] if "scales" in t else t["scale"]
-        if not all_finite(scale):
-            raise CheckpointError(f"quantized linear '{shown(name)}' has non-finite scales")
+        finite_scales(name, scale)
         if s.method == "fp8":
             return dequant_fp8(t["weight"], scale, s.block)
         if s.method == "awq":
@@ -335,25 +274,3 @@ class QuantizedSource:
         else:
             g_idx = torch.arange(n_in) // (s.group_size if s.group_size > 0 else n_in)
         return dequant_gptq(t["qweight"], t["qzeros"], scale, g_idx, s.bits, s.zero_plus_one)
-
-    def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
-        if name not in self._linears:
-            return self.base.read_rows(name, rows)
-        check_rows(rows, self._linears[name].shape, name)
-        return self.read(name)[list(rows)]
-
-    def weight_files(self) -> list[Path]:
-        return self.base.weight_files()
-
-    def metadata(self) -> dict[str, str]:
-        return self.base.metadata()
-
-    def describe(self) -> str:
-        return self.scheme.describe()
-
-
-def wrap_quantized(source: TensorSource, config: dict[str, Any]) -> TensorSource:
-    """``source`` itself, or a QuantizedSource when ``config`` declares a quantization."""
-    if "quantization_config" not in config:
-        return source
-    return QuantizedSource(source, parse_scheme(config["quantization_config"]))

@@ -1,0 +1,301 @@
+"""bitsandbytes and compressed-tensors releases, written and dequantized by the reference packages.
+
+A tiny zoo base is quantized layer by layer with the format's own package (bitsandbytes'
+``Linear4bit`` / ``Linear8bitLt`` state dicts, exactly what transformers saves; compressed-tensors'
+compressors with scales from its ``calculate_qparams``), written as a release folder with the
+``quantization_config`` the package describes, and read back through huref. huref's float weights
+must equal the package's own dequantization, lie within the format's error of the float weights,
+and fingerprint as ``derived`` from their base and ``independent`` of another base.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+from compressed_tensors.compressors import (
+    FloatQuantizationCompressor,
+    IntQuantizationCompressor,
+    PackedQuantizationCompressor,
+)
+from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+from compressed_tensors.quantization.utils import calculate_qparams
+from safetensors.torch import load_file, save_file
+
+from huref.checkpoint.open import open_checkpoint
+from huref.errors import CheckpointError
+from huref.invariants.compare import compare_fingerprints, load_any
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith(".weight") and name.split(".")[-2] in LINEARS
+
+
+def _write(zoo: Path, dst: Path, tensors: dict[str, torch.Tensor], qcfg: dict) -> Path:
+    dst.mkdir()
+    for f in (zoo / "llama-a").iterdir():
+        if f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, dst / f.name)
+    cfg = json.loads((zoo / "llama-a" / "config.json").read_text())
+    cfg["quantization_config"] = qcfg
+    (dst / "config.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst / "model.safetensors"))
+    return dst
+
+
+# ---------------------------------------------------------------- bitsandbytes
+
+
+def _bnb_linear(w: torch.Tensor, kind: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The module state dict transformers saves for one linear, and bitsandbytes' dequantization."""
+    out, n_in = w.shape
+    if kind == "int8":
+        layer = bnb.nn.Linear8bitLt(n_in, out, bias=False, has_fp16_weights=False)
+        layer.load_state_dict({"weight": w})
+        layer = layer.to("cpu")
+        sd = layer.state_dict()
+        ref = bnbf.int8_vectorwise_dequant(sd["weight"], sd["SCB"])
+        return sd, ref.to(torch.float32)
+    layer = bnb.nn.Linear4bit(
+        n_in, out, bias=False, quant_type=kind, compress_statistics=kind == "nf4", quant_storage=torch.uint8
+    )
+    layer.load_state_dict({"weight": w})
+    layer = layer.to("cpu")
+    sd = layer.state_dict()
+    # The reference dequantizes the flat code vector: bitsandbytes 0.50.2's CPU dequantize_4bit
+    # misplaces blocks when a row is not a whole number of blocks (rows of 176, blocks of 64: 0.097
+    # from the float weights, against 0.024 for the flat reading its own absmax describes).
+    state = copy.copy(layer.weight.quant_state)
+    state.shape = torch.Size([w.numel()])
+    ref = bnbf.dequantize_4bit(layer.weight.data, state).reshape(w.shape)
+    return sd, ref.to(torch.float32)
+
+
+BNB_CONFIG = {
+    "nf4": {  # double-quantized, as most nf4 releases are
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "float32",
+    },
+    "fp4": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "fp4"},
+    "int8": {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 6.0},
+}
+
+
+# ---------------------------------------------------------------- compressed-tensors
+
+
+def _ct_args(case: str) -> tuple[str, QuantizationArgs]:
+    return {
+        "ct-w4-group-asym": (
+            "pack-quantized",
+            QuantizationArgs(num_bits=4, symmetric=False, strategy="group", group_size=16),
+        ),
+        "ct-w3-channel": ("pack-quantized", QuantizationArgs(num_bits=3, symmetric=True, strategy="channel")),
+        "ct-int8-channel": (
+            "int-quantized",
+            QuantizationArgs(num_bits=8, symmetric=True, strategy="channel"),
+        ),
+        "ct-fp8-block": (
+            "float-quantized",
+            QuantizationArgs(
+                num_bits=8, type="float", symmetric=True, strategy="block", block_structure=[32, 32]
+            ),
+        ),
+        "ct-fp8-tensor": (
+            "float-quantized",
+            QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="tensor"),
+        ),
+    }[case]
+
+
+COMPRESSOR = {
+    "pack-quantized": PackedQuantizationCompressor,
+    "int-quantized": IntQuantizationCompressor,
+    "float-quantized": FloatQuantizationCompressor,
+}
+
+
+def _ct_linear(
+    w: torch.Tensor, fmt: str, args: QuantizationArgs
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    out, n_in = w.shape
+    if args.strategy == "group":
+        g = w.reshape(out, n_in // args.group_size, args.group_size)
+        lo, hi = g.amin(-1), g.amax(-1)
+    elif args.strategy == "channel":
+        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    elif args.strategy == "block":
+        bo, bi = args.block_structure  # ragged edge blocks padded with zeros (absmax unchanged)
+        padded = torch.nn.functional.pad(w, (0, -n_in % bi, 0, -out % bo))
+        b = padded.reshape(padded.shape[0] // bo, bo, padded.shape[1] // bi, bi)
+        lo, hi = b.amin((1, 3)), b.amax((1, 3))
+    else:
+        lo, hi = w.amin().reshape(1), w.amax().reshape(1)
+    scale, zp = calculate_qparams(lo, hi, args)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    sd = COMPRESSOR[fmt].compress({"weight": w, "weight_scale": scale, "weight_zero_point": zp}, scheme)
+    ref = COMPRESSOR[fmt].decompress({k: v.clone() for k, v in sd.items()}, scheme)["weight"]
+    return sd, ref.to(torch.float32)
+
+
+# ---------------------------------------------------------------- the quantized zoo
+
+CASES = (
+    "nf4",
+    "fp4",
+    "int8",
+    "ct-w4-group-asym",
+    "ct-w3-channel",
+    "ct-int8-channel",
+    "ct-fp8-block",
+    "ct-fp8-tensor",
+)
+BOUND = {  # the format's error, relative to each row's (or block's) absolute maximum
+    "nf4": 0.25, "fp4": 0.5, "int8": 1 / 127, "ct-w4-group-asym": 1 / 15, "ct-w3-channel": 1 / 3,
+    "ct-int8-channel": 1 / 127, "ct-fp8-block": 1 / 16, "ct-fp8-tensor": 1 / 16,
+}  # fmt: skip
+
+
+def _quantize(zoo: Path, dst: Path, case: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    src = load_file(str(zoo / "llama-a" / "model.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    ref: dict[str, torch.Tensor] = {}
+    if case.startswith("ct-"):
+        fmt, args = _ct_args(case)
+    for name, w in sorted(src.items()):
+        if not _is_linear(name):
+            tensors[name] = w
+            continue
+        pre = name[: -len("weight")]
+        sd, ref[name] = _ct_linear(w, fmt, args) if case.startswith("ct-") else _bnb_linear(w, case)
+        tensors.update({pre + k: v for k, v in sd.items()})
+    if case.startswith("ct-"):
+        scheme = QuantizationScheme(targets=["Linear"], weights=args)
+        qcfg = QuantizationConfig(
+            config_groups={"group_0": scheme},
+            format=fmt,
+            quantization_status="compressed",
+            ignore=["lm_head"],
+        ).model_dump(mode="json")
+    else:
+        qcfg = BNB_CONFIG[case]
+    return _write(zoo, dst, tensors, qcfg), ref
+
+
+@pytest.fixture(scope="module")
+def ref_zoo(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    root = tmp_path_factory.mktemp("quant-refs")
+    return {case: _quantize(tiny_zoo, root / case, case) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dequantized_weights_equal_the_reference_package(ref_zoo, tiny_zoo: Path, case: str) -> None:
+    path, ref = ref_zoo[case]
+    floats = load_file(str(tiny_zoo / "llama-a" / "model.safetensors"))
+    ck = open_checkpoint(path)
+    assert set(ck.source.names()) == set(floats)  # the stored parts are hidden
+    for name, expect in ref.items():
+        got = ck.source.read(name)
+        assert got.dtype == torch.float32 and got.shape == floats[name].shape, name
+        torch.testing.assert_close(got, expect, rtol=2e-6, atol=1e-7, msg=name)
+        err = (got - floats[name]).abs().amax(1)
+        assert bool((err <= BOUND[case] * floats[name].abs().amax(1) + 1e-6).all()), (name, float(err.max()))
+        assert torch.equal(ck.source.read_rows(name, [5, 1]), got[[5, 1]])
+
+
+@pytest.fixture(scope="module")
+def base_prints(tiny_zoo: Path) -> dict:
+    return {b: load_any(tiny_zoo / b)[0] for b in ("llama-a", "llama-b")}
+
+
+@pytest.mark.parametrize("case", ("nf4", "int8", "ct-w4-group-asym", "ct-fp8-block"))
+def test_reference_quantized_model_is_derived_from_its_base_only(
+    ref_zoo, base_prints: dict, case: str
+) -> None:
+    fq = load_any(ref_zoo[case][0])[0]
+    same = compare_fingerprints(fq, base_prints["llama-a"])
+    other = compare_fingerprints(fq, base_prints["llama-b"])
+    print(f"{case}: robust ICS vs llama-a {same.ics:.4f}, vs llama-b {other.ics:.4f}")
+    assert same.verdict == "derived", (case, same.ics)
+    assert other.verdict == "independent", (case, other.ics)
+
+
+def test_inspect_names_bitsandbytes_and_compressed_tensors(
+    ref_zoo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huref.cli import main
+
+    expect = {
+        "nf4": "bitsandbytes 4-bit nf4, double-quantized",
+        "int8": "bitsandbytes 8-bit (LLM.int8, per-row absmax)",
+        "ct-w4-group-asym": "compressed-tensors pack-quantized int4 4-bit, group 16, asym",
+        "ct-fp8-block": "compressed-tensors float-quantized fp8 (e4m3) 8-bit, 32x32 blocks",
+    }
+    for case, text in expect.items():
+        assert main(["inspect", str(ref_zoo[case][0]), "--json", "--no-hash"]) == 0
+        assert json.loads(capsys.readouterr().out)["quantization"] == text
+
+
+def _mutate(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    t = load_file(str(dst / "model.safetensors"))
+    cfg = json.loads((dst / "config.json").read_text())
+    edit(t, cfg)
+    save_file(t, str(dst / "model.safetensors"))
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_bad_bitsandbytes_and_compressed_tensors_releases_are_refused(ref_zoo, tmp_path: Path) -> None:
+    q = "model.layers.0.self_attn.q_proj."
+
+    def fp4_state(t, c):  # the state says fp4, the config nf4
+        t[q + "weight.quant_state.bitsandbytes__fp4"] = t.pop(q + "weight.quant_state.bitsandbytes__nf4")
+
+    def no_absmax(t, c):
+        del t[q + "weight.absmax"]
+
+    def both(t, c):
+        c["quantization_config"]["load_in_8bit"] = True
+
+    def nan_scb(t, c):
+        t[q + "SCB"][0] = float("nan")
+
+    def sparse(t, c):
+        c["quantization_config"]["sparsity_config"] = {"format": "sparse-bitmask"}
+
+    def nvfp4(t, c):
+        c["quantization_config"]["format"] = "nvfp4-pack-quantized"
+
+    def short_packed(t, c):
+        t[q + "weight_packed"] = t[q + "weight_packed"][:, :-1].contiguous()
+
+    def no_group(t, c):
+        c["quantization_config"]["config_groups"]["group_0"]["targets"] = ["re:.*mlp.*"]
+
+    bad = [
+        ("nf4", fp4_state, "is fp4-quantized, config.json says nf4"),
+        ("nf4", no_absmax, "weight.absmax' is missing"),
+        ("nf4", both, "exactly one of load_in_4bit and load_in_8bit"),
+        ("ct-w4-group-asym", sparse, "sparse compression"),
+        ("ct-w4-group-asym", nvfp4, "format 'nvfp4-pack-quantized' is not supported"),
+        ("ct-w4-group-asym", short_packed, "weight_packed does not hold"),
+        ("ct-w4-group-asym", no_group, "matches no config group"),
+    ]
+    for i, (case, edit, message) in enumerate(bad):
+        with pytest.raises(CheckpointError, match=message):
+            open_checkpoint(_mutate(ref_zoo[case][0], tmp_path / str(i), edit))
+    ck = open_checkpoint(_mutate(ref_zoo["int8"][0], tmp_path / "nan", nan_scb))
+    with pytest.raises(CheckpointError, match="non-finite scales"):
+        ck.source.read(q + "weight")
