@@ -284,7 +284,11 @@ def test_bad_bitsandbytes_and_compressed_tensors_releases_are_refused(ref_zoo, t
     def no_group(t, c):
         c["quantization_config"]["config_groups"]["group_0"]["targets"] = ["re:.*mlp.*"]
 
+    def nested(t, c):
+        c["quantization_config"]["config_groups"]["group_0"]["targets"] = ["re:(model.+)+x"]
+
     bad = [
+        ("ct-w4-group-asym", nested, "repeats a repeated group"),
         ("nf4", fp4_state, "is fp4-quantized, config.json says nf4"),
         ("nf4", no_absmax, "weight.absmax' is missing"),
         ("nf4", both, "exactly one of load_in_4bit and load_in_8bit"),

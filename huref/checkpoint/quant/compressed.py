@@ -48,7 +48,10 @@ from huref.paths import shown
 FORMATS = ("pack-quantized", "int-quantized", "naive-quantized", "float-quantized")
 STRATEGIES = ("tensor", "channel", "group", "block")
 ACTIVATION_PARTS = ("input_scale", "input_zero_point", "output_scale", "output_zero_point")
-MAX_PATTERN = 512  # a target regex longer than this is refused rather than run
+MAX_PATTERN = 256  # a target regex longer than this is refused rather than run
+# A repeated group that itself repeats, as in (a+)+: the shape of catastrophic backtracking, which
+# could hang a scan on a crafted config. Real targets (re:.*mlp\.(gate|up)_proj) never need it.
+_NESTED_REPEAT = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")
 FLOATS = ("F32", "F16", "BF16")
 
 
@@ -128,6 +131,10 @@ def _targets(name: str, group: dict[str, Any]) -> list[str]:
         if x.startswith("re:"):
             if len(x) > MAX_PATTERN:
                 raise CheckpointError(f"quantization_config: target pattern longer than {MAX_PATTERN}")
+            if _NESTED_REPEAT.search(x):
+                raise CheckpointError(
+                    f"quantization_config: target pattern {shown(repr(x))} repeats a repeated group"
+                )
             try:
                 re.compile(x[3:])
             except re.error as e:
