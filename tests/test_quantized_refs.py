@@ -219,7 +219,7 @@ def base_prints(tiny_zoo: Path) -> dict:
     return {b: load_any(tiny_zoo / b)[0] for b in ("llama-a", "llama-b")}
 
 
-@pytest.mark.parametrize("case", ("nf4", "int8", "ct-w4-group-asym", "ct-fp8-block"))
+@pytest.mark.parametrize("case", CASES)
 def test_reference_quantized_model_is_derived_from_its_base_only(
     ref_zoo, base_prints: dict, case: str
 ) -> None:
