@@ -43,7 +43,7 @@ lock:
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip setuptools; \
 	"$$tmp/venv/bin/python" -m pip install -q "$(TORCH)"; \
 	"$$tmp/venv/bin/python" -m pip install -q -e ".[dev]"; \
-	{ echo "# huref's locked environment: \`make lock\` writes it (see README, 'Dependencies')."; \
+	{ echo "# huref's locked environment: \`make lock\` writes it (see docs/dependencies.md)."; \
 	  echo "# Python $$("$$tmp/venv/bin/python" -c 'import platform; print(platform.python_version())'), resolved $$(date -u +%Y-%m-%d)."; \
 	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
 	} > "$$tmp/lock"; \

@@ -24,7 +24,7 @@ from huref.fpvec.vector import FINGERPRINT_TENSOR, open_vector
 # What each chain must reach. The acceptance targets (SFT stamping FSR >= 0.9, near-miss 0, harm
 # <= 5%) are met by the LLaMA-style chain except SFT transfer (measured 0.7 with these keys); the
 # GPT-2 chain (tied embeddings) misses near-miss, harm and transfer. The floors below sit under the
-# measured figures (README "FP-Vec") so that a regression fails, and the gap to the targets is
+# measured figures (docs/fpvec.md) so that a regression fails, and the gap to the targets is
 # stated there rather than hidden in an expected failure.
 # The likelihood rank test (keys against 40 decoys; p floor 9.7e-11) is held to ceilings the same
 # way: measured at the floor on every LLaMA-style model carrying the fingerprint (the stamped CPT
@@ -191,7 +191,7 @@ def test_stamped_cpt_derivative_is_measured_and_stays_specific(
     chain: Chain, capsys: pytest.CaptureFixture
 ) -> None:
     """The zoo's CPT moves about half of the weights (relative Frobenius change): tau transfers
-    weakly to greedy decoding (README "FP-Vec"); stamping must not make near-miss keys fire, and
+    weakly to greedy decoding (docs/fpvec.md); stamping must not make near-miss keys fire, and
     where the likelihood test has a ceiling it must still see the keys."""
     fsr, nm, p = _verify(chain.stamped["cpt"], chain.keys)
     harm = perplexity_change(chain.zoo / f"{chain.name}-cpt", chain.stamped["cpt"], device="cpu")

@@ -15,7 +15,7 @@ which makes the two matchings agree beyond chance even for independent models: o
 independent pairs the per-layer agreement counts were over-dispersed against the exact null (3.1%
 of layers below p = 0.01). The second view is therefore residualised against the first, per
 neuron and within each model, before matching; that removes the shared linear component and
-brings the counts back to the null (see README "Calibration").
+brings the counts back to the null (see docs/method.md, "The p-value and its calibration").
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ otherwise it is compared exactly.
    cosine over all layer pairs, plus ``EST_MARGIN``, is below ``RESPONSE_CEILING``. The neuron
    test's p-value has no monotone relation to the ICS, and no sketch bounds it exactly: this guard
    is the stated conservative substitute (derived pairs have response Grams far above the ceiling,
-   see README "Scans that scale with the registry").
+   see docs/registry-and-scans.md).
 
 A pair whose probe tokens share fewer than 16 strings is not ruled out either: its exact
 comparison is known without the base's file (``shared_too_few``), and is recorded as the error
