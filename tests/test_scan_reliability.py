@@ -217,7 +217,7 @@ def test_registry_add_refuses_a_checkpoint_replaced_while_it_was_fingerprinted(
 ) -> None:
     """``registry add`` hashes the weights after reading the tensors: a file renamed over in
     between bound llama-b's hashes (the base's ``weights``) to llama-a-sft's fingerprint."""
-    from huref.checkpoint.open import Checkpoint
+    from huref.checkpoint.core import Checkpoint
 
     model = tmp_path / "m"
     shutil.copytree(tiny_zoo / "llama-a-sft", model)

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from huref.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from huref.checkpoint.open import Checkpoint, open_checkpoint
+    from huref.checkpoint.core import Checkpoint
+    from huref.checkpoint.open import open_checkpoint
 
 __all__ = ["Checkpoint", "open_checkpoint"]
 
 __getattr__, __dir__ = lazy_exports(
-    __name__, {"Checkpoint": "huref.checkpoint.open", "open_checkpoint": "huref.checkpoint.open"}, globals()
+    __name__, {"Checkpoint": "huref.checkpoint.core", "open_checkpoint": "huref.checkpoint.open"}, globals()
 )

@@ -31,9 +31,11 @@ from typing import Any
 
 import torch
 
+from huref.checkpoint.core import Checkpoint, Opener
 from huref.checkpoint.files import read_json
 from huref.checkpoint.safetensors_io import SafetensorsSource
 from huref.checkpoint.source import BufferPool, TensorInfo, TensorSource, check_rows
+from huref.checkpoint.vocab import load_vocab
 from huref.errors import CheckpointError
 from huref.paths import refuse_special, shown
 
@@ -412,13 +414,12 @@ def _plan(
     return patches, merged, replaced
 
 
-def open_adapter(path: str | Path, base: str | Path | None = None) -> Any:
-    """The Checkpoint an adapter folder stands for: its base, merged with it when read.
+def open_adapter(path: str | Path, base: str | Path | None, open_checkpoint: Opener) -> Checkpoint:
+    """The Checkpoint an adapter folder stands for: its base (opened with ``open_checkpoint``),
+    merged with it when read.
 
     ``base`` overrides the adapter's ``base_model_name_or_path``.
     """
-    from huref.checkpoint.open import Checkpoint, open_checkpoint
-    from huref.checkpoint.vocab import load_vocab
 
     p = Path(path)
     folder = p.parent if p.name == WEIGHTS_NAME else p

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from huref.checkpoint.open import Checkpoint, open_checkpoint
+from huref.checkpoint.core import Checkpoint
+from huref.checkpoint.open import open_checkpoint
 from huref.checkpoint.source import DTYPES
 from huref.checkpoint.writer import TensorPlan, write_checkpoint
 

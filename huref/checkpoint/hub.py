@@ -7,7 +7,7 @@ needs moves:
 
 - config, tokenizer files and the safetensors index go through ``hf_hub_download`` into the hub's
   own cache layout (``models--owner--name/snapshots/<commit>/...``);
-- weights are *not* downloaded whole by ``open_hub_checkpoint``: the safetensors headers and then
+- weights are *not* downloaded whole by ``open_hub_checkpoint`` (in hub_ranges): the safetensors headers and then
   the bytes of exactly the tensors (or embedding rows) that are read arrive by HTTP range reads,
   into a sparse local copy of each file (see ``huref.checkpoint.hub_ranges``). A paper-mode
   fingerprint of a 7B model so moves megabytes; a command that reads every layer moves the tensors
@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from huref.checkpoint.vocab import TOKENIZER_FILES
@@ -317,51 +316,3 @@ def fetch_metadata(snap: Snapshot) -> None:
     for name in METADATA_FILES:
         if name in snap.files:
             download(snap, name)
-
-
-def open_hub_checkpoint(spec: str | RepoRef) -> Any:
-    """A Checkpoint of a hub model whose weights are read by HTTP range, tensor by tensor.
-
-    Safetensors weights stay remote: a tensor's bytes are fetched when it is first read and kept
-    in a sparse local copy. A repository with only PyTorch ``.bin`` weights is downloaded whole
-    and read like a local folder.
-    """
-    from huref.checkpoint.hashing import sha256_file
-    from huref.checkpoint.hub_ranges import RangeSafetensorsSource
-    from huref.checkpoint.open import Checkpoint, _read_config, open_checkpoint
-    from huref.checkpoint.vocab import load_vocab
-
-    ref = spec if isinstance(spec, RepoRef) else parse_repo_id(spec)
-    if ref is None:
-        raise CheckpointError(f"{shown(spec)}: no such file or folder, nor a hub repository id (owner/name)")
-    snap = resolve_revision(ref)
-    fetch_metadata(snap)
-    weights = snap.weight_names()
-    if not weights:
-        raise CheckpointError(
-            f"{shown(str(ref))}: the repository holds no .safetensors or pytorch_model*.bin weights"
-        )
-    if not weights[0].endswith(".safetensors"):
-        for name in weights:
-            download(snap, name)
-        ckpt = open_checkpoint(snap.folder)
-        ckpt.origin = str(ref)
-        return ckpt
-    source = RangeSafetensorsSource(snap, weights)
-    hashes: dict[str, str] = {}
-    for name, path in zip(weights, source.weight_files(), strict=True):
-        sha = snap.files[name].sha256  # the LFS object id; a file stored in git has none
-        if sha is None:
-            source.fetch_whole(path)
-            sha = sha256_file(path)
-        hashes[name] = sha
-    config = _read_config(snap.folder / "config.json")
-    return Checkpoint(
-        snap.folder,
-        "hf-safetensors",
-        source,
-        config,
-        load_vocab(snap.folder),
-        _hashes=hashes,
-        origin=str(ref),
-    )

@@ -25,9 +25,21 @@ from pathlib import Path
 
 import torch
 
-from huref.checkpoint.hub import Snapshot, hub_errors
+from huref.checkpoint.core import Checkpoint, Opener, read_config
+from huref.checkpoint.hashing import sha256_file
+from huref.checkpoint.hub import (
+    RepoRef,
+    Snapshot,
+    download,
+    fetch_metadata,
+    hub_errors,
+    parse_repo_id,
+    resolve_revision,
+)
+from huref.checkpoint.quant import wrap_quantized
 from huref.checkpoint.safetensors_io import SafetensorsFile, SafetensorsSource
 from huref.checkpoint.source import BufferPool, TensorInfo, check_rows
+from huref.checkpoint.vocab import load_vocab
 from huref.errors import CheckpointError
 from huref.paths import shown
 
@@ -287,3 +299,47 @@ class RangeSafetensorsSource:
         sp = self._sparse.get(path)
         if sp is not None:
             sp.ensure(0, sp.size)
+
+
+def open_hub_checkpoint(spec: str | RepoRef, open_checkpoint: Opener) -> Checkpoint:
+    """A Checkpoint of a hub model whose weights are read by HTTP range, tensor by tensor.
+
+    Safetensors weights stay remote: a tensor's bytes are fetched when it is first read and kept
+    in a sparse local copy. A repository with only PyTorch ``.bin`` weights is downloaded whole
+    and read like a local folder (with ``open_checkpoint``).
+    """
+
+    ref = spec if isinstance(spec, RepoRef) else parse_repo_id(spec)
+    if ref is None:
+        raise CheckpointError(f"{shown(spec)}: no such file or folder, nor a hub repository id (owner/name)")
+    snap = resolve_revision(ref)
+    fetch_metadata(snap)
+    weights = snap.weight_names()
+    if not weights:
+        raise CheckpointError(
+            f"{shown(str(ref))}: the repository holds no .safetensors or pytorch_model*.bin weights"
+        )
+    if not weights[0].endswith(".safetensors"):
+        for name in weights:
+            download(snap, name)
+        ckpt = open_checkpoint(snap.folder)
+        ckpt.origin = str(ref)
+        return ckpt
+    source = RangeSafetensorsSource(snap, weights)
+    hashes: dict[str, str] = {}
+    for name, path in zip(weights, source.weight_files(), strict=True):
+        sha = snap.files[name].sha256  # the LFS object id; a file stored in git has none
+        if sha is None:
+            source.fetch_whole(path)
+            sha = sha256_file(path)
+        hashes[name] = sha
+    config = read_config(snap.folder / "config.json")
+    return Checkpoint(
+        snap.folder,
+        "hf-safetensors",
+        wrap_quantized(source, config),  # a quantized release reads as float, as a local folder does
+        config,
+        load_vocab(snap.folder),
+        _hashes=hashes,
+        origin=str(ref),
+    )

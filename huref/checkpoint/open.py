@@ -8,79 +8,22 @@ with the adapter merged in, tensor by tensor; see huref.checkpoint.adapter).
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from huref.checkpoint.adapter import AdapterInfo, is_adapter_folder, open_adapter
+from huref.checkpoint.adapter import is_adapter_folder, open_adapter
+from huref.checkpoint.core import Checkpoint, parse_config, read_config
 from huref.checkpoint.gguf_io import GGUFSource
-from huref.checkpoint.hashing import sha256_file
 from huref.checkpoint.llama2c import Llama2cSource, looks_like_llama2c
 from huref.checkpoint.quant import wrap_quantized
 from huref.checkpoint.safetensors_io import SafetensorsSource
-from huref.checkpoint.source import MAX_CONFIG_DEPTH, TensorSource, nesting_depth_exceeds, read_json
+from huref.checkpoint.source import TensorSource
 from huref.checkpoint.torchbin import TorchBinSource
-from huref.checkpoint.vocab import Vocab, load_vocab, vocab_from_list
+from huref.checkpoint.vocab import load_vocab, vocab_from_list
 from huref.errors import CheckpointError, UsageError
 from huref.paths import refuse_special, shown
 
 CONFIG_METADATA_KEY = "huref.config"  # a single-file checkpoint may carry its config here
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint on disk: its tensors (lazily), its config, its vocabulary."""
-
-    path: Path
-    format: str  # hf-safetensors | safetensors | hf-bin | llama2c | gguf
-    source: TensorSource
-    config: dict[str, Any]
-    vocab: Vocab | None
-    _hashes: dict[str, str] | None = field(default=None, repr=False)
-    adapter: AdapterInfo | None = None  # a PEFT adapter read merged into its base
-    origin: str | None = None  # the hub repository id it was resolved from ("owner/name@rev")
-
-    @property
-    def name(self) -> str:
-        if self.adapter is not None:  # names both: "my-lora (LoRA adapter on llama-7b)"
-            return self.adapter.display_name
-        if self.origin is not None:  # a hub snapshot folder is named by its commit
-            return self.origin
-        return self.path.stem if self.path.is_file() else self.path.name
-
-    def weight_files(self) -> list[Path]:
-        return self.source.weight_files()
-
-    def sha256s(self) -> dict[str, str]:
-        """file name -> SHA-256, streamed; computed once per Checkpoint."""
-        if self._hashes is None:
-            self._hashes = {p.name: sha256_file(p) for p in self.weight_files()}
-        return dict(self._hashes)
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    return _check_config(read_json(path, "config.json"), f"{shown(path)}: corrupt config.json")
-
-
-def _parse_config(text: str, what: str) -> dict[str, Any]:
-    """A config document carried as text (a single file's metadata)."""
-    try:
-        cfg = json.loads(text)
-    except (ValueError, RecursionError):  # nesting deep enough to exhaust the parser is corrupt too
-        raise CheckpointError(f"{what} (not valid JSON)") from None
-    return _check_config(cfg, what)
-
-
-def _check_config(cfg: Any, what: str) -> dict[str, Any]:
-    """A config is a JSON object, nested no deeper than real configs are (the values themselves
-    are checked by the architecture's config reader, where their meaning is known)."""
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{what} (not a JSON object)")
-    if nesting_depth_exceeds(cfg, MAX_CONFIG_DEPTH):
-        raise CheckpointError(f"{what} (nested deeper than {MAX_CONFIG_DEPTH} levels)")
-    return cfg
 
 
 def _present(path: Path, what: str) -> bool:
@@ -116,12 +59,12 @@ def _open_folder(folder: Path) -> Checkpoint:
         raise CheckpointError(f"{shown(folder)}: no weights (.safetensors or pytorch_model*.bin): {what}")
     cfg_path = folder / "config.json"
     if _present(cfg_path, "config.json"):
-        config = _read_config(cfg_path)
+        config = read_config(cfg_path)
     else:
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is None:
             raise CheckpointError(f"{shown(folder)}: no config.json (needed to know the architecture)")
-        config = _parse_config(meta, f"{shown(folder)}: corrupt config in the weights' metadata")
+        config = parse_config(meta, f"{shown(folder)}: corrupt config in the weights' metadata")
     source = wrap_quantized(source, config)  # quantized linears read as float, one at a time
     return Checkpoint(folder, fmt, source, config, load_vocab(folder))
 
@@ -134,15 +77,16 @@ def open_checkpoint(path: str | Path, adapter_base: str | Path | None = None) ->
     """
     p = Path(path)
     if not p.exists():
-        from huref.checkpoint.hub import hub_reference, open_hub_checkpoint
+        from huref.checkpoint.hub import hub_reference
+        from huref.checkpoint.hub_ranges import open_hub_checkpoint
 
         ref = hub_reference(os.fspath(path))  # owner/name[@rev]: read from the hub (or its cache)
         if ref is not None and adapter_base is None:
-            return open_hub_checkpoint(ref)  # type: ignore[no-any-return]
+            return open_hub_checkpoint(ref, open_checkpoint)
         raise CheckpointError(f"{shown(p)}: no such file or folder")
     refuse_special(p, "checkpoint", CheckpointError)  # before anything opens it
     if is_adapter_folder(p):
-        return open_adapter(p, adapter_base)
+        return open_adapter(p, adapter_base, open_checkpoint)
     if adapter_base is not None:
         raise UsageError(f"{shown(p)}: an adapter base was given, but this is not a PEFT adapter folder")
     if p.is_dir():
@@ -153,9 +97,9 @@ def open_checkpoint(path: str | Path, adapter_base: str | Path | None = None) ->
         cfg_beside = p.parent / "config.json"
         meta = source.metadata().get(CONFIG_METADATA_KEY)
         if meta is not None:
-            config = _parse_config(meta, f"{shown(p)}: corrupt config in metadata")
+            config = parse_config(meta, f"{shown(p)}: corrupt config in metadata")
         elif _present(cfg_beside, "config.json"):
-            config = _read_config(cfg_beside)
+            config = read_config(cfg_beside)
         else:
             raise CheckpointError(
                 f"{shown(p)}: a bare safetensors file needs a config.json beside it "
@@ -174,7 +118,7 @@ def open_checkpoint(path: str | Path, adapter_base: str | Path | None = None) ->
         cfg_beside = p.parent / "config.json"
         if not _present(cfg_beside, "config.json"):
             raise CheckpointError(f"{shown(p)}: a bare .bin state dict needs a config.json beside it")
-        return Checkpoint(p, "hf-bin", source_b, _read_config(cfg_beside), load_vocab(p.parent))
+        return Checkpoint(p, "hf-bin", source_b, read_config(cfg_beside), load_vocab(p.parent))
     raise CheckpointError(
         f"{shown(p)}: unrecognised checkpoint (expected a folder, .safetensors, .bin (llama2.c or PyTorch) "
         "or .gguf)"

@@ -1,6 +1,6 @@
 """Harmlessness without a download: perplexity on held-out text before and after stamping.
 
-The text is the held-out slice of the local corpus (``huref.zoo.corpus``: the Python standard
+The text is the held-out slice of the local corpus (``huref.lm.corpus``: the Python standard
 library's own sources, a slice no zoo model was trained on), tokenised by each model's own
 tokenizer, in consecutive windows no longer than the model's context.
 
@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from huref.device import resolve_device
 from huref.errors import FPVecError
 from huref.fpvec import data as D
-from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
+from huref.lm.corpus import corpus_text
+from huref.lm.load import cpu_threads, load_causal_lm, threads_for
+from huref.lm.train import perplexity
 from huref.paths import shown
-from huref.zoo.corpus import corpus_text
-from huref.zoo.train import perplexity
 
 DEFAULT_CHARS = 200_000
 DEFAULT_WINDOWS = 64
@@ -72,10 +73,10 @@ class _Model:
         self.seq = max(8, min(seq, ctx))
         self.dev = resolve_device(device)
         n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
-        self.threads = 1 if self.dev.type == "cpu" and n_params < SMALL_MODEL else None
+        self.threads = threads_for(n_params, self.dev)
 
     def lm(self) -> Any:
-        return load_causal_lm(self.path, self.dev)
+        return load_causal_lm(self.path, self.dev, error=FPVecError)
 
 
 def heldout_perplexity(

@@ -29,7 +29,6 @@ defaults of ``TrainConfig`` were tuned on the tiny zoo (tests/test_fpvec_chain.p
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -37,7 +36,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,15 +48,17 @@ from torch.func import functional_call
 
 from huref import __version__
 from huref.checkpoint.atomic import atomic_dir
-from huref.device import resolve_device as resolve_device  # verify and harm import it from here
+from huref.device import resolve_device
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
+from huref.fpvec.harm import SAMPLES, perplexity_change
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, single_edits
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
+from huref.lm.load import SMALL_MODEL, cpu_threads, load_causal_lm, threads_for
+from huref.lm.train import train_lm
 
 log = logging.getLogger(__name__)
 
-SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread is fastest and lr 3e-3 is right
 HARM_WARN = 0.05  # perplexity change above which train warns
 # Bounds on the user-sized loops of training (checked before any work): 300 steps fingerprint the
 # tiny zoo's models, and the published recipe uses 50 regularisation pairs.
@@ -124,38 +125,6 @@ def auto_lr(parameters: int) -> float:
     if parameters < 1_000_000_000:
         return 1e-4
     return 1e-5
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Tiny models train fastest on one thread (intra-op threads only add synchronisation)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if not Path(path).is_dir():
-        raise FPVecError(
-            f"{path}: generating text needs a Hugging Face model folder (config, weights, tokenizer)"
-        )
-    try:
-        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
-    except Exception as e:  # transformers raises many types for unloadable folders
-        raise FPVecError(
-            f"{path}: cannot load as a causal language model ({type(e).__name__}: {e})"
-        ) from None
-    return model.to(device).eval()
 
 
 def _batch_to(b: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
@@ -252,7 +221,6 @@ def make_shadows(
     """
     if cfg.shadows <= 0:
         return []
-    from huref.zoo.train import train_lm
 
     data = D.self_samples(teacher, tok, 64, 63, cfg.seed + 7)  # [64, 64] ids
     base = dict(teacher.named_parameters())
@@ -309,9 +277,8 @@ def train_fingerprint(
     dev = resolve_device(cfg.device)
     n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
     lr = cfg.lr if cfg.lr is not None else auto_lr(n_params)
-    threads = 1 if dev.type == "cpu" and n_params < SMALL_MODEL else None
-    with cpu_threads(threads):
-        teacher = load_causal_lm(base, dev)
+    with cpu_threads(threads_for(n_params, dev)):
+        teacher = load_causal_lm(base, dev, error=FPVecError)
         for p in teacher.parameters():
             p.requires_grad_(False)
         ex = build_examples(teacher, tok, ks, cfg)
@@ -341,8 +308,6 @@ def train_fingerprint(
         cfg.measure_harm if cfg.measure_harm is not None else (n_params < SMALL_MODEL or dev.type == "cuda")
     )
     if measure:
-        from huref.fpvec.harm import SAMPLES, perplexity_change
-
         report.harm = perplexity_change(base, out, device=str(dev)).to_json()
         if report.harmful:
             text = report.harm["text"]

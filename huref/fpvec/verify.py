@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from huref.device import resolve_device
+from huref.errors import FPVecError
 from huref.fpvec import data as D
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys
 from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, check_decoys, likelihood_test
-from huref.fpvec.train import SMALL_MODEL, cpu_threads, load_causal_lm, resolve_device
 from huref.fpvec.vector import open_checkpoint_or_fail
+from huref.lm.load import cpu_threads, load_causal_lm, threads_for
 
 EXTRA_TOKENS = 16  # generated beyond the target's own length, so a late or prefixed target still counts
 
@@ -90,8 +92,8 @@ def verify_model(
     n_new = max_new_tokens or len(target_ids) + EXTRA_TOKENS
     dev = resolve_device(device)
     n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
-    with cpu_threads(1 if dev.type == "cpu" and n_params < SMALL_MODEL else None):
-        lm = load_causal_lm(path, dev)
+    with cpu_threads(threads_for(n_params, dev)):
+        lm = load_causal_lm(path, dev, error=FPVecError)
         main = query(lm, tok, list(ks.keys), ks.target, n_new)
         nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
         lt = (

@@ -1,4 +1,5 @@
-"""A small causal-LM training loop for the zoo: random windows of a token stream, AdamW, cosine."""
+"""A small causal-LM training loop (the zoo's bases and derivatives, FP-Vec's shadow models): random
+windows of a token stream, AdamW, cosine; and perplexity over a token stream."""
 
 from __future__ import annotations
 

@@ -27,13 +27,13 @@ from safetensors.torch import load_file, save_file
 from huref.checkpoint.atomic import atomic_dir
 from huref.checkpoint.convert import export_hf
 from huref.errors import UsageError
+from huref.lm.corpus import corpus_text
+from huref.lm.train import train_lm
 from huref.zoo import attacks, derive
-from huref.zoo.corpus import corpus_text
 from huref.zoo.models import load_hf, new_model, same_function_error, save_hf
 from huref.zoo.presets import PRESETS, Preset
 from huref.zoo.rolestate import RoleState
 from huref.zoo.tokenizer import id_named_tokenizer, save_tokenizer, train_tokenizer
-from huref.zoo.train import train_lm
 
 log = logging.getLogger(__name__)
 ZOO_VERSION = "1"
@@ -374,9 +374,11 @@ def _run_phase(jobs: list[tuple[Callable[..., list[dict]], tuple]], workers: int
 
 
 def recipe_hash(preset: Preset, stories: Path | None) -> str:
-    """Preset, stories flag and the zoo's own source code: a changed recipe rebuilds the zoo."""
+    """Preset, stories flag and the source code that builds the zoo (huref.zoo and the training
+    loop and corpus of huref.lm): a changed recipe rebuilds the zoo."""
     code = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
+    here = Path(__file__).parent
+    for f in [*sorted(here.glob("*.py")), *sorted((here.parent / "lm").glob("*.py"))]:
         code.update(f.read_bytes())
     blob = json.dumps(
         {"v": ZOO_VERSION, "preset": preset.recipe(), "stories": bool(stories), "code": code.hexdigest()},
