@@ -99,13 +99,10 @@ def dog_png_bytes(
 
 def fingerprint_of(path: str | Path) -> Fingerprint:
     """A fingerprint file is read (seal verified); anything else is fingerprinted (robust mode)."""
-    from huref.invariants import Settings, fingerprint_model, load_fingerprint
-    from huref.invariants.fpfile import is_fingerprint_file
+    from huref.invariants import Settings
+    from huref.invariants.resolve import resolve_fingerprint
 
-    refuse_special(path, "input")  # neither a fingerprint file nor a checkpoint, and a FIFO blocks
-    if is_fingerprint_file(path):
-        return load_fingerprint(path)
-    return fingerprint_model(path, Settings(modes=("robust",)))
+    return resolve_fingerprint(path, Settings(modes=("robust",))).fingerprint
 
 
 def robust_settings(fp: Fingerprint) -> tuple[int, str]:
@@ -140,8 +137,9 @@ def fingerprints_of(paths: Sequence[str | Path]) -> list[Fingerprint]:
     """Fingerprints of inputs whose dogs are shown together. Fingerprint files are read first
     and must agree with each other and with the default robust settings that the checkpoints
     among the inputs get (those always agree), before any checkpoint is fingerprinted."""
-    from huref.invariants import Settings, fingerprint_model, load_fingerprint
+    from huref.invariants import Settings, load_fingerprint
     from huref.invariants.fpfile import is_fingerprint_file
+    from huref.invariants.resolve import resolve_fingerprint
     from huref.invariants.tokens import key_digest
 
     settings = Settings(modes=("robust",))
@@ -155,7 +153,9 @@ def fingerprints_of(paths: Sequence[str | Path]) -> list[Fingerprint]:
             (f"{first} (fingerprinted here, default settings)", (settings.n, key_digest(settings.key)))
         )
     check_same_robust_settings(sources)
-    return [files[i] if i in files else fingerprint_model(p, settings) for i, p in enumerate(paths)]
+    return [
+        files[i] if i in files else resolve_fingerprint(p, settings).fingerprint for i, p in enumerate(paths)
+    ]
 
 
 def encoder_n_range(encoder: str | Path | None = None) -> tuple[int, int]:

@@ -111,14 +111,10 @@ def compare_fingerprints(
 
 def load_any(path: str | Path, settings: Any = None) -> tuple[Fingerprint, Checkpoint | None]:
     """A fingerprint from a fingerprint file, or computed from a checkpoint (returned too)."""
-    from huref.arch import load_model
-    from huref.invariants.extract import fingerprint_model
-    from huref.invariants.fpfile import is_fingerprint_file, load_fingerprint
+    from huref.invariants.resolve import resolve_fingerprint
 
-    if is_fingerprint_file(path):
-        return load_fingerprint(path), None
-    m = load_model(path)
-    return fingerprint_model(m, settings), m.ckpt
+    r = resolve_fingerprint(path, settings)
+    return r.fingerprint, None if r.model is None else r.model.ckpt
 
 
 def compare_paths(

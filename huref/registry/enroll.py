@@ -17,10 +17,12 @@ fingerprint, and the add is refused instead (nothing is written; add it again).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,35 +91,32 @@ def _checkpoint_files(p: Path) -> list[Path]:
     return [p, *(p.parent / n for n in _READ_BESIDE if (p.parent / n).is_file())]
 
 
-def _fingerprint_checkpoint(p: Path, settings: object) -> Fingerprint:
-    """``fingerprint_model(p)``, refused when a file of the checkpoint changed meanwhile."""
+@contextlib.contextmanager
+def _unchanged(p: Path) -> Iterator[None]:
+    """Refuse a checkpoint a file of which changed while it was being fingerprinted."""
     from huref.checkpoint.hashing import changed_since, identities
-    from huref.invariants import fingerprint_model
 
     before = identities(_checkpoint_files(p))
-    fp = fingerprint_model(p, settings)  # type: ignore[arg-type]
+    yield
     moved = changed_since(before)
     if moved:
         raise RegistryError(
             f"{shown(moved[0])} changed while it was being fingerprinted (replaced or rewritten): "
             "its hashes may not be the bytes that were read; nothing was added: add it again"
         )
-    return fp
 
 
 def load_source(source: str | Path, settings: object = None) -> tuple[Fingerprint, bytes, str]:
     """(fingerprint, fingerprint-file bytes, what it came from) for a fingerprint file or a checkpoint."""
-    from huref.invariants import load_fingerprint
-    from huref.invariants.fpfile import is_fingerprint_file
+    from huref.invariants.resolve import resolve_fingerprint
 
     p = Path(source)
     if not p.exists():
         raise RegistryError(f"{p}: no such file or folder")
-    if is_fingerprint_file(p):
-        fp = load_fingerprint(p)  # verifies the seal
-        return fp, p.read_bytes(), f"fingerprint file {p.resolve()}"
-    fp = _fingerprint_checkpoint(p, settings)
-    return fp, _fingerprint_bytes(fp), f"checkpoint {p.resolve()}"
+    r = resolve_fingerprint(p, settings, while_reading=_unchanged)  # a file's seal is verified
+    if r.from_file:
+        return r.fingerprint, p.read_bytes(), f"fingerprint file {p.resolve()}"
+    return r.fingerprint, _fingerprint_bytes(r.fingerprint), f"checkpoint {p.resolve()}"
 
 
 def _robust_ics(fa: Fingerprint, fb: Fingerprint) -> tuple[float | None, str | None]:

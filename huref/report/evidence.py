@@ -58,13 +58,10 @@ def _identity(m: Model) -> dict[str, Any]:
 
 
 def candidate_from_path(path: str | Path, settings: Settings) -> Candidate:
-    from huref.invariants.fpfile import is_fingerprint_file, load_fingerprint
+    from huref.invariants.resolve import resolve_fingerprint
 
-    if is_fingerprint_file(path):
-        fp = load_fingerprint(path)
-        return Candidate(fp.name, str(path), fp, None)
-    m = load_model(path)
-    return Candidate(m.ckpt.name, str(path), fingerprint_model(m, settings), m)
+    r = resolve_fingerprint(path, settings)
+    return Candidate(r.name, str(path), r.fingerprint, r.model)
 
 
 def _greedy_fires(a: dict[str, Any]) -> bool:
