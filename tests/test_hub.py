@@ -315,3 +315,38 @@ def test_sharded_repo_full_fingerprint_and_local_folder_wins(
     hub.log.clear()
     ck = open_checkpoint("acme/sharded")
     assert ck.origin is None and ck.path == Path("acme/sharded") and hub.log == []
+
+
+def _fp8_release(folder: Path, dest: Path) -> Path:
+    """``folder`` as an FP8 release (per-tensor scales), the format's documented layout."""
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir()
+    for p in folder.iterdir():
+        if p.is_file() and p.name not in ("model.safetensors", "config.json"):
+            shutil.copy(p, dest / p.name)
+    out = {}
+    for name, w in load_file(folder / "model.safetensors").items():
+        if name.endswith("_proj.weight"):
+            scale = w.abs().max() / 448.0  # float8_e4m3fn's largest value
+            out[name] = (w / scale).to(torch.float8_e4m3fn)
+            out[name[: -len("weight")] + "weight_scale_inv"] = scale.reshape(1)
+        else:
+            out[name] = w
+    save_file(out, dest / "model.safetensors")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_a_quantized_repo_is_read_dequantized_by_range(hub: FakeHub, tiny_zoo: Path, tmp_path: Path) -> None:
+    release = _fp8_release(tiny_zoo / "llama-a", tmp_path / "fp8")
+    hub.add("acme/llama-a-fp8", _files(release))
+    ck = open_checkpoint("acme/llama-a-fp8")
+    assert ck.origin == "acme/llama-a-fp8" and ck.source.describe() == "fp8 (e4m3) 8-bit, per-tensor scale"
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert ck.source.info(name).dtype == "F32" and not any("scale_inv" in n for n in ck.source.names())
+    assert torch.equal(ck.source.read(name), open_checkpoint(release).source.read(name))
+    _same(fingerprint_model("acme/llama-a-fp8", Settings()), fingerprint_model(release, Settings()))
+    assert all(r.range for r in hub.weight_requests())  # still range reads, never a whole download
