@@ -13,7 +13,8 @@ from huref.invariants.tokens import DEFAULT_KEY
 FORMAT_VERSION = "huref-fingerprint/1"  # of fingerprint files; part of every cache key
 TERM_NAMES = ("attn_qk", "attn_vo", "ffn")
 
-DEFAULT_N = 512  # robust mode: the tiny-zoo separation is the same from n=128 to 1024 (docs/method.md, "Choosing n")
+# robust mode: the tiny-zoo separation is the same from n=128 to 1024 (docs/method.md, "Choosing n")
+DEFAULT_N = 512
 PAPER_N = 4096  # the published choice
 DEFAULT_N_RESPONSES = 128
 
