@@ -9,9 +9,19 @@ from huref.lazy import lazy_exports
 if TYPE_CHECKING:
     from huref.arch.families import ARCHITECTURES, spec_for
     from huref.arch.model import Model, Norm, load_model
-    from huref.arch.spec import ArchConfig, ArchSpec, Rule
+    from huref.arch.spec import ArchConfig, ArchSpec, Role, Rule
 
-__all__ = ["ARCHITECTURES", "ArchConfig", "ArchSpec", "Model", "Norm", "Rule", "load_model", "spec_for"]
+__all__ = [
+    "ARCHITECTURES",
+    "ArchConfig",
+    "ArchSpec",
+    "Model",
+    "Norm",
+    "Role",
+    "Rule",
+    "load_model",
+    "spec_for",
+]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -23,6 +33,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_model": "huref.arch.model",
         "ArchConfig": "huref.arch.spec",
         "ArchSpec": "huref.arch.spec",
+        "Role": "huref.arch.spec",
         "Rule": "huref.arch.spec",
     },
     globals(),

@@ -1,106 +1,25 @@
 """Architecture families as data: one definition each, registered by ``model_type``.
 
 Each definition lists every tensor a checkpoint of the family holds, the role(s) it provides,
-how it is stored (``conv1d`` = [in, out], as GPT-2's Conv1D) and how fused tensors split. The
-config readers turn a Hugging Face ``config.json`` into an ``ArchConfig``; family defaults that
-the config may omit are written out here, next to the family they belong to.
+how it is stored (``conv1d`` = [in, out], as GPT-2's Conv1D) and how fused tensors split; which
+``config.json`` keys give its hyperparameters, with the family defaults the config may omit and
+the per-``model_type`` differences (read by the one reader of huref.arch.keys); and, for the
+families GGUF files are read as, llama.cpp's names. Computed values are small named functions
+referenced from the data. This module is a declared data table: it is long because there are
+many families, not because it holds logic.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any, TypedDict
+from typing import Any
 
-from huref.arch.spec import ArchConfig, ArchSpec, Rule
+from huref.arch.keys import ConfigKeys, Derived, Ref, Values, count, describe, flag, four_widths, real, text
+from huref.arch.spec import ArchSpec, GGUFArch, GGUFNames, Rule
 from huref.errors import ArchitectureError
 from huref.paths import shown
 from huref.plugins import Registry
 
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
-
-
-# Every value a config reader uses is checked for its JSON type and range here, where its meaning
-# is known: a mistyped value (true for a count, "false" for a flag, 2.5 layers, NaN, 1e400) is one
-# error naming the key, never a silent coercion or an exception where it is used.
-MAX_SIZE = 2**31 - 1  # sizes and counts: frameworks index them with 32-bit integers
-_REQUIRED: Any = object()
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f"the string '{shown(value[:40])}'"
-    if isinstance(value, (bool, int, float)) or value is None:
-        return json.dumps(value)  # true, 2.5, NaN, Infinity
-    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
-
-
-def _lookup(cfg: dict[str, Any], keys: tuple[str, ...], default: Any) -> tuple[str, Any]:
-    """(the first of ``keys`` that is set, its value); null counts as unset."""
-    for k in keys:
-        if cfg.get(k) is not None:
-            return k, cfg[k]
-    if default is _REQUIRED:
-        raise ArchitectureError(f"config.json lacks '{keys[0]}'")
-    return keys[0], default
-
-
-def _count(cfg: dict[str, Any], *keys: str, default: Any = _REQUIRED, low: int = 1) -> int:
-    """A size or count: a whole number (1000 or 1e3, not 2.5, true or "2") in low..MAX_SIZE."""
-    key, value = _lookup(cfg, keys, default)
-    whole = isinstance(value, int) or (
-        isinstance(value, float) and math.isfinite(value) and value.is_integer()
-    )
-    if isinstance(value, bool) or not whole or not low <= value <= MAX_SIZE:
-        raise ArchitectureError(
-            f"config.json: '{key}' must be a whole number from {low} to {MAX_SIZE}, not {_describe(value)}"
-        )
-    return int(value)
-
-
-def _optional_count(cfg: dict[str, Any], key: str) -> int | None:
-    return None if cfg.get(key) is None else _count(cfg, key)
-
-
-def _real(cfg: dict[str, Any], key: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
-    """A finite number in low..high (an epsilon: NaN or Infinity would poison every norm; no upper
-    bound, since rescaling a model's residual stream by c legitimately scales its epsilon by c**2)."""
-    _, value = _lookup(cfg, (key,), default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ArchitectureError(f"config.json: '{key}' must be a finite number, not {_describe(value)}")
-    if not low <= value <= high:
-        raise ArchitectureError(f"config.json: '{key}' must be between {low} and {high}, not {value}")
-    return float(value)
-
-
-def _flag(cfg: dict[str, Any], key: str, default: bool) -> bool:
-    """A JSON boolean; the string "false" is not one (bool("false") would be True)."""
-    _, value = _lookup(cfg, (key,), default)
-    if not isinstance(value, bool):
-        raise ArchitectureError(f"config.json: '{key}' must be true or false, not {_describe(value)}")
-    return value
-
-
-def _text(cfg: dict[str, Any], *keys: str, default: str) -> str:
-    key, value = _lookup(cfg, keys, default)
-    if not isinstance(value, str):
-        raise ArchitectureError(f"config.json: '{key}' must be a string, not {_describe(value)}")
-    return value
-
-
-class _Heads(TypedDict):
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-
-
-def _heads(d: int, h: int, kv: int, hd: int | None = None) -> _Heads:
-    if h % kv:
-        raise ArchitectureError(f"config.json: {h} attention heads do not divide into {kv} key/value heads")
-    hd = hd or d // h
-    if hd < 1:
-        raise ArchitectureError(f"config.json: {h} attention heads for a hidden size of {d}")
-    return {"n_heads": h, "n_kv_heads": kv, "head_dim": hd}
 
 
 def _when(key: str, value: Any = True):
@@ -111,46 +30,70 @@ def _not(key: str):
     return lambda c: not c.extra.get(key)
 
 
-# ---------------------------------------------------------------- LLaMA and its variants
-def _read_llama_like(cfg: dict[str, Any], family: str) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads")
-    kv = _count(cfg, "num_key_value_heads", default=h)
-    mt = _text(cfg, "model_type", default=family)
-    gemma = mt.startswith("gemma")
-    extra = {
-        "qkv_bias": _flag(cfg, "attention_bias", False) or mt == "qwen2",
-        "o_bias": _flag(cfg, "attention_bias", False),
-        "mlp_bias": _flag(cfg, "mlp_bias", False),
-        "sandwich": mt in ("gemma2", "gemma3_text"),
-        "qk_norm": mt in ("qwen3", "gemma3_text"),
-        "embed_scale": d**0.5 if gemma else 1.0,
-    }
-    return ArchConfig(
-        family=family,
-        model_type=mt,
-        n_layers=_count(cfg, "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, kv, _optional_count(cfg, "head_dim")),
-        d_ff=_count(cfg, "intermediate_size"),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="rms",
-        norm_eps=_real(cfg, "rms_norm_eps", 1e-6),
-        norm_offset=1.0 if gemma else 0.0,
-        gated=True,
-        activation=_text(cfg, "hidden_activation", "hidden_act", default="silu"),
-        tied=_flag(cfg, "tie_word_embeddings", gemma),
-        positions="rope",
-        qkv_layout="concat" if mt == "phi3" else "separate",
-        extra=extra,
-    )
-
-
 def _lm_head_rules(name: str = "lm_head.weight") -> tuple[Rule, ...]:
     return (
         Rule(name, ("lm_head",), when=lambda c: not c.tied),
         Rule(name, ("lm_head",), optional=True, when=lambda c: c.tied),
     )
+
+
+def _norm_pair(template: str, role: str) -> tuple[Rule, Rule]:
+    return (
+        Rule(template + ".weight", (role,), "vector"),
+        Rule(template + ".bias", (role + "_bias",), "vector"),
+    )
+
+
+def _linear_pair(template: str, role: str, storage: str = "linear", bias_when=None) -> tuple[Rule, ...]:
+    w = Rule(template + ".weight", (role,), storage)  # type: ignore[arg-type]
+    if bias_when is False:
+        return (w,)
+    b = Rule(template + ".bias", (role + "_bias",), "vector", when=bias_when or (lambda c: True))
+    return (w, b)
+
+
+# ---------------------------------------------------------------- LLaMA and its variants
+def _sqrt_width(v: Values) -> float:
+    """Gemma scales token embeddings by sqrt(d_model) before the first layer."""
+    return float(v["d_model"] ** 0.5)
+
+
+_LLAMA_KEYS: dict[str, Any] = {
+    "d_model": count("hidden_size"),
+    "n_heads": count("num_attention_heads"),
+    "n_kv_heads": count("num_key_value_heads", default=Ref("n_heads")),
+    "qkv_bias": flag("attention_bias", False),
+    "o_bias": flag("attention_bias", False),
+    "mlp_bias": flag("mlp_bias", False),
+    "sandwich": False,  # Gemma-2 norms around each sub-layer's output as well as its input
+    "qk_norm": False,  # per-head q/k norms
+    "embed_scale": 1.0,
+    "n_layers": count("num_hidden_layers"),
+    "head_dim": count("head_dim", default=None),
+    "d_ff": count("intermediate_size"),
+    "vocab_size": count("vocab_size"),
+    "norm": "rms",
+    "norm_eps": real("rms_norm_eps", 1e-6),
+    "norm_offset": 0.0,
+    "gated": True,
+    "activation": text("hidden_activation", "hidden_act", default="silu"),
+    "tied": flag("tie_word_embeddings", False),
+    "positions": "rope",
+    "qkv_layout": "separate",
+}
+_LLAMA_EXTRA = ("qkv_bias", "o_bias", "mlp_bias", "sandwich", "qk_norm", "embed_scale")
+_GEMMA: dict[str, Any] = {
+    "embed_scale": Derived(_sqrt_width),
+    "norm_offset": 1.0,
+    "tied": flag("tie_word_embeddings", True),
+}
+_LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
+    "qwen2": {"qkv_bias": True},  # q, k, v carry biases whatever attention_bias says
+    "qwen3": {"qk_norm": True},
+    "gemma": _GEMMA,
+    "gemma2": {**_GEMMA, "sandwich": True},
+    "gemma3_text": {**_GEMMA, "sandwich": True, "qk_norm": True},
+}
 
 
 _LLAMA_ATTN = (
@@ -184,6 +127,31 @@ _LLAMA_MLP = (
     Rule("layers.{L}.mlp.up_proj.bias", ("mlp_up_bias",), "vector", when=_when("mlp_bias")),
 )
 _LLAMA_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+# llama.cpp's names (gguf-py's tensor mapping) for the tensors of this family that GGUF holds
+_LLAMA_GGUF = GGUFNames(
+    archs=(
+        GGUFArch("llama", "llama", "LlamaForCausalLM", rotary_interleaved=True),
+        GGUFArch("qwen2", "qwen2", "Qwen2ForCausalLM", rotary_interleaved=False),
+    ),
+    tensors={
+        "token_embd.weight": "embed",
+        "output_norm.weight": "final_norm",
+        "output.weight": "lm_head",
+        "blk.{L}.attn_norm.weight": "attn_norm",
+        "blk.{L}.attn_q.weight": "attn_q",
+        "blk.{L}.attn_k.weight": "attn_k",
+        "blk.{L}.attn_v.weight": "attn_v",
+        "blk.{L}.attn_q.bias": "attn_q_bias",  # Qwen2
+        "blk.{L}.attn_k.bias": "attn_k_bias",  # Qwen2
+        "blk.{L}.attn_v.bias": "attn_v_bias",  # Qwen2
+        "blk.{L}.attn_output.weight": "attn_o",
+        "blk.{L}.ffn_norm.weight": "mlp_norm",
+        "blk.{L}.ffn_gate.weight": "mlp_gate",
+        "blk.{L}.ffn_up.weight": "mlp_up",
+        "blk.{L}.ffn_down.weight": "mlp_down",
+    },
+    ignored=("rope_freqs.weight",),  # llama.cpp's rotary frequency table: a buffer
+)
 
 ARCHITECTURES.add(
     "llama",
@@ -194,7 +162,8 @@ ARCHITECTURES.add(
         prefixes=("model.", ""),
         rules=_LLAMA_COMMON + _LLAMA_ATTN + _LLAMA_MLP,
         outside_prefix=_lm_head_rules(),
-        read_config=lambda c: _read_llama_like(c, "llama"),
+        keys=ConfigKeys(_LLAMA_KEYS, _LLAMA_EXTRA, _LLAMA_OVERRIDES),
+        gguf=_LLAMA_GGUF,
         buffers=_LLAMA_BUFFERS,
         notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d).",
     ),
@@ -214,47 +183,32 @@ ARCHITECTURES.add(
             Rule("layers.{L}.mlp.gate_up_proj.weight", ("mlp_gate", "mlp_up"), split="halves"),
         ),
         outside_prefix=_lm_head_rules(),
-        read_config=lambda c: _read_llama_like(c, "phi3"),
+        keys=ConfigKeys({**_LLAMA_KEYS, "qkv_layout": "concat"}, _LLAMA_EXTRA),
         buffers=_LLAMA_BUFFERS,
     ),
 )
 
 
 # ---------------------------------------------------------------- GPT-2
-def _read_gpt2(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "n_embd", "hidden_size")
-    h = _count(cfg, "n_head", "num_attention_heads")
-    return ArchConfig(
-        family="gpt2",
-        model_type="gpt2",
-        n_layers=_count(cfg, "n_layer", "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, h),
-        d_ff=_count(cfg, "n_inner", default=4 * d),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
-        gated=False,
-        activation=_text(cfg, "activation_function", default="gelu_new"),
-        tied=_flag(cfg, "tie_word_embeddings", True),
-        positions="learned",
-        qkv_layout="concat",
-    )
-
-
-def _norm_pair(template: str, role: str) -> tuple[Rule, Rule]:
-    return (
-        Rule(template + ".weight", (role,), "vector"),
-        Rule(template + ".bias", (role + "_bias",), "vector"),
-    )
-
-
-def _linear_pair(template: str, role: str, storage: str = "linear", bias_when=None) -> tuple[Rule, ...]:
-    w = Rule(template + ".weight", (role,), storage)  # type: ignore[arg-type]
-    if bias_when is False:
-        return (w,)
-    b = Rule(template + ".bias", (role + "_bias",), "vector", when=bias_when or (lambda c: True))
-    return (w, b)
+_GPT2_KEYS = ConfigKeys(
+    {
+        "d_model": count("n_embd", "hidden_size"),
+        "n_heads": count("n_head", "num_attention_heads"),
+        "n_kv_heads": Ref("n_heads"),
+        "n_layers": count("n_layer", "num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": count("n_inner", default=Derived(four_widths)),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_epsilon", 1e-5),
+        "gated": False,
+        "activation": text("activation_function", default="gelu_new"),
+        "tied": flag("tie_word_embeddings", True),
+        "positions": "learned",
+        "qkv_layout": "concat",
+    },
+    model_type="gpt2",
+)
 
 
 ARCHITECTURES.add(
@@ -277,32 +231,32 @@ ARCHITECTURES.add(
             *_linear_pair("h.{L}.mlp.c_proj", "mlp_down", "conv1d"),
         ),
         outside_prefix=_lm_head_rules(),
-        read_config=_read_gpt2,
+        keys=_GPT2_KEYS,
         buffers=(r"\.attn\.bias$", r"\.attn\.masked_bias$"),  # causal masks
     ),
 )
 
 
 # ---------------------------------------------------------------- GPT-NeoX
-def _read_neox(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads")
-    return ArchConfig(
-        family="gpt_neox",
-        model_type="gpt_neox",
-        n_layers=_count(cfg, "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, h),
-        d_ff=_count(cfg, "intermediate_size", default=4 * d),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_eps", 1e-5),
-        parallel=_flag(cfg, "use_parallel_residual", True),
-        gated=False,
-        activation=_text(cfg, "hidden_act", default="gelu"),
-        tied=_flag(cfg, "tie_word_embeddings", False),
-        qkv_layout="per_head",
-    )
+_NEOX_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size"),
+        "n_heads": count("num_attention_heads"),
+        "n_kv_heads": Ref("n_heads"),
+        "n_layers": count("num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": count("intermediate_size", default=Derived(four_widths)),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_eps", 1e-5),
+        "parallel": flag("use_parallel_residual", True),
+        "gated": False,
+        "activation": text("hidden_act", default="gelu"),
+        "tied": flag("tie_word_embeddings", False),
+        "qkv_layout": "per_head",
+    },
+    model_type="gpt_neox",
+)
 
 
 ARCHITECTURES.add(
@@ -329,40 +283,53 @@ ARCHITECTURES.add(
             *_linear_pair("layers.{L}.mlp.dense_4h_to_h", "mlp_down"),
         ),
         outside_prefix=_lm_head_rules("embed_out.weight"),
-        read_config=_read_neox,
+        keys=_NEOX_KEYS,
         buffers=(r"\.attention\.(bias|masked_bias)$", r"\.rotary_emb\.inv_freq$"),
     ),
 )
 
 
 # ---------------------------------------------------------------- OPT
-def _read_opt(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads")
-    pre = _flag(cfg, "do_layer_norm_before", True)
-    d_embed = _count(cfg, "word_embed_proj_dim", default=d)
-    return ArchConfig(
-        family="opt",
-        model_type="opt",
-        n_layers=_count(cfg, "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, h),
-        d_ff=_count(cfg, "ffn_dim"),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=1e-5,
-        placement="pre" if pre else "post",
-        gated=False,
-        activation=_text(cfg, "activation_function", default="relu"),
-        tied=_flag(cfg, "tie_word_embeddings", True),
-        positions="learned",
-        extra={
-            "bias": _flag(cfg, "enable_bias", True),
-            "proj": d_embed != d,
-            "final_norm": pre and not _flag(cfg, "_remove_final_layer_norm", False),
-            "d_embed": d_embed,
-        },
-    )
+def _opt_placement(v: Values) -> str:
+    """do_layer_norm_before: false is OPT-350m's post-LN block."""
+    return "pre" if v["_pre"] else "post"
+
+
+def _opt_projected(v: Values) -> bool:
+    """OPT-350m embeds tokens narrower than the residual stream, projected in and out."""
+    return bool(v["d_embed"] != v["d_model"])
+
+
+def _opt_final_norm(v: Values) -> bool:
+    """Only a pre-LN OPT ends with a norm, unless its config removes it (the key is read then only)."""
+    return bool(v["_pre"]) and not v.read(flag("_remove_final_layer_norm", False))
+
+
+_OPT_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size"),
+        "n_heads": count("num_attention_heads"),
+        "n_kv_heads": Ref("n_heads"),
+        "_pre": flag("do_layer_norm_before", True),
+        "d_embed": count("word_embed_proj_dim", default=Ref("d_model")),
+        "n_layers": count("num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": count("ffn_dim"),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": 1e-5,
+        "placement": Derived(_opt_placement),
+        "gated": False,
+        "activation": text("activation_function", default="relu"),
+        "tied": flag("tie_word_embeddings", True),
+        "positions": "learned",
+        "bias": flag("enable_bias", True),
+        "proj": Derived(_opt_projected),
+        "final_norm": Derived(_opt_final_norm),
+    },
+    extra=("bias", "proj", "final_norm", "d_embed"),
+    model_type="opt",
+)
 
 
 ARCHITECTURES.add(
@@ -388,31 +355,31 @@ ARCHITECTURES.add(
             *_norm_pair("layers.{L}.final_layer_norm", "mlp_norm"),
         ),
         outside_prefix=_lm_head_rules(),
-        read_config=_read_opt,
+        keys=_OPT_KEYS,
     ),
 )
 
 
 # ---------------------------------------------------------------- BLOOM
-def _read_bloom(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size", "n_embed")
-    h = _count(cfg, "n_head", "num_attention_heads")
-    return ArchConfig(
-        family="bloom",
-        model_type="bloom",
-        n_layers=_count(cfg, "n_layer", "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, h),
-        d_ff=4 * d,
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
-        gated=False,
-        activation="gelu_new",  # BLOOM uses the tanh approximation of GELU
-        tied=_flag(cfg, "tie_word_embeddings", True),
-        positions="alibi",
-        qkv_layout="per_head",
-    )
+_BLOOM_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size", "n_embed"),
+        "n_heads": count("n_head", "num_attention_heads"),
+        "n_kv_heads": Ref("n_heads"),
+        "n_layers": count("n_layer", "num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": Derived(four_widths),  # not configurable
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_epsilon", 1e-5),
+        "gated": False,
+        "activation": "gelu_new",  # BLOOM uses the tanh approximation of GELU
+        "tied": flag("tie_word_embeddings", True),
+        "positions": "alibi",
+        "qkv_layout": "per_head",
+    },
+    model_type="bloom",
+)
 
 
 ARCHITECTURES.add(
@@ -440,39 +407,75 @@ ARCHITECTURES.add(
             *_linear_pair("h.{L}.mlp.dense_4h_to_h", "mlp_down"),
         ),
         outside_prefix=_lm_head_rules(),
-        read_config=_read_bloom,
+        keys=_BLOOM_KEYS,
     ),
 )
 
 
 # ---------------------------------------------------------------- Falcon
-def _read_falcon(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads", "n_head")
-    new = _flag(cfg, "new_decoder_architecture", False)
-    mq = _flag(cfg, "multi_query", True)
-    kv = _count(cfg, "num_kv_heads", default=h) if new else (1 if mq else h)
-    n_ln = _count(cfg, "num_ln_in_parallel_attn", default=2) if new else 1
-    parallel = _flag(cfg, "parallel_attn", True) or new
-    return ArchConfig(
-        family="falcon",
-        model_type="falcon",
-        n_layers=_count(cfg, "num_hidden_layers", "n_layer"),
-        d_model=d,
-        **_heads(d, h, kv),
-        d_ff=_count(cfg, "ffn_hidden_size", default=4 * d),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_epsilon", 1e-5),
-        parallel=parallel,
-        gated=False,
-        activation=_text(cfg, "activation", default="gelu"),
-        tied=_flag(cfg, "tie_word_embeddings", True),
-        positions="alibi" if _flag(cfg, "alibi", False) else "rope",
-        # new architecture and multi-query group q heads with their k, v head; else per head
-        qkv_layout="per_kv_group" if (new or mq) else "per_head",
-        extra={"bias": _flag(cfg, "bias", False), "two_ln": n_ln == 2, "post_ln": not parallel},
-    )
+def _falcon_kv_heads(v: Values) -> int:
+    """The new architecture declares its key/value heads; the original has one (multi-query)
+    or one per query head (num_kv_heads is read only for the new one)."""
+    if v["_new"]:
+        return int(v.read(count("num_kv_heads", default=Ref("n_heads"))))
+    return 1 if v["_multi_query"] else int(v["n_heads"])
+
+
+def _falcon_input_norms(v: Values) -> int:
+    """Norms at a block's input: the new architecture may give attention and MLP one each."""
+    return int(v.read(count("num_ln_in_parallel_attn", default=2))) if v["_new"] else 1
+
+
+def _falcon_parallel(v: Values) -> bool:
+    """Attention and MLP read the same stream; always so in the new architecture."""
+    return v.read(flag("parallel_attn", True)) or bool(v["_new"])
+
+
+def _falcon_positions(v: Values) -> str:
+    return "alibi" if v.read(flag("alibi", False)) else "rope"
+
+
+def _falcon_qkv_layout(v: Values) -> str:
+    """The new architecture and multi-query group q heads with their k, v head; else per head."""
+    return "per_kv_group" if (v["_new"] or v["_multi_query"]) else "per_head"
+
+
+def _falcon_two_norms(v: Values) -> bool:
+    return bool(v["_norms"] == 2)
+
+
+def _falcon_post_ln(v: Values) -> bool:
+    """A sequential block normalises the stream again before its MLP."""
+    return not v["parallel"]
+
+
+_FALCON_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size"),
+        "n_heads": count("num_attention_heads", "n_head"),
+        "_new": flag("new_decoder_architecture", False),
+        "_multi_query": flag("multi_query", True),
+        "n_kv_heads": Derived(_falcon_kv_heads),
+        "_norms": Derived(_falcon_input_norms),
+        "parallel": Derived(_falcon_parallel),
+        "n_layers": count("num_hidden_layers", "n_layer"),
+        "head_dim": None,
+        "d_ff": count("ffn_hidden_size", default=Derived(four_widths)),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_epsilon", 1e-5),
+        "gated": False,
+        "activation": text("activation", default="gelu"),
+        "tied": flag("tie_word_embeddings", True),
+        "positions": Derived(_falcon_positions),
+        "qkv_layout": Derived(_falcon_qkv_layout),
+        "bias": flag("bias", False),
+        "two_ln": Derived(_falcon_two_norms),
+        "post_ln": Derived(_falcon_post_ln),
+    },
+    extra=("bias", "two_ln", "post_ln"),
+    model_type="falcon",
+)
 
 
 ARCHITECTURES.add(
@@ -505,32 +508,32 @@ ARCHITECTURES.add(
             *_linear_pair("h.{L}.mlp.dense_4h_to_h", "mlp_down", bias_when=_when("bias")),
         ),
         outside_prefix=_lm_head_rules(),
-        read_config=_read_falcon,
+        keys=_FALCON_KEYS,
     ),
 )
 
 
 # ---------------------------------------------------------------- Phi (phi-1, phi-1.5, phi-2)
-def _read_phi(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads")
-    kv = _count(cfg, "num_key_value_heads", default=h)
-    return ArchConfig(
-        family="phi",
-        model_type="phi",
-        n_layers=_count(cfg, "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, kv),
-        d_ff=_count(cfg, "intermediate_size"),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_eps", 1e-5),
-        parallel=True,  # one input norm feeds attention and MLP
-        gated=False,
-        activation=_text(cfg, "hidden_act", default="gelu_new"),
-        tied=_flag(cfg, "tie_word_embeddings", False),
-        extra={"qk_layernorm": _flag(cfg, "qk_layernorm", False)},
-    )
+_PHI_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size"),
+        "n_heads": count("num_attention_heads"),
+        "n_kv_heads": count("num_key_value_heads", default=Ref("n_heads")),
+        "n_layers": count("num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": count("intermediate_size"),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_eps", 1e-5),
+        "parallel": True,  # one input norm feeds attention and MLP
+        "gated": False,
+        "activation": text("hidden_act", default="gelu_new"),
+        "tied": flag("tie_word_embeddings", False),
+        "qk_layernorm": flag("qk_layernorm", False),
+    },
+    extra=("qk_layernorm",),
+    model_type="phi",
+)
 
 
 ARCHITECTURES.add(
@@ -578,32 +581,31 @@ ARCHITECTURES.add(
             *_lm_head_rules(),
             Rule("lm_head.bias", ("lm_head_bias",), "vector"),
         ),
-        read_config=_read_phi,
+        keys=_PHI_KEYS,
         buffers=(r"\.rotary_emb\.inv_freq$",),
     ),
 )
 
 
 # ---------------------------------------------------------------- BERT (post-LN encoder)
-def _read_bert(cfg: dict[str, Any]) -> ArchConfig:
-    d = _count(cfg, "hidden_size")
-    h = _count(cfg, "num_attention_heads")
-    return ArchConfig(
-        family="bert",
-        model_type=_text(cfg, "model_type", default="bert"),
-        n_layers=_count(cfg, "num_hidden_layers"),
-        d_model=d,
-        **_heads(d, h, h),
-        d_ff=_count(cfg, "intermediate_size"),
-        vocab_size=_count(cfg, "vocab_size"),
-        norm="layer",
-        norm_eps=_real(cfg, "layer_norm_eps", 1e-12),
-        placement="post",
-        gated=False,
-        activation=_text(cfg, "hidden_act", default="gelu"),
-        tied=True,
-        positions="learned",
-    )
+_BERT_KEYS = ConfigKeys(
+    {
+        "d_model": count("hidden_size"),
+        "n_heads": count("num_attention_heads"),
+        "n_kv_heads": Ref("n_heads"),
+        "n_layers": count("num_hidden_layers"),
+        "head_dim": None,
+        "d_ff": count("intermediate_size"),
+        "vocab_size": count("vocab_size"),
+        "norm": "layer",
+        "norm_eps": real("layer_norm_eps", 1e-12),
+        "placement": "post",
+        "gated": False,
+        "activation": text("hidden_act", default="gelu"),
+        "tied": True,
+        "positions": "learned",
+    }
+)
 
 
 ARCHITECTURES.add(
@@ -626,7 +628,7 @@ ARCHITECTURES.add(
             *_linear_pair("encoder.layer.{L}.output.dense", "mlp_down"),
             *_norm_pair("encoder.layer.{L}.output.LayerNorm", "mlp_norm"),
         ),
-        read_config=_read_bert,
+        keys=_BERT_KEYS,
         # task heads (MLM / NSP / pooler) do not enter the invariants; named here, not dropped silently
         ignored=(r"^cls\.", r"(^|\.)pooler\."),
         buffers=(r"embeddings\.position_ids$",),
@@ -639,9 +641,14 @@ def spec_for(config: dict[str, Any]) -> ArchSpec:
     if not mt:
         raise ArchitectureError("config.json has no 'model_type'; cannot tell the architecture")
     if not isinstance(mt, str):
-        raise ArchitectureError(f"config.json: 'model_type' must be a string, not {_describe(mt)}")
+        raise ArchitectureError(f"config.json: 'model_type' must be a string, not {describe(mt)}")
     for _, spec in ARCHITECTURES.items():
         if mt in spec.model_types:
             return spec
     known = sorted(t for _, s in ARCHITECTURES.items() for t in s.model_types)
     raise ArchitectureError(f"unknown architecture '{shown(mt)}' (known: {', '.join(known)})")
+
+
+def gguf_archs() -> dict[str, tuple[ArchSpec, GGUFArch]]:
+    """Every GGUF ``general.architecture`` huref reads, with the family it is read as."""
+    return {a.name: (spec, a) for _, spec in ARCHITECTURES.items() if spec.gguf for a in spec.gguf.archs}

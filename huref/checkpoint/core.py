@@ -2,6 +2,7 @@
 
 Kept apart from huref.checkpoint.open so that the readers open.py dispatches to (adapters, the
 hub) can build a Checkpoint without importing the dispatcher: they are handed the opener instead.
+Importing it does not import torch (``huref arch validate config.json`` reads configs with it).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from huref.checkpoint.files import MAX_CONFIG_DEPTH, nesting_depth_exceeds, read_json
 from huref.checkpoint.hashing import sha256_file
-from huref.checkpoint.source import MAX_CONFIG_DEPTH, TensorSource, nesting_depth_exceeds, read_json
 from huref.checkpoint.vocab import Vocab
 from huref.errors import CheckpointError
 from huref.paths import shown
 
 if TYPE_CHECKING:  # adapter.py builds Checkpoints, so it imports this module, not the reverse
     from huref.checkpoint.adapter import AdapterInfo
+    from huref.checkpoint.source import TensorSource
 
 
 @dataclass

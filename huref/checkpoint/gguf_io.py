@@ -1,7 +1,8 @@
 """GGUF files (llama.cpp), read through the ``gguf`` package.
 
 A GGUF file is presented as the Hugging Face checkpoint it was converted from: llama.cpp's
-tensor names are mapped back to Hugging Face names, a ``config.json`` is synthesised from the
+tensor names are mapped back to Hugging Face names (the names are declared beside each family's
+definition, huref.arch.families), a ``config.json`` is synthesised from the
 GGUF metadata, quantized blocks are dequantized to float32, and for the LLaMA architecture the
 query/key rows are put back from llama.cpp's interleaved rotary layout to Hugging Face's
 half-split one (llama.cpp's converter reorders them for LLaMA-arch models only).
@@ -21,6 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from huref.arch.families import gguf_archs
 from huref.checkpoint.llama2c import interleaved_to_half_split
 from huref.checkpoint.source import BufferPool, TensorInfo, check_rows, open_regular
 from huref.errors import CheckpointError
@@ -28,31 +30,6 @@ from huref.paths import shown
 
 # Tensor types whose dequantization is supported and tested; anything else is refused by name.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
-
-# llama.cpp name -> Hugging Face name, per architecture that huref reads from GGUF.
-_LLAMA_LIKE = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-    "blk.{L}.attn_norm.weight": "model.layers.{L}.input_layernorm.weight",
-    "blk.{L}.attn_q.weight": "model.layers.{L}.self_attn.q_proj.weight",
-    "blk.{L}.attn_k.weight": "model.layers.{L}.self_attn.k_proj.weight",
-    "blk.{L}.attn_v.weight": "model.layers.{L}.self_attn.v_proj.weight",
-    "blk.{L}.attn_q.bias": "model.layers.{L}.self_attn.q_proj.bias",  # Qwen2
-    "blk.{L}.attn_k.bias": "model.layers.{L}.self_attn.k_proj.bias",  # Qwen2
-    "blk.{L}.attn_v.bias": "model.layers.{L}.self_attn.v_proj.bias",  # Qwen2
-    "blk.{L}.attn_output.weight": "model.layers.{L}.self_attn.o_proj.weight",
-    "blk.{L}.ffn_norm.weight": "model.layers.{L}.post_attention_layernorm.weight",
-    "blk.{L}.ffn_gate.weight": "model.layers.{L}.mlp.gate_proj.weight",
-    "blk.{L}.ffn_up.weight": "model.layers.{L}.mlp.up_proj.weight",
-    "blk.{L}.ffn_down.weight": "model.layers.{L}.mlp.down_proj.weight",
-}
-_ARCHS: dict[str, tuple[str, str, bool]] = {
-    # gguf arch -> (HF model_type, HF architecture class, q/k rows interleaved by llama.cpp)
-    "llama": ("llama", "LlamaForCausalLM", True),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
-}
-_IGNORED = ("rope_freqs.weight",)
 
 
 class _V(IntEnum):
@@ -84,17 +61,19 @@ _INTEGER_TYPES = (_V.UINT8, _V.INT8, _V.UINT16, _V.INT16, _V.UINT32, _V.INT32, _
 _MAX_COUNT = 2**31 - 1  # sizes and counts of a model: every framework indexes them with int32
 
 
-def _hf_name(name: str) -> str | None:
-    """The Hugging Face name of a llama.cpp tensor name, or None when it names no known tensor."""
-    for g, h in _LLAMA_LIKE.items():
+def _hf_name(name: str, table: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """(Hugging Face name, role) of a llama.cpp tensor name, or None when it names no known tensor.
+
+    ``table`` is the family's GGUF names (``ArchSpec.gguf_names``), both sides with ``{L}``."""
+    for g, (h, role) in table.items():
         if "{L}" in g:
             pre, post = g.split("{L}")
             if name.startswith(pre) and name.endswith(post) and len(name) > len(pre) + len(post):
                 mid = name[len(pre) : len(name) - len(post)]
                 if mid.isascii() and mid.isdigit():
-                    return h.replace("{L}", mid)
+                    return h.replace("{L}", mid), role
         elif name == g:
-            return h
+            return h, role
     return None
 
 
@@ -311,13 +290,18 @@ class GGUFSource:
         reader = self._open()
         meta = _Meta(self.path, reader)
         arch = meta.text("general.architecture")
-        if arch not in _ARCHS:
+        archs = gguf_archs()  # declared beside each family's definition (huref.arch.families)
+        if arch not in archs:
             raise CheckpointError(
                 f"{shown(self.path)}: GGUF architecture '{shown(arch)}' is not supported "
-                f"(supported: {', '.join(_ARCHS)})"
+                f"(supported: {', '.join(archs)})"
             )
-        model_type, cls, interleaved = _ARCHS[arch]
-        self._interleaved = interleaved
+        spec, declared = archs[arch]
+        self._interleaved = interleaved = declared.rotary_interleaved
+        self._names = spec.gguf_names()  # GGUF name -> (Hugging Face name, role)
+        self._ignored = spec.gguf.ignored if spec.gguf else ()
+        # the Hugging Face name of each role (layer 0 for per-layer ones)
+        hf = {role: name.replace("{L}", "0") for name, role in self._names.values()}
         n_layers = meta.count(f"{arch}.block_count")
         dim = meta.count(f"{arch}.embedding_length")
         n_heads = meta.count(f"{arch}.attention.head_count")
@@ -328,14 +312,13 @@ class GGUFSource:
         self._tensors: dict[str, Any] = self._map_names(reader)
         if interleaved:
             self._check_rotary_rows()
-        vocab = (
-            self._shape("model.embed_tokens.weight")[0] if "model.embed_tokens.weight" in self._tensors else 0
-        )
-        gate = "model.layers.0.mlp.gate_proj.weight"
+        vocab = self._shape(hf["embed"])[0] if hf["embed"] in self._tensors else 0
+        gate = hf["mlp_gate"]
         ffn = self._shape(gate)[0] if gate in self._tensors else 0  # missing: named by the arch check
+        # the config in LLaMA-family keys: every GGUF architecture declared so far is of that family
         self.config: dict[str, Any] = {
-            "architectures": [cls],
-            "model_type": model_type,
+            "architectures": [declared.hf_class],
+            "model_type": declared.model_type,
             "hidden_size": dim,
             "intermediate_size": meta.count(f"{arch}.feed_forward_length", ffn, low=0),
             "num_hidden_layers": n_layers,
@@ -346,7 +329,7 @@ class GGUFSource:
             "rms_norm_eps": meta.real(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5, 0.0, math.inf),
             "rope_theta": meta.real(f"{arch}.rope.freq_base", 10000.0, 1e-30, math.inf),
             "hidden_act": "silu",
-            "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "tie_word_embeddings": hf["lm_head"] not in self._tensors,
         }
         self._reader = reader
 
@@ -371,14 +354,16 @@ class GGUFSource:
     def _map_names(self, reader: Any) -> dict[str, Any]:
         """Hugging Face name -> GGUF tensor, for every tensor of the file (unknown ones refused)."""
         tensors: dict[str, Any] = {}
+        self._roles: dict[str, str] = {}  # Hugging Face name -> role
         unknown = []
         for t in reader.tensors:
-            if t.name in _IGNORED:
+            if t.name in self._ignored:
                 continue
-            hf = _hf_name(t.name)
-            if hf is None:
+            found = _hf_name(t.name, self._names)
+            if found is None:
                 unknown.append(shown(t.name))
                 continue
+            hf, self._roles[hf] = found
             qtype = t.tensor_type.name
             if qtype not in SUPPORTED_TYPES:
                 raise CheckpointError(
@@ -395,8 +380,8 @@ class GGUFSource:
     def _check_rotary_rows(self) -> None:
         """q/k rows that llama.cpp interleaved must split into whole heads of rotary pairs."""
         for name in self._tensors:
-            heads = self._n_heads if name.endswith("q_proj.weight") else self._n_kv
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = self._n_heads if self._roles[name] == "attn_q" else self._n_kv
+            if self._roles[name] in ("attn_q", "attn_k"):
                 shape = self._shape(name)
                 if len(shape) != 2 or shape[0] % heads or (shape[0] // heads) % 2:
                     raise CheckpointError(
@@ -433,9 +418,9 @@ class GGUFSource:
         if arr.dtype != np.float32 or not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.array(arr, dtype=np.float32, order="C")
         out = torch.from_numpy(arr).reshape(self._shape(name))
-        if self._interleaved and name.endswith("q_proj.weight"):
+        if self._interleaved and self._roles[name] == "attn_q":
             out = interleaved_to_half_split(out, self._n_heads)
-        elif self._interleaved and name.endswith("k_proj.weight"):
+        elif self._interleaved and self._roles[name] == "attn_k":
             out = interleaved_to_half_split(out, self._n_kv)
         return out
 

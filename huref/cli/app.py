@@ -63,6 +63,7 @@ COMMAND_MODULES = (
     "huref.cli.dog_cmd",
     "huref.cli.encoder_cmd",
     "huref.cli.audit_cmd",
+    "huref.cli.arch_cmd",
 )
 
 

@@ -1,0 +1,143 @@
+"""Checking a config or a checkpoint against its family's definition (``huref arch validate``).
+
+A config alone resolves to its ``ArchConfig`` and to the tensors the definition then declares;
+those must provide every required role. A checkpoint is in addition bound both ways (every
+declared tensor present, every stored tensor claimed, buffered or explicitly ignored: see
+huref.arch.model) and its bindings must provide every required role. A definition that forgot a
+role would otherwise pass: a missing role only shows when the science code asks for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huref.arch.families import ARCHITECTURES, spec_for
+from huref.arch.spec import ArchConfig, ArchSpec, Role
+from huref.errors import ArchitectureError
+from huref.paths import shown
+
+# The roles without which no invariant can be computed: each layer's attention projections,
+# MLP projections and input norm, and the token embedding (plus the gate of a gated MLP and an
+# output head unless it is tied to the embedding).
+REQUIRED_LAYER_ROLES = (Role.attn_q, Role.attn_k, Role.attn_v, Role.attn_o, Role.mlp_up, Role.mlp_down)
+REQUIRED_NORM = Role.attn_norm  # post-LN families keep it too: the norm after attention
+
+
+def required_roles(cfg: ArchConfig) -> list[tuple[str, int | None]]:
+    """(role, layer) pairs every checkpoint of ``cfg`` must provide; layer None for global roles."""
+    per_layer = [*REQUIRED_LAYER_ROLES, REQUIRED_NORM, *([Role.mlp_gate] if cfg.gated else [])]
+    out: list[tuple[str, int | None]] = [(str(Role.embed), None)]
+    if not cfg.tied:
+        out.append((str(Role.lm_head), None))
+    out += [(str(r), layer) for layer in range(cfg.n_layers) for r in per_layer]
+    return out
+
+
+Declared = dict[str, tuple[tuple[str, ...], int | None]]
+
+
+def declared_tensors(spec: ArchSpec, cfg: ArchConfig, prefix: str | None = None) -> Declared:
+    """Checkpoint name -> (roles, layer) of every tensor the definition declares for ``cfg``
+    (optional ones included), named with ``prefix`` (default: the family's first)."""
+    pre = spec.prefixes[0] if prefix is None else prefix
+    out: Declared = {}
+    for rule, p in [(r, pre) for r in spec.rules] + [(r, "") for r in spec.outside_prefix]:
+        if not rule.when(cfg):
+            continue
+        layers: Sequence[int | None] = range(cfg.n_layers) if rule.per_layer else [None]
+        for layer in layers:
+            out[p + rule.template.replace("{L}", str(layer))] = (rule.roles, layer)
+    return out
+
+
+def missing_roles(cfg: ArchConfig, has: Callable[[str, int | None], bool]) -> list[str]:
+    """The required roles ``has`` does not provide, as 'role' or 'role (layer l)'."""
+    return [r if ly is None else f"{r} (layer {ly})" for r, ly in required_roles(cfg) if not has(r, ly)]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What ``validate`` resolved and checked."""
+
+    path: Path
+    spec: ArchSpec
+    cfg: ArchConfig
+    checkpoint: bool  # tensors were checked (else a config alone)
+    tensors: int  # stored tensors (a checkpoint) or declared ones (a config)
+    buffers: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.cfg
+        config = {k: v for k, v in vars(c).items() if k != "extra"}
+        return {
+            "path": str(self.path),
+            "family": self.spec.name,
+            "config": config,
+            "extra": dict(c.extra),
+            "checked": "checkpoint" if self.checkpoint else "config",
+            "tensors": self.tensors,
+            "buffers": self.buffers,
+            "ignored": self.ignored,
+        }
+
+
+def validate(path: str | Path) -> Validation:
+    """``path`` checked against its family: a ``.json`` file as a config alone, anything else as
+    a checkpoint (folder or file)."""
+    from huref.checkpoint.core import read_config
+
+    p = Path(path)
+    return validate_config(read_config(p), p) if p.suffix == ".json" else validate_checkpoint(p)
+
+
+def validate_config(config: dict[str, Any], path: Path) -> Validation:
+    """A config alone: its family, its resolved ArchConfig, and the declared tensors' roles."""
+    try:
+        spec = spec_for(config)
+        cfg = spec.read_config(config)
+    except ArchitectureError as e:
+        raise ArchitectureError(f"{shown(path)}: {e}") from None
+    declared = declared_tensors(spec, cfg)
+    provided = {(r, layer) for roles, layer in declared.values() for r in roles}
+    lacking = missing_roles(cfg, lambda r, ly: (r, ly) in provided)
+    if lacking:
+        raise ArchitectureError(
+            f"{shown(path)}: the {spec.name} definition provides no {', '.join(lacking[:5])} for this config"
+        )
+    return Validation(path, spec, cfg, checkpoint=False, tensors=len(declared))
+
+
+def validate_checkpoint(path: str | Path) -> Validation:
+    """A checkpoint bound to its definition both ways, with every required role present."""
+    from huref.arch.model import Model
+    from huref.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    model = Model(ckpt)  # raises on a missing declared tensor or an unclaimed stored one
+    lacking = missing_roles(model.cfg, model.has)
+    if lacking:
+        raise ArchitectureError(
+            f"{shown(ckpt.path)}: the {model.spec.name} definition binds no {', '.join(lacking[:5])}"
+        )
+    names = ckpt.source.names()
+    patterns = [re.compile(p) for p in model.spec.ignored]
+    ignored = [n for n in names if any(p.search(n) for p in patterns)]
+    return Validation(Path(ckpt.path), model.spec, model.cfg, True, len(names), len(model.buffers), ignored)
+
+
+def family_rows() -> list[dict[str, Any]]:
+    """One row per registered family: name, model_types, GGUF architectures, roles it provides."""
+    return [
+        {
+            "name": name,
+            "model_types": list(spec.model_types),
+            "gguf": [a.name for a in spec.gguf.archs] if spec.gguf else [],
+            "roles": spec.roles(),
+        }
+        for name, spec in ARCHITECTURES.items()
+    ]
