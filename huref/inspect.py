@@ -76,6 +76,7 @@ def inspect_checkpoint(
             "tied_embeddings": cfg.tied,
             "positions": cfg.positions,
             "qkv_layout": cfg.qkv_layout,
+            "moe": m.moe_summary(),  # None for a dense model
         },
         "roles": {"global": glob, "layer_0": layer0},
         "tensors": len(src.names()),

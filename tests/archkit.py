@@ -214,3 +214,67 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+# ---------------------------------------------------------------- sparse Mixture-of-Experts models
+# Members of the llama family (huref.arch.families), kept out of FAMILIES: their sparse layers
+# hold a router and experts instead of mlp_gate/up/down, which tests/test_arch_moe.py checks.
+def _moe_sizes(act: str) -> dict[str, Any]:
+    return dict(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        hidden_act=act,
+        tie_word_embeddings=False,
+    )
+
+
+def _mixtral(act: str) -> Any:
+    return T.AutoConfig.for_model("mixtral", **_moe_sizes(act), num_hidden_layers=2, num_local_experts=4)
+
+
+def _qwen2_moe(act: str) -> Any:
+    """Layers 1 and 3 are sparse by decoder_sparse_step 2; layer 3 is made dense by mlp_only_layers."""
+    return T.AutoConfig.for_model(
+        "qwen2_moe",
+        **_moe_sizes(act),
+        num_hidden_layers=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=40,
+        decoder_sparse_step=2,
+        mlp_only_layers=[3],
+    )
+
+
+def _qwen3_moe(act: str) -> Any:
+    """Layer 0 dense by mlp_only_layers; top-k weights renormalised; head_dim wider than d / H."""
+    return T.AutoConfig.for_model(
+        "qwen3_moe",
+        **_moe_sizes(act),
+        num_hidden_layers=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=24,
+        head_dim=16,
+        mlp_only_layers=[0],
+        norm_topk_prob=True,
+    )
+
+
+def _olmoe(act: str) -> Any:
+    return T.AutoConfig.for_model(
+        "olmoe", **_moe_sizes(act), num_hidden_layers=2, num_experts=4, num_experts_per_tok=2
+    )
+
+
+# model_type -> (activation name -> config); built with AutoModelForCausalLM.from_config
+MOE_FAMILIES: dict[str, Callable[[str], Any]] = {
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "olmoe": _olmoe,
+}

@@ -30,6 +30,9 @@ STORED_ROLE_NAMES = {
     *("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "attn_norm", "mlp_norm"),
     *("attn_out_norm", "mlp_out_norm", "attn_q_norm", "attn_k_norm", "embed", "pos_embed", "type_embed"),
     *("embed_norm", "embed_proj_in", "embed_proj_out", "final_norm", "lm_head"),
+    # sparse (MoE) layers and OLMoE's projection-wide q/k norms
+    *("moe_router", "expert_gate", "expert_up", "expert_down", "shared_gate", "shared_up", "shared_down"),
+    *("shared_expert_gate", "attn_q_norm_wide", "attn_k_norm_wide"),
 }
 CASES = [(f, tie) for f in FAMILIES for tie in f.ties]
 IDS = [f"{f.name}-{'tied' if t else 'untied'}" for f, t in CASES]

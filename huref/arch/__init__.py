@@ -9,12 +9,13 @@ from huref.lazy import lazy_exports
 if TYPE_CHECKING:
     from huref.arch.families import ARCHITECTURES, spec_for
     from huref.arch.model import Model, Norm, load_model
-    from huref.arch.spec import ArchConfig, ArchSpec, Role, Rule
+    from huref.arch.spec import ArchConfig, ArchSpec, MoEConfig, Role, Rule
 
 __all__ = [
     "ARCHITECTURES",
     "ArchConfig",
     "ArchSpec",
+    "MoEConfig",
     "Model",
     "Norm",
     "Role",
@@ -33,6 +34,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_model": "huref.arch.model",
         "ArchConfig": "huref.arch.spec",
         "ArchSpec": "huref.arch.spec",
+        "MoEConfig": "huref.arch.spec",
         "Role": "huref.arch.spec",
         "Rule": "huref.arch.spec",
     },

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from huref.arch.keys import ConfigKeys, Derived, Ref, Values, count, describe, flag, four_widths, real, text
-from huref.arch.spec import ArchSpec, GGUFArch, GGUFNames, Rule
+from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MoEConfig, Rule
 from huref.errors import ArchitectureError
 from huref.paths import shown
 from huref.plugins import Registry
@@ -80,12 +80,97 @@ _LLAMA_KEYS: dict[str, Any] = {
     "tied": flag("tie_word_embeddings", False),
     "positions": "rope",
     "qkv_layout": "separate",
+    "qk_norm_wide": False,  # q/k norms over the whole projection width (OLMoE)
+    "moe_names": None,  # how sparse MoE blocks are named: "mixtral" or "mlp" (Qwen-MoE, OLMoE)
+    "moe": None,  # a MoEConfig for the sparse MoE model types (_MOE_OVERRIDES)
 }
-_LLAMA_EXTRA = ("qkv_bias", "o_bias", "mlp_bias", "sandwich", "qk_norm", "embed_scale")
+_LLAMA_EXTRA = (
+    "qkv_bias",
+    "o_bias",
+    "mlp_bias",
+    "sandwich",
+    "qk_norm",
+    "embed_scale",
+    "qk_norm_wide",
+    "moe_names",
+)
 _GEMMA: dict[str, Any] = {
     "embed_scale": Derived(_sqrt_width),
     "norm_offset": 1.0,
     "tied": flag("tie_word_embeddings", True),
+}
+
+
+# ---------------------------------------------------------------- sparse Mixture-of-Experts variants
+def _layer_list(v: Values, key: str) -> list[int]:
+    """A config list of layer indices (Qwen-MoE's mlp_only_layers); null or absent is empty."""
+    value = v.cfg.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        raise ArchitectureError(
+            f"config.json: '{key}' must be a list of layer indices, not {describe(value)}"
+        )
+    return value
+
+
+def _mixtral_moe(v: Values) -> MoEConfig:
+    """Every layer sparse; experts as wide as intermediate_size; top-k weights renormalised."""
+    return MoEConfig(
+        n_experts=v.read(count("num_local_experts", "num_experts", default=8)),
+        top_k=v.read(count("num_experts_per_tok", default=2)),
+        d_expert=v["d_ff"],
+        renormalise=True,
+        sparse_layers=tuple(range(v["n_layers"])),
+    )
+
+
+def _olmoe_moe(v: Values) -> MoEConfig:
+    """Every layer sparse; experts as wide as intermediate_size; norm_topk_prob renormalises."""
+    return MoEConfig(
+        n_experts=v.read(count("num_experts", "num_local_experts", default=64)),
+        top_k=v.read(count("num_experts_per_tok", default=8)),
+        d_expert=v["d_ff"],
+        renormalise=v.read(flag("norm_topk_prob", False)),
+        sparse_layers=tuple(range(v["n_layers"])),
+    )
+
+
+def _qwen_moe(v: Values, shared: bool, experts: int, top_k: int, width: int) -> MoEConfig | None:
+    """transformers' rule (modeling_qwen2_moe / qwen3_moe): layer L is sparse unless listed in
+    mlp_only_layers, and only if (L + 1) % decoder_sparse_step == 0; num_experts 0 is dense."""
+    # transformers 5 writes Qwen3-MoE's num_experts as num_local_experts
+    if 0 in (v.cfg.get("num_experts"), v.cfg.get("num_local_experts")):
+        return None
+    step = v.read(count("decoder_sparse_step", default=1))
+    dense = set(_layer_list(v, "mlp_only_layers"))
+    return MoEConfig(
+        n_experts=v.read(count("num_experts", "num_local_experts", default=experts)),
+        top_k=v.read(count("num_experts_per_tok", default=top_k)),
+        d_expert=v.read(count("moe_intermediate_size", default=width)),
+        renormalise=v.read(flag("norm_topk_prob", False)),
+        d_shared=v.read(count("shared_expert_intermediate_size", default=5632)) if shared else None,
+        shared_gated=shared,
+        sparse_layers=tuple(L for L in range(v["n_layers"]) if L not in dense and (L + 1) % step == 0),
+    )
+
+
+def _qwen2_moe(v: Values) -> MoEConfig | None:
+    return _qwen_moe(v, shared=True, experts=60, top_k=4, width=1408)
+
+
+def _qwen3_moe(v: Values) -> MoEConfig | None:
+    return _qwen_moe(v, shared=False, experts=128, top_k=8, width=768)
+
+
+_MOE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "mixtral": {"moe_names": "mixtral", "moe": Derived(_mixtral_moe)},
+    # q, k, v carry biases unless the config's qkv_bias says otherwise
+    "qwen2_moe": {"qkv_bias": flag("qkv_bias", True), "moe_names": "mlp", "moe": Derived(_qwen2_moe)},
+    "qwen3_moe": {"qk_norm": True, "moe_names": "mlp", "moe": Derived(_qwen3_moe)},
+    "olmoe": {"qk_norm_wide": True, "moe_names": "mlp", "moe": Derived(_olmoe_moe)},
 }
 _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen2": {"qkv_bias": True},  # q, k, v carry biases whatever attention_bias says
@@ -93,6 +178,7 @@ _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma": _GEMMA,
     "gemma2": {**_GEMMA, "sandwich": True},
     "gemma3_text": {**_GEMMA, "sandwich": True, "qk_norm": True},
+    **_MOE_OVERRIDES,
 }
 
 
@@ -109,8 +195,10 @@ _LLAMA_COMMON = (
     Rule("norm.weight", ("final_norm",), "vector"),
     Rule("layers.{L}.self_attn.o_proj.weight", ("attn_o",)),
     Rule("layers.{L}.self_attn.o_proj.bias", ("attn_o_bias",), "vector", when=_when("o_bias")),
-    Rule("layers.{L}.mlp.down_proj.weight", ("mlp_down",)),
-    Rule("layers.{L}.mlp.down_proj.bias", ("mlp_down_bias",), "vector", when=_when("mlp_bias")),
+    Rule("layers.{L}.mlp.down_proj.weight", ("mlp_down",), layers="dense"),
+    Rule(
+        "layers.{L}.mlp.down_proj.bias", ("mlp_down_bias",), "vector", when=_when("mlp_bias"), layers="dense"
+    ),
     Rule("layers.{L}.input_layernorm.weight", ("attn_norm",), "vector"),
     Rule("layers.{L}.post_attention_layernorm.weight", ("mlp_norm",), "vector", when=_not("sandwich")),
     # Gemma-2: 'post_attention_layernorm' normalises the attention *output*
@@ -119,12 +207,61 @@ _LLAMA_COMMON = (
     Rule("layers.{L}.post_feedforward_layernorm.weight", ("mlp_out_norm",), "vector", when=_when("sandwich")),
     Rule("layers.{L}.self_attn.q_norm.weight", ("attn_q_norm",), "vector", when=_when("qk_norm")),
     Rule("layers.{L}.self_attn.k_norm.weight", ("attn_k_norm",), "vector", when=_when("qk_norm")),
+    Rule("layers.{L}.self_attn.q_norm.weight", ("attn_q_norm_wide",), "vector", when=_when("qk_norm_wide")),
+    Rule("layers.{L}.self_attn.k_norm.weight", ("attn_k_norm_wide",), "vector", when=_when("qk_norm_wide")),
 )
 _LLAMA_MLP = (
-    Rule("layers.{L}.mlp.gate_proj.weight", ("mlp_gate",)),
-    Rule("layers.{L}.mlp.up_proj.weight", ("mlp_up",)),
-    Rule("layers.{L}.mlp.gate_proj.bias", ("mlp_gate_bias",), "vector", when=_when("mlp_bias")),
-    Rule("layers.{L}.mlp.up_proj.bias", ("mlp_up_bias",), "vector", when=_when("mlp_bias")),
+    Rule("layers.{L}.mlp.gate_proj.weight", ("mlp_gate",), layers="dense"),
+    Rule("layers.{L}.mlp.up_proj.weight", ("mlp_up",), layers="dense"),
+    Rule(
+        "layers.{L}.mlp.gate_proj.bias", ("mlp_gate_bias",), "vector", when=_when("mlp_bias"), layers="dense"
+    ),
+    Rule("layers.{L}.mlp.up_proj.bias", ("mlp_up_bias",), "vector", when=_when("mlp_bias"), layers="dense"),
+)
+_MIXTRAL = _when("moe_names", "mixtral")
+
+
+def _has_shared(c: ArchConfig) -> bool:
+    return c.moe is not None and c.moe.d_shared is not None
+
+
+_MLP_MOE = _when("moe_names", "mlp")
+_MOE_RULES = (
+    # Mixtral: block_sparse_moe with w1 (gate), w3 (up), w2 (down) per expert
+    Rule("layers.{L}.block_sparse_moe.gate.weight", ("moe_router",), when=_MIXTRAL, layers="sparse"),
+    Rule("layers.{L}.block_sparse_moe.experts.{E}.w1.weight", ("expert_gate",), when=_MIXTRAL),
+    Rule("layers.{L}.block_sparse_moe.experts.{E}.w3.weight", ("expert_up",), when=_MIXTRAL),
+    Rule("layers.{L}.block_sparse_moe.experts.{E}.w2.weight", ("expert_down",), when=_MIXTRAL),
+    # Qwen2-MoE, Qwen3-MoE, OLMoE: the sparse block replaces mlp
+    Rule("layers.{L}.mlp.gate.weight", ("moe_router",), when=_MLP_MOE, layers="sparse"),
+    Rule("layers.{L}.mlp.experts.{E}.gate_proj.weight", ("expert_gate",), when=_MLP_MOE),
+    Rule("layers.{L}.mlp.experts.{E}.up_proj.weight", ("expert_up",), when=_MLP_MOE),
+    Rule("layers.{L}.mlp.experts.{E}.down_proj.weight", ("expert_down",), when=_MLP_MOE),
+    # the same experts stacked in 3-D tensors (transformers' in-memory layout, written by some
+    # tools): [E, 2F, d], each expert's gate rows then its up rows; [E, d, F]. Where present they
+    # stand in for the per-expert tensors of their layer (huref.arch.model).
+    Rule(
+        "layers.{L}.mlp.experts.gate_up_proj",
+        ("expert_gate", "expert_up"),
+        split="expert_halves",
+        optional=True,
+        when=_MLP_MOE,
+    ),
+    Rule("layers.{L}.mlp.experts.down_proj", ("expert_down",), split="experts", optional=True, when=_MLP_MOE),
+    # Qwen2-MoE's shared expert, its output scaled by sigmoid(x @ shared_expert_gate^T)
+    Rule(
+        "layers.{L}.mlp.shared_expert.gate_proj.weight", ("shared_gate",), when=_has_shared, layers="sparse"
+    ),
+    Rule("layers.{L}.mlp.shared_expert.up_proj.weight", ("shared_up",), when=_has_shared, layers="sparse"),
+    Rule(
+        "layers.{L}.mlp.shared_expert.down_proj.weight", ("shared_down",), when=_has_shared, layers="sparse"
+    ),
+    Rule(
+        "layers.{L}.mlp.shared_expert_gate.weight",
+        ("shared_expert_gate",),
+        when=lambda c: c.moe is not None and c.moe.shared_gated,
+        layers="sparse",
+    ),
 )
 _LLAMA_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
 # llama.cpp's names (gguf-py's tensor mapping) for the tensors of this family that GGUF holds
@@ -157,15 +294,20 @@ ARCHITECTURES.add(
     "llama",
     ArchSpec(
         name="llama",
-        # LLaMA, Mistral, Qwen2/Qwen3 and Gemma share the layout; differences are config fields
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+        # LLaMA, Mistral, Qwen2/Qwen3 and Gemma share the layout, and so do the sparse MoE model
+        # types but for their feed-forward blocks; differences are config fields
+        model_types=(
+            *("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+            *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),
+        ),
         prefixes=("model.", ""),
-        rules=_LLAMA_COMMON + _LLAMA_ATTN + _LLAMA_MLP,
+        rules=_LLAMA_COMMON + _LLAMA_ATTN + _LLAMA_MLP + _MOE_RULES,
         outside_prefix=_lm_head_rules(),
         keys=ConfigKeys(_LLAMA_KEYS, _LLAMA_EXTRA, _LLAMA_OVERRIDES),
         gguf=_LLAMA_GGUF,
         buffers=_LLAMA_BUFFERS,
-        notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d).",
+        notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d). "
+        "Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE replace some or all MLPs by sparse MoE blocks.",
     ),
 )
 

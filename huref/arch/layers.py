@@ -6,6 +6,10 @@ the kernel before the copy. ``LayerStream`` reads each layer's stored tensors as
 contiguous byte runs they occupy on disk, into an arena that is reused from layer to layer, and
 reads layer l+1 in a background thread while the caller works on layer l. Yielded tensors are
 *borrowed*: valid until the next iteration (pass ``reuse=False`` to get tensors of one's own).
+
+An expert role (``expert_gate``, ``expert_up``, ``expert_down``) asked for yields one tensor per
+expert of a sparse layer, keyed ``weight_key(role, e)`` ("expert_up.3"); a dense layer yields
+none. Every other role is keyed by its name, as for a dense model.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from huref.arch.model import Binding, Model
+from huref.arch.spec import EXPERT_ROLES
 from huref.checkpoint.safetensors_io import SafetensorsFile, SafetensorsSource
 from huref.checkpoint.source import DTYPES, empty_tensor
 
@@ -71,6 +76,12 @@ def _make_run(items: list) -> _Run:
     return _Run(items[0][3], begin, items[-1][2] - begin, pieces)
 
 
+def weight_key(role: str, expert: int | None = None) -> str:
+    """The key of a role's tensor in what ``LayerStream`` yields: the role, or "role.e" for
+    expert ``e`` of an expert role."""
+    return role if expert is None else f"{role}.{expert}"
+
+
 class _Arena:
     def __init__(self) -> None:
         self.buf = torch.empty(0, dtype=torch.uint8)
@@ -119,7 +130,19 @@ class LayerStream:
         self.read_seconds = 0.0  # time the consumer waited for reads (overlapped reads are free)
 
     def _bindings(self, layer: int) -> dict[str, Binding]:
-        return {r: self.model.binding(r, layer) for r in self.roles if self.model.has(r, layer)}
+        """weight_key -> binding of every asked role present in ``layer`` (each expert's, for an
+        expert role)."""
+        m = self.model
+        out: dict[str, Binding] = {}
+        for r in self.roles:
+            if r not in EXPERT_ROLES:
+                if m.has(r, layer):
+                    out[r] = m.binding(r, layer)
+                continue
+            for e in range(m.n_experts(layer)):
+                if m.has(r, layer, e):
+                    out[weight_key(r, e)] = m.binding(r, layer, e)
+        return out
 
     def _names(self, layer: int) -> list[str]:
         seen: dict[str, None] = {}
@@ -183,15 +206,15 @@ class LayerStream:
         self, layer: int, raw: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         out = {}
-        for role, b in self._bindings(layer).items():
+        for key, b in self._bindings(layer).items():
             if self.dtype is None:
-                out[role] = self.model.role_view(raw[b.name], b)
+                out[key] = self.model.role_view(raw[b.name], b)
                 continue
             view = self.model.role_view(raw[b.name], b)
             dest = None
             if self.reuse:
-                dest = buffers.get(role)
+                dest = buffers.get(key)
                 if dest is None or dest.shape != view.shape or dest.dtype != self.dtype:
-                    dest = buffers[role] = empty_tensor(view.shape, self.dtype)
-            out[role] = self.model.convert(raw[b.name], b, self.dtype, dest)
+                    dest = buffers[key] = empty_tensor(view.shape, self.dtype)
+            out[key] = self.model.convert(raw[b.name], b, self.dtype, dest)
         return out

@@ -2,7 +2,8 @@
 
 Binding checks that every tensor the definition declares is present (unless optional) and that
 every tensor in the checkpoint is claimed by a rule or explicitly ignored; shapes are checked
-against the config from headers alone. Reads return float32 tensors in canonical [out, in]
+against the config from headers alone. In a sparse (MoE) layer that holds every expert of each
+layer, by role: a missing expert or a stray one past the configured count is refused. Reads return float32 tensors in canonical [out, in]
 orientation with fused layouts already split.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from huref.arch.families import spec_for
-from huref.arch.spec import ArchConfig, ArchSpec, Rule
+from huref.arch.spec import EXPERT_ROLES, ArchConfig, ArchSpec, Rule
 from huref.checkpoint import Checkpoint, open_checkpoint
 from huref.checkpoint.source import all_finite, empty_tensor
 from huref.errors import ArchitectureError
@@ -28,6 +29,7 @@ class Binding:
     name: str  # checkpoint tensor name
     rule: Rule
     part: int  # index of this role among the rule's fused roles
+    expert: int | None = None  # the expert of an expert role (its index in a stacked tensor)
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,15 @@ def _expected_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
     shapes["embed"] = (cfg.vocab_size, d_embed)
     shapes["embed_proj_in"] = (d, d_embed)
     shapes["embed_proj_out"] = (d_embed, d)
-    if "embed_norm" in shapes and d_embed != d:
-        pass
+    shapes["attn_q_norm_wide"] = (H * hd,)
+    shapes["attn_k_norm_wide"] = (K * hd,)
+    if cfg.moe is not None:
+        F, E = cfg.moe.d_expert, cfg.moe.n_experts
+        shapes.update(moe_router=(E, d), expert_gate=(F, d), expert_up=(F, d), expert_down=(d, F))
+        shapes["shared_expert_gate"] = (1, d)
+        if cfg.moe.d_shared is not None:
+            Fs = cfg.moe.d_shared
+            shapes.update(shared_gate=(Fs, d), shared_up=(Fs, d), shared_down=(d, Fs))
     return shapes
 
 
@@ -93,9 +102,10 @@ def _split_sizes(rule: Rule, cfg: ArchConfig) -> list[int] | None:
 
 
 def split_fused(t: torch.Tensor, rule: Rule, cfg: ArchConfig) -> list[torch.Tensor]:
-    """Split a fused [out, ...] tensor into its roles along the output dimension."""
+    """Split a fused [out, ...] tensor into its roles along the output dimension (one expert's
+    [2F, in] slice of an 'expert_halves' stack: gate rows, then up rows)."""
     rest = t.shape[1:]
-    if rule.split == "halves":
+    if rule.split in ("halves", "expert_halves"):
         return list(t.chunk(2, dim=0))
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     layout = cfg.qkv_layout
@@ -118,7 +128,8 @@ def _max(dtype: torch.dtype) -> float:
 
 def _fused_total(rule: Rule, cfg: ArchConfig, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
     parts = [shapes[r] for r in rule.roles]
-    return (sum(p[0] for p in parts), *parts[0][1:])
+    total = (sum(p[0] for p in parts), *parts[0][1:])
+    return (cfg.moe.n_experts, *total) if rule.expert_stack and cfg.moe is not None else total
 
 
 class Model:
@@ -149,24 +160,36 @@ class Model:
             )
         self.prefix = self._detect_prefix(present)
         self._bind: dict[tuple[str, int | None], Binding] = {}
+        # expert roles by (role, layer, expert); apart from _bind, whose (role, layer) keys other
+        # modules read
+        self._experts: dict[tuple[str, int, int], Binding] = {}
         claimed: set[str] = set()
         missing: list[str] = []
         rules = [(r, self.prefix) for r in self.spec.rules] + [(r, "") for r in self.spec.outside_prefix]
+        # a layer's experts stored as one stacked tensor stand in for its per-expert tensors
+        rules.sort(key=lambda rp: not rp[0].expert_stack)
+        stacked: set[tuple[str, int]] = set()
+        n_experts = self.cfg.moe.n_experts if self.cfg.moe is not None else 0
         for rule, prefix in rules:
             if not rule.when(self.cfg):
                 continue
             layers: Sequence[int | None] = range(self.cfg.n_layers) if rule.per_layer else [None]
             for layer in layers:
-                name = prefix + (
-                    rule.template.replace("{L}", str(layer)) if layer is not None else rule.template
-                )
-                if name not in present:
-                    if not rule.optional:
-                        missing.append(name)
+                if not rule.applies(self.cfg, layer):
                     continue
-                claimed.add(name)
-                for i, role in enumerate(rule.roles):
-                    self._bind[(role, layer)] = Binding(name, rule, i)
+                if rule.per_expert and all((r, layer) in stacked for r in rule.roles):
+                    continue
+                experts: Sequence[int | None] = range(n_experts) if rule.per_expert else [None]
+                for expert in experts:
+                    name = rule.name(prefix, layer, expert)
+                    if name not in present:
+                        if not rule.optional:
+                            missing.append(name)
+                        continue
+                    claimed.add(name)
+                    self._bind_one(name, rule, layer, expert, n_experts)
+                    if rule.expert_stack and layer is not None:
+                        stacked.update((r, layer) for r in rule.roles)
         ignored = [re.compile(p) for p in self.spec.ignored]
         self.buffers = buffer_names(self.spec, names)
         unclaimed = [
@@ -188,6 +211,15 @@ class Model:
         self._cache: tuple[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ binding
+    def _bind_one(self, name: str, rule: Rule, layer: int | None, expert: int | None, n_experts: int) -> None:
+        for i, role in enumerate(rule.roles):
+            if role not in EXPERT_ROLES:
+                self._bind[(role, layer)] = Binding(name, rule, i)
+                continue
+            assert layer is not None  # checked when the rule was made
+            for e in range(n_experts) if expert is None else [expert]:  # a stack: every expert
+                self._experts[(role, layer, e)] = Binding(name, rule, i, e)
+
     def _detect_prefix(self, present: set[str]) -> str:
         embed_rules = [r for r in self.spec.rules if "embed" in r.roles]
         for prefix in self.spec.prefixes:
@@ -201,13 +233,16 @@ class Model:
     def _check_shapes(self) -> None:
         shapes = _expected_shapes(self.cfg)
         seen: set[str] = set()
-        for (role, _layer), b in self._bind.items():
+        everything = [(k[0], b) for k, b in self._bind.items()] + [
+            (k[0], b) for k, b in self._experts.items()
+        ]
+        for role, b in everything:
             if b.name in seen:
                 continue
             seen.add(b.name)
             info = self.ckpt.source.info(b.name)
             got = info.shape[::-1] if b.rule.storage == "conv1d" else info.shape
-            if len(b.rule.roles) > 1:
+            if len(b.rule.roles) > 1 or b.rule.expert_stack:
                 want = _fused_total(b.rule, self.cfg, shapes)
             else:
                 want = shapes.get(role, got)
@@ -220,18 +255,36 @@ class Model:
                 )
 
     # ------------------------------------------------------------------ access
-    def has(self, role: str, layer: int | None = None) -> bool:
-        return (role, layer) in self._bind
+    def has(self, role: str, layer: int | None = None, expert: int | None = None) -> bool:
+        if expert is None:
+            return (role, layer) in self._bind
+        return layer is not None and (role, layer, expert) in self._experts
 
-    def binding(self, role: str, layer: int | None = None) -> Binding:
+    def binding(self, role: str, layer: int | None = None, expert: int | None = None) -> Binding:
         try:
-            return self._bind[(role, layer)]
+            if expert is None:
+                return self._bind[(role, layer)]
+            return self._experts[(role, layer, expert)]  # type: ignore[index]
         except KeyError:
             where = f" in layer {layer}" if layer is not None else ""
+            where += f", expert {expert}" if expert is not None else ""
             raise ArchitectureError(f"{shown(self.ckpt.path)}: no {role!r}{where}") from None
 
     def roles(self, layer: int | None = None) -> list[str]:
+        """The roles bound once in ``layer`` (expert roles: ``expert_roles``)."""
         return sorted(r for (r, ly) in self._bind if ly == layer)
+
+    def expert_roles(self, layer: int) -> list[str]:
+        """The expert roles bound in ``layer`` (none in a dense layer)."""
+        return sorted({r for (r, ly, _e) in self._experts if ly == layer})
+
+    def n_experts(self, layer: int) -> int:
+        """Routed experts in ``layer``: the configured count in a sparse layer, 0 in a dense one."""
+        return self.cfg.moe.n_experts if self.cfg.moe is not None and self.is_sparse(layer) else 0
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether ``layer``'s feed-forward block is a sparse MoE block (router and experts)."""
+        return self.cfg.is_sparse(layer)
 
     def _raw(self, name: str, keep: bool) -> torch.Tensor:
         """The stored tensor; a fused one is kept for its sibling roles (q, k, v are asked in turn)."""
@@ -243,17 +296,26 @@ class Model:
             self._cache = (name, t)
         return t
 
-    def tensor(self, role: str, layer: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """One role's tensor, canonical orientation, split from its fused parent if need be.
+    def tensor(
+        self,
+        role: str,
+        layer: int | None = None,
+        expert: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """One role's tensor (of ``expert`` for an expert role), canonical orientation, split from
+        its fused parent if need be.
 
         The result is always the caller's own contiguous tensor (never a view of a cached one).
         """
-        b = self.binding(role, layer)
-        raw = self._raw(b.name, keep=len(b.rule.roles) > 1)
+        b = self.binding(role, layer, expert)
+        raw = self._raw(b.name, keep=len(b.rule.roles) > 1 or b.rule.expert_stack)
         return self.convert(raw, b, dtype)
 
     def role_view(self, raw: torch.Tensor, b: Binding) -> torch.Tensor:
         """The role's part of a stored tensor, in [out, in] orientation (a view, no copy)."""
+        if b.rule.expert_stack:
+            raw = raw[b.expert]  # [E, out, in] -> this expert's [out, in]
         t = raw.t() if b.rule.storage == "conv1d" else raw  # [in, out] -> [out, in]
         return split_fused(t, b.rule, self.cfg)[b.part] if len(b.rule.roles) > 1 else t
 
@@ -279,8 +341,14 @@ class Model:
             )
         return res
 
-    def optional(self, role: str, layer: int | None = None) -> torch.Tensor | None:
-        return self.tensor(role, layer) if self.has(role, layer) else None
+    def optional(
+        self,
+        role: str,
+        layer: int | None = None,
+        expert: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor | None:
+        return self.tensor(role, layer, expert, dtype) if self.has(role, layer, expert) else None
 
     def norm(self, role: str, layer: int | None = None) -> Norm | None:
         if not self.has(role, layer):
@@ -344,6 +412,22 @@ class Model:
             "gated": c.gated,
             "tied_embeddings": c.tied,
             "parameters": self.parameter_count(),
+            **({"moe": self.moe_summary()} if c.moe is not None else {}),
+        }
+
+    def moe_summary(self) -> dict[str, object] | None:
+        """The sparse MoE part of the architecture (None for a dense model)."""
+        moe = self.cfg.moe
+        if moe is None:
+            return None
+        return {
+            "experts": moe.n_experts,
+            "top_k": moe.top_k,
+            "d_expert": moe.d_expert,
+            "renormalise": moe.renormalise,
+            "d_shared": moe.d_shared,
+            "shared_gated": moe.shared_gated,
+            "sparse_layers": list(moe.sparse_layers),
         }
 
     def parameter_count(self) -> int:

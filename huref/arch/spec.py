@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 class Role(str, Enum):
     """The checked vocabulary of roles; each member's ``shape`` is the canonical shape it takes
-    (d = d_model, hd = head_dim, H = heads, K = kv heads) and ``per_layer`` says whether it
-    occurs once per layer or once per model.
+    (d = d_model, hd = head_dim, H = heads, K = kv heads, E = experts, F = an expert's width,
+    Fs = the shared expert's width), ``per_layer`` says whether it occurs once per layer or once
+    per model, and ``per_expert`` whether it occurs once per expert of a sparse (MoE) layer.
 
     A ``str`` enum whose values are the role names used everywhere (bindings, fingerprint files,
     caches), so adding the check changed no stored name. ``str(Role.attn_q)`` is ``"attn_q"``.
@@ -31,12 +32,14 @@ class Role(str, Enum):
 
     shape: str
     per_layer: bool
+    per_expert: bool
 
-    def __new__(cls, value: str, shape: str, per_layer: bool) -> Role:
+    def __new__(cls, value: str, shape: str, per_layer: bool, per_expert: bool = False) -> Role:
         member = str.__new__(cls, value)
         member._value_ = value
         member.shape = shape
         member.per_layer = per_layer
+        member.per_expert = per_expert
         return member
 
     def __str__(self) -> str:
@@ -55,6 +58,17 @@ class Role(str, Enum):
     mlp_out_norm = "mlp_out_norm", "[d]", True  # Gemma-2 style norm of the MLP output
     attn_q_norm = "attn_q_norm", "[hd]", True  # per-head query norm (Qwen3 style)
     attn_k_norm = "attn_k_norm", "[hd]", True
+    attn_q_norm_wide = "attn_q_norm_wide", "[H*hd]", True  # query norm over all heads at once (OLMoE)
+    attn_k_norm_wide = "attn_k_norm_wide", "[K*hd]", True
+    # sparse Mixture-of-Experts layers (MoEConfig): a router, E routed experts, an optional shared one
+    moe_router = "moe_router", "[E, d]", True  # router logits x @ W^T
+    expert_gate = "expert_gate", "[F, d]", True, True
+    expert_up = "expert_up", "[F, d]", True, True
+    expert_down = "expert_down", "[d, F]", True, True
+    shared_gate = "shared_gate", "[Fs, d]", True  # Qwen2-MoE's always-on shared expert
+    shared_up = "shared_up", "[Fs, d]", True
+    shared_down = "shared_down", "[d, Fs]", True
+    shared_expert_gate = "shared_expert_gate", "[1, d]", True  # shared output * sigmoid(x @ W^T)
     embed = "embed", "[V, d]", False
     pos_embed = "pos_embed", "[P, d]", False
     type_embed = "type_embed", "[T, d]", False
@@ -68,6 +82,7 @@ class Role(str, Enum):
 # Roles with the canonical shape each takes, by name (the shape doc of the members above).
 LAYER_ROLES = {r.value: r.shape for r in Role if r.per_layer}
 GLOBAL_ROLES = {r.value: r.shape for r in Role if not r.per_layer}
+EXPERT_ROLES = frozenset(r.value for r in Role if r.per_expert)
 BIAS_SUFFIX = "_bias"  # role "attn_q_bias" is the bias of "attn_q"; "attn_norm_bias" of a norm
 
 
@@ -84,7 +99,35 @@ def check_role(name: str) -> str:
 
 
 Storage = Literal["linear", "conv1d", "vector"]
-Split = Literal["none", "qkv", "halves"]
+Split = Literal["none", "qkv", "halves", "expert_halves", "experts"]
+Layers = Literal["all", "dense", "sparse"]
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """The sparse Mixture-of-Experts part of a config.
+
+    Each token is routed to the ``top_k`` experts with the largest softmax router probabilities,
+    weighted by them (renormalised to sum 1 over the chosen ones when ``renormalise``); a shared
+    expert, when ``d_shared`` is set, sees every token (scaled by sigmoid(x @ w^T) when
+    ``shared_gated``). Layers not in ``sparse_layers`` are dense: mlp_gate/up/down of width d_ff.
+    """
+
+    n_experts: int
+    top_k: int
+    d_expert: int  # F: each routed expert's hidden width
+    renormalise: bool
+    d_shared: int | None = None  # Fs: the shared expert's hidden width
+    shared_gated: bool = False
+    sparse_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ArchitectureError(
+                f"config.json: {self.top_k} experts per token, but the model has {self.n_experts}"
+            )
+        if self.shared_gated and self.d_shared is None:
+            raise ArchitectureError("config.json: a gated shared expert with no shared expert width")
 
 
 @dataclass(frozen=True)
@@ -110,12 +153,17 @@ class ArchConfig:
     tied: bool = False
     positions: Literal["rope", "learned", "alibi", "none"] = "rope"
     qkv_layout: Literal["separate", "concat", "per_head", "per_kv_group"] = "separate"
+    moe: MoEConfig | None = None  # None: a dense model
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def group(self) -> int:
         """Query heads per key/value head (GQA); head h uses KV head h // group."""
         return self.n_heads // self.n_kv_heads
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether ``layer``'s feed-forward block is a sparse MoE block (else a dense MLP)."""
+        return self.moe is not None and layer in self.moe.sparse_layers
 
 
 Predicate = Callable[[ArchConfig], bool]
@@ -129,9 +177,14 @@ def always(_: ArchConfig) -> bool:
 class Rule:
     """One checkpoint tensor and the role or roles it provides.
 
-    ``template`` is relative to the family's name prefix, with ``{L}`` for the layer index.
+    ``template`` is relative to the family's name prefix, with ``{L}`` for the layer index and
+    ``{E}`` for the expert index (expert roles only; such a rule exists in sparse layers only).
+    ``layers`` limits a per-layer rule to the dense or the sparse layers of an MoE config (a
+    dense config has dense layers only).
     A fused tensor lists several roles and says how to split them (``split``): 'qkv' follows
     ``ArchConfig.qkv_layout``; 'halves' cuts the output dimension in two (Phi-3 gate_up).
+    Two splits hold every expert of a layer in one 3-D tensor: 'experts' ([E, out, in], one
+    role) and 'expert_halves' ([E, 2F, in], gate rows then up rows of each expert).
     Roles, storage and split are checked when the rule is made: a misspelt one is an error at
     import, not a tensor that silently binds to nothing.
     """
@@ -142,6 +195,7 @@ class Rule:
     split: Split = "none"
     optional: bool = False
     when: Predicate = always  # the rule exists only for configs where this holds
+    layers: Layers = "all"
 
     def __post_init__(self) -> None:
         # stored as plain strings: the names bindings, fingerprints and caches hold are unchanged
@@ -150,15 +204,53 @@ class Rule:
             raise ArchitectureError(f"rule {self.template!r}: unknown storage {self.storage!r}")
         if self.split not in get_args(Split):
             raise ArchitectureError(f"rule {self.template!r}: unknown split {self.split!r}")
-        want = {"none": 1, "halves": 2, "qkv": 3}[self.split]
+        want = {"none": 1, "halves": 2, "qkv": 3, "experts": 1, "expert_halves": 2}[self.split]
         if len(self.roles) != want:
             raise ArchitectureError(
                 f"rule {self.template!r}: split {self.split!r} takes {want} role(s), not {len(self.roles)}"
             )
+        if self.layers not in get_args(Layers):
+            raise ArchitectureError(f"rule {self.template!r}: unknown layers {self.layers!r}")
+        experts = self.per_expert or self.split in ("experts", "expert_halves")
+        if experts != all(r in EXPERT_ROLES for r in self.roles) or (experts and not self.per_layer):
+            raise ArchitectureError(
+                f"rule {self.template!r}: expert roles need a per-layer template with {{E}} or an expert split"
+            )
+        if self.per_expert and self.split != "none":
+            raise ArchitectureError(f"rule {self.template!r}: a per-expert tensor cannot be split")
+        if self.layers != "all" and not self.per_layer:
+            raise ArchitectureError(f"rule {self.template!r}: only a per-layer rule can be dense or sparse")
 
     @property
     def per_layer(self) -> bool:
         return "{L}" in self.template
+
+    @property
+    def per_expert(self) -> bool:
+        return "{E}" in self.template
+
+    @property
+    def expert_stack(self) -> bool:
+        """One tensor holding every expert of a layer ([E, ...])."""
+        return self.split in ("experts", "expert_halves")
+
+    def applies(self, cfg: ArchConfig, layer: int | None) -> bool:
+        """Whether the rule declares a tensor for ``cfg`` (in ``layer``, for a per-layer rule)."""
+        if not self.when(cfg):
+            return False
+        if layer is None:
+            return True
+        sparse = self.layers == "sparse" or self.per_expert or self.expert_stack
+        if sparse:
+            return cfg.is_sparse(layer)
+        return self.layers == "all" or not cfg.is_sparse(layer)
+
+    def name(self, prefix: str, layer: int | None = None, expert: int | None = None) -> str:
+        """The full checkpoint name of the rule's tensor in ``layer`` (and ``expert``)."""
+        out = prefix + self.template
+        if layer is not None:
+            out = out.replace("{L}", str(layer))
+        return out if expert is None else out.replace("{E}", str(expert))
 
 
 @dataclass(frozen=True)

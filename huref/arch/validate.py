@@ -5,10 +5,12 @@ those must provide every required role. A checkpoint is in addition bound both w
 declared tensor present, every stored tensor claimed, buffered or explicitly ignored: see
 huref.arch.model) and its bindings must provide every required role. A definition that forgot a
 role would otherwise pass: a missing role only shows when the science code asks for it.
+A sparse (MoE) layer requires its router and every expert's projections in place of the MLP's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,38 +27,78 @@ from huref.paths import shown
 # output head unless it is tied to the embedding).
 REQUIRED_LAYER_ROLES = (Role.attn_q, Role.attn_k, Role.attn_v, Role.attn_o, Role.mlp_up, Role.mlp_down)
 REQUIRED_NORM = Role.attn_norm  # post-LN families keep it too: the norm after attention
+DENSE_ROLES = (Role.mlp_up, Role.mlp_down)  # REQUIRED_LAYER_ROLES of a dense layer's MLP
+# a sparse layer's, in their place: the router, and each expert's projections
+REQUIRED_EXPERT_ROLES = (Role.expert_gate, Role.expert_up, Role.expert_down)
 
 
 def required_roles(cfg: ArchConfig) -> list[tuple[str, int | None]]:
-    """(role, layer) pairs every checkpoint of ``cfg`` must provide; layer None for global roles."""
-    per_layer = [*REQUIRED_LAYER_ROLES, REQUIRED_NORM, *([Role.mlp_gate] if cfg.gated else [])]
+    """(role, layer) pairs every checkpoint of ``cfg`` must provide; layer None for global roles.
+    Expert roles are not among them (``required_expert_roles``)."""
     out: list[tuple[str, int | None]] = [(str(Role.embed), None)]
     if not cfg.tied:
         out.append((str(Role.lm_head), None))
-    out += [(str(r), layer) for layer in range(cfg.n_layers) for r in per_layer]
+    for layer in range(cfg.n_layers):
+        per_layer: list[Role] = [*REQUIRED_LAYER_ROLES, REQUIRED_NORM]
+        if cfg.is_sparse(layer):
+            per_layer = [r for r in per_layer if r not in DENSE_ROLES] + [Role.moe_router]
+            if cfg.moe is not None and cfg.moe.d_shared is not None:
+                per_layer += [Role.shared_gate, Role.shared_up, Role.shared_down]
+            if cfg.moe is not None and cfg.moe.shared_gated:
+                per_layer.append(Role.shared_expert_gate)
+        elif cfg.gated:
+            per_layer.append(Role.mlp_gate)
+        out += [(str(r), layer) for r in per_layer]
     return out
+
+
+def required_expert_roles(cfg: ArchConfig) -> list[tuple[str, int, int]]:
+    """(role, layer, expert) of every routed expert's projections in the sparse layers."""
+    if cfg.moe is None:
+        return []
+    return [
+        (str(r), layer, e)
+        for layer in cfg.moe.sparse_layers
+        if layer < cfg.n_layers
+        for e in range(cfg.moe.n_experts)
+        for r in REQUIRED_EXPERT_ROLES
+    ]
 
 
 Declared = dict[str, tuple[tuple[str, ...], int | None]]
 
 
-def declared_tensors(spec: ArchSpec, cfg: ArchConfig, prefix: str | None = None) -> Declared:
-    """Checkpoint name -> (roles, layer) of every tensor the definition declares for ``cfg``
-    (optional ones included), named with ``prefix`` (default: the family's first)."""
+def _declared(
+    spec: ArchSpec, cfg: ArchConfig, prefix: str | None
+) -> list[tuple[str, tuple[str, ...], int | None, int | None]]:
+    """(name, roles, layer, expert) of every tensor the definition declares for ``cfg``; expert
+    None for a tensor holding every expert of its layer (or none)."""
     pre = spec.prefixes[0] if prefix is None else prefix
-    out: Declared = {}
+    out = []
+    n_experts = cfg.moe.n_experts if cfg.moe is not None else 0
     for rule, p in [(r, pre) for r in spec.rules] + [(r, "") for r in spec.outside_prefix]:
-        if not rule.when(cfg):
-            continue
         layers: Sequence[int | None] = range(cfg.n_layers) if rule.per_layer else [None]
         for layer in layers:
-            out[p + rule.template.replace("{L}", str(layer))] = (rule.roles, layer)
+            if not rule.applies(cfg, layer):
+                continue
+            experts: Sequence[int | None] = range(n_experts) if rule.per_expert else [None]
+            out += [(rule.name(p, layer, e), rule.roles, layer, e) for e in experts]
     return out
 
 
-def missing_roles(cfg: ArchConfig, has: Callable[[str, int | None], bool]) -> list[str]:
-    """The required roles ``has`` does not provide, as 'role' or 'role (layer l)'."""
-    return [r if ly is None else f"{r} (layer {ly})" for r, ly in required_roles(cfg) if not has(r, ly)]
+def declared_tensors(spec: ArchSpec, cfg: ArchConfig, prefix: str | None = None) -> Declared:
+    """Checkpoint name -> (roles, layer) of every tensor the definition declares for ``cfg``
+    (optional ones included: a layer's stacked experts and their per-expert tensors both),
+    named with ``prefix`` (default: the family's first)."""
+    return {name: (roles, layer) for name, roles, layer, _e in _declared(spec, cfg, prefix)}
+
+
+def missing_roles(cfg: ArchConfig, has: Callable[..., bool]) -> list[str]:
+    """The required roles ``has(role, layer)`` does not provide, as 'role' or 'role (layer l)',
+    then the expert roles ``has(role, layer, expert)`` does not, as 'role (layer l, expert e)'."""
+    out = [r if ly is None else f"{r} (layer {ly})" for r, ly in required_roles(cfg) if not has(r, ly)]
+    out += [f"{r} (layer {ly}, expert {e})" for r, ly, e in required_expert_roles(cfg) if not has(r, ly, e)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -74,6 +116,7 @@ class Validation:
     def summary(self) -> dict[str, Any]:
         c = self.cfg
         config = {k: v for k, v in vars(c).items() if k != "extra"}
+        config["moe"] = None if c.moe is None else dataclasses.asdict(c.moe)
         return {
             "path": str(self.path),
             "family": self.spec.name,
@@ -102,9 +145,14 @@ def validate_config(config: dict[str, Any], path: Path) -> Validation:
         cfg = spec.read_config(config)
     except ArchitectureError as e:
         raise ArchitectureError(f"{shown(path)}: {e}") from None
-    declared = declared_tensors(spec, cfg)
-    provided = {(r, layer) for roles, layer in declared.values() for r in roles}
-    lacking = missing_roles(cfg, lambda r, ly: (r, ly) in provided)
+    declared = _declared(spec, cfg, None)
+    provided = {(r, layer, e) for _name, roles, layer, e in declared for r in roles}
+
+    def has(role: str, layer: int | None, expert: int | None = None) -> bool:
+        # a stacked tensor (expert None) provides the role for every expert of its layer
+        return (role, layer, expert) in provided or (expert is not None and (role, layer, None) in provided)
+
+    lacking = missing_roles(cfg, has)
     if lacking:
         raise ArchitectureError(
             f"{shown(path)}: the {spec.name} definition provides no {', '.join(lacking[:5])} for this config"

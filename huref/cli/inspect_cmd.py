@@ -58,6 +58,12 @@ def inspect_cmd(
         f"{'gated' if c['gated_mlp'] else 'plain'} MLP ({c['activation']}), positions {c['positions']}, "
         f"{'tied' if c['tied_embeddings'] else 'untied'} embeddings, qkv {c['qkv_layout']}"
     )
+    if moe := c.get("moe"):  # a sparse Mixture-of-Experts model (Model.moe_summary)
+        shared = f", shared expert d {moe['d_shared']}" if moe["d_shared"] else ""
+        con.print(
+            f"mixture of experts: {moe['experts']} experts of d {moe['d_expert']}, top-{moe['top_k']}"
+            f"{' renormalised' if moe['renormalise'] else ''}{shared}, sparse layers {moe['sparse_layers']}"
+        )
     con.print(f"parameters {info['parameters']:,} in {info['tensors']} tensors; dtypes {info['dtypes']}")
     tok = info["tokenizer"]
     con.print(

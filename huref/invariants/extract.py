@@ -31,7 +31,7 @@ import torch
 
 from huref import __version__
 from huref.arch import Model, load_model
-from huref.arch.layers import LayerStream
+from huref.arch.layers import LayerStream, weight_key
 from huref.arch.model import Norm
 from huref.checkpoint import Checkpoint
 from huref.checkpoint.source import all_finite
@@ -81,10 +81,10 @@ class _Weights:
     def __contains__(self, role: str) -> bool:
         return role in self.raw
 
-    def f32(self, role: str) -> torch.Tensor:
-        t = self.raw[role]
+    def f32(self, role: str, expert: int | None = None) -> torch.Tensor:
+        t = self.raw[weight_key(role, expert)]
         if not all_finite(t):  # bf16/fp16 -> fp32 widens: checking the stored values suffices
-            name = self.m.binding(role, self.layer).name
+            name = self.m.binding(role, self.layer, expert).name
             raise ArchitectureError(
                 f"{shown(self.m.ckpt.path)}: tensor {shown(name)} contains NaN or infinite values"
             )
@@ -97,6 +97,88 @@ class _Weights:
         if "mlp_gate" in self:
             w.mul_(self.f32("mlp_gate"))
         return w
+
+    def experts(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(gate, up, down) of every routed expert of this sparse layer, float32."""
+        n = self.m.n_experts(self.layer)
+        return [
+            (self.f32("expert_gate", e), self.f32("expert_up", e), self.f32("expert_down", e))
+            for e in range(n)
+        ]
+
+    def shared(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(gate, up, down) of the layer's shared expert, if it has one."""
+        if "shared_up" not in self:
+            return None
+        return self.f32("shared_gate"), self.f32("shared_up"), self.f32("shared_down")
+
+
+def _sparse_ffn(
+    m: Model, w: _Weights, xf: torch.Tensor, n_r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A sparse (MoE) layer's FFN output on the probe rows [n, d] and its neurons' two views.
+
+    The output is the layer's own mixture, in the dense term's feature space: the router's top-k
+    experts weighted as the model weights them (its real routing), each expert's response taken
+    as (x W_gate ⊙ x W_up) W_down without the activation, exactly as the dense FFN term is, plus
+    the shared expert (through its sigmoid gate where it has one). An expert permutation (with the
+    router's rows), neuron permutations inside experts and a dead expert no token is routed to
+    leave it unchanged, and for an MoE upcycled from a dense model with still-identical experts it
+    equals the dense FFN's term input when the routing weights sum to 1. The views
+    (gate and up responses of the first ``n_r`` rows) hold every expert's neurons side by side,
+    so the neuron-matching test sees an expert permutation as the neuron permutation it is.
+    """
+    moe = m.cfg.moe
+    assert moe is not None
+    experts = w.experts()
+    route = K.moe_route(xf @ w.f32("moe_router").t(), moe.top_k, moe.renormalise)
+    y = K.moe_out(xf, route, experts)
+    shared = w.shared()
+    if shared is not None:
+        s_gate, s_up, s_down = shared
+        ys = K.ffn_hidden(xf, s_up, s_gate) @ s_down.t()
+        if "shared_expert_gate" in w:
+            ys.mul_(torch.sigmoid(xf @ w.f32("shared_expert_gate").t()))
+        y.add_(ys)
+        experts = [*experts, shared]
+    xs = xf[:n_r]
+    va = torch.cat([xs @ gate.t() for gate, _, _ in experts], dim=1)
+    vb = torch.cat([xs @ up.t() for _, up, _ in experts], dim=1)
+    return y, va, vb
+
+
+def _dense_ffn(
+    w: _Weights, xf: torch.Tensor, xr: torch.Tensor, n_r: int, gated: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dense layer's robust FFN term [n, n] and its neurons' two views on the first n_r rows."""
+    gate = w.f32("mlp_gate") if gated else None
+    up = w.f32("mlp_up")
+    h = K.ffn_hidden(xf, up, gate)
+    xs = xf[:n_r]
+    if gate is not None:
+        va, vb = xs @ gate.t(), xs @ up.t()
+    del gate, up
+    f = K.ffn_out(h, w.f32("mlp_down"), xr)
+    del h
+    if not gated:
+        va, vb = xs @ w.f32("mlp_up").t(), xr[:n_r] @ w.f32("mlp_down")
+    return f, va, vb
+
+
+def _sparse_paper(w: _Weights, x: torch.Tensor) -> torch.Tensor:
+    """Paper mode's M_f for a sparse layer: the published X (W_gate ⊙ W_up) W_down X^T summed over
+    the routed and shared experts (the published method defines no MoE term; this one is not
+    robust to an adversary's dead expert, as paper mode is not robust to other attacks)."""
+    experts = w.experts()
+    shared = w.shared()
+    if shared is not None:
+        experts.append(shared)
+    total = None
+    for gate, up, down in experts:
+        t = K.hadamard_ffn(x, up, gate, down)
+        total = t if total is None else total.add_(t)
+    assert total is not None
+    return total
 
 
 def _tokens(m: Model, n: int, settings: Settings, mode: str) -> TokenSet:
@@ -124,6 +206,9 @@ def fingerprint_model(
     t_start = time.perf_counter()
     robust = paper = responses = None
     roles = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"]
+    if cfg.moe is not None:  # sparse layers: router, routed experts, shared expert and its gate
+        roles += ["moe_router", "expert_gate", "expert_up", "expert_down"]
+        roles += ["shared_gate", "shared_up", "shared_down", "shared_expert_gate"]
 
     if "robust" in s.modes:
         tok = _tokens(m, s.n, s, "robust")
@@ -142,19 +227,14 @@ def fingerprint_model(
             xf = _apply(m.input_norms(layer, "mlp"), x)
             a = K.attn_qk(xa, xa, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
             b = K.attn_vo(xa, xr, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
-            gated = "mlp_gate" in w
-            gate = w.f32("mlp_gate") if gated else None
-            up = w.f32("mlp_up")
-            h = K.ffn_hidden(xf, up, gate)
-            # two views of the same neurons on the first n_r probe tokens
-            xs = xf[:n_r]
-            if gate is not None:
-                va, vb = xs @ gate.t(), xs @ up.t()
-            del gate, up
-            f = K.ffn_out(h, w.f32("mlp_down"), xr)
-            del h
-            if not gated:
-                va, vb = xs @ w.f32("mlp_up").t(), xr[:n_r] @ w.f32("mlp_down")
+            sparse = m.is_sparse(layer)
+            gated = sparse or "mlp_gate" in w
+            if sparse:
+                y, va, vb = _sparse_ffn(m, w, xf, n_r)
+                f = y @ xr.t()
+                del y
+            else:
+                f, va, vb = _dense_ffn(w, xf, xr, n_r, gated)
             for i, term in enumerate((a, b, f)):
                 terms[layer, i] = K.standardise(term).to("cpu", torch.float16)
                 _check_finite(m, terms[layer, i], f"robust {TERM_NAMES[i]} term", layer)
@@ -176,7 +256,7 @@ def fingerprint_model(
             key_digest(s.key),
         )
         responses = Responses(
-            ("gate", "up") if cfg.gated else ("in", "out"),
+            ("gate", "up") if cfg.gated or cfg.moe is not None else ("in", "out"),
             list(tok.strings[:n_r]),
             list(range(cfg.n_layers)),
             views_a,
@@ -199,7 +279,10 @@ def fingerprint_model(
             terms[j, 0] = K.standardise(qk).cpu().half()
             vo = K.attn_vo(x, x, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
             terms[j, 1] = K.standardise(vo).cpu().half()
-            ff = K.hadamard_ffn(x, w.hadamard_in(), None, w.f32("mlp_down"))
+            if m.is_sparse(layer):
+                ff = _sparse_paper(w, x)
+            else:
+                ff = K.hadamard_ffn(x, w.hadamard_in(), None, w.f32("mlp_down"))
             terms[j, 2] = K.standardise(ff).cpu().half()
             del qk, vo, ff
             for i, name in enumerate(TERM_NAMES):

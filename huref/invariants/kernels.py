@@ -19,6 +19,8 @@ not, at some block sizes, so W_down is used whole).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 FFN_BLOCK = 1024
@@ -121,3 +123,34 @@ def standardise(m: torch.Tensor) -> torch.Tensor:
 def rms_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """x / rms(x) per row: the write-out side's normalisation, free of any global scale."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def moe_route(logits: torch.Tensor, top_k: int, renormalise: bool) -> torch.Tensor:
+    """Routing weights [n, E] of a sparse MoE layer: softmax over the router logits, the ``top_k``
+    largest kept per row (the rest zero), renormalised to sum 1 when ``renormalise`` (Mixtral,
+    Qwen3-MoE; Qwen2-MoE and OLMoE by their ``norm_topk_prob``). Permuting the experts together
+    with the router's rows permutes the columns, so any sum over experts is unchanged."""
+    p = torch.softmax(logits.to(torch.float32), dim=-1)
+    top, idx = torch.topk(p, top_k, dim=-1)
+    if renormalise:
+        top = top / top.sum(-1, keepdim=True)
+    return torch.zeros_like(p).scatter_(-1, idx, top)
+
+
+def moe_out(
+    xf: torch.Tensor,
+    route: torch.Tensor,
+    experts: Sequence[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """The routed experts' feature-space output [n, d]: sum_e route[:, e] * h_e W_down,e with
+    h_e = ``ffn_hidden`` (x W_gate ⊙ x W_up, no activation, as the dense FFN term; gate None: a
+    non-gated expert). Tokens an expert is not routed to add nothing, so an expert no probe token
+    reaches (an adversary's dead expert) leaves the result unchanged."""
+    y = torch.zeros(xf.shape[0], experts[0][2].shape[0], dtype=xf.dtype, device=xf.device)
+    for e, (gate, up, down) in enumerate(experts):
+        rows = route[:, e].nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        h = ffn_hidden(xf[rows], up, gate)
+        y.index_add_(0, rows, (h @ down.t()) * route[rows, e, None].to(xf.dtype))
+    return y

@@ -1,0 +1,238 @@
+"""Sparse Mixture-of-Experts models: invariants through function-preserving attacks, upcycling.
+
+A Mixtral-style MoE is *upcycled* from the tiny zoo's dense llama-a (its attention, norms,
+embeddings and head copied; every expert a copy of llama-a's FFN, as Qwen1.5-MoE and many
+others were made; a fresh router) and trained briefly, so its experts diverge. Attacks an
+adversary can apply without changing the function are written here on its state dict, checked
+against transformers' logits, and must leave the robust invariants in place. A second MoE trained
+from its own random initialisation is the unrelated control.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import MixtralConfig, MixtralForCausalLM
+
+from huref.invariants import Settings, compare_fingerprints, fingerprint_model
+from huref.lm.train import train_lm
+
+N_EXPERTS, TOP_K = 4, 2
+ROBUST = Settings(modes=("robust",))
+
+
+def _config(dense: dict) -> MixtralConfig:
+    return MixtralConfig(
+        vocab_size=dense["vocab_size"],
+        hidden_size=dense["hidden_size"],
+        intermediate_size=dense["intermediate_size"],
+        num_hidden_layers=dense["num_hidden_layers"],
+        num_attention_heads=dense["num_attention_heads"],
+        num_key_value_heads=dense["num_key_value_heads"],
+        head_dim=dense["head_dim"],
+        max_position_embeddings=dense["max_position_embeddings"],
+        rms_norm_eps=dense["rms_norm_eps"],
+        num_local_experts=N_EXPERTS,
+        num_experts_per_tok=TOP_K,
+        tie_word_embeddings=False,
+        router_aux_loss_coef=0.0,
+    )
+
+
+def _save(model: MixtralForCausalLM, dst: Path, tokenizer_from: Path) -> Path:
+    model.save_pretrained(dst)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_from / name, dst / name)
+    return dst
+
+
+# In memory, transformers' Mixtral keeps each layer's experts stacked: mlp.gate.weight [E, d] (the
+# router), mlp.experts.gate_up_proj [E, 2F, d] (gate rows, then up rows) and mlp.experts.down_proj
+# [E, d, F]; save_pretrained writes them per expert (block_sparse_moe.experts.e.w1/w3/w2).
+
+
+def _upcycled(dense_dir: Path, seed: int) -> MixtralForCausalLM:
+    """llama-a's weights in a Mixtral: every expert a copy of its FFN, a small random router."""
+    dense = load_file(str(dense_dir / "model.safetensors"))
+    cfg = _config(json.loads((dense_dir / "config.json").read_text()))
+    torch.manual_seed(seed)
+    moe = MixtralForCausalLM(cfg)
+    out = {}
+    for name, t in moe.state_dict().items():
+        if name.endswith("mlp.gate.weight"):
+            out[name] = torch.randn(t.shape) * 0.02
+        elif name.endswith("mlp.experts.gate_up_proj"):
+            pre = name[: -len("experts.gate_up_proj")]
+            gate_up = torch.cat([dense[pre + "gate_proj.weight"], dense[pre + "up_proj.weight"]])
+            out[name] = gate_up.expand(N_EXPERTS, *gate_up.shape).clone()
+        elif name.endswith("mlp.experts.down_proj"):
+            down = dense[name[: -len("experts.down_proj")] + "down_proj.weight"]
+            out[name] = down.expand(N_EXPERTS, *down.shape).clone()
+        else:
+            out[name] = dense[name].clone()
+    moe.load_state_dict(out)
+    return moe
+
+
+def _train(model: MixtralForCausalLM, stream: torch.Tensor, steps: int, lr: float, seed: int) -> None:
+    train_lm(model, stream, steps, lr, seed, batch=8, seq=64)
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def moe_zoo(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("moe")
+    stream = load_file(str(tiny_zoo / "_data" / "streams.safetensors"))
+    base = tiny_zoo / "llama-a"
+    up = _upcycled(base, seed=1)
+    _train(up, stream["sft"], steps=40, lr=3e-4, seed=1)
+    made = {"upcycled": _save(up, root / "upcycled", base)}
+    torch.manual_seed(7)
+    scratch = MixtralForCausalLM(_config(json.loads((base / "config.json").read_text())))
+    _train(scratch, stream["pretrain"], steps=150, lr=3e-3, seed=7)
+    made["scratch"] = _save(scratch, root / "scratch", base)
+    return made
+
+
+# ---------------------------------------------------------------- function-preserving attacks
+
+
+def _layers(sd: dict[str, torch.Tensor]) -> list[str]:
+    return sorted({k.split(".layers.")[1].split(".")[0] for k in sd if ".layers." in k}, key=int)
+
+
+def _moe(L: str) -> str:
+    return f"model.layers.{L}.mlp."
+
+
+def expert_permutation(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Experts renumbered together with the router's rows."""
+    out = dict(sd)
+    for L in _layers(sd):
+        p, perm = _moe(L), torch.randperm(N_EXPERTS, generator=g)
+        for name in ("gate.weight", "experts.gate_up_proj", "experts.down_proj"):
+            out[p + name] = sd[p + name][perm]
+    return out
+
+
+def expert_neuron_permutation(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Each expert's hidden neurons reordered (its gate and up rows together, down columns)."""
+    out = dict(sd)
+    for L in _layers(sd):
+        p = _moe(L)
+        gate_up, down = sd[p + "experts.gate_up_proj"].clone(), sd[p + "experts.down_proj"].clone()
+        f = down.shape[2]
+        for e in range(N_EXPERTS):
+            perm = torch.randperm(f, generator=g)
+            gate_up[e] = torch.cat([gate_up[e, :f][perm], gate_up[e, f:][perm]])
+            down[e] = down[e][:, perm]
+        out[p + "experts.gate_up_proj"], out[p + "experts.down_proj"] = gate_up, down
+    return out
+
+
+def _fold_gains(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every RMSNorm gain moved into the weights that read its output (router and experts too)."""
+    out = dict(sd)
+    for L in _layers(sd):
+        pre = f"model.layers.{L}."
+        g = sd[pre + "input_layernorm.weight"]
+        for r in ("q_proj", "k_proj", "v_proj"):
+            out[pre + f"self_attn.{r}.weight"] = sd[pre + f"self_attn.{r}.weight"] * g
+        out[pre + "input_layernorm.weight"] = torch.ones_like(g)
+        g = sd[pre + "post_attention_layernorm.weight"]
+        out[pre + "mlp.gate.weight"] = sd[pre + "mlp.gate.weight"] * g
+        out[pre + "mlp.experts.gate_up_proj"] = sd[pre + "mlp.experts.gate_up_proj"] * g
+        out[pre + "post_attention_layernorm.weight"] = torch.ones_like(g)
+    g = sd["model.norm.weight"]
+    out["lm_head.weight"] = sd["lm_head.weight"] * g
+    out["model.norm.weight"] = torch.ones_like(g)
+    return out
+
+
+def norm_gain_folding(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Gains folded into the router and the experts, then new random gains divided back out."""
+    out = _fold_gains(sd)
+    for L in _layers(sd):
+        pre = f"model.layers.{L}."
+        s = torch.rand(out[pre + "post_attention_layernorm.weight"].shape, generator=g) + 0.5
+        out[pre + "post_attention_layernorm.weight"] = s
+        out[pre + "mlp.gate.weight"] = out[pre + "mlp.gate.weight"] / s
+        out[pre + "mlp.experts.gate_up_proj"] = out[pre + "mlp.experts.gate_up_proj"] / s
+    return out
+
+
+def residual_rotation(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """The residual stream rotated by a random orthogonal Q (gains folded first: RMSNorm commutes
+    with Q only without them). Read-in weights W -> W Q, write-out weights W -> Q^T W."""
+    out = _fold_gains(sd)
+    d = out["model.embed_tokens.weight"].shape[1]
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    q = q.to(torch.float32)
+    out["model.embed_tokens.weight"] = out["model.embed_tokens.weight"] @ q
+    out["lm_head.weight"] = out["lm_head.weight"] @ q
+    for L in _layers(sd):
+        pre = f"model.layers.{L}."
+        for r in ("q_proj", "k_proj", "v_proj"):
+            out[pre + f"self_attn.{r}.weight"] = out[pre + f"self_attn.{r}.weight"] @ q
+        out[pre + "self_attn.o_proj.weight"] = q.t() @ out[pre + "self_attn.o_proj.weight"]
+        out[pre + "mlp.gate.weight"] = out[pre + "mlp.gate.weight"] @ q
+        out[pre + "mlp.experts.gate_up_proj"] = out[pre + "mlp.experts.gate_up_proj"] @ q
+        out[pre + "mlp.experts.down_proj"] = q.t() @ out[pre + "mlp.experts.down_proj"]
+    return out
+
+
+ATTACKS = {
+    "expert-permutation": expert_permutation,
+    "expert-neuron-permutation": expert_neuron_permutation,
+    "norm-gain-folding": norm_gain_folding,
+    "residual-rotation": residual_rotation,
+}
+
+
+def _logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    model = MixtralForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def base_print(moe_zoo: dict[str, Path]):  # type: ignore[no-untyped-def]
+    return fingerprint_model(moe_zoo["upcycled"], ROBUST)
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_moe_attacks_keep_the_function_and_the_invariants(
+    moe_zoo: dict[str, Path], base_print, tmp_path: Path, attack: str
+) -> None:
+    src = moe_zoo["upcycled"]
+    model = MixtralForCausalLM.from_pretrained(src, dtype=torch.float32)
+    attacked = ATTACKS[attack](model.state_dict(), torch.Generator().manual_seed(3))
+    model.load_state_dict(attacked)
+    dst = _save(model, tmp_path / attack, src)
+    ids = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_logits(dst, ids), _logits(src, ids), atol=2e-4, rtol=1e-4)  # same function
+    c = compare_fingerprints(fingerprint_model(dst, ROBUST), base_print)
+    print(f"{attack}: robust ICS {c.ics:.4f}, verdict {c.verdict}")
+    assert c.ics >= 99.9, (attack, c.ics)
+    assert c.verdict == "derived"
+
+
+def test_an_upcycled_moe_is_derived_from_its_dense_base_only(
+    tiny_zoo: Path, moe_zoo: dict[str, Path], base_print
+) -> None:
+    dense = fingerprint_model(tiny_zoo / "llama-a", Settings())
+    other = fingerprint_model(tiny_zoo / "llama-b", Settings())
+    up = fingerprint_model(moe_zoo["upcycled"], Settings())
+    same = compare_fingerprints(up, dense)
+    print(f"upcycled vs llama-a: robust ICS {same.ics:.3f}, log10 p {same.log10_p_value}")
+    assert same.verdict == "derived"
+    assert same.log10_p_value is not None and same.log10_p_value < -6
+    assert compare_fingerprints(up, other).verdict == "independent"
+    scratch = fingerprint_model(moe_zoo["scratch"], Settings())
+    assert compare_fingerprints(scratch, dense).verdict == "independent"
+    assert compare_fingerprints(scratch, up).verdict == "independent"
