@@ -14,12 +14,20 @@ import json
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from huref.invariants import Settings, compare_fingerprints, fingerprint_model
+from huref.cli import main
+from huref.invariants import (
+    Settings,
+    compare_fingerprints,
+    fingerprint_model,
+    load_fingerprint,
+    save_fingerprint,
+)
 from huref.lm.train import train_lm
 
 N_EXPERTS, TOP_K = 4, 2
@@ -223,7 +231,7 @@ def test_moe_attacks_keep_the_function_and_the_invariants(
 
 
 def test_an_upcycled_moe_is_derived_from_its_dense_base_only(
-    tiny_zoo: Path, moe_zoo: dict[str, Path], base_print
+    tiny_zoo: Path, moe_zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dense = fingerprint_model(tiny_zoo / "llama-a", Settings())
     other = fingerprint_model(tiny_zoo / "llama-b", Settings())
@@ -232,7 +240,37 @@ def test_an_upcycled_moe_is_derived_from_its_dense_base_only(
     print(f"upcycled vs llama-a: robust ICS {same.ics:.3f}, log10 p {same.log10_p_value}")
     assert same.verdict == "derived"
     assert same.log10_p_value is not None and same.log10_p_value < -6
+    # every expert of every layer came from llama-a's FFN, each by its own neuron test
+    assert len(same.expert_origin) == N_EXPERTS * len(same.layer_alignment)
+    assert all(r["from_dense"] for r in same.expert_origin), same.expert_origin
+    print("expert log10 p:", [round(r["log10_p"], 1) for r in same.expert_origin])
     assert compare_fingerprints(up, other).verdict == "independent"
     scratch = fingerprint_model(moe_zoo["scratch"], Settings())
-    assert compare_fingerprints(scratch, dense).verdict == "independent"
+    fresh = compare_fingerprints(scratch, dense)
+    assert fresh.verdict == "independent"
+    assert fresh.expert_origin and not any(r["from_dense"] for r in fresh.expert_origin)
     assert compare_fingerprints(scratch, up).verdict == "independent"
+    assert not compare_fingerprints(scratch, up).expert_origin  # MoE against MoE: no dense side
+    # the expert groups survive a fingerprint file, and compare names the experts
+    files = [save_fingerprint(fp, tmp_path / f"{n}.safetensors") for n, fp in (("up", up), ("dense", dense))]
+    assert load_fingerprint(files[0]).responses.groups == up.responses.groups  # type: ignore[union-attr]
+    assert main(["compare", str(files[0]), str(files[1])]) == 0
+    out = capsys.readouterr().out
+    assert "experts from the dense FFN (p < 1e-6): layer 0: 0, 1, 2, 3 of 4; layer 1: 0, 1, 2, 3 of 4" in out
+
+
+def test_the_audit_report_names_the_experts_that_came_from_the_dense_base(
+    tiny_zoo: Path, moe_zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    argv = ["audit", str(moe_zoo["upcycled"]), "--base", str(tiny_zoo / "llama-a"), "--no-dogs", "--no-pcs"]
+    assert main([*argv, "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "Experts that came from the dense FFN" in html
+    assert "layer 0: 0, 1, 2, 3 of 4" in html
+    from huref.report import load_schema
+
+    evidence = json.loads(out.with_suffix(".json").read_text())
+    jsonschema.validate(evidence, load_schema())
+    rows = evidence["passive"][0]["expert_origin"]
+    assert rows and all(r["from_dense"] for r in rows)

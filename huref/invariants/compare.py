@@ -9,6 +9,7 @@ Verdict rule (documented in the report's method notes):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,8 @@ from huref.errors import FingerprintError
 from huref.invariants.fingerprint import Fingerprint
 from huref.invariants.pcs import parameter_cosine
 from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
-from huref.invariants.stats import BUILTIN_NULL, NullModel, combine_log10, neuron_test
-from huref.invariants.verdict import VERDICT_RULE, verdict_for
+from huref.invariants.stats import BUILTIN_NULL, NullModel, combine_log10, expert_origin, neuron_test
+from huref.invariants.verdict import P_DERIVED, VERDICT_RULE, verdict_for
 
 if TYPE_CHECKING:
     from huref.checkpoint import Checkpoint
@@ -42,6 +43,8 @@ class Comparison:
     layer_similarity: list[list[float]] = field(default_factory=list)
     layer_tests: list[dict[str, Any]] = field(default_factory=list)
     null: dict[str, Any] = field(default_factory=dict)
+    # a dense model against an MoE: each expert's neuron test against the aligned dense FFN
+    expert_origin: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +70,7 @@ def compare_fingerprints(
     alignment: list[list[Any]] = []
     sim: list[list[float]] = []
     tests: list[dict[str, Any]] = []
+    experts: list[dict[str, Any]] = []
     shared = shared_p = 0
     if fa.robust is not None and fb.robust is not None:
         ta, tb, shared = shared_terms(fa.robust, fb.robust)
@@ -84,6 +88,16 @@ def compare_fingerprints(
             tests = [asdict(t) for t in lt]
             if lt:
                 log10_p = combine_log10([t.log10_p for t in lt])
+            ra, rb = fa.responses, fb.responses
+            if bool(ra.groups) != bool(rb.groups):  # one side dense, the other an MoE
+                dense_first = not ra.groups
+                et = expert_origin(
+                    ra if dense_first else rb,
+                    rb if dense_first else ra,
+                    [(a, b) if dense_first else (b, a) for a, b, _ in pairs],
+                    signed_b,
+                )
+                experts = [{**asdict(t), "from_dense": t.log10_p < math.log10(P_DERIVED)} for t in et]
     ics_paper = None
     if fa.paper is not None and fb.paper is not None:
         pa, pb, shared_p = shared_terms(fa.paper, fb.paper)
@@ -105,6 +119,7 @@ def compare_fingerprints(
         shared_tokens_paper=shared_p,
         layer_similarity=sim,
         layer_tests=tests,
+        expert_origin=experts,
         null={"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
     )
 
@@ -123,3 +138,15 @@ def compare_paths(
     fa, ca = load_any(a, settings)
     fb, cb = load_any(b, settings)
     return compare_fingerprints(fa, fb, null, ca if with_pcs else None, cb if with_pcs else None)
+
+
+def expert_summary(rows: list[dict[str, Any]]) -> str:
+    """'layer 0: 0, 1, 2, 3 of 4; layer 1: none of 4' from a comparison's expert_origin rows."""
+    by_layer: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_layer.setdefault(int(r["layer_sparse"]), []).append(r)
+    parts = []
+    for layer, rs in sorted(by_layer.items()):
+        hit = [str(r["expert"]) for r in rs if r["from_dense"]]
+        parts.append(f"layer {layer}: {', '.join(hit) if hit else 'none'} of {len(rs)}")
+    return "; ".join(parts)

@@ -115,7 +115,7 @@ class _Weights:
 
 def _sparse_ffn(
     m: Model, w: _Weights, xf: torch.Tensor, n_r: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
     """A sparse (MoE) layer's FFN output on the probe rows [n, d] and its neurons' two views.
 
     The output is the layer's own mixture, in the dense term's feature space: the router's top-k
@@ -131,6 +131,7 @@ def _sparse_ffn(
     moe = m.cfg.moe
     assert moe is not None
     experts = w.experts()
+    groups = [(str(e), gate.shape[0]) for e, (gate, _, _) in enumerate(experts)]
     route = K.moe_route(xf @ w.f32("moe_router").t(), moe.top_k, moe.renormalise)
     y = K.moe_out(xf, route, experts)
     shared = w.shared()
@@ -141,10 +142,11 @@ def _sparse_ffn(
             ys.mul_(torch.sigmoid(xf @ w.f32("shared_expert_gate").t()))
         y.add_(ys)
         experts = [*experts, shared]
+        groups.append(("shared", s_gate.shape[0]))
     xs = xf[:n_r]
     va = torch.cat([xs @ gate.t() for gate, _, _ in experts], dim=1)
     vb = torch.cat([xs @ up.t() for _, up, _ in experts], dim=1)
-    return y, va, vb
+    return y, va, vb, groups
 
 
 def _dense_ffn(
@@ -219,6 +221,7 @@ def fingerprint_model(
         n_r = min(s.n_responses, len(tok.ids))
         terms = torch.empty(cfg.n_layers, 3, len(tok.ids), len(tok.ids), dtype=torch.float16)
         views_a, views_b = [], []
+        groups: dict[int, list[tuple[str, int]]] = {}
         stream = LayerStream(m, roles, dtype=None, prefetch=s.prefetch)
         for layer, raw in stream:
             w = _Weights(m, layer, raw, dev)
@@ -230,7 +233,7 @@ def fingerprint_model(
             sparse = m.is_sparse(layer)
             gated = sparse or "mlp_gate" in w
             if sparse:
-                y, va, vb = _sparse_ffn(m, w, xf, n_r)
+                y, va, vb, groups[layer] = _sparse_ffn(m, w, xf, n_r)
                 f = y @ xr.t()
                 del y
             else:
@@ -261,6 +264,7 @@ def fingerprint_model(
             list(range(cfg.n_layers)),
             views_a,
             views_b,
+            groups,
         )
 
     if "paper" in s.modes:

@@ -48,6 +48,9 @@ class Responses:
     layers: list[int]
     a: list[torch.Tensor]  # per layer [n_r, d_ff]
     b: list[torch.Tensor]
+    # sparse (MoE) layers only: the expert each run of columns belongs to, in column order
+    # ([("0", 24), ("1", 24), ..., ("shared", 40)]); a dense layer has no entry
+    groups: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
 
     def non_finite(self) -> str | None:
         """Where the first NaN or infinity sits ('gate responses of layer 2'), or None."""

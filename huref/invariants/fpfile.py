@@ -59,6 +59,10 @@ def _doc(fp: Fingerprint) -> dict:
             "tokens": fp.responses.token_strings,
             "layers": fp.responses.layers,
         }
+        if fp.responses.groups:  # sparse layers: which expert each run of neuron columns is
+            doc["responses"]["groups"] = {
+                str(ly): [[label, width] for label, width in g] for ly, g in fp.responses.groups.items()
+            }
     doc["timing"] = fp.timing
     return doc
 
@@ -159,6 +163,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                 list(r["layers"]),  # type: ignore[arg-type]
                 [tensors[f"responses.{ly}.a"] for ly in r["layers"]],
                 [tensors[f"responses.{ly}.b"] for ly in r["layers"]],
+                {int(ly): [(str(lb), int(w)) for lb, w in g] for ly, g in r.get("groups", {}).items()},
             )
     except KeyError as e:
         raise FingerprintError(f"{p}: incomplete fingerprint (missing {e})") from None
@@ -178,6 +183,14 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                     f"{p}: corrupt fingerprint (responses of layer {ly}: {list(a.shape)} and "
                     f"{list(b.shape)} for {len(resp.token_strings)} tokens)"
                 )
+            widths = [w for _, w in resp.groups.get(ly, [])]
+            if widths and (sum(widths) != a.shape[1] or min(widths) < 1):
+                raise FingerprintError(
+                    f"{p}: corrupt fingerprint (expert groups of layer {ly} cover {sum(widths)} of "
+                    f"{a.shape[1]} neurons)"
+                )
+        if set(resp.groups) - set(resp.layers):
+            raise FingerprintError(f"{p}: corrupt fingerprint (expert groups of layers without responses)")
     fp = Fingerprint({}, modes.get("robust"), modes.get("paper"), resp)
     where = fp.non_finite()
     if where is not None:
@@ -237,6 +250,21 @@ def _check_doc(p: Path, doc: dict[str, Any]) -> None:
         if mode == "responses":
             views = d.get("views")
             need(_is_list_of(views, str) and len(views) == 2, "'responses.views' is not two names")
+            groups = d.get("groups", {})
+            need(
+                isinstance(groups, dict)
+                and all(
+                    k.isascii()
+                    and k.isdigit()
+                    and isinstance(g, list)
+                    and all(
+                        isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and _is_int(x[1])
+                        for x in g
+                    )
+                    for k, g in groups.items()
+                ),
+                "'responses.groups' is not a map of layer -> [[expert, neurons], ...]",
+            )
         else:
             for k in ("token_source", "key_digest"):
                 need(isinstance(d.get(k), str), f"'{mode}.{k}' is not a string")

@@ -113,6 +113,25 @@ class LayerTest:
     log10_p: float
 
 
+def _two_view_test(
+    a1: torch.Tensor, a2: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, signed_b: bool
+) -> tuple[int, int, int, float]:
+    """(m, n, agreements, log10 p) of matching the smaller neuron set into the larger in each
+    view separately: a neuron whose two matchings agree counts once."""
+    if a1.shape[1] > b1.shape[1]:  # match the smaller neuron set into the larger
+        a1, a2, b1, b2 = b1, b2, a1, a2
+    a1, a2 = a1[:, :MAX_NEURONS], a2[:, :MAX_NEURONS]
+    a2, b2 = residualise(a1, a2), residualise(b1, b2)
+    c1 = _corr(a1, b1)  # first view is sign-sensitive (gate / input response)
+    c2 = _corr(a2, b2)
+    if not signed_b:
+        c2 = np.abs(c2)  # the up branch can be negated together with the down row
+    p1, p2 = _match(c1), _match(c2)
+    k = int((p1 == p2).sum())
+    m, n = c1.shape
+    return m, n, k, log10_agreement_tail(k, m, n)
+
+
 def neuron_test(
     ra: Responses, rb: Responses, pairs: list[tuple[int, int]], signed_b: bool
 ) -> list[LayerTest]:
@@ -129,27 +148,58 @@ def neuron_test(
             continue
         a1, a2 = ra.a[pos_a[la]][ta], ra.b[pos_a[la]][ta]  # [m_tokens, fa]
         b1, b2 = rb.a[pos_b[lb]][tb], rb.b[pos_b[lb]][tb]
-        swap = a1.shape[1] > b1.shape[1]
-        if swap:  # match the smaller neuron set into the larger
-            a1, a2, b1, b2 = b1, b2, a1, a2
-        a1, a2 = a1[:, :MAX_NEURONS], a2[:, :MAX_NEURONS]
-        a2, b2 = residualise(a1, a2), residualise(b1, b2)
-        c1 = _corr(a1, b1)  # first view is sign-sensitive (gate / input response)
-        c2 = _corr(a2, b2)
-        if not signed_b:
-            c2 = np.abs(c2)  # the up branch can be negated together with the down row
-        p1, p2 = _match(c1), _match(c2)
-        k = int((p1 == p2).sum())
-        m, n = c1.shape
-        out.append(LayerTest(la, lb, m, n, k, log10_agreement_tail(k, m, n)))
+        m, n, k, log10_p = _two_view_test(a1, a2, b1, b2, signed_b)
+        out.append(LayerTest(la, lb, m, n, k, log10_p))
+    return out
+
+
+@dataclass(frozen=True)
+class ExpertTest:
+    """One expert of a sparse layer tested against the aligned dense layer's FFN neurons."""
+
+    layer_dense: int
+    layer_sparse: int
+    expert: str  # "0", "1", ... or "shared"
+    neurons: int
+    agreements: int
+    log10_p: float
+
+
+def expert_origin(
+    dense: Responses, sparse: Responses, pairs: list[tuple[int, int]], signed_b: bool
+) -> list[ExpertTest]:
+    """Which experts of an MoE came from a dense model's FFN: for each aligned (dense layer,
+    sparse layer) pair, the neuron-matching test between the dense FFN and each expert alone. An
+    expert upcycled from that FFN (a copy, then trained) matches it far beyond chance; an expert
+    trained from scratch does not. ``pairs`` are (dense layer, sparse layer)."""
+    ia, ib = shared_index(dense.token_strings, sparse.token_strings)
+    if len(ia) < 8:
+        return []
+    ta, tb = torch.tensor(ia), torch.tensor(ib)
+    pos_d = {ly: i for i, ly in enumerate(dense.layers)}
+    pos_s = {ly: i for i, ly in enumerate(sparse.layers)}
+    out = []
+    for ld, ls in pairs:
+        if ld not in pos_d or ls not in pos_s or ld in dense.groups or ls not in sparse.groups:
+            continue
+        d1, d2 = dense.a[pos_d[ld]][ta], dense.b[pos_d[ld]][ta]
+        s1, s2 = sparse.a[pos_s[ls]][tb], sparse.b[pos_s[ls]][tb]
+        start = 0
+        for label, width in sparse.groups[ls]:
+            cols = slice(start, start + width)
+            start += width
+            m, _, k, log10_p = _two_view_test(d1, d2, s1[:, cols], s2[:, cols], signed_b)
+            out.append(ExpertTest(ld, ls, label, m, k, log10_p))
     return out
 
 
 __all__ = [
     "BUILTIN_NULL",
+    "ExpertTest",
     "LayerTest",
     "NullModel",
     "combine_log10",
+    "expert_origin",
     "format_log10_p",
     "format_p",
     "log10_agreement_tail",
