@@ -23,6 +23,10 @@ def non_finite_tensors(m: Model) -> list[str]:
     for layer in [None, *range(m.cfg.n_layers)]:
         for role in m.roles(layer):
             names[m.binding(role, layer).name] = None
+        if layer is not None:  # every expert of a sparse layer (a stacked tensor once)
+            for role in m.expert_roles(layer):
+                for e in range(m.n_experts(layer)):
+                    names[m.binding(role, layer, e).name] = None
     bad = []
     for name in names:
         t = m.ckpt.source.read(name)

@@ -278,3 +278,75 @@ MOE_FAMILIES: dict[str, Callable[[str], Any]] = {
     "qwen3_moe": _qwen3_moe,
     "olmoe": _olmoe,
 }
+
+
+# ---------------------------------------------------------------- DeepSeek-V2/V3 (MLA + routed MoE)
+# Members of the llama family too; tests/test_arch_mla.py checks their latent attention and their
+# group-limited routing. Eight experts in four groups, two groups kept: the group limit matters.
+def _deepseek_sizes(act: str) -> dict[str, Any]:
+    return dict(
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        kv_lora_rank=10,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=5,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_shared_experts=2,
+        vocab_size=96,
+        hidden_act=act,
+        tie_word_embeddings=False,
+    )
+
+
+def _deepseek_v3(act: str) -> Any:
+    """Low-rank query, sigmoid scores, bias-corrected group-limited selection, renormalised."""
+    return T.AutoConfig.for_model(
+        "deepseek_v3", **_deepseek_sizes(act), q_lora_rank=12, n_group=4, topk_group=2, norm_topk_prob=True
+    )
+
+
+def _deepseek_v3_bias(act: str) -> Any:
+    """attention_bias (q_a, kv_a and o biases), weights not renormalised, one group."""
+    return T.AutoConfig.for_model(
+        "deepseek_v3",
+        **_deepseek_sizes(act),
+        q_lora_rank=12,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=False,
+        attention_bias=True,
+    )
+
+
+def _deepseek_v2(act: str) -> Any:
+    """Full-rank query (q_lora_rank null), softmax scores, group-limited greedy, scaled weights."""
+    return T.AutoConfig.for_model(
+        "deepseek_v2",
+        **_deepseek_sizes(act),
+        q_lora_rank=None,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=1.5,
+    )
+
+
+def _deepseek_v2_greedy(act: str) -> Any:
+    """Low-rank query, plain greedy top-k."""
+    return T.AutoConfig.for_model("deepseek_v2", **_deepseek_sizes(act), q_lora_rank=12, topk_method="greedy")
+
+
+# case name -> (activation name -> config); built with AutoModelForCausalLM.from_config
+MLA_FAMILIES: dict[str, Callable[[str], Any]] = {
+    "deepseek_v3": _deepseek_v3,
+    "deepseek_v3-bias": _deepseek_v3_bias,
+    "deepseek_v2": _deepseek_v2,
+    "deepseek_v2-greedy": _deepseek_v2_greedy,
+}

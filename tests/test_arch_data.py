@@ -33,6 +33,8 @@ STORED_ROLE_NAMES = {
     # sparse (MoE) layers and OLMoE's projection-wide q/k norms
     *("moe_router", "expert_gate", "expert_up", "expert_down", "shared_gate", "shared_up", "shared_down"),
     *("shared_expert_gate", "attn_q_norm_wide", "attn_k_norm_wide"),
+    # DeepSeek-V2/V3: Multi-head Latent Attention and the router's selection bias
+    *("attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a", "attn_kv_a_norm", "attn_kv_b", "moe_router_bias"),
 }
 CASES = [(f, tie) for f in FAMILIES for tie in f.ties]
 IDS = [f"{f.name}-{'tied' if t else 'untied'}" for f, t in CASES]

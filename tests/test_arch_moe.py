@@ -360,4 +360,11 @@ def test_arch_ls_and_inspect_show_the_moe_model_types(
         "d_shared": 40,
         "shared_gated": True,
         "sparse_layers": [1],
+        # plain softmax top-k: DeepSeek's routing fields at their defaults
+        "scoring": "softmax",
+        "topk_method": "greedy",
+        "n_group": 1,
+        "topk_group": 1,
+        "routed_scale": 1.0,
+        "router_bias": False,
     }

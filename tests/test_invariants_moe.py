@@ -274,3 +274,22 @@ def test_the_audit_report_names_the_experts_that_came_from_the_dense_base(
     jsonschema.validate(evidence, load_schema())
     rows = evidence["passive"][0]["expert_origin"]
     assert rows and all(r["from_dense"] for r in rows)
+
+
+def test_a_nan_in_one_expert_is_found_and_refused(
+    moe_zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    from huref.errors import ArchitectureError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(moe_zoo["upcycled"], bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = "model.layers.1.block_sparse_moe.experts.3.w2.weight"
+    tensors[name][5, 7] = float("nan")
+    save_file(tensors, str(bad / "model.safetensors"))
+    assert main(["inspect", str(bad), "--no-hash", "--check-values"]) == 2
+    assert name in capsys.readouterr().err
+    with pytest.raises(ArchitectureError, match=r"experts\.3\.w2\.weight"):
+        fingerprint_model(bad, ROBUST)

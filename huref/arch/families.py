@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from huref.arch.keys import ConfigKeys, Derived, Ref, Values, count, describe, flag, four_widths, real, text
-from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MoEConfig, Rule
+from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MLAConfig, MoEConfig, Rule
 from huref.errors import ArchitectureError
 from huref.paths import shown
 from huref.plugins import Registry
@@ -83,6 +83,8 @@ _LLAMA_KEYS: dict[str, Any] = {
     "qk_norm_wide": False,  # q/k norms over the whole projection width (OLMoE)
     "moe_names": None,  # how sparse MoE blocks are named: "mixtral" or "mlp" (Qwen-MoE, OLMoE)
     "moe": None,  # a MoEConfig for the sparse MoE model types (_MOE_OVERRIDES)
+    "mla": None,  # an MLAConfig for Multi-head Latent Attention (DeepSeek-V2/V3)
+    "mla_bias": False,  # MLA's q_a and kv_a projections carry biases (attention_bias)
 }
 _LLAMA_EXTRA = (
     "qkv_bias",
@@ -93,6 +95,7 @@ _LLAMA_EXTRA = (
     "embed_scale",
     "qk_norm_wide",
     "moe_names",
+    "mla_bias",
 )
 _GEMMA: dict[str, Any] = {
     "embed_scale": Derived(_sqrt_width),
@@ -165,12 +168,100 @@ def _qwen3_moe(v: Values) -> MoEConfig | None:
     return _qwen_moe(v, shared=False, experts=128, top_k=8, width=768)
 
 
+# ---------------------------------------------------------------- DeepSeek-V2/V3: MLA and routed MoE
+def _mla(v: Values) -> MLAConfig:
+    """transformers' DeepseekV2/V3Attention; q_lora_rank null is a full-rank q_proj."""
+    if "q_lora_rank" not in v.cfg:
+        raise ArchitectureError("config.json lacks 'q_lora_rank' (null for a full-rank query projection)")
+    return MLAConfig(
+        q_lora_rank=v.read(count("q_lora_rank", default=None)),
+        kv_lora_rank=v.read(count("kv_lora_rank")),
+        qk_nope_head_dim=v.read(count("qk_nope_head_dim")),
+        qk_rope_head_dim=v.read(count("qk_rope_head_dim")),
+        v_head_dim=v.read(count("v_head_dim")),
+    )
+
+
+def _mla_head_dim(v: Values) -> int:
+    """A query/key head is qk_nope + qk_rope wide (config.json's head_dim is the rope part only)."""
+    return int(v.read(count("qk_nope_head_dim")) + v.read(count("qk_rope_head_dim")))
+
+
+def _deepseek_moe(v: Values, **routing: Any) -> MoEConfig:
+    """Layers from first_k_dense_replace on are sparse; n_shared_experts experts' width of shared
+    expert (none when 0); the routed weights scaled by routed_scaling_factor."""
+    d_expert = v.read(count("moe_intermediate_size"))
+    n_shared = v.read(count("n_shared_experts", default=routing.pop("n_shared"), low=0))
+    first = v.read(count("first_k_dense_replace", default=routing.pop("first_dense"), low=0))
+    top_k = routing.pop("top_k")
+    top_k_key = count("num_experts_per_tok") if top_k is None else count("num_experts_per_tok", default=top_k)
+    return MoEConfig(
+        n_experts=v.read(count("n_routed_experts", "num_local_experts", "num_experts")),
+        top_k=v.read(top_k_key),
+        d_expert=d_expert,
+        d_shared=n_shared * d_expert or None,
+        sparse_layers=tuple(range(first, v["n_layers"])),
+        routed_scale=v.read(real("routed_scaling_factor", routing.pop("scale"))),
+        **routing,
+    )
+
+
+def _deepseek_v2_moe(v: Values) -> MoEConfig:
+    """Softmax scores, top-k greedy or group-limited (best score per group); transformers' V2
+    router never renormalises, whatever norm_topk_prob says."""
+    method = v.read(text("topk_method", default="greedy"))
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ArchitectureError(
+            f"config.json: 'topk_method' must be 'greedy' or 'group_limited_greedy', not {describe(method)}"
+        )
+    return _deepseek_moe(
+        v,
+        n_shared=2,
+        first_dense=0,
+        top_k=None,  # required
+        scale=1.0,
+        renormalise=False,
+        scoring="softmax",
+        topk_method=method,
+        n_group=v.read(count("n_group", default=1)),
+        topk_group=v.read(count("topk_group", default=1)),
+    )
+
+
+def _deepseek_v3_moe(v: Values) -> MoEConfig:
+    """Sigmoid scores; groups ranked by their two best bias-corrected scores ('noaux_tc', whatever
+    topk_method says), experts chosen by bias-corrected score, weighted by the plain score."""
+    return _deepseek_moe(
+        v,
+        n_shared=1,
+        first_dense=3,
+        top_k=8,
+        scale=2.5,
+        renormalise=v.read(flag("norm_topk_prob", True)),
+        scoring="sigmoid",
+        topk_method="noaux_tc",
+        n_group=v.read(count("n_group", default=8)),
+        topk_group=v.read(count("topk_group", default=4)),
+        router_bias=True,
+    )
+
+
+_DEEPSEEK: dict[str, Any] = {
+    "qkv_bias": False,  # attention_bias gives MLA's q_a / kv_a biases (mla_bias) and o_proj's
+    "mla_bias": flag("attention_bias", False),
+    "head_dim": Derived(_mla_head_dim),
+    "moe_names": "deepseek",
+    "mla": Derived(_mla),
+}
+
 _MOE_OVERRIDES: dict[str, dict[str, Any]] = {
     "mixtral": {"moe_names": "mixtral", "moe": Derived(_mixtral_moe)},
     # q, k, v carry biases unless the config's qkv_bias says otherwise
     "qwen2_moe": {"qkv_bias": flag("qkv_bias", True), "moe_names": "mlp", "moe": Derived(_qwen2_moe)},
     "qwen3_moe": {"qk_norm": True, "moe_names": "mlp", "moe": Derived(_qwen3_moe)},
     "olmoe": {"qk_norm_wide": True, "moe_names": "mlp", "moe": Derived(_olmoe_moe)},
+    "deepseek_v2": {**_DEEPSEEK, "moe": Derived(_deepseek_v2_moe)},
+    "deepseek_v3": {**_DEEPSEEK, "mlp_bias": False, "moe": Derived(_deepseek_v3_moe)},
 }
 _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen2": {"qkv_bias": True},  # q, k, v carry biases whatever attention_bias says
@@ -182,13 +273,48 @@ _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+def _no_mla(c: ArchConfig) -> bool:
+    return c.mla is None
+
+
+def _full_rank_q(c: ArchConfig) -> bool:
+    """One q_proj: every model but an MLA one with a low-rank (q_a, q_b) query."""
+    return c.mla is None or c.mla.q_lora_rank is None
+
+
+def _mla_attn(c: ArchConfig) -> bool:
+    return c.mla is not None
+
+
+def _low_rank_q(c: ArchConfig) -> bool:
+    return c.mla is not None and c.mla.q_lora_rank is not None
+
+
+def _mla_bias(low_rank_q: bool):
+    return lambda c: c.extra.get("mla_bias") and (_low_rank_q(c) if low_rank_q else _mla_attn(c))
+
+
 _LLAMA_ATTN = (
-    Rule("layers.{L}.self_attn.q_proj.weight", ("attn_q",)),
-    Rule("layers.{L}.self_attn.k_proj.weight", ("attn_k",)),
-    Rule("layers.{L}.self_attn.v_proj.weight", ("attn_v",)),
+    Rule("layers.{L}.self_attn.q_proj.weight", ("attn_q",), when=_full_rank_q),
+    Rule("layers.{L}.self_attn.k_proj.weight", ("attn_k",), when=_no_mla),
+    Rule("layers.{L}.self_attn.v_proj.weight", ("attn_v",), when=_no_mla),
     Rule("layers.{L}.self_attn.q_proj.bias", ("attn_q_bias",), "vector", when=_when("qkv_bias")),
     Rule("layers.{L}.self_attn.k_proj.bias", ("attn_k_bias",), "vector", when=_when("qkv_bias")),
     Rule("layers.{L}.self_attn.v_proj.bias", ("attn_v_bias",), "vector", when=_when("qkv_bias")),
+)
+# Multi-head Latent Attention (DeepSeek-V2/V3) in place of k_proj and v_proj (and of q_proj
+# when the query is low-rank)
+_MLA_RULES = (
+    Rule("layers.{L}.self_attn.q_a_proj.weight", ("attn_q_a",), when=_low_rank_q),
+    Rule("layers.{L}.self_attn.q_a_proj.bias", ("attn_q_a_bias",), "vector", when=_mla_bias(True)),
+    Rule("layers.{L}.self_attn.q_a_layernorm.weight", ("attn_q_a_norm",), "vector", when=_low_rank_q),
+    Rule("layers.{L}.self_attn.q_b_proj.weight", ("attn_q_b",), when=_low_rank_q),
+    Rule("layers.{L}.self_attn.kv_a_proj_with_mqa.weight", ("attn_kv_a",), when=_mla_attn),
+    Rule(
+        "layers.{L}.self_attn.kv_a_proj_with_mqa.bias", ("attn_kv_a_bias",), "vector", when=_mla_bias(False)
+    ),
+    Rule("layers.{L}.self_attn.kv_a_layernorm.weight", ("attn_kv_a_norm",), "vector", when=_mla_attn),
+    Rule("layers.{L}.self_attn.kv_b_proj.weight", ("attn_kv_b",), when=_mla_attn),
 )
 _LLAMA_COMMON = (
     Rule("embed_tokens.weight", ("embed",)),
@@ -225,7 +351,16 @@ def _has_shared(c: ArchConfig) -> bool:
     return c.moe is not None and c.moe.d_shared is not None
 
 
-_MLP_MOE = _when("moe_names", "mlp")
+def _mlp_moe(c: ArchConfig) -> bool:
+    """The sparse block replaces mlp: Qwen-MoE, OLMoE ("mlp") and DeepSeek ("deepseek")."""
+    return c.extra.get("moe_names") in ("mlp", "deepseek")
+
+
+def _shared_named(names: str):
+    return lambda c: _has_shared(c) and c.extra.get("moe_names") == names
+
+
+_MLP_MOE = _mlp_moe
 _MOE_RULES = (
     # Mixtral: block_sparse_moe with w1 (gate), w3 (up), w2 (down) per expert
     Rule("layers.{L}.block_sparse_moe.gate.weight", ("moe_router",), when=_MIXTRAL, layers="sparse"),
@@ -250,16 +385,44 @@ _MOE_RULES = (
     Rule("layers.{L}.mlp.experts.down_proj", ("expert_down",), split="experts", optional=True, when=_MLP_MOE),
     # Qwen2-MoE's shared expert, its output scaled by sigmoid(x @ shared_expert_gate^T)
     Rule(
-        "layers.{L}.mlp.shared_expert.gate_proj.weight", ("shared_gate",), when=_has_shared, layers="sparse"
+        "layers.{L}.mlp.shared_expert.gate_proj.weight",
+        ("shared_gate",),
+        when=_shared_named("mlp"),
+        layers="sparse",
     ),
-    Rule("layers.{L}.mlp.shared_expert.up_proj.weight", ("shared_up",), when=_has_shared, layers="sparse"),
     Rule(
-        "layers.{L}.mlp.shared_expert.down_proj.weight", ("shared_down",), when=_has_shared, layers="sparse"
+        "layers.{L}.mlp.shared_expert.up_proj.weight",
+        ("shared_up",),
+        when=_shared_named("mlp"),
+        layers="sparse",
+    ),
+    Rule(
+        "layers.{L}.mlp.shared_expert.down_proj.weight",
+        ("shared_down",),
+        when=_shared_named("mlp"),
+        layers="sparse",
     ),
     Rule(
         "layers.{L}.mlp.shared_expert_gate.weight",
         ("shared_expert_gate",),
         when=lambda c: c.moe is not None and c.moe.shared_gated,
+        layers="sparse",
+    ),
+    # DeepSeek: n_shared_experts always-on experts fused into one ungated MLP; V3's selection bias
+    *(
+        Rule(
+            f"layers.{{L}}.mlp.shared_experts.{p}_proj.weight",
+            (f"shared_{p}",),
+            when=_shared_named("deepseek"),
+            layers="sparse",
+        )
+        for p in ("gate", "up", "down")
+    ),
+    Rule(
+        "layers.{L}.mlp.gate.e_score_correction_bias",
+        ("moe_router_bias",),
+        "vector",
+        when=lambda c: c.moe is not None and c.moe.router_bias,
         layers="sparse",
     ),
 )
@@ -298,16 +461,17 @@ ARCHITECTURES.add(
         # types but for their feed-forward blocks; differences are config fields
         model_types=(
             *("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
-            *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),
+            *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"),
         ),
         prefixes=("model.", ""),
-        rules=_LLAMA_COMMON + _LLAMA_ATTN + _LLAMA_MLP + _MOE_RULES,
+        rules=_LLAMA_COMMON + _LLAMA_ATTN + _MLA_RULES + _LLAMA_MLP + _MOE_RULES,
         outside_prefix=_lm_head_rules(),
         keys=ConfigKeys(_LLAMA_KEYS, _LLAMA_EXTRA, _LLAMA_OVERRIDES),
         gguf=_LLAMA_GGUF,
         buffers=_LLAMA_BUFFERS,
         notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d). "
-        "Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE replace some or all MLPs by sparse MoE blocks.",
+        "Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V2/V3 replace some or all MLPs by sparse MoE "
+        "blocks; DeepSeek's Multi-head Latent Attention replaces q/k/v by low-rank latent projections.",
     ),
 )
 

@@ -121,10 +121,11 @@ class Key:
     kind: Literal["count", "real", "flag", "text"]
     keys: tuple[str, ...]
     default: Any = _REQUIRED
+    low: int = 1  # a count's least value (0 for counts that may be none, as dense layers)
 
 
-def count(*keys: str, default: Any = _REQUIRED) -> Key:
-    return Key("count", keys, default)
+def count(*keys: str, default: Any = _REQUIRED, low: int = 1) -> Key:
+    return Key("count", keys, default, low)
 
 
 def real(key: str, default: Any) -> Key:
@@ -161,7 +162,7 @@ class Values(dict[str, Any]):
         if key.kind == "count":
             if default is None and all(self.cfg.get(k) is None for k in key.keys):
                 return None  # optional and unset (head_dim)
-            return _count(self.cfg, *key.keys, default=default)
+            return _count(self.cfg, *key.keys, default=default, low=key.low)
         if key.kind == "real":
             return _real(self.cfg, key.keys[0], default)
         if key.kind == "flag":

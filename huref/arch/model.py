@@ -9,6 +9,7 @@ orientation with fused layouts already split.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,9 +84,17 @@ def _expected_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
     shapes["embed_proj_out"] = (d_embed, d)
     shapes["attn_q_norm_wide"] = (H * hd,)
     shapes["attn_k_norm_wide"] = (K * hd,)
+    if cfg.mla is not None:  # Multi-head Latent Attention: hd is qk_nope + qk_rope
+        a = cfg.mla
+        rq, rkv, r, v = a.q_lora_rank, a.kv_lora_rank, a.qk_rope_head_dim, a.v_head_dim
+        shapes.update(attn_o=(d, H * v), attn_o_bias=(d,), attn_kv_a=(rkv + r, d), attn_kv_a_bias=(rkv + r,))
+        shapes.update(attn_kv_a_norm=(rkv,), attn_kv_b=(H * (a.qk_nope_head_dim + v), rkv))
+        if rq is not None:
+            shapes.update(attn_q_a=(rq, d), attn_q_a_bias=(rq,), attn_q_a_norm=(rq,), attn_q_b=(H * hd, rq))
     if cfg.moe is not None:
         F, E = cfg.moe.d_expert, cfg.moe.n_experts
         shapes.update(moe_router=(E, d), expert_gate=(F, d), expert_up=(F, d), expert_down=(d, F))
+        shapes["moe_router_bias"] = (E,)
         shapes["shared_expert_gate"] = (1, d)
         if cfg.moe.d_shared is not None:
             Fs = cfg.moe.d_shared
@@ -413,6 +422,7 @@ class Model:
             "tied_embeddings": c.tied,
             "parameters": self.parameter_count(),
             **({"moe": self.moe_summary()} if c.moe is not None else {}),
+            **({"mla": dataclasses.asdict(c.mla)} if c.mla is not None else {}),
         }
 
     def moe_summary(self) -> dict[str, object] | None:
@@ -428,6 +438,18 @@ class Model:
             "d_shared": moe.d_shared,
             "shared_gated": moe.shared_gated,
             "sparse_layers": list(moe.sparse_layers),
+            **(
+                {}
+                if moe.topk_method == "greedy" and moe.scoring == "softmax" and moe.routed_scale == 1.0
+                else {
+                    "scoring": moe.scoring,
+                    "topk_method": moe.topk_method,
+                    "n_group": moe.n_group,
+                    "topk_group": moe.topk_group,
+                    "routed_scale": moe.routed_scale,
+                    "router_bias": moe.router_bias,
+                }
+            ),
         }
 
     def parameter_count(self) -> int:

@@ -69,6 +69,17 @@ class Role(str, Enum):
     shared_up = "shared_up", "[Fs, d]", True
     shared_down = "shared_down", "[d, Fs]", True
     shared_expert_gate = "shared_expert_gate", "[1, d]", True  # shared output * sigmoid(x @ W^T)
+    # DeepSeek-V3's e_score_correction_bias: added to the router scores to *select* experts only;
+    # neither the logits nor the routing weights include it (not a Linear bias of moe_router)
+    moe_router_bias = "moe_router_bias", "[E]", True
+    # Multi-head Latent Attention (MLAConfig; DeepSeek-V2/V3): rq = q_lora_rank, rkv = kv_lora_rank,
+    # n / r / v = qk_nope / qk_rope / v head dims; hd = n + r there, and attn_o is [d, H*v]
+    attn_q_a = "attn_q_a", "[rq, d]", True  # query down-projection to the latent
+    attn_q_a_norm = "attn_q_a_norm", "[rq]", True  # RMSNorm of the query latent
+    attn_q_b = "attn_q_b", "[H*(n+r), rq]", True  # query up-projection, per head nope then rope
+    attn_kv_a = "attn_kv_a", "[rkv+r, d]", True  # key/value latent, then the rope key all heads share
+    attn_kv_a_norm = "attn_kv_a_norm", "[rkv]", True  # RMSNorm of the key/value latent
+    attn_kv_b = "attn_kv_b", "[H*(n+v), rkv]", True  # latent -> per head k_nope then v
     embed = "embed", "[V, d]", False
     pos_embed = "pos_embed", "[P, d]", False
     type_embed = "type_embed", "[T, d]", False
@@ -103,6 +114,10 @@ Split = Literal["none", "qkv", "halves", "expert_halves", "experts"]
 Layers = Literal["all", "dense", "sparse"]
 
 
+Scoring = Literal["softmax", "sigmoid"]
+TopkMethod = Literal["greedy", "group_limited_greedy", "noaux_tc"]
+
+
 @dataclass(frozen=True)
 class MoEConfig:
     """The sparse Mixture-of-Experts part of a config.
@@ -111,6 +126,14 @@ class MoEConfig:
     weighted by them (renormalised to sum 1 over the chosen ones when ``renormalise``); a shared
     expert, when ``d_shared`` is set, sees every token (scaled by sigmoid(x @ w^T) when
     ``shared_gated``). Layers not in ``sparse_layers`` are dense: mlp_gate/up/down of width d_ff.
+
+    DeepSeek's routing (huref.invariants.kernels.deepseek_route) is the other fields: scores are
+    the softmax or the ``scoring`` sigmoid of the logits; ``topk_method`` 'group_limited_greedy'
+    (V2) keeps the ``topk_group`` of ``n_group`` expert groups with the largest best score,
+    'noaux_tc' (V3) those with the largest sum of their two best scores + the router bias
+    (``router_bias``: moe_router_bias, used for selection only); the weights are the chosen
+    scores, renormalised if ``renormalise``, times ``routed_scale``. The defaults are Mixtral's,
+    Qwen's and OLMoE's plain softmax top-k.
     """
 
     n_experts: int
@@ -120,6 +143,12 @@ class MoEConfig:
     d_shared: int | None = None  # Fs: the shared expert's hidden width
     shared_gated: bool = False
     sparse_layers: tuple[int, ...] = ()
+    scoring: Scoring = "softmax"
+    topk_method: TopkMethod = "greedy"
+    n_group: int = 1  # experts split into n_group equal groups, in index order
+    topk_group: int = 1  # groups a token may choose experts from (group-limited methods)
+    routed_scale: float = 1.0  # routed_scaling_factor: the routed experts' weights times this
+    router_bias: bool = False  # a moe_router_bias (e_score_correction_bias) steers selection
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.n_experts:
@@ -128,6 +157,47 @@ class MoEConfig:
             )
         if self.shared_gated and self.d_shared is None:
             raise ArchitectureError("config.json: a gated shared expert with no shared expert width")
+        if self.scoring not in get_args(Scoring) or self.topk_method not in get_args(TopkMethod):
+            raise ArchitectureError(
+                f"config.json: unknown expert routing {self.scoring!r} / {self.topk_method!r}"
+            )
+        if self.topk_method != "greedy":
+            if self.n_experts % self.n_group or not 1 <= self.topk_group <= self.n_group:
+                raise ArchitectureError(
+                    f"config.json: {self.n_experts} experts in {self.n_group} groups, "
+                    f"{self.topk_group} of them chosen: the groups must be equal and enough"
+                )
+            per_group = self.n_experts // self.n_group
+            if self.top_k > self.topk_group * per_group:
+                raise ArchitectureError(
+                    f"config.json: {self.top_k} experts per token, but {self.topk_group} groups "
+                    f"of {per_group} hold {self.topk_group * per_group}"
+                )
+            if self.topk_method == "noaux_tc" and per_group < 2:
+                raise ArchitectureError(
+                    "config.json: 'noaux_tc' routing scores groups by their two best experts"
+                )
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head Latent Attention (DeepSeek-V2/V3): per layer, the query is
+    q_b(RMSNorm(q_a(x))) (or one attn_q when ``q_lora_rank`` is None), the keys and values come
+    from one latent c = RMSNorm(kv_a(x)[:rkv]) through kv_b (per head k_nope, then v), and every
+    head's key ends with the same rope part kv_a(x)[rkv:]. Head h's query is its k_nope + rope
+    (``qk_nope_head_dim`` + ``qk_rope_head_dim``) rows of q; its value ``v_head_dim`` wide.
+    """
+
+    q_lora_rank: int | None  # rq; None: a full-rank attn_q
+    kv_lora_rank: int  # rkv
+    qk_nope_head_dim: int  # n
+    qk_rope_head_dim: int  # r
+    v_head_dim: int  # v
+    norm_eps: float = 1e-6  # of the latent RMSNorms (transformers fixes it, whatever rms_norm_eps)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True)
@@ -154,6 +224,7 @@ class ArchConfig:
     positions: Literal["rope", "learned", "alibi", "none"] = "rope"
     qkv_layout: Literal["separate", "concat", "per_head", "per_kv_group"] = "separate"
     moe: MoEConfig | None = None  # None: a dense model
+    mla: MLAConfig | None = None  # Multi-head Latent Attention in place of attn_q/k/v
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -30,6 +30,10 @@ REQUIRED_NORM = Role.attn_norm  # post-LN families keep it too: the norm after a
 DENSE_ROLES = (Role.mlp_up, Role.mlp_down)  # REQUIRED_LAYER_ROLES of a dense layer's MLP
 # a sparse layer's, in their place: the router, and each expert's projections
 REQUIRED_EXPERT_ROLES = (Role.expert_gate, Role.expert_up, Role.expert_down)
+# Multi-head Latent Attention's, in place of attn_q/k/v: the key/value latent path, and the query
+# as one attn_q (full rank) or its low-rank pair with the norm between
+MLA_ROLES = (Role.attn_kv_a, Role.attn_kv_a_norm, Role.attn_kv_b)
+MLA_LOW_RANK_Q = (Role.attn_q_a, Role.attn_q_a_norm, Role.attn_q_b)
 
 
 def required_roles(cfg: ArchConfig) -> list[tuple[str, int | None]]:
@@ -40,12 +44,18 @@ def required_roles(cfg: ArchConfig) -> list[tuple[str, int | None]]:
         out.append((str(Role.lm_head), None))
     for layer in range(cfg.n_layers):
         per_layer: list[Role] = [*REQUIRED_LAYER_ROLES, REQUIRED_NORM]
+        if cfg.mla is not None:
+            q = [Role.attn_q] if cfg.mla.q_lora_rank is None else list(MLA_LOW_RANK_Q)
+            per_layer = q + [r for r in per_layer if r not in (Role.attn_q, Role.attn_k, Role.attn_v)]
+            per_layer += MLA_ROLES
         if cfg.is_sparse(layer):
             per_layer = [r for r in per_layer if r not in DENSE_ROLES] + [Role.moe_router]
             if cfg.moe is not None and cfg.moe.d_shared is not None:
                 per_layer += [Role.shared_gate, Role.shared_up, Role.shared_down]
             if cfg.moe is not None and cfg.moe.shared_gated:
                 per_layer.append(Role.shared_expert_gate)
+            if cfg.moe is not None and cfg.moe.router_bias:
+                per_layer.append(Role.moe_router_bias)
         elif cfg.gated:
             per_layer.append(Role.mlp_gate)
         out += [(str(r), layer) for r in per_layer]
@@ -117,6 +127,7 @@ class Validation:
         c = self.cfg
         config = {k: v for k, v in vars(c).items() if k != "extra"}
         config["moe"] = None if c.moe is None else dataclasses.asdict(c.moe)
+        config["mla"] = None if c.mla is None else dataclasses.asdict(c.mla)
         return {
             "path": str(self.path),
             "family": self.spec.name,

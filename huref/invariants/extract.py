@@ -113,6 +113,58 @@ class _Weights:
         return self.f32("shared_gate"), self.f32("shared_up"), self.f32("shared_down")
 
 
+def _attention(
+    m: Model, w: _Weights, xa: torch.Tensor, xo: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention terms (query-key [n, n], value-output [n, n]) of one layer on rows ``xa``
+    (written out against ``xo``). Latent attention (DeepSeek) forms them from the queries, keys and
+    values the model computes through its low-rank paths and their RMSNorms, never from the
+    factors, which an adversary could re-factor."""
+    cfg = m.cfg
+    if cfg.mla is None:
+        H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qk = K.attn_qk(xa, xa, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
+        return qk, K.attn_vo(xa, xo, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
+    a = cfg.mla
+    opt = lambda role: w.f32(role) if role in w else None  # noqa: E731
+    mw = K.MLAWeights(
+        w.f32("attn_kv_a"),
+        w.f32("attn_kv_a_norm"),
+        w.f32("attn_kv_b"),
+        w_q=opt("attn_q"),
+        w_q_a=opt("attn_q_a"),
+        q_a_norm=opt("attn_q_a_norm"),
+        w_q_b=opt("attn_q_b"),
+        b_q_a=opt("attn_q_a_bias"),
+        b_kv_a=opt("attn_kv_a_bias"),
+    )
+    dims = (cfg.n_heads, a.kv_lora_rank, a.qk_nope_head_dim)
+    qk = K.mla_attn_qk(xa, mw, *dims, a.qk_rope_head_dim, a.v_head_dim, a.norm_eps)
+    vo = K.mla_attn_vo(xa, xo, mw, w.f32("attn_o"), *dims, a.v_head_dim, a.norm_eps)
+    return qk, vo
+
+
+def _route(m: Model, w: _Weights, xf: torch.Tensor) -> torch.Tensor:
+    """Routing weights [n, E] of a sparse layer, as the model computes them."""
+    moe = m.cfg.moe
+    assert moe is not None
+    logits = xf @ w.f32("moe_router").t()
+    plain = moe.scoring == "softmax" and moe.topk_method == "greedy" and not moe.router_bias
+    if plain and moe.routed_scale == 1.0:
+        return K.moe_route(logits, moe.top_k, moe.renormalise)
+    return K.deepseek_route(
+        logits,
+        w.f32("moe_router_bias") if moe.router_bias else None,
+        moe.top_k,
+        scoring=moe.scoring,
+        topk_method=moe.topk_method,
+        n_group=moe.n_group,
+        topk_group=moe.topk_group,
+        renormalise=moe.renormalise,
+        scale=moe.routed_scale,
+    )
+
+
 def _sparse_ffn(
     m: Model, w: _Weights, xf: torch.Tensor, n_r: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
@@ -132,7 +184,7 @@ def _sparse_ffn(
     assert moe is not None
     experts = w.experts()
     groups = [(str(e), gate.shape[0]) for e, (gate, _, _) in enumerate(experts)]
-    route = K.moe_route(xf @ w.f32("moe_router").t(), moe.top_k, moe.renormalise)
+    route = _route(m, w, xf)
     y = K.moe_out(xf, route, experts)
     shared = w.shared()
     if shared is not None:
@@ -203,14 +255,16 @@ def fingerprint_model(
     m = model if isinstance(model, Model) else load_model(model)
     dev = resolve_device(s.device)
     cfg = m.cfg
-    H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     clock = _Clock()
     t_start = time.perf_counter()
     robust = paper = responses = None
     roles = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"]
     if cfg.moe is not None:  # sparse layers: router, routed experts, shared expert and its gate
         roles += ["moe_router", "expert_gate", "expert_up", "expert_down"]
-        roles += ["shared_gate", "shared_up", "shared_down", "shared_expert_gate"]
+        roles += ["shared_gate", "shared_up", "shared_down", "shared_expert_gate", "moe_router_bias"]
+    if cfg.mla is not None:  # latent attention: low-rank query and key/value paths
+        roles += ["attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a", "attn_kv_a_norm", "attn_kv_b"]
+        roles += ["attn_q_a_bias", "attn_kv_a_bias"]
 
     if "robust" in s.modes:
         tok = _tokens(m, s.n, s, "robust")
@@ -228,8 +282,7 @@ def fingerprint_model(
             t = time.perf_counter()
             xa = _apply(m.input_norms(layer, "attn"), x)
             xf = _apply(m.input_norms(layer, "mlp"), x)
-            a = K.attn_qk(xa, xa, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
-            b = K.attn_vo(xa, xr, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
+            a, b = _attention(m, w, xa, xr)
             sparse = m.is_sparse(layer)
             gated = sparse or "mlp_gate" in w
             if sparse:
@@ -279,9 +332,8 @@ def fingerprint_model(
         for j, (layer, raw) in enumerate(stream):
             w = _Weights(m, layer, raw, dev)
             t = time.perf_counter()
-            qk = K.attn_qk(x, x, w.f32("attn_q"), w.f32("attn_k"), H, KV, hd)
+            qk, vo = _attention(m, w, x, x)
             terms[j, 0] = K.standardise(qk).cpu().half()
-            vo = K.attn_vo(x, x, w.f32("attn_v"), w.f32("attn_o"), H, KV, hd)
             terms[j, 1] = K.standardise(vo).cpu().half()
             if m.is_sparse(layer):
                 ff = _sparse_paper(w, x)

@@ -20,6 +20,7 @@ not, at some block sizes, so W_down is used whole).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -154,3 +155,171 @@ def moe_out(
         h = ffn_hidden(xf[rows], up, gate)
         y.index_add_(0, rows, (h @ down.t()) * route[rows, e, None].to(xf.dtype))
     return y
+
+
+# ---------------------------------------------------------------- Multi-head Latent Attention (MLA)
+class MLAWeights(NamedTuple):
+    """One layer's Multi-head Latent Attention weights (DeepSeek-V2/V3), huref roles in brackets.
+    The query is ``w_q`` (a full-rank attn_q) or ``w_q_b`` RMSNorm(``w_q_a`` x) with the
+    ``q_a_norm`` gain; the rest is always there. Biases are those of ``attention_bias`` configs."""
+
+    w_kv_a: torch.Tensor  # [rkv + r, d] attn_kv_a: the latent, then the rope key shared by all heads
+    kv_a_norm: torch.Tensor  # [rkv] attn_kv_a_norm
+    w_kv_b: torch.Tensor  # [H*(n+v), rkv] attn_kv_b: per head, k_nope rows then v rows
+    w_q: torch.Tensor | None = None  # [H*(n+r), d] attn_q
+    w_q_a: torch.Tensor | None = None  # [rq, d] attn_q_a
+    q_a_norm: torch.Tensor | None = None  # [rq] attn_q_a_norm
+    w_q_b: torch.Tensor | None = None  # [H*(n+r), rq] attn_q_b
+    b_q_a: torch.Tensor | None = None  # [rq] attn_q_a_bias
+    b_kv_a: torch.Tensor | None = None  # [rkv + r] attn_kv_a_bias
+
+
+def _rms_gain(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of the rows of ``x`` with ``gain``, as the model's latent norms compute it."""
+    return rms_rows(x, eps) * _like(gain, x)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    y = x @ _like(w, x).t()
+    return y if b is None else y + _like(b, x)
+
+
+def mla_latent(
+    x: torch.Tensor, w: MLAWeights, kv_lora_rank: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised key/value latent [n, rkv], rope key [n, r]) of the rows ``x`` [n, d]."""
+    kv = _linear(x, w.w_kv_a, w.b_kv_a)  # [n, rkv + r]
+    return _rms_gain(kv[:, :kv_lora_rank], w.kv_a_norm, eps), kv[:, kv_lora_rank:]
+
+
+def mla_qk_heads(
+    x: torch.Tensor,
+    w: MLAWeights,
+    n_heads: int,
+    kv_lora_rank: int,
+    qk_nope: int,
+    qk_rope: int,
+    v_head_dim: int,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's query and key [n, H, n+r] for the rows ``x`` [n, d] (already through the
+    layer's input norm), as the model forms them before the rotary rotation: q is q_b(RMSNorm(
+    q_a x)) (or attn_q x), split per head into its nope then rope part; k_h is head h's k_nope
+    rows of kv_b(RMSNorm(latent)), then the rope key every head shares. ``eps`` is the latent
+    norms' (transformers fixes it at 1e-6)."""
+    n = x.shape[0]
+    if w.w_q is not None:
+        q = _linear(x, w.w_q)  # [n, H*(n+r)]
+    else:
+        assert w.w_q_a is not None and w.q_a_norm is not None and w.w_q_b is not None
+        q = _linear(_rms_gain(_linear(x, w.w_q_a, w.b_q_a), w.q_a_norm, eps), w.w_q_b)
+    q = q.reshape(n, n_heads, qk_nope + qk_rope)
+    c, k_rope = mla_latent(x, w, kv_lora_rank, eps)
+    kv = _linear(c, w.w_kv_b).reshape(n, n_heads, qk_nope + v_head_dim)  # per head: k_nope | v
+    k = torch.cat([kv[..., :qk_nope], k_rope[:, None, :].expand(n, n_heads, qk_rope)], dim=-1)
+    return q, k  # each [n, H, n+r]
+
+
+def mla_attn_qk(
+    x: torch.Tensor,
+    w: MLAWeights,
+    n_heads: int,
+    kv_lora_rank: int,
+    qk_nope: int,
+    qk_rope: int,
+    v_head_dim: int,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """sum over heads of q_h k_h^T -> [n, n]: MLA's counterpart of ``attn_qk``, nope and rope
+    parts both, no rotation (position-free, as the dense term is).
+
+    What is invariant: the low-rank factors themselves are not. An adversary may rewrite
+    q_b -> q_b C^-1, q_a -> C q_a only where the RMSNorm between them allows it (C a signed
+    permutation times a scale the norm removes, with the gain moved along), likewise kv_a's latent
+    rows against kv_b's columns, and may mix each head's k_nope/q_nope rows by any invertible
+    C_h with C_h^-T, and permute heads. Each changes the factors but not q_h k_h^T summed over
+    heads, which is what this returns: the composed products are what is compared."""
+    q, k = mla_qk_heads(x, w, n_heads, kv_lora_rank, qk_nope, qk_rope, v_head_dim, eps)
+    n = x.shape[0]
+    return q.reshape(n, -1) @ k.reshape(n, -1).t()  # [n, H*(n+r)] @ [H*(n+r), n]
+
+
+def mla_values(
+    x: torch.Tensor,
+    w: MLAWeights,
+    n_heads: int,
+    kv_lora_rank: int,
+    qk_nope: int,
+    v_head_dim: int,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Each head's value [n, H, v]: head h's v rows of kv_b(RMSNorm(latent of x))."""
+    c, _ = mla_latent(x, w, kv_lora_rank, eps)
+    kv = _linear(c, w.w_kv_b).reshape(x.shape[0], n_heads, qk_nope + v_head_dim)
+    return kv[..., qk_nope:]
+
+
+def mla_attn_vo(
+    xv: torch.Tensor,
+    xo: torch.Tensor,
+    w: MLAWeights,
+    w_o: torch.Tensor,
+    n_heads: int,
+    kv_lora_rank: int,
+    qk_nope: int,
+    v_head_dim: int,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """(V W_O) xo^T -> [n, n], as ``attn_vo``: V the heads' values of ``xv`` side by side
+    [n, H*v], W_O = ``w_o`` [d, H*v]. Mixing a head's value rows in kv_b by C_h and its columns
+    of w_o by C_h^-1, or the latent as in ``mla_attn_qk``, cancels in V W_O."""
+    v = mla_values(xv, w, n_heads, kv_lora_rank, qk_nope, v_head_dim, eps).reshape(xv.shape[0], -1)
+    vo = v @ _like(w_o, v).t()  # [n, d]
+    del v
+    return vo @ xo.t()
+
+
+# ---------------------------------------------------------------- DeepSeek routing
+def deepseek_route(
+    logits: torch.Tensor,
+    bias: torch.Tensor | None,
+    top_k: int,
+    *,
+    scoring: str = "softmax",
+    topk_method: str = "greedy",
+    n_group: int = 1,
+    topk_group: int = 1,
+    renormalise: bool = False,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Routing weights [n, E] of a DeepSeek sparse layer from its router logits [n, E], as the
+    model computes them (huref.arch.spec.MoEConfig names the choices).
+
+    Scores are softmax (V2) or sigmoid (V3) of the logits. 'greedy' takes the ``top_k`` best
+    scores; 'group_limited_greedy' (V2) first keeps the ``topk_group`` of the ``n_group``
+    consecutive expert groups with the best single score; 'noaux_tc' (V3) ranks groups by the sum
+    of their two best scores + ``bias`` (the selection-only moe_router_bias) and then takes the
+    ``top_k`` best biased scores among the kept groups. The weights are the chosen *unbiased*
+    scores, divided by their sum (+1e-20) when ``renormalise``, times ``scale``. Permuting
+    experts together with the router rows and the bias permutes columns only when it keeps the
+    groups (a permutation within groups, or of whole groups): group limits make the grouping
+    part of the function."""
+    logits = logits.to(torch.float32)
+    n, E = logits.shape
+    scores = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+    choice = scores if bias is None else scores + _like(bias, scores)
+    if topk_method != "greedy":
+        grouped = choice.view(n, n_group, E // n_group)
+        if topk_method == "noaux_tc":
+            group_scores = grouped.topk(2, dim=-1)[0].sum(-1)  # [n, n_group]
+        else:
+            group_scores = grouped.max(dim=-1).values
+        keep = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(topk_group, dim=-1)[1], 1.0)
+        keep_e = keep.bool()[:, :, None].expand(n, n_group, E // n_group).reshape(n, E)
+        # V3 excludes the other groups at -inf; V2 zeroes their (non-negative) scores
+        choice = choice.masked_fill(~keep_e, float("-inf") if topk_method == "noaux_tc" else 0.0)
+    idx = choice.topk(top_k, dim=-1)[1]
+    top = scores.gather(1, idx)
+    if renormalise:
+        top = top / (top.sum(-1, keepdim=True) + 1e-20)
+    return torch.zeros_like(scores).scatter_(-1, idx, top * scale)
