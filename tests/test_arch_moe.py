@@ -368,3 +368,21 @@ def test_arch_ls_and_inspect_show_the_moe_model_types(
         "routed_scale": 1.0,
         "router_bias": False,
     }
+
+
+def test_a_stacked_release_fingerprints_exactly_as_its_per_expert_twin(tmp_path: Path) -> None:
+    """Fingerprinting reads one expert at a time (rows of a stack): both layouts give the same
+    terms, responses and expert groups."""
+    from huref.invariants import Settings, fingerprint_model
+
+    _, path = _save("qwen2_moe", tmp_path / "m")
+    settings = Settings(modes=("robust", "paper"), n=64, paper_n=64, n_responses=32)
+    per = fingerprint_model(path, settings)
+    _stack_experts(path, 4)
+    stacked = fingerprint_model(path, settings)
+    for mode in ("robust", "paper"):
+        assert torch.equal(getattr(per, mode).terms, getattr(stacked, mode).terms), mode
+    assert per.responses is not None and stacked.responses is not None
+    assert per.responses.groups == stacked.responses.groups and per.responses.groups
+    for a, b in zip(per.responses.a, stacked.responses.a, strict=True):
+        assert torch.equal(a, b)

@@ -321,6 +321,24 @@ class Model:
         raw = self._raw(b.name, keep=len(b.rule.roles) > 1 or b.rule.expert_stack)
         return self.convert(raw, b, dtype)
 
+    def expert_tensor(
+        self, role: str, layer: int, expert: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """One expert's tensor, reading only that expert: of a stacked [E, ...] tensor just its
+        rows (kept for the sibling role of a gate|up stack), so peak memory is one expert's
+        weights however many experts the layer has."""
+        b = self.binding(role, layer, expert)
+        if not b.rule.expert_stack:
+            return self.tensor(role, layer, expert, dtype)
+        key = f"{b.name}\0{expert}"
+        if self._cache is not None and self._cache[0] == key:
+            raw = self._cache[1]
+        else:
+            self._cache = None
+            raw = self.ckpt.source.read_rows(b.name, [expert])  # [1, out, in]
+            self._cache = (key, raw) if len(b.rule.roles) > 1 else None
+        return self.convert(raw, dataclasses.replace(b, expert=0), dtype)
+
     def role_view(self, raw: torch.Tensor, b: Binding) -> torch.Tensor:
         """The role's part of a stored tensor, in [out, in] orientation (a view, no copy)."""
         if b.rule.expert_stack:

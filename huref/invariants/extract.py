@@ -21,8 +21,10 @@ Converting bf16 to float32 is exact, so the products and the fingerprint are unc
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,13 +100,15 @@ class _Weights:
             w.mul_(self.f32("mlp_gate"))
         return w
 
-    def experts(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(gate, up, down) of every routed expert of this sparse layer, float32."""
-        n = self.m.n_experts(self.layer)
-        return [
-            (self.f32("expert_gate", e), self.f32("expert_up", e), self.f32("expert_down", e))
-            for e in range(n)
-        ]
+    def experts(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(gate, up, down) of each routed expert of this sparse layer in turn, float32 on the
+        device, read when asked: the layer stream carries no experts, so peak memory holds one
+        expert, not the layer's eight or sixty-four."""
+        for e in range(self.m.n_experts(self.layer)):
+            yield tuple(  # type: ignore[misc]
+                self.m.expert_tensor(r, self.layer, e).to(self.dev)
+                for r in ("expert_gate", "expert_up", "expert_down")
+            )
 
     def shared(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(gate, up, down) of the layer's shared expert, if it has one."""
@@ -180,12 +184,17 @@ def _sparse_ffn(
     (gate and up responses of the first ``n_r`` rows) hold every expert's neurons side by side,
     so the neuron-matching test sees an expert permutation as the neuron permutation it is.
     """
-    moe = m.cfg.moe
-    assert moe is not None
-    experts = w.experts()
-    groups = [(str(e), gate.shape[0]) for e, (gate, _, _) in enumerate(experts)]
     route = _route(m, w, xf)
-    y = K.moe_out(xf, route, experts)
+    xs = xf[:n_r]
+    y = torch.zeros(xf.shape[0], m.cfg.d_model, dtype=xf.dtype, device=xf.device)
+    groups: list[tuple[str, int]] = []
+    views_a, views_b = [], []
+    for e, (gate, up, down) in enumerate(w.experts()):  # one expert in memory at a time
+        y.add_(K.moe_out(xf, route[:, e : e + 1], [(gate, up, down)]))
+        views_a.append(xs @ gate.t())
+        views_b.append(xs @ up.t())
+        groups.append((str(e), gate.shape[0]))
+        del gate, up, down
     shared = w.shared()
     if shared is not None:
         s_gate, s_up, s_down = shared
@@ -193,12 +202,10 @@ def _sparse_ffn(
         if "shared_expert_gate" in w:
             ys.mul_(torch.sigmoid(xf @ w.f32("shared_expert_gate").t()))
         y.add_(ys)
-        experts = [*experts, shared]
+        views_a.append(xs @ s_gate.t())
+        views_b.append(xs @ s_up.t())
         groups.append(("shared", s_gate.shape[0]))
-    xs = xf[:n_r]
-    va = torch.cat([xs @ gate.t() for gate, _, _ in experts], dim=1)
-    vb = torch.cat([xs @ up.t() for _, up, _ in experts], dim=1)
-    return y, va, vb, groups
+    return y, torch.cat(views_a, dim=1), torch.cat(views_b, dim=1), groups
 
 
 def _dense_ffn(
@@ -223,12 +230,9 @@ def _sparse_paper(w: _Weights, x: torch.Tensor) -> torch.Tensor:
     """Paper mode's M_f for a sparse layer: the published X (W_gate ⊙ W_up) W_down X^T summed over
     the routed and shared experts (the published method defines no MoE term; this one is not
     robust to an adversary's dead expert, as paper mode is not robust to other attacks)."""
-    experts = w.experts()
     shared = w.shared()
-    if shared is not None:
-        experts.append(shared)
     total = None
-    for gate, up, down in experts:
+    for gate, up, down in itertools.chain(w.experts(), [shared] if shared is not None else []):
         t = K.hadamard_ffn(x, up, gate, down)
         total = t if total is None else total.add_(t)
     assert total is not None
@@ -260,7 +264,7 @@ def fingerprint_model(
     robust = paper = responses = None
     roles = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"]
     if cfg.moe is not None:  # sparse layers: router, routed experts, shared expert and its gate
-        roles += ["moe_router", "expert_gate", "expert_up", "expert_down"]
+        roles += ["moe_router"]  # experts are read one at a time, not with the layer
         roles += ["shared_gate", "shared_up", "shared_down", "shared_expert_gate", "moe_router_bias"]
     if cfg.mla is not None:  # latent attention: low-rank query and key/value paths
         roles += ["attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a", "attn_kv_a_norm", "attn_kv_b"]
