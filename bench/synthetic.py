@@ -47,6 +47,31 @@ LLAMA2_7B_CONFIG: dict[str, Any] = {
     "eos_token_id": 2,
     "torch_dtype": "bfloat16",
 }
+# Mixtral-8x7B's shapes (GQA with 8 KV heads, 8 experts of width 14336, top-2), of which only the
+# first MIXTRAL_LAYERS of its 32 layers are written: the whole model is 93 GB, and peak memory is
+# a per-layer matter (layers stream one at a time), so a few layers measure it.
+MIXTRAL_LAYERS = 4
+MIXTRAL_8X7B_CONFIG: dict[str, Any] = {
+    "architectures": ["MixtralForCausalLM"],
+    "model_type": "mixtral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": MIXTRAL_LAYERS,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1e6,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+}
 SHARD_BYTES = 5 * 10**9
 CHUNK = 1 << 24  # values generated per float32 chunk (64 MB)
 MARKER = "huref.synthetic"  # safetensors metadata key naming what built the file
@@ -67,6 +92,37 @@ def plan_7b(cfg: dict[str, Any] = LLAMA2_7B_CONFIG, dtype: torch.dtype = torch.b
             TensorPlan(p + "mlp.gate_proj.weight", (f, d), dtype),
             TensorPlan(p + "mlp.up_proj.weight", (f, d), dtype),
             TensorPlan(p + "mlp.down_proj.weight", (d, f), dtype),
+            TensorPlan(p + "input_layernorm.weight", (d,), dtype),
+            TensorPlan(p + "post_attention_layernorm.weight", (d,), dtype),
+        ]
+    plan += [TensorPlan("model.norm.weight", (d,), dtype), TensorPlan("lm_head.weight", (v, d), dtype)]
+    return plan
+
+
+def plan_mixtral(
+    cfg: dict[str, Any] = MIXTRAL_8X7B_CONFIG, dtype: torch.dtype = torch.bfloat16
+) -> list[TensorPlan]:
+    """Every tensor of a Mixtral checkpoint as transformers saves it (experts one by one)."""
+    d, f, v, e = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_local_experts"]
+    kv = cfg["head_dim"] * cfg["num_key_value_heads"]
+    plan = [TensorPlan("model.embed_tokens.weight", (v, d), dtype)]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        plan += [
+            TensorPlan(p + "self_attn.q_proj.weight", (d, d), dtype),
+            TensorPlan(p + "self_attn.k_proj.weight", (kv, d), dtype),
+            TensorPlan(p + "self_attn.v_proj.weight", (kv, d), dtype),
+            TensorPlan(p + "self_attn.o_proj.weight", (d, d), dtype),
+            TensorPlan(p + "block_sparse_moe.gate.weight", (e, d), dtype),
+        ]
+        for x in range(e):
+            q = f"{p}block_sparse_moe.experts.{x}."
+            plan += [
+                TensorPlan(q + "w1.weight", (f, d), dtype),
+                TensorPlan(q + "w2.weight", (d, f), dtype),
+                TensorPlan(q + "w3.weight", (f, d), dtype),
+            ]
+        plan += [
             TensorPlan(p + "input_layernorm.weight", (d,), dtype),
             TensorPlan(p + "post_attention_layernorm.weight", (d,), dtype),
         ]
@@ -102,12 +158,22 @@ def _matches(dest: Path, plan: list[TensorPlan]) -> bool:
 
 def build_synthetic_7b(dest: Path, seed: int = 0, max_shard_bytes: int = SHARD_BYTES) -> Path:
     """Write the synthetic LLaMA-2-7B checkpoint to ``dest`` unless it is already there."""
+    return _build(dest, plan_7b(), LLAMA2_7B_CONFIG, "llama-2-7b", seed, max_shard_bytes)
+
+
+def build_synthetic_mixtral(dest: Path, seed: int = 0, max_shard_bytes: int = SHARD_BYTES) -> Path:
+    """Write the synthetic Mixtral-8x7B-shaped checkpoint (MIXTRAL_LAYERS layers) unless it is there."""
+    return _build(dest, plan_mixtral(), MIXTRAL_8X7B_CONFIG, "mixtral-8x7b", seed, max_shard_bytes)
+
+
+def _build(
+    dest: Path, plan: list[TensorPlan], config: dict[str, Any], shapes: str, seed: int, max_shard_bytes: int
+) -> Path:
     dest = Path(dest)
-    plan = plan_7b()
     if dest.exists():
         if _matches(dest, plan):
             return dest
-        raise UsageError(f"{dest} exists but is not the synthetic LLaMA-2-7B checkpoint; remove it first")
+        raise UsageError(f"{dest} exists but is not the synthetic {shapes} checkpoint; remove it first")
     total = sum(p.nbytes for p in plan)
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
@@ -118,19 +184,19 @@ def build_synthetic_7b(dest: Path, seed: int = 0, max_shard_bytes: int = SHARD_B
 
     def produce(p: TensorPlan) -> torch.Tensor:
         done[0] += p.nbytes
-        if p.name.endswith("mlp.down_proj.weight"):  # once per layer
-            log.info("synthetic 7B: %.1f / %.1f GB", done[0] / 1e9, total / 1e9)
+        if p.name.endswith("post_attention_layernorm.weight"):  # once per layer
+            log.info("synthetic %s: %.1f / %.1f GB", shapes, done[0] / 1e9, total / 1e9)
         return random_tensor(p, seed)
 
     write_checkpoint(
         dest,
         plan,
         produce,
-        config=LLAMA2_7B_CONFIG,
-        metadata={MARKER: json.dumps({"shapes": "llama-2-7b", "seed": seed})},
+        config=config,
+        metadata={MARKER: json.dumps({"shapes": shapes, "seed": seed})},
         max_shard_bytes=max_shard_bytes,
     )
-    log.info("synthetic 7B written to %s in %.0f s", dest, time.perf_counter() - t0)
+    log.info("synthetic %s written to %s in %.0f s", shapes, dest, time.perf_counter() - t0)
     return dest
 
 

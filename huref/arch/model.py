@@ -20,7 +20,7 @@ import torch
 from huref.arch.families import spec_for
 from huref.arch.spec import EXPERT_ROLES, ArchConfig, ArchSpec, Rule
 from huref.checkpoint import Checkpoint, open_checkpoint
-from huref.checkpoint.source import all_finite, empty_tensor
+from huref.checkpoint.source import DTYPES, all_finite, empty_tensor
 from huref.errors import ArchitectureError
 from huref.paths import shown
 
@@ -322,12 +322,14 @@ class Model:
         return self.convert(raw, b, dtype)
 
     def expert_tensor(
-        self, role: str, layer: int, expert: int, dtype: torch.dtype = torch.float32
+        self, role: str, layer: int, expert: int, dtype: torch.dtype | None = torch.float32
     ) -> torch.Tensor:
-        """One expert's tensor, reading only that expert: of a stacked [E, ...] tensor just its
-        rows (kept for the sibling role of a gate|up stack), so peak memory is one expert's
-        weights however many experts the layer has."""
+        """One expert's tensor (in ``dtype``; None: as stored), reading only that expert: of a
+        stacked [E, ...] tensor just its rows (kept for the sibling role of a gate|up stack), so
+        peak memory is one expert's weights however many experts the layer has."""
         b = self.binding(role, layer, expert)
+        if dtype is None:
+            dtype = DTYPES[self.ckpt.source.info(b.name).dtype]
         if not b.rule.expert_stack:
             return self.tensor(role, layer, expert, dtype)
         key = f"{b.name}\0{expert}"

@@ -101,17 +101,40 @@ def hadamard_ffn(
     narrower one (bf16/fp16) and on the CPU, widened and moved block by block. Blocked over
     ``FFN_BLOCK`` weight rows (see the module docstring); the values equal the unblocked formula.
     """
+    h = hadamard_hidden(x, w_up, w_gate)  # X (W_gate ⊙ W_up)^T
+    # W_down whole: blocking its output columns changed float32 roundings at 7B shapes
+    y = h @ _like(w_down, x).t()  # [n, d]
+    del h
+    return y @ x.t()
+
+
+def hadamard_hidden(x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None) -> torch.Tensor:
+    """X (W_gate ⊙ W_up)^T [n, d_ff], the weights widened ``FFN_BLOCK`` rows at a time."""
     n, d_ff = x.shape[0], w_up.shape[0]
-    h = torch.empty(n, d_ff, dtype=x.dtype, device=x.device)  # X (W_gate ⊙ W_up)^T
+    h = torch.empty(n, d_ff, dtype=x.dtype, device=x.device)
     for s in range(0, d_ff, FFN_BLOCK):
         e = min(s + FFN_BLOCK, d_ff)
         w_in = _like(w_up[s:e], x) if w_gate is None else _like(w_gate[s:e], x) * _like(w_up[s:e], x)
         h[:, s:e] = x @ w_in.t()
         del w_in
-    # W_down whole: blocking its output columns changed float32 roundings at 7B shapes
-    y = h @ _like(w_down, x).t()  # [n, d]
-    del h
-    return y @ x.t()
+    return h
+
+
+def times_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w^T in ``x``'s dtype with ``w`` in any stored dtype, widened ``FFN_BLOCK`` rows at a
+    time: no float32 copy of a whole weight matrix (experts are read in their stored bf16)."""
+    out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    for s in range(0, w.shape[0], FFN_BLOCK):
+        out[:, s : s + FFN_BLOCK] = x @ _like(w[s : s + FFN_BLOCK], x).t()
+    return out
+
+
+def expert_hadamard(
+    x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor
+) -> torch.Tensor:
+    """``hadamard_ffn`` for one expert, with W_down widened in blocks too (its values may differ
+    from hadamard_ffn's in the last float32 bits; memory: no float32 copy of any weight)."""
+    return times_t(hadamard_hidden(x, w_up, w_gate), w_down) @ x.t()
 
 
 def standardise(m: torch.Tensor) -> torch.Tensor:
@@ -144,16 +167,18 @@ def moe_out(
     experts: Sequence[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
     """The routed experts' feature-space output [n, d]: sum_e route[:, e] * h_e W_down,e with
-    h_e = ``ffn_hidden`` (x W_gate ⊙ x W_up, no activation, as the dense FFN term; gate None: a
-    non-gated expert). Tokens an expert is not routed to add nothing, so an expert no probe token
-    reaches (an adversary's dead expert) leaves the result unchanged."""
+    h_e = x W_gate ⊙ x W_up (no activation, as the dense FFN term; gate None: a non-gated
+    expert). Tokens an expert is not routed to add nothing, so an expert no probe token reaches
+    (an adversary's dead expert) leaves the result unchanged. Weights may be in their stored dtype
+    (``times_t`` widens them in blocks)."""
     y = torch.zeros(xf.shape[0], experts[0][2].shape[0], dtype=xf.dtype, device=xf.device)
     for e, (gate, up, down) in enumerate(experts):
         rows = route[:, e].nonzero().flatten()
         if rows.numel() == 0:
             continue
-        h = ffn_hidden(xf[rows], up, gate)
-        y.index_add_(0, rows, (h @ down.t()) * route[rows, e, None].to(xf.dtype))
+        xr = xf[rows]
+        h = times_t(xr, up) if gate is None else times_t(xr, gate).mul_(times_t(xr, up))
+        y.index_add_(0, rows, times_t(h, down).mul_(route[rows, e, None].to(xf.dtype)))
     return y
 
 
