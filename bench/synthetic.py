@@ -77,6 +77,16 @@ CHUNK = 1 << 24  # values generated per float32 chunk (64 MB)
 MARKER = "huref.synthetic"  # safetensors metadata key naming what built the file
 
 
+def _attention(p: str, d: int, kv: int, dtype: torch.dtype) -> list[TensorPlan]:
+    """One layer's q, k, v, o projections (kv: the key/value width, GQA-aware)."""
+    return [
+        TensorPlan(p + "self_attn.q_proj.weight", (d, d), dtype),
+        TensorPlan(p + "self_attn.k_proj.weight", (kv, d), dtype),
+        TensorPlan(p + "self_attn.v_proj.weight", (kv, d), dtype),
+        TensorPlan(p + "self_attn.o_proj.weight", (d, d), dtype),
+    ]
+
+
 def plan_7b(cfg: dict[str, Any] = LLAMA2_7B_CONFIG, dtype: torch.dtype = torch.bfloat16) -> list[TensorPlan]:
     """Every tensor of the model in the order Hugging Face's LLaMA lists them (embed, layers, norm, head)."""
     d, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
@@ -85,10 +95,7 @@ def plan_7b(cfg: dict[str, Any] = LLAMA2_7B_CONFIG, dtype: torch.dtype = torch.b
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         plan += [
-            TensorPlan(p + "self_attn.q_proj.weight", (d, d), dtype),
-            TensorPlan(p + "self_attn.k_proj.weight", (kv, d), dtype),
-            TensorPlan(p + "self_attn.v_proj.weight", (kv, d), dtype),
-            TensorPlan(p + "self_attn.o_proj.weight", (d, d), dtype),
+            *_attention(p, d, kv, dtype),
             TensorPlan(p + "mlp.gate_proj.weight", (f, d), dtype),
             TensorPlan(p + "mlp.up_proj.weight", (f, d), dtype),
             TensorPlan(p + "mlp.down_proj.weight", (d, f), dtype),
@@ -108,13 +115,7 @@ def plan_mixtral(
     plan = [TensorPlan("model.embed_tokens.weight", (v, d), dtype)]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        plan += [
-            TensorPlan(p + "self_attn.q_proj.weight", (d, d), dtype),
-            TensorPlan(p + "self_attn.k_proj.weight", (kv, d), dtype),
-            TensorPlan(p + "self_attn.v_proj.weight", (kv, d), dtype),
-            TensorPlan(p + "self_attn.o_proj.weight", (d, d), dtype),
-            TensorPlan(p + "block_sparse_moe.gate.weight", (e, d), dtype),
-        ]
+        plan += [*_attention(p, d, kv, dtype), TensorPlan(p + "block_sparse_moe.gate.weight", (e, d), dtype)]
         for x in range(e):
             q = f"{p}block_sparse_moe.experts.{x}."
             plan += [

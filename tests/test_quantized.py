@@ -10,35 +10,19 @@ from its float base and ``independent`` of the unrelated ``llama-b``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from quantkit import is_linear, mutate, write_release
+from safetensors.torch import load_file
 
 from huref.checkpoint.open import open_checkpoint
 from huref.errors import ArchitectureError, CheckpointError
 from huref.invariants.compare import compare_fingerprints, compare_paths, load_any
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 AWQ_NIBBLE_COLUMN = (0, 2, 4, 6, 1, 3, 5, 7)  # the AWQ GEMM packing order, as documented
-
-
-def _is_linear(name: str) -> bool:
-    return name.endswith(".weight") and name.split(".")[-2] in LINEARS
-
-
-def _write(zoo: Path, dst: Path, tensors: dict[str, torch.Tensor], qcfg: dict) -> None:
-    dst.mkdir()
-    for f in (zoo / "llama-a").iterdir():
-        if f.name not in ("model.safetensors", "config.json"):
-            shutil.copy(f, dst / f.name)
-    cfg = json.loads((zoo / "llama-a" / "config.json").read_text())
-    cfg["quantization_config"] = qcfg
-    (dst / "config.json").write_text(json.dumps(cfg))
-    save_file(tensors, str(dst / "model.safetensors"))
 
 
 # ---------------------------------------------------------------- independent GPTQ / AWQ packers
@@ -156,7 +140,7 @@ def _quantize_zoo(zoo: Path, dst: Path, kind: str, **kw) -> tuple[dict, dict]:
     own: dict[str, torch.Tensor] = {}
     bound: dict[str, torch.Tensor] = {}
     for i, (name, w) in enumerate(sorted(src.items())):
-        if not _is_linear(name) or (kind == "gptq" and w.shape[1] * kw["bits"] % 32):
+        if not is_linear(name) or (kind == "gptq" and w.shape[1] * kw["bits"] % 32):
             # kept float, as releases keep modules their kernels cannot pack (3-bit needs in % 32 == 0)
             out[name] = w
             continue
@@ -192,7 +176,7 @@ def _quantize_zoo(zoo: Path, dst: Path, kind: str, **kw) -> tuple[dict, dict]:
         qcfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
         if kw["block"] is not None:
             qcfg["weight_block_size"] = [kw["block"], kw["block"]]
-    _write(zoo, dst, out, qcfg)
+    write_release(zoo, dst, out, qcfg)
     return own, bound
 
 
@@ -258,16 +242,6 @@ def test_inspect_names_the_format_and_bit_width(quant_zoo, capsys: pytest.Captur
     assert json.loads(capsys.readouterr().out)["quantization"] == "fp8 (e4m3) 8-bit, 32x32 blocks"
 
 
-def _mutate(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    t = load_file(str(dst / "model.safetensors"))
-    cfg = json.loads((dst / "config.json").read_text())
-    edit(t, cfg)
-    save_file(t, str(dst / "model.safetensors"))
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
 def test_bad_quantized_checkpoints_are_refused(quant_zoo, tmp_path: Path) -> None:
     gptq = quant_zoo["gptq4-actorder-asym"][0]
     q = "model.layers.0.self_attn.q_proj."
@@ -285,13 +259,13 @@ def test_bad_quantized_checkpoints_are_refused(quant_zoo, tmp_path: Path) -> Non
         t[q + "extra_aux"] = torch.zeros(3)
 
     with pytest.raises(CheckpointError, match="unsupported quant_method"):
-        open_checkpoint(_mutate(gptq, tmp_path / "u", unknown))
+        open_checkpoint(mutate(gptq, tmp_path / "u", unknown))
     with pytest.raises(CheckpointError, match="inconsistent shapes"):
-        open_checkpoint(_mutate(gptq, tmp_path / "b", bits))
-    ck = open_checkpoint(_mutate(gptq, tmp_path / "n", nan_scale))
+        open_checkpoint(mutate(gptq, tmp_path / "b", bits))
+    ck = open_checkpoint(mutate(gptq, tmp_path / "n", nan_scale))
     with pytest.raises(CheckpointError, match="non-finite scales"):
         ck.source.read(q + "weight")
-    ck = open_checkpoint(_mutate(gptq, tmp_path / "s", stray))
+    ck = open_checkpoint(mutate(gptq, tmp_path / "s", stray))
     assert q + "extra_aux" in ck.source.names()  # not claimed: the architecture check still sees it
     with pytest.raises(ArchitectureError, match="not claimed"):
         compare_paths(ck.path, gptq)

@@ -11,7 +11,6 @@ dequantization. Both must lie within the format's error of the float weights and
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,30 +22,12 @@ from compressed_tensors.compressors import (
 )
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 from compressed_tensors.quantization.utils import calculate_qparams
-from safetensors.torch import load_file, save_file
+from quantkit import is_linear, mutate, write_release
+from safetensors.torch import load_file
 
 from huref.checkpoint.open import open_checkpoint
 from huref.errors import CheckpointError
 from huref.invariants.compare import compare_fingerprints, load_any
-
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _is_linear(name: str) -> bool:
-    return name.endswith(".weight") and name.split(".")[-2] in LINEARS
-
-
-def _write(zoo: Path, dst: Path, tensors: dict[str, torch.Tensor], qcfg: dict) -> Path:
-    dst.mkdir()
-    for f in (zoo / "llama-a").iterdir():
-        if f.name not in ("model.safetensors", "config.json"):
-            shutil.copy(f, dst / f.name)
-    cfg = json.loads((zoo / "llama-a" / "config.json").read_text())
-    cfg["quantization_config"] = qcfg
-    (dst / "config.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst / "model.safetensors"))
-    return dst
-
 
 # ---------------------------------------------------------------- bitsandbytes
 # Written by the test from the documented serialisation (bitsandbytes itself is not in the lock:
@@ -205,7 +186,7 @@ def _quantize(zoo: Path, dst: Path, case: str) -> tuple[Path, dict[str, torch.Te
     if case.startswith("ct-"):
         fmt, args = _ct_args(case)
     for name, w in sorted(src.items()):
-        if not _is_linear(name):
+        if not is_linear(name):
             tensors[name] = w
             continue
         pre = name[: -len("weight")]
@@ -221,7 +202,7 @@ def _quantize(zoo: Path, dst: Path, case: str) -> tuple[Path, dict[str, torch.Te
         ).model_dump(mode="json")
     else:
         qcfg = BNB_CONFIG[case]
-    return _write(zoo, dst, tensors, qcfg), ref
+    return write_release(zoo, dst, tensors, qcfg), ref
 
 
 @pytest.fixture(scope="module")
@@ -278,16 +259,6 @@ def test_inspect_names_bitsandbytes_and_compressed_tensors(
         assert json.loads(capsys.readouterr().out)["quantization"] == text
 
 
-def _mutate(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    t = load_file(str(dst / "model.safetensors"))
-    cfg = json.loads((dst / "config.json").read_text())
-    edit(t, cfg)
-    save_file(t, str(dst / "model.safetensors"))
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
 def test_bad_bitsandbytes_and_compressed_tensors_releases_are_refused(ref_zoo, tmp_path: Path) -> None:
     q = "model.layers.0.self_attn.q_proj."
 
@@ -330,7 +301,7 @@ def test_bad_bitsandbytes_and_compressed_tensors_releases_are_refused(ref_zoo, t
     ]
     for i, (case, edit, message) in enumerate(bad):
         with pytest.raises(CheckpointError, match=message):
-            open_checkpoint(_mutate(ref_zoo[case][0], tmp_path / str(i), edit))
-    ck = open_checkpoint(_mutate(ref_zoo["int8"][0], tmp_path / "nan", nan_scb))
+            open_checkpoint(mutate(ref_zoo[case][0], tmp_path / str(i), edit))
+    ck = open_checkpoint(mutate(ref_zoo["int8"][0], tmp_path / "nan", nan_scb))
     with pytest.raises(CheckpointError, match="non-finite scales"):
         ck.source.read(q + "weight")
