@@ -350,3 +350,24 @@ MLA_FAMILIES: dict[str, Callable[[str], Any]] = {
     "deepseek_v2": _deepseek_v2,
     "deepseek_v2-greedy": _deepseek_v2_greedy,
 }
+
+
+# ---------------------------------------------------------------- GPT-OSS (biased router and experts)
+# A member of the llama family too; tests/test_gpt_oss.py checks its in-features-first,
+# gate/up-interleaved expert stacks, its router's Linear bias and its attention sinks.
+def gpt_oss_config(**change: Any) -> Any:
+    """Four experts, two per token, every layer sparse; one sliding and one full attention layer."""
+    sizes: dict[str, Any] = dict(
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=1024,
+        tie_word_embeddings=False,
+        router_aux_loss_coef=0.0,
+    )
+    return T.AutoConfig.for_model("gpt_oss", **{**sizes, **change})

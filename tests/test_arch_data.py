@@ -35,6 +35,7 @@ STORED_ROLE_NAMES = {
     *("shared_expert_gate", "attn_q_norm_wide", "attn_k_norm_wide"),
     # DeepSeek-V2/V3: Multi-head Latent Attention and the router's selection bias
     *("attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a", "attn_kv_a_norm", "attn_kv_b", "moe_router_bias"),
+    "attn_sinks",  # GPT-OSS's per-head attention sinks
 }
 CASES = [(f, tie) for f in FAMILIES for tie in f.ties]
 IDS = [f"{f.name}-{'tied' if t else 'untied'}" for f, t in CASES]

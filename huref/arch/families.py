@@ -85,6 +85,7 @@ _LLAMA_KEYS: dict[str, Any] = {
     "moe": None,  # a MoEConfig for the sparse MoE model types (_MOE_OVERRIDES)
     "mla": None,  # an MLAConfig for Multi-head Latent Attention (DeepSeek-V2/V3)
     "mla_bias": False,  # MLA's q_a and kv_a projections carry biases (attention_bias)
+    "attn_sinks": False,  # a learned per-head sink logit in each attention softmax (GPT-OSS)
 }
 _LLAMA_EXTRA = (
     "qkv_bias",
@@ -96,6 +97,7 @@ _LLAMA_EXTRA = (
     "qk_norm_wide",
     "moe_names",
     "mla_bias",
+    "attn_sinks",
 )
 _GEMMA: dict[str, Any] = {
     "embed_scale": Derived(_sqrt_width),
@@ -246,6 +248,32 @@ def _deepseek_v3_moe(v: Values) -> MoEConfig:
     )
 
 
+def _gpt_oss_moe(v: Values) -> MoEConfig:
+    """Every layer sparse; experts as wide as intermediate_size. transformers' GptOssTopKRouter:
+    logits x @ W^T + b (the router's own Linear bias), top-k of them, softmax over those k, which
+    is the renormalised softmax top-k."""
+    return MoEConfig(
+        n_experts=v.read(count("num_local_experts", default=128)),
+        top_k=v.read(count("num_experts_per_tok", default=4)),
+        d_expert=v["d_ff"],
+        renormalise=True,
+        sparse_layers=tuple(range(v["n_layers"])),
+        router_logit_bias=True,
+    )
+
+
+# GPT-OSS: biased q/k/v/o, per-head attention sinks, a biased router and biased experts whose
+# clamped SwiGLU (swiglu_alpha, swiglu_limit) huref's activation-free terms do not read;
+# layer_types (sliding / full attention) change no weight
+_GPT_OSS: dict[str, Any] = {
+    "qkv_bias": flag("attention_bias", True),
+    "o_bias": flag("attention_bias", True),
+    "attn_sinks": True,
+    "activation": "clamped_swiglu",
+    "moe_names": "gpt_oss",
+    "moe": Derived(_gpt_oss_moe),
+}
+
 _DEEPSEEK: dict[str, Any] = {
     "qkv_bias": False,  # attention_bias gives MLA's q_a / kv_a biases (mla_bias) and o_proj's
     "mla_bias": flag("attention_bias", False),
@@ -262,6 +290,7 @@ _MOE_OVERRIDES: dict[str, dict[str, Any]] = {
     "olmoe": {"qk_norm_wide": True, "moe_names": "mlp", "moe": Derived(_olmoe_moe)},
     "deepseek_v2": {**_DEEPSEEK, "moe": Derived(_deepseek_v2_moe)},
     "deepseek_v3": {**_DEEPSEEK, "mlp_bias": False, "moe": Derived(_deepseek_v3_moe)},
+    "gpt_oss": _GPT_OSS,
 }
 _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen2": {"qkv_bias": True},  # q, k, v carry biases whatever attention_bias says
@@ -335,6 +364,7 @@ _LLAMA_COMMON = (
     Rule("layers.{L}.self_attn.k_norm.weight", ("attn_k_norm",), "vector", when=_when("qk_norm")),
     Rule("layers.{L}.self_attn.q_norm.weight", ("attn_q_norm_wide",), "vector", when=_when("qk_norm_wide")),
     Rule("layers.{L}.self_attn.k_norm.weight", ("attn_k_norm_wide",), "vector", when=_when("qk_norm_wide")),
+    Rule("layers.{L}.self_attn.sinks", ("attn_sinks",), "vector", when=_when("attn_sinks")),
 )
 _LLAMA_MLP = (
     Rule("layers.{L}.mlp.gate_proj.weight", ("mlp_gate",), layers="dense"),
@@ -361,6 +391,7 @@ def _shared_named(names: str):
 
 
 _MLP_MOE = _mlp_moe
+_GPT_OSS_MOE = _when("moe_names", "gpt_oss")
 _MOE_RULES = (
     # Mixtral: block_sparse_moe with w1 (gate), w3 (up), w2 (down) per expert
     Rule("layers.{L}.block_sparse_moe.gate.weight", ("moe_router",), when=_MIXTRAL, layers="sparse"),
@@ -425,6 +456,34 @@ _MOE_RULES = (
         when=lambda c: c.moe is not None and c.moe.router_bias,
         layers="sparse",
     ),
+    # GPT-OSS: a router with a Linear bias (in the logits: MoEConfig.router_logit_bias) and every
+    # expert of a layer in in-features-first stacks: gate_up [E, d, 2F] with each expert's gate
+    # and up columns interleaved (gate at even, up at odd indices, as modeling_gpt_oss slices
+    # them), down [E, F, d]; their biases [E, 2F] (interleaved alike) and [E, d]
+    Rule("layers.{L}.mlp.router.weight", ("moe_router",), when=_GPT_OSS_MOE, layers="sparse"),
+    Rule("layers.{L}.mlp.router.bias", ("moe_router_bias",), "vector", when=_GPT_OSS_MOE, layers="sparse"),
+    Rule(
+        "layers.{L}.mlp.experts.gate_up_proj",
+        ("expert_gate", "expert_up"),
+        "conv1d",
+        split="expert_interleaved",
+        when=_GPT_OSS_MOE,
+    ),
+    Rule(
+        "layers.{L}.mlp.experts.gate_up_proj_bias",
+        ("expert_gate_bias", "expert_up_bias"),
+        "vector",
+        split="expert_interleaved",
+        when=_GPT_OSS_MOE,
+    ),
+    Rule("layers.{L}.mlp.experts.down_proj", ("expert_down",), "conv1d", split="experts", when=_GPT_OSS_MOE),
+    Rule(
+        "layers.{L}.mlp.experts.down_proj_bias",
+        ("expert_down_bias",),
+        "vector",
+        split="experts",
+        when=_GPT_OSS_MOE,
+    ),
 )
 _LLAMA_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
 # llama.cpp's names (gguf-py's tensor mapping) for the tensors of this family that GGUF holds
@@ -461,7 +520,7 @@ ARCHITECTURES.add(
         # types but for their feed-forward blocks; differences are config fields
         model_types=(
             *("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
-            *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"),
+            *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss"),
         ),
         prefixes=("model.", ""),
         rules=_LLAMA_COMMON + _LLAMA_ATTN + _MLA_RULES + _LLAMA_MLP + _MOE_RULES,
@@ -470,7 +529,7 @@ ARCHITECTURES.add(
         gguf=_LLAMA_GGUF,
         buffers=_LLAMA_BUFFERS,
         notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d). "
-        "Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V2/V3 replace some or all MLPs by sparse MoE "
+        "Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and GPT-OSS replace some or all MLPs by sparse MoE "
         "blocks; DeepSeek's Multi-head Latent Attention replaces q/k/v by low-rank latent projections.",
     ),
 )

@@ -84,6 +84,7 @@ def _expected_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
     shapes["embed_proj_out"] = (d_embed, d)
     shapes["attn_q_norm_wide"] = (H * hd,)
     shapes["attn_k_norm_wide"] = (K * hd,)
+    shapes["attn_sinks"] = (H,)
     if cfg.mla is not None:  # Multi-head Latent Attention: hd is qk_nope + qk_rope
         a = cfg.mla
         rq, rkv, r, v = a.q_lora_rank, a.kv_lora_rank, a.qk_rope_head_dim, a.v_head_dim
@@ -95,6 +96,7 @@ def _expected_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
         F, E = cfg.moe.d_expert, cfg.moe.n_experts
         shapes.update(moe_router=(E, d), expert_gate=(F, d), expert_up=(F, d), expert_down=(d, F))
         shapes["moe_router_bias"] = (E,)
+        shapes.update(expert_gate_bias=(F,), expert_up_bias=(F,), expert_down_bias=(d,))
         shapes["shared_expert_gate"] = (1, d)
         if cfg.moe.d_shared is not None:
             Fs = cfg.moe.d_shared
@@ -112,8 +114,11 @@ def _split_sizes(rule: Rule, cfg: ArchConfig) -> list[int] | None:
 
 def split_fused(t: torch.Tensor, rule: Rule, cfg: ArchConfig) -> list[torch.Tensor]:
     """Split a fused [out, ...] tensor into its roles along the output dimension (one expert's
-    [2F, in] slice of an 'expert_halves' stack: gate rows, then up rows)."""
+    [2F, in] slice of an 'expert_halves' stack: gate rows, then up rows; of an
+    'expert_interleaved' one: gate rows at even, up rows at odd indices)."""
     rest = t.shape[1:]
+    if rule.split == "expert_interleaved":
+        return [t[0::2], t[1::2]]  # strided views; convert() copies them contiguous
     if rule.split in ("halves", "expert_halves"):
         return list(t.chunk(2, dim=0))
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -133,6 +138,14 @@ def split_fused(t: torch.Tensor, rule: Rule, cfg: ArchConfig) -> list[torch.Tens
 
 def _max(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max)
+
+
+def _stored_order(shape: tuple[int, ...], rule: Rule) -> tuple[int, ...]:
+    """A stored shape in canonical order, or back: conv1d's [in, out] reversed (of each expert of
+    a stack: [E, in, out] <-> [E, out, in])."""
+    if rule.storage != "conv1d":
+        return tuple(shape)
+    return (shape[0], *shape[1:][::-1]) if rule.expert_stack else tuple(shape[::-1])
 
 
 def _fused_total(rule: Rule, cfg: ArchConfig, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
@@ -250,7 +263,7 @@ class Model:
                 continue
             seen.add(b.name)
             info = self.ckpt.source.info(b.name)
-            got = info.shape[::-1] if b.rule.storage == "conv1d" else info.shape
+            got = _stored_order(tuple(info.shape), b.rule)
             if len(b.rule.roles) > 1 or b.rule.expert_stack:
                 want = _fused_total(b.rule, self.cfg, shapes)
             else:
@@ -260,7 +273,7 @@ class Model:
             if tuple(got) != tuple(want):
                 raise ArchitectureError(
                     f"{shown(self.ckpt.path)}: tensor {shown(b.name)} has shape {list(info.shape)}, but config.json "
-                    f"implies {list(want[::-1] if b.rule.storage == 'conv1d' else want)}"
+                    f"implies {list(_stored_order(tuple(want), b.rule))}"
                 )
 
     # ------------------------------------------------------------------ access
@@ -344,7 +357,7 @@ class Model:
     def role_view(self, raw: torch.Tensor, b: Binding) -> torch.Tensor:
         """The role's part of a stored tensor, in [out, in] orientation (a view, no copy)."""
         if b.rule.expert_stack:
-            raw = raw[b.expert]  # [E, out, in] -> this expert's [out, in]
+            raw = raw[b.expert]  # [E, out, in] -> this expert's [out, in] (conv1d: [in, out])
         t = raw.t() if b.rule.storage == "conv1d" else raw  # [in, out] -> [out, in]
         return split_fused(t, b.rule, self.cfg)[b.part] if len(b.rule.roles) > 1 else t
 
@@ -470,6 +483,8 @@ class Model:
                     "router_bias": moe.router_bias,
                 }
             ),
+            # GPT-OSS only: older fingerprints' summaries stay as they were
+            **({"router_logit_bias": True} if moe.router_logit_bias else {}),
         }
 
     def parameter_count(self) -> int:

@@ -60,6 +60,9 @@ class Role(str, Enum):
     attn_k_norm = "attn_k_norm", "[hd]", True
     attn_q_norm_wide = "attn_q_norm_wide", "[H*hd]", True  # query norm over all heads at once (OLMoE)
     attn_k_norm_wide = "attn_k_norm_wide", "[K*hd]", True
+    # GPT-OSS's per-head attention sink: a learned logit beside each head's keys in the softmax.
+    # It enters neither the position-free q.k nor the V.W_O term: claimed, not fingerprinted
+    attn_sinks = "attn_sinks", "[H]", True
     # sparse Mixture-of-Experts layers (MoEConfig): a router, E routed experts, an optional shared one
     moe_router = "moe_router", "[E, d]", True  # router logits x @ W^T
     expert_gate = "expert_gate", "[F, d]", True, True
@@ -69,8 +72,10 @@ class Role(str, Enum):
     shared_up = "shared_up", "[Fs, d]", True
     shared_down = "shared_down", "[d, Fs]", True
     shared_expert_gate = "shared_expert_gate", "[1, d]", True  # shared output * sigmoid(x @ W^T)
-    # DeepSeek-V3's e_score_correction_bias: added to the router scores to *select* experts only;
-    # neither the logits nor the routing weights include it (not a Linear bias of moe_router)
+    # Two meanings, told apart by the MoEConfig: DeepSeek-V3's e_score_correction_bias
+    # (``router_bias``) is added to the router scores to *select* experts only, neither the logits
+    # nor the routing weights include it; GPT-OSS's router.bias (``router_logit_bias``) is the
+    # router Linear's own bias, in the logits and so in the selection and the weights alike
     moe_router_bias = "moe_router_bias", "[E]", True
     # Multi-head Latent Attention (MLAConfig; DeepSeek-V2/V3): rq = q_lora_rank, rkv = kv_lora_rank,
     # n / r / v = qk_nope / qk_rope / v head dims; hd = n + r there, and attn_o is [d, H*v]
@@ -93,7 +98,8 @@ class Role(str, Enum):
 # Roles with the canonical shape each takes, by name (the shape doc of the members above).
 LAYER_ROLES = {r.value: r.shape for r in Role if r.per_layer}
 GLOBAL_ROLES = {r.value: r.shape for r in Role if not r.per_layer}
-EXPERT_ROLES = frozenset(r.value for r in Role if r.per_expert)
+# an expert role's bias (GPT-OSS's expert biases) is stored per expert as the role is
+EXPERT_ROLES = frozenset(n for r in Role if r.per_expert for n in (r.value, r.value + "_bias"))
 BIAS_SUFFIX = "_bias"  # role "attn_q_bias" is the bias of "attn_q"; "attn_norm_bias" of a norm
 
 
@@ -110,7 +116,8 @@ def check_role(name: str) -> str:
 
 
 Storage = Literal["linear", "conv1d", "vector"]
-Split = Literal["none", "qkv", "halves", "expert_halves", "experts"]
+Split = Literal["none", "qkv", "halves", "expert_halves", "expert_interleaved", "experts"]
+EXPERT_STACKS = ("experts", "expert_halves", "expert_interleaved")
 Layers = Literal["all", "dense", "sparse"]
 
 
@@ -133,7 +140,9 @@ class MoEConfig:
     'noaux_tc' (V3) those with the largest sum of their two best scores + the router bias
     (``router_bias``: moe_router_bias, used for selection only); the weights are the chosen
     scores, renormalised if ``renormalise``, times ``routed_scale``. The defaults are Mixtral's,
-    Qwen's and OLMoE's plain softmax top-k.
+    Qwen's and OLMoE's plain softmax top-k. GPT-OSS's is that too, with ``router_logit_bias``:
+    its moe_router_bias is a true Linear bias of the router, added to the logits before the
+    softmax top-k (top-k of the logits, softmax over the chosen k: the same weights).
     """
 
     n_experts: int
@@ -149,11 +158,17 @@ class MoEConfig:
     topk_group: int = 1  # groups a token may choose experts from (group-limited methods)
     routed_scale: float = 1.0  # routed_scaling_factor: the routed experts' weights times this
     router_bias: bool = False  # a moe_router_bias (e_score_correction_bias) steers selection
+    # moe_router_bias is the router Linear's bias (GPT-OSS): logits are x @ W^T + b
+    router_logit_bias: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.n_experts:
             raise ArchitectureError(
                 f"config.json: {self.top_k} experts per token, but the model has {self.n_experts}"
+            )
+        if self.router_bias and self.router_logit_bias:
+            raise ArchitectureError(
+                "config.json: moe_router_bias is a selection bias or a logit bias, not both"
             )
         if self.shared_gated and self.d_shared is None:
             raise ArchitectureError("config.json: a gated shared expert with no shared expert width")
@@ -255,7 +270,10 @@ class Rule:
     A fused tensor lists several roles and says how to split them (``split``): 'qkv' follows
     ``ArchConfig.qkv_layout``; 'halves' cuts the output dimension in two (Phi-3 gate_up).
     Two splits hold every expert of a layer in one 3-D tensor: 'experts' ([E, out, in], one
-    role) and 'expert_halves' ([E, 2F, in], gate rows then up rows of each expert).
+    role) and 'expert_halves' ([E, 2F, in], gate rows then up rows of each expert); a third,
+    'expert_interleaved', alternates them (GPT-OSS: gate rows 0, 2, 4, ..., up rows 1, 3, 5, ...).
+    With ``storage`` 'conv1d' a stack is [E, in, out] (in-features first), each expert transposed;
+    with 'vector' it holds the experts' biases ([E, out]).
     Roles, storage and split are checked when the rule is made: a misspelt one is an error at
     import, not a tensor that silently binds to nothing.
     """
@@ -275,14 +293,22 @@ class Rule:
             raise ArchitectureError(f"rule {self.template!r}: unknown storage {self.storage!r}")
         if self.split not in get_args(Split):
             raise ArchitectureError(f"rule {self.template!r}: unknown split {self.split!r}")
-        want = {"none": 1, "halves": 2, "qkv": 3, "experts": 1, "expert_halves": 2}[self.split]
+        n_roles = {
+            "none": 1,
+            "halves": 2,
+            "qkv": 3,
+            "experts": 1,
+            "expert_halves": 2,
+            "expert_interleaved": 2,
+        }
+        want = n_roles[self.split]
         if len(self.roles) != want:
             raise ArchitectureError(
                 f"rule {self.template!r}: split {self.split!r} takes {want} role(s), not {len(self.roles)}"
             )
         if self.layers not in get_args(Layers):
             raise ArchitectureError(f"rule {self.template!r}: unknown layers {self.layers!r}")
-        experts = self.per_expert or self.split in ("experts", "expert_halves")
+        experts = self.per_expert or self.expert_stack
         if experts != all(r in EXPERT_ROLES for r in self.roles) or (experts and not self.per_layer):
             raise ArchitectureError(
                 f"rule {self.template!r}: expert roles need a per-layer template with {{E}} or an expert split"
@@ -303,7 +329,7 @@ class Rule:
     @property
     def expert_stack(self) -> bool:
         """One tensor holding every expert of a layer ([E, ...])."""
-        return self.split in ("experts", "expert_halves")
+        return self.split in EXPERT_STACKS
 
     def applies(self, cfg: ArchConfig, layer: int | None) -> bool:
         """Whether the rule declares a tensor for ``cfg`` (in ``layer``, for a per-layer rule)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from huref.arch.families import ARCHITECTURES, spec_for
-from huref.arch.spec import ArchConfig, ArchSpec, Role
+from huref.arch.spec import ArchConfig, ArchSpec, MoEConfig, Role
 from huref.errors import ArchitectureError
 from huref.paths import shown
 
@@ -54,7 +54,7 @@ def required_roles(cfg: ArchConfig) -> list[tuple[str, int | None]]:
                 per_layer += [Role.shared_gate, Role.shared_up, Role.shared_down]
             if cfg.moe is not None and cfg.moe.shared_gated:
                 per_layer.append(Role.shared_expert_gate)
-            if cfg.moe is not None and cfg.moe.router_bias:
+            if cfg.moe is not None and (cfg.moe.router_bias or cfg.moe.router_logit_bias):
                 per_layer.append(Role.moe_router_bias)
         elif cfg.gated:
             per_layer.append(Role.mlp_gate)
@@ -111,6 +111,15 @@ def missing_roles(cfg: ArchConfig, has: Callable[..., bool]) -> list[str]:
     return out
 
 
+def _moe_doc(moe: MoEConfig) -> dict[str, Any]:
+    """The MoE config as JSON; ``router_logit_bias`` only where set (GPT-OSS), so the documents
+    of every other sparse model stay as they were."""
+    doc = dataclasses.asdict(moe)
+    if not moe.router_logit_bias:
+        del doc["router_logit_bias"]
+    return doc
+
+
 @dataclass(frozen=True)
 class Validation:
     """What ``validate`` resolved and checked."""
@@ -126,7 +135,7 @@ class Validation:
     def summary(self) -> dict[str, Any]:
         c = self.cfg
         config = {k: v for k, v in vars(c).items() if k != "extra"}
-        config["moe"] = None if c.moe is None else dataclasses.asdict(c.moe)
+        config["moe"] = None if c.moe is None else _moe_doc(c.moe)
         config["mla"] = None if c.mla is None else dataclasses.asdict(c.mla)
         return {
             "path": str(self.path),

@@ -150,10 +150,14 @@ def _attention(
 
 
 def _route(m: Model, w: _Weights, xf: torch.Tensor) -> torch.Tensor:
-    """Routing weights [n, E] of a sparse layer, as the model computes them."""
+    """Routing weights [n, E] of a sparse layer, as the model computes them. A router Linear's
+    bias (GPT-OSS: ``router_logit_bias``) is part of the logits; DeepSeek's moe_router_bias
+    (``router_bias``) steers selection only, inside deepseek_route."""
     moe = m.cfg.moe
     assert moe is not None
     logits = xf @ w.f32("moe_router").t()
+    if moe.router_logit_bias:
+        logits.add_(w.f32("moe_router_bias"))  # permuted with the router rows: columns permute
     plain = moe.scoring == "softmax" and moe.topk_method == "greedy" and not moe.router_bias
     if plain and moe.routed_scale == 1.0:
         return K.moe_route(logits, moe.top_k, moe.renormalise)
@@ -178,7 +182,8 @@ def _sparse_ffn(
     The output is the layer's own mixture, in the dense term's feature space: the router's top-k
     experts weighted as the model weights them (its real routing), each expert's response taken
     as (x W_gate ⊙ x W_up) W_down without the activation, exactly as the dense FFN term is, plus
-    the shared expert (through its sigmoid gate where it has one). An expert permutation (with the
+    the shared expert (through its sigmoid gate where it has one). Expert biases (GPT-OSS) are
+    left out, as the dense term leaves out MLP biases. An expert permutation (with the
     router's rows), neuron permutations inside experts and a dead expert no token is routed to
     leave it unchanged, and for an MoE upcycled from a dense model with still-identical experts it
     equals the dense FFN's term input when the routing weights sum to 1. The views
