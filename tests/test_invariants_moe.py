@@ -230,6 +230,28 @@ def test_moe_attacks_keep_the_function_and_the_invariants(
     assert c.verdict == "derived"
 
 
+def test_renumbered_experts_are_paired_back_with_their_originals(
+    moe_zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two MoEs: each aligned layer's experts are matched by their neuron tests. The MoE trained
+    from scratch has experts that differ (the upcycled one's are still near-copies of one FFN, so
+    any pairing of them is as good)."""
+    src = moe_zoo["scratch"]
+    model = MixtralForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.load_state_dict(expert_permutation(model.state_dict(), torch.Generator().manual_seed(3)))
+    dst = _save(model, tmp_path / "renumbered", src)
+    c = compare_fingerprints(fingerprint_model(dst, ROBUST), fingerprint_model(src, ROBUST))
+    g = torch.Generator().manual_seed(3)
+    perms = [torch.randperm(N_EXPERTS, generator=g).tolist() for _ in range(len(c.layer_alignment))]
+    assert len(c.expert_matches) == N_EXPERTS * len(perms)
+    for r in c.expert_matches:  # attacked expert i is the original's expert perm[i]
+        assert r["related"] and int(r["expert_b"]) == perms[r["layer_a"]][int(r["expert_a"])], r
+    other = compare_fingerprints(
+        fingerprint_model(moe_zoo["upcycled"], ROBUST), fingerprint_model(src, ROBUST)
+    )
+    assert other.expert_matches and not any(r["related"] for r in other.expert_matches)
+
+
 def test_an_upcycled_moe_is_derived_from_its_dense_base_only(
     tiny_zoo: Path, moe_zoo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

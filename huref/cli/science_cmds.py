@@ -124,7 +124,7 @@ def compare_cmd(
     """Compare two models: robust and paper ICS, PCS, Z, p-value, layer alignment, verdict."""
     from huref.invariants import compare_paths
     from huref.invariants.calibration import format_log10_p
-    from huref.invariants.compare import expert_summary
+    from huref.invariants.compare import expert_summary, match_summary
     from huref.scan.results import VERDICTS
 
     check_fail_on(fail_on, VERDICTS)
@@ -150,6 +150,8 @@ def compare_cmd(
         con.print("alignment " + ", ".join(f"{x}->{y} ({s:.1f})" for x, y, s in c.layer_alignment))
         if c.expert_origin:
             con.print("experts from the dense FFN (p < 1e-6): " + expert_summary(c.expert_origin))
+        if c.expert_matches:
+            con.print("experts matched: " + match_summary(c.expert_matches))
         con.print(styled("verdict: ", (str(c.verdict), "bold"), f"  ({c.rule})"))
     if fail_on and c.verdict == fail_on:
         raise typer.Exit(1)

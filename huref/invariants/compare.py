@@ -18,7 +18,14 @@ from huref.errors import FingerprintError
 from huref.invariants.fingerprint import Fingerprint
 from huref.invariants.pcs import parameter_cosine
 from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
-from huref.invariants.stats import BUILTIN_NULL, NullModel, combine_log10, expert_origin, neuron_test
+from huref.invariants.stats import (
+    BUILTIN_NULL,
+    NullModel,
+    combine_log10,
+    expert_matching,
+    expert_origin,
+    neuron_test,
+)
 from huref.invariants.verdict import P_DERIVED, VERDICT_RULE, verdict_for
 
 if TYPE_CHECKING:
@@ -45,6 +52,8 @@ class Comparison:
     null: dict[str, Any] = field(default_factory=dict)
     # a dense model against an MoE: each expert's neuron test against the aligned dense FFN
     expert_origin: list[dict[str, Any]] = field(default_factory=list)
+    # two MoEs: each aligned sparse layer's experts paired by their neuron tests
+    expert_matches: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +80,7 @@ def compare_fingerprints(
     sim: list[list[float]] = []
     tests: list[dict[str, Any]] = []
     experts: list[dict[str, Any]] = []
+    matches: list[dict[str, Any]] = []
     shared = shared_p = 0
     if fa.robust is not None and fb.robust is not None:
         ta, tb, shared = shared_terms(fa.robust, fb.robust)
@@ -98,6 +108,9 @@ def compare_fingerprints(
                     signed_b,
                 )
                 experts = [{**asdict(t), "from_dense": t.log10_p < math.log10(P_DERIVED)} for t in et]
+            elif ra.groups:  # both MoEs
+                em = expert_matching(ra, rb, [(a, b) for a, b, _ in pairs], signed_b)
+                matches = [{**asdict(t), "related": t.log10_p < math.log10(P_DERIVED)} for t in em]
     ics_paper = None
     if fa.paper is not None and fb.paper is not None:
         pa, pb, shared_p = shared_terms(fa.paper, fb.paper)
@@ -120,6 +133,7 @@ def compare_fingerprints(
         layer_similarity=sim,
         layer_tests=tests,
         expert_origin=experts,
+        expert_matches=matches,
         null={"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
     )
 
@@ -149,4 +163,16 @@ def expert_summary(rows: list[dict[str, Any]]) -> str:
     for layer, rs in sorted(by_layer.items()):
         hit = [str(r["expert"]) for r in rs if r["from_dense"]]
         parts.append(f"layer {layer}: {', '.join(hit) if hit else 'none'} of {len(rs)}")
+    return "; ".join(parts)
+
+
+def match_summary(rows: list[dict[str, Any]]) -> str:
+    """'layer 0->0: 0->1, 1->0, 2->3, 3->2 (4 of 4 p < 1e-6); ...' from expert_matches rows."""
+    by_pair: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_pair.setdefault((int(r["layer_a"]), int(r["layer_b"])), []).append(r)
+    parts = []
+    for (la, lb), rs in sorted(by_pair.items()):
+        pairs = ", ".join(f"{r['expert_a']}->{r['expert_b']}" for r in rs)
+        parts.append(f"layer {la}->{lb}: {pairs} ({sum(r['related'] for r in rs)} of {len(rs)} p < 1e-6)")
     return "; ".join(parts)

@@ -193,12 +193,74 @@ def expert_origin(
     return out
 
 
+@dataclass(frozen=True)
+class ExpertMatch:
+    """An expert of model A's sparse layer matched to one of model B's."""
+
+    layer_a: int
+    layer_b: int
+    expert_a: str
+    expert_b: str
+    neurons: int
+    agreements: int
+    log10_p: float
+
+
+def _column_groups(groups: list[tuple[str, int]]) -> list[tuple[str, slice]]:
+    out, start = [], 0
+    for label, width in groups:
+        out.append((label, slice(start, start + width)))
+        start += width
+    return out
+
+
+def expert_matching(
+    ra: Responses, rb: Responses, pairs: list[tuple[int, int]], signed_b: bool
+) -> list[ExpertMatch]:
+    """Experts of two MoEs matched per aligned sparse layer pair: every expert of A is tested
+    against every expert of B with the neuron-matching test, and a linear assignment on the
+    tests' log10 p picks the pairing (experts are interchangeable by construction: an adversary
+    renumbers them with the router's rows, and this recovers the numbering)."""
+    ia, ib = shared_index(ra.token_strings, rb.token_strings)
+    if len(ia) < 8:
+        return []
+    ta, tb = torch.tensor(ia), torch.tensor(ib)
+    pos_a = {ly: i for i, ly in enumerate(ra.layers)}
+    pos_b = {ly: i for i, ly in enumerate(rb.layers)}
+    out = []
+    for la, lb in pairs:
+        if la not in ra.groups or lb not in rb.groups or la not in pos_a or lb not in pos_b:
+            continue
+        a1, a2 = ra.a[pos_a[la]][ta], ra.b[pos_a[la]][ta]
+        b1, b2 = rb.a[pos_b[lb]][tb], rb.b[pos_b[lb]][tb]
+        ga, gb = _column_groups(ra.groups[la]), _column_groups(rb.groups[lb])
+        tests = [
+            [_two_view_test(a1[:, sa], a2[:, sa], b1[:, sb], b2[:, sb], signed_b) for _, sb in gb]
+            for _, sa in ga
+        ]
+        score = np.array([[t[3] for t in row] for row in tests])
+        rows, cols = _assign(score)
+        for i, j in zip(rows, cols, strict=True):
+            m, _, k, log10_p = tests[i][j]
+            out.append(ExpertMatch(la, lb, ga[i][0], gb[j][0], m, k, log10_p))
+    return out
+
+
+def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pairing with the smallest total (log10 p: the strongest evidence)."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(score)
+
+
 __all__ = [
     "BUILTIN_NULL",
+    "ExpertMatch",
     "ExpertTest",
     "LayerTest",
     "NullModel",
     "combine_log10",
+    "expert_matching",
     "expert_origin",
     "format_log10_p",
     "format_p",

@@ -20,7 +20,7 @@ from huref.checkpoint.card import read_claims, weigh_claims
 from huref.errors import FingerprintError, HurefError, ReportError
 from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
 from huref.invariants.calibration import BUILTIN_NULL, NullModel, format_log10_p, format_p
-from huref.invariants.compare import expert_summary
+from huref.invariants.compare import expert_summary, match_summary
 from huref.invariants.verdict import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ def gather(
         row.pop("b", None)
         if row.get("expert_origin"):  # a dense base against an MoE suspect, or the reverse
             row["expert_summary"] = expert_summary(row["expert_origin"])
+        if row.get("expert_matches"):  # an MoE base against an MoE suspect
+            row["match_summary"] = match_summary(row["expert_matches"])
         passive.append(row)
     comparable = [p for p in passive if p["comparable"]]
     dogs = _dogs(sfp, candidates, passive) if with_dogs else None
