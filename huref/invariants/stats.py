@@ -21,6 +21,7 @@ brings the counts back to the null (see docs/method.md, "The p-value and its cal
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,22 +133,32 @@ def _two_view_test(
     return m, n, k, log10_agreement_tail(k, m, n)
 
 
+Views = tuple[torch.Tensor, torch.Tensor]  # a layer's two neuron views on the shared tokens
+
+
+def _aligned_views(
+    ra: Responses, rb: Responses, pairs: list[tuple[int, int]]
+) -> Iterator[tuple[int, int, Views, Views]]:
+    """(layer of A, layer of B, A's two views, B's two views) on the probe tokens both hold, for
+    each aligned pair present in both response sets; nothing when fewer than 8 tokens are shared."""
+    ia, ib = shared_index(ra.token_strings, rb.token_strings)
+    if len(ia) < 8:
+        return
+    ta, tb = torch.tensor(ia), torch.tensor(ib)
+    pos_a = {ly: i for i, ly in enumerate(ra.layers)}
+    pos_b = {ly: i for i, ly in enumerate(rb.layers)}
+    for la, lb in pairs:
+        if la in pos_a and lb in pos_b:
+            a, b = pos_a[la], pos_b[lb]
+            yield la, lb, (ra.a[a][ta], ra.b[a][ta]), (rb.a[b][tb], rb.b[b][tb])  # [m_tokens, f]
+
+
 def neuron_test(
     ra: Responses, rb: Responses, pairs: list[tuple[int, int]], signed_b: bool
 ) -> list[LayerTest]:
     """One test per aligned layer pair present in both response sets."""
-    ia, ib = shared_index(ra.token_strings, rb.token_strings)
-    if len(ia) < 8:
-        return []
-    ta, tb = torch.tensor(ia), torch.tensor(ib)
     out = []
-    pos_a = {ly: i for i, ly in enumerate(ra.layers)}
-    pos_b = {ly: i for i, ly in enumerate(rb.layers)}
-    for la, lb in pairs:
-        if la not in pos_a or lb not in pos_b:
-            continue
-        a1, a2 = ra.a[pos_a[la]][ta], ra.b[pos_a[la]][ta]  # [m_tokens, fa]
-        b1, b2 = rb.a[pos_b[lb]][tb], rb.b[pos_b[lb]][tb]
+    for la, lb, (a1, a2), (b1, b2) in _aligned_views(ra, rb, pairs):
         m, n, k, log10_p = _two_view_test(a1, a2, b1, b2, signed_b)
         out.append(LayerTest(la, lb, m, n, k, log10_p))
     return out
@@ -172,22 +183,11 @@ def expert_origin(
     sparse layer) pair, the neuron-matching test between the dense FFN and each expert alone. An
     expert upcycled from that FFN (a copy, then trained) matches it far beyond chance; an expert
     trained from scratch does not. ``pairs`` are (dense layer, sparse layer)."""
-    ia, ib = shared_index(dense.token_strings, sparse.token_strings)
-    if len(ia) < 8:
-        return []
-    ta, tb = torch.tensor(ia), torch.tensor(ib)
-    pos_d = {ly: i for i, ly in enumerate(dense.layers)}
-    pos_s = {ly: i for i, ly in enumerate(sparse.layers)}
     out = []
-    for ld, ls in pairs:
-        if ld not in pos_d or ls not in pos_s or ld in dense.groups or ls not in sparse.groups:
+    for ld, ls, (d1, d2), (s1, s2) in _aligned_views(dense, sparse, pairs):
+        if ld in dense.groups or ls not in sparse.groups:
             continue
-        d1, d2 = dense.a[pos_d[ld]][ta], dense.b[pos_d[ld]][ta]
-        s1, s2 = sparse.a[pos_s[ls]][tb], sparse.b[pos_s[ls]][tb]
-        start = 0
-        for label, width in sparse.groups[ls]:
-            cols = slice(start, start + width)
-            start += width
+        for label, cols in _column_groups(sparse.groups[ls]):
             m, _, k, log10_p = _two_view_test(d1, d2, s1[:, cols], s2[:, cols], signed_b)
             out.append(ExpertTest(ld, ls, label, m, k, log10_p))
     return out
@@ -221,18 +221,10 @@ def expert_matching(
     against every expert of B with the neuron-matching test, and a linear assignment on the
     tests' log10 p picks the pairing (experts are interchangeable by construction: an adversary
     renumbers them with the router's rows, and this recovers the numbering)."""
-    ia, ib = shared_index(ra.token_strings, rb.token_strings)
-    if len(ia) < 8:
-        return []
-    ta, tb = torch.tensor(ia), torch.tensor(ib)
-    pos_a = {ly: i for i, ly in enumerate(ra.layers)}
-    pos_b = {ly: i for i, ly in enumerate(rb.layers)}
     out = []
-    for la, lb in pairs:
-        if la not in ra.groups or lb not in rb.groups or la not in pos_a or lb not in pos_b:
+    for la, lb, (a1, a2), (b1, b2) in _aligned_views(ra, rb, pairs):
+        if la not in ra.groups or lb not in rb.groups:
             continue
-        a1, a2 = ra.a[pos_a[la]][ta], ra.b[pos_a[la]][ta]
-        b1, b2 = rb.a[pos_b[lb]][tb], rb.b[pos_b[lb]][tb]
         ga, gb = _column_groups(ra.groups[la]), _column_groups(rb.groups[lb])
         tests = [
             [_two_view_test(a1[:, sa], a2[:, sa], b1[:, sb], b2[:, sb], signed_b) for _, sb in gb]
