@@ -158,9 +158,6 @@ def _route(m: Model, w: _Weights, xf: torch.Tensor) -> torch.Tensor:
     logits = xf @ w.f32("moe_router").t()
     if moe.router_logit_bias:
         logits.add_(w.f32("moe_router_bias"))  # permuted with the router rows: columns permute
-    plain = moe.scoring == "softmax" and moe.topk_method == "greedy" and not moe.router_bias
-    if plain and moe.routed_scale == 1.0:
-        return K.moe_route(logits, moe.top_k, moe.renormalise)
     return K.deepseek_route(
         logits,
         w.f32("moe_router_bias") if moe.router_bias else None,

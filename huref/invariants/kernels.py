@@ -153,12 +153,9 @@ def moe_route(logits: torch.Tensor, top_k: int, renormalise: bool) -> torch.Tens
     """Routing weights [n, E] of a sparse MoE layer: softmax over the router logits, the ``top_k``
     largest kept per row (the rest zero), renormalised to sum 1 when ``renormalise`` (Mixtral,
     Qwen3-MoE; Qwen2-MoE and OLMoE by their ``norm_topk_prob``). Permuting the experts together
-    with the router's rows permutes the columns, so any sum over experts is unchanged."""
-    p = torch.softmax(logits.to(torch.float32), dim=-1)
-    top, idx = torch.topk(p, top_k, dim=-1)
-    if renormalise:
-        top = top / top.sum(-1, keepdim=True)
-    return torch.zeros_like(p).scatter_(-1, idx, top)
+    with the router's rows permutes the columns, so any sum over experts is unchanged. The plain
+    case of ``deepseek_route``, which every routing goes through."""
+    return deepseek_route(logits, None, top_k, renormalise=renormalise)
 
 
 def moe_out(
@@ -317,8 +314,9 @@ def deepseek_route(
     renormalise: bool = False,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Routing weights [n, E] of a DeepSeek sparse layer from its router logits [n, E], as the
-    model computes them (huref.arch.spec.MoEConfig names the choices).
+    """Routing weights [n, E] of any sparse layer from its router logits [n, E], as the model
+    computes them, DeepSeek's choices included (huref.arch.spec.MoEConfig names them; the
+    defaults are plain softmax top-k, ``moe_route``).
 
     Scores are softmax (V2) or sigmoid (V3) of the logits. 'greedy' takes the ``top_k`` best
     scores; 'group_limited_greedy' (V2) first keeps the ``topk_group`` of the ``n_group``
