@@ -94,7 +94,14 @@ def contact_sheet(zoo_dir: Path | None, encoder: Path | None, out: Path, cell: i
 
 
 def zoo_table(zoo_dir: Path | None, encoder: Path | None) -> int:
-    from huref.encoder.evaluate import DERIVED_MIN, INDEPENDENT_MAX, UNDETECTABLE, failures, zoo_rows
+    from huref.encoder.evaluate import (
+        DERIVED_MIN,
+        INDEPENDENT_MAX,
+        KNOWN_NEAR_MISSES,
+        UNDETECTABLE,
+        failures,
+        zoo_rows,
+    )
     from huref.encoder.weights import load_encoder
     from huref.invariants import Settings, fingerprint_model
 
@@ -113,7 +120,11 @@ def zoo_table(zoo_dir: Path | None, encoder: Path | None) -> int:
             claim = f">= {DERIVED_MIN}"
         else:
             claim = "not claimed (undetectable by the dog)"
-        mark = "ok" if r.ok else "FAIL"
+        mark = (
+            "ok"
+            if r.ok
+            else "FAIL" + (" (known near miss)" if (r.root, r.model) in KNOWN_NEAR_MISSES else "")
+        )
         print(
             f"{r.model:40s} {r.relation:28s} {r.root:18s} {r.canonical_cos:7.3f} {r.z_cos:7.3f}  {claim} {mark}"
         )

@@ -30,6 +30,7 @@ AUDITED = (
     "llama-a-merge-ties",
     "llama-b",
     "stories260k-cpt",
+    "llama-a-upcycled",  # a Mixtral-style MoE upcycled from llama-a: the report names the experts
 )
 STAMPED = "llama-a-sft-stamped"
 OUTPUT_DIRS = ("registry", "fpvec", "suspects", "scan")  # replaced on every run

@@ -29,11 +29,20 @@ def _zoo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_zoo() -> Path:
-    """The tiny zoo, built once per machine (reused while its recipe matches) with stories260K."""
+    """The tiny zoo, built once per machine (reused while its recipe matches) with stories260K.
+
+    Test sessions running side by side share the cache: one builds it while the others wait on a
+    lock beside it (a second build would only repeat the first)."""
+    import fcntl
+
     from huref.zoo.build import build_zoo
 
     stories = STORIES if STORIES.is_file() else None
-    return build_zoo(_zoo_dir(), "tiny", stories=stories, workers=2)
+    dest = _zoo_dir()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_zoo(dest, "tiny", stories=stories, workers=2)
 
 
 @pytest.fixture(scope="session")

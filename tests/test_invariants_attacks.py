@@ -1,15 +1,16 @@
-"""Robust ICS >= 99.9 under every function-preserving attack, on a zoo base and on the real
-stories260K import; and paper mode breaks exactly where the analysis says it does."""
+"""Robust ICS >= 99.9 under every function-preserving attack, on a zoo base, on the real
+stories260K import and on the zoo's MoE base (its attacks reach into the experts and the router);
+and paper mode breaks exactly where the analysis says it does."""
 
 from __future__ import annotations
 
 import pytest
 
 from huref.invariants import compare_fingerprints
-from huref.zoo.attacks import ATTACKS
+from huref.zoo.attacks import ATTACKS, MOE_ATTACKS
 
 BASES = ("llama-a", "stories260k")
-CASES = [(b, k) for b in BASES for k in ATTACKS]
+CASES = [(b, k) for b in BASES for k in ATTACKS] + [("moe-a", k) for k in MOE_ATTACKS]
 
 # DESIGN.md §2: rescaled norm gains, sign flips (gated M_f) and gain-folded rotations change the
 # published terms; permutations, head/neuron mixing, global scaling and id changes do not. The
@@ -26,6 +27,9 @@ def test_robust_ics_survives_attack(base: str, kind: str, zoo_fingerprints: dict
     assert c.verdict == "derived"
     assert c.log10_p_value is not None and c.log10_p_value < -6
     assert [a for a, b, _ in c.layer_alignment] == [b for a, b, _ in c.layer_alignment]
+    if base == "moe-a":  # every expert paired with one of the original's, renumbered or not
+        assert len(c.expert_matches) == 4 * len(c.layer_alignment)
+        assert all(r["related"] for r in c.expert_matches), c.expert_matches
 
 
 @pytest.mark.parametrize("base,kind", CASES, ids=[f"{b}-{k}" for b, k in CASES])

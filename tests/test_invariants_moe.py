@@ -1,11 +1,12 @@
 """Sparse Mixture-of-Experts models: invariants through function-preserving attacks, upcycling.
 
-A Mixtral-style MoE is *upcycled* from the tiny zoo's dense llama-a (its attention, norms,
-embeddings and head copied; every expert a copy of llama-a's FFN, as Qwen1.5-MoE and many
-others were made; a fresh router) and trained briefly, so its experts diverge. Attacks an
-adversary can apply without changing the function are written here on its state dict, checked
-against transformers' logits, and must leave the robust invariants in place. A second MoE trained
-from its own random initialisation is the unrelated control.
+The tiny zoo's MoE section holds a Mixtral-style MoE *upcycled* from the dense llama-a (its
+attention, norms, embeddings and head copied; every expert a copy of llama-a's FFN, as
+Qwen1.5-MoE and many others were made; a fresh router) and trained like the zoo's SFT, so its
+experts diverge, and an MoE trained from its own random initialisation (moe-a), the unrelated
+control. Attacks an adversary can apply without changing the function are written here a second
+time, on transformers' in-memory state dict (the zoo's are role edits), checked against
+transformers' logits, and must leave the robust invariants in place.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jsonschema
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import MixtralConfig, MixtralForCausalLM
+from transformers import MixtralForCausalLM
 
 from huref.cli import main
 from huref.invariants import (
@@ -28,28 +29,9 @@ from huref.invariants import (
     load_fingerprint,
     save_fingerprint,
 )
-from huref.lm.train import train_lm
 
 N_EXPERTS, TOP_K = 4, 2
 ROBUST = Settings(modes=("robust",))
-
-
-def _config(dense: dict) -> MixtralConfig:
-    return MixtralConfig(
-        vocab_size=dense["vocab_size"],
-        hidden_size=dense["hidden_size"],
-        intermediate_size=dense["intermediate_size"],
-        num_hidden_layers=dense["num_hidden_layers"],
-        num_attention_heads=dense["num_attention_heads"],
-        num_key_value_heads=dense["num_key_value_heads"],
-        head_dim=dense["head_dim"],
-        max_position_embeddings=dense["max_position_embeddings"],
-        rms_norm_eps=dense["rms_norm_eps"],
-        num_local_experts=N_EXPERTS,
-        num_experts_per_tok=TOP_K,
-        tie_word_embeddings=False,
-        router_aux_loss_coef=0.0,
-    )
 
 
 def _save(model: MixtralForCausalLM, dst: Path, tokenizer_from: Path) -> Path:
@@ -61,50 +43,14 @@ def _save(model: MixtralForCausalLM, dst: Path, tokenizer_from: Path) -> Path:
 
 # In memory, transformers' Mixtral keeps each layer's experts stacked: mlp.gate.weight [E, d] (the
 # router), mlp.experts.gate_up_proj [E, 2F, d] (gate rows, then up rows) and mlp.experts.down_proj
-# [E, d, F]; save_pretrained writes them per expert (block_sparse_moe.experts.e.w1/w3/w2).
-
-
-def _upcycled(dense_dir: Path, seed: int) -> MixtralForCausalLM:
-    """llama-a's weights in a Mixtral: every expert a copy of its FFN, a small random router."""
-    dense = load_file(str(dense_dir / "model.safetensors"))
-    cfg = _config(json.loads((dense_dir / "config.json").read_text()))
-    torch.manual_seed(seed)
-    moe = MixtralForCausalLM(cfg)
-    out = {}
-    for name, t in moe.state_dict().items():
-        if name.endswith("mlp.gate.weight"):
-            out[name] = torch.randn(t.shape) * 0.02
-        elif name.endswith("mlp.experts.gate_up_proj"):
-            pre = name[: -len("experts.gate_up_proj")]
-            gate_up = torch.cat([dense[pre + "gate_proj.weight"], dense[pre + "up_proj.weight"]])
-            out[name] = gate_up.expand(N_EXPERTS, *gate_up.shape).clone()
-        elif name.endswith("mlp.experts.down_proj"):
-            down = dense[name[: -len("experts.down_proj")] + "down_proj.weight"]
-            out[name] = down.expand(N_EXPERTS, *down.shape).clone()
-        else:
-            out[name] = dense[name].clone()
-    moe.load_state_dict(out)
-    return moe
-
-
-def _train(model: MixtralForCausalLM, stream: torch.Tensor, steps: int, lr: float, seed: int) -> None:
-    train_lm(model, stream, steps, lr, seed, batch=8, seq=64)
-    model.eval()
+# [E, d, F]; save_pretrained writes them per expert (block_sparse_moe.experts.e.w1/w3/w2). The
+# attacks below are written on that in-memory layout, apart from the zoo's role-based ones.
 
 
 @pytest.fixture(scope="module")
-def moe_zoo(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("moe")
-    stream = load_file(str(tiny_zoo / "_data" / "streams.safetensors"))
-    base = tiny_zoo / "llama-a"
-    up = _upcycled(base, seed=1)
-    _train(up, stream["sft"], steps=40, lr=3e-4, seed=1)
-    made = {"upcycled": _save(up, root / "upcycled", base)}
-    torch.manual_seed(7)
-    scratch = MixtralForCausalLM(_config(json.loads((base / "config.json").read_text())))
-    _train(scratch, stream["pretrain"], steps=150, lr=3e-3, seed=7)
-    made["scratch"] = _save(scratch, root / "scratch", base)
-    return made
+def moe_zoo(tiny_zoo: Path) -> dict[str, Path]:
+    """The zoo's MoE section: llama-a upcycled and trained, and an MoE trained from scratch."""
+    return {"upcycled": tiny_zoo / "llama-a-upcycled", "scratch": tiny_zoo / "moe-a"}
 
 
 # ---------------------------------------------------------------- function-preserving attacks

@@ -149,7 +149,9 @@ def test_results_json_and_index_html_have_one_entry_per_model(full_scan: tuple, 
         assert m["verdict"] in VERDICTS and m["error"] is None
         assert m["best_base"] is None or m["best_base"] in registered
         assert m["report_path"] is None  # no audit reports were written
-    assert doc["null"]["source"].startswith("registry: 11 independent base pairs")
+    assert doc["null"]["source"].startswith(
+        "registry: 22 independent base pairs"
+    )  # the comparable pairs of 9 bases
     page = (out / "index.html").read_text()
     assert page.count("<td title=") == len(names)
 

@@ -6,6 +6,10 @@ to hide a model's origin. Conventions: Linear weights are [out, in]; the residua
 vector x, so a read-in weight W sees x @ W.T. Transforming the stream x -> x Q (Q invertible)
 therefore maps read-in weights W -> W Q^-T ... here every Q used is orthogonal or diagonal, and
 the formulas are written out per attack.
+
+Sparse (MoE) layers are edited with the same formulas: the router, every routed expert and the
+shared expert read the FFN norm's output like a dense FFN's gate and up do, and the experts'
+down projections write into the stream; ``expert_permutation`` renumbers experts with the router.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ from typing import Any
 
 import torch
 
-from huref.zoo.rolestate import RoleState
+from huref.zoo.rolestate import ExpertKey, Key, RoleState
 
-READ_ROLES = ("attn_q", "attn_k", "attn_v", "mlp_gate", "mlp_up")  # read the residual stream
-WRITE_ROLES = ("attn_o", "mlp_down")  # write into the residual stream
-NORM_READERS = {"attn_norm": ("attn_q", "attn_k", "attn_v"), "mlp_norm": ("mlp_gate", "mlp_up")}
+FFN_READERS: tuple[str, ...] = ("mlp_gate", "mlp_up", "moe_router", "expert_gate", "expert_up")
+FFN_READERS += ("shared_gate", "shared_up", "shared_expert_gate")
+NORM_READERS = {"attn_norm": ("attn_q", "attn_k", "attn_v"), "mlp_norm": FFN_READERS}
+READ_ROLES = NORM_READERS["attn_norm"] + FFN_READERS  # read the residual stream
+WRITE_ROLES = ("attn_o", "mlp_down", "shared_down", "expert_down")  # write into the residual stream
+# the FFNs of a layer, as (gate, up, down): SwiGLU's hidden units can be permuted and rescaled
+FFN_UNITS = (("mlp_gate", "mlp_up", "mlp_down"), ("shared_gate", "shared_up", "shared_down"))
+EXPERT_UNIT = ("expert_gate", "expert_up", "expert_down")
 
 
 @dataclass
@@ -35,6 +44,22 @@ def _layers(s: RoleState) -> range:
     return range(s.n_layers)
 
 
+def _keys(s: RoleState, layer: int, roles: tuple[str, ...]) -> list[Key | ExpertKey]:
+    """The keys of ``roles`` present in ``layer``: layer roles, then every expert's."""
+    out: list[Key | ExpertKey] = [(r, layer) for r in roles if s.has(r, layer)]
+    out += sorted(k for k in s.experts if k[1] == layer and k[0] in roles)
+    return out
+
+
+def _ffn_units(s: RoleState, layer: int) -> list[tuple[Key | ExpertKey, ...]]:
+    """(gate, up, down) keys of each FFN in ``layer``: the dense or shared one, every expert."""
+    units: list[tuple[Key | ExpertKey, ...]] = [
+        tuple((r, layer) for r in unit) for unit in FFN_UNITS if s.has(unit[1], layer)
+    ]
+    units += [tuple((r, layer, e) for r in EXPERT_UNIT) for e in range(s.n_experts(layer))]
+    return units
+
+
 def _stream_linear(s: RoleState, q: torch.Tensor) -> None:
     """Residual stream x -> x @ q with q orthogonal (permutation, signed permutation, rotation).
 
@@ -45,10 +70,10 @@ def _stream_linear(s: RoleState, q: torch.Tensor) -> None:
     s.set("embed", None, s.get("embed") @ q)
     s.set("lm_head", None, s.get("lm_head") @ q)
     for layer in _layers(s):
-        for r in READ_ROLES:
-            s.set(r, layer, s.get(r, layer) @ q)
-        for r in WRITE_ROLES:
-            s.set(r, layer, q.t() @ s.get(r, layer))
+        for k in _keys(s, layer, READ_ROLES):
+            s.put(k, s.at(k) @ q)
+        for k in _keys(s, layer, WRITE_ROLES):
+            s.put(k, q.t() @ s.at(k))
 
 
 def _fold_gains(s: RoleState) -> None:
@@ -56,8 +81,8 @@ def _fold_gains(s: RoleState) -> None:
     for layer in _layers(s):
         for norm, readers in NORM_READERS.items():
             g = s.get(norm, layer)
-            for r in readers:
-                s.set(r, layer, s.get(r, layer) * g)  # scales input columns
+            for k in _keys(s, layer, readers):
+                s.put(k, s.at(k) * g)  # scales input columns
             s.set(norm, layer, torch.ones_like(g))
     g = s.get("final_norm")
     s.set("lm_head", None, s.get("lm_head") * g)
@@ -100,8 +125,8 @@ def norm_gain_rescaling(s: RoleState, g: torch.Generator, spread: float = 0.7) -
         for norm, readers in NORM_READERS.items():
             c = torch.exp(torch.randn(d, generator=g) * spread)
             s.set(norm, layer, s.get(norm, layer) * c)
-            for r in readers:
-                s.set(r, layer, s.get(r, layer) / c)
+            for k in _keys(s, layer, readers):
+                s.put(k, s.at(k) / c)
     c = torch.exp(torch.randn(d, generator=g) * spread)
     s.set("final_norm", None, s.get("final_norm") * c)
     s.set("lm_head", None, s.get("lm_head") / c)
@@ -170,22 +195,40 @@ def vo_mixing(s: RoleState, g: torch.Generator) -> AttackResult:
 
 
 def ffn_permutation(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Hidden units of every FFN reordered (each expert with its own permutation)."""
     for layer in _layers(s):
-        f = s.get("mlp_up", layer).shape[0]
-        p = torch.randperm(f, generator=g)
-        s.set("mlp_gate", layer, s.get("mlp_gate", layer)[p])
-        s.set("mlp_up", layer, s.get("mlp_up", layer)[p])
-        s.set("mlp_down", layer, s.get("mlp_down", layer)[:, p])
+        for gate, up, down in _ffn_units(s, layer):
+            p = torch.randperm(s.at(up).shape[0], generator=g)
+            s.put(gate, s.at(gate)[p])
+            s.put(up, s.at(up)[p])
+            s.put(down, s.at(down)[:, p])
     return AttackResult(s)
 
 
 def updown_rescaling(s: RoleState, g: torch.Generator) -> AttackResult:
-    """SwiGLU is linear in the up branch: up row j * c_j, down column j / c_j."""
+    """SwiGLU is linear in the up branch: up row j * c_j, down column j / c_j (every FFN)."""
     for layer in _layers(s):
-        f = s.get("mlp_up", layer).shape[0]
-        c = torch.exp(torch.randn(f, generator=g))
-        s.set("mlp_up", layer, s.get("mlp_up", layer) * c[:, None])
-        s.set("mlp_down", layer, s.get("mlp_down", layer) / c[None, :])
+        for _, up, down in _ffn_units(s, layer):
+            c = torch.exp(torch.randn(s.at(up).shape[0], generator=g))
+            s.put(up, s.at(up) * c[:, None])
+            s.put(down, s.at(down) / c[None, :])
+    return AttackResult(s)
+
+
+def expert_permutation(s: RoleState, g: torch.Generator) -> AttackResult:
+    """Each sparse layer's experts renumbered, the router's rows (and its selection bias) with
+    them: every token still reaches the same experts with the same weights."""
+    for layer in _layers(s):
+        n = s.n_experts(layer)
+        if n == 0:
+            continue
+        p = torch.randperm(n, generator=g)  # new expert i is old expert p[i]
+        old = {k: t for k, t in s.experts.items() if k[1] == layer}
+        for (role, _, e), t in old.items():
+            s.set_expert(role, layer, int(torch.nonzero(p == e)), t)
+        for r in ("moe_router", "moe_router_bias"):
+            if s.has(r, layer):
+                s.set(r, layer, s.get(r, layer)[p])
     return AttackResult(s)
 
 
@@ -195,8 +238,8 @@ def global_scaling(s: RoleState, g: torch.Generator) -> AttackResult:
     s.untie()
     s.set("embed", None, s.get("embed") * c)
     for layer in _layers(s):
-        for r in WRITE_ROLES:
-            s.set(r, layer, s.get(r, layer) * c)
+        for k in _keys(s, layer, WRITE_ROLES):
+            s.put(k, s.at(k) * c)
     s.config["rms_norm_eps"] = float(s.config.get("rms_norm_eps", 1e-6)) * c * c
     return AttackResult(s)
 
@@ -280,5 +323,14 @@ ATTACKS: dict[str, Attack] = {
     "global-scale": global_scaling,
     "vocab-perm": vocab_permutation,
     "vocab-expand": vocab_expansion,
+    "disguise": disguise,
+}
+# attacks the zoo applies to its MoE base: those that reach into sparse layers, and the chain
+MOE_ATTACKS: dict[str, Attack] = {
+    "expert-perm": expert_permutation,
+    "ffn-perm": ffn_permutation,
+    "norm-gain": norm_gain_rescaling,
+    "residual-rotation": residual_rotation,
+    "updown-scale": updown_rescaling,
     "disguise": disguise,
 }

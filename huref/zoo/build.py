@@ -320,21 +320,63 @@ def _attacked(ctx: Ctx, src: str, out: str, kind: str, fn: attacks.Attack, seed:
     return err
 
 
-def job_attacks(ctx: Ctx, base: str) -> list[dict]:
+def job_attacks(ctx: Ctx, base: str, arch: str = "llama") -> list[dict]:
+    table = attacks.MOE_ATTACKS if arch == "mixtral" else attacks.ATTACKS
     out = []
-    for i, (kind, fn) in enumerate(attacks.ATTACKS.items()):
+    for i, (kind, fn) in enumerate(table.items()):
         name = f"{base}-attack-{kind}"
         err = _attacked(ctx, base, name, kind, fn, 1000 + i)
-        out.append(_entry(name, "llama", base, f"attack-{kind}", base, logits_relative_error=err))
+        out.append(_entry(name, arch, base, f"attack-{kind}", base, logits_relative_error=err))
     return out
 
 
-def job_disguised(ctx: Ctx, name: str, root: str, seed: int) -> list[dict]:
+def job_disguised(ctx: Ctx, name: str, root: str, seed: int, arch: str = "llama") -> list[dict]:
     """A trained derivative passed through the composite disguise: fine-tune, then hide."""
     out = f"{name}-disguised"
     err = _attacked(ctx, name, out, "disguise", attacks.disguise, seed)
     relation = name.rsplit("-", 1)[1] + "+disguise"
-    return [_entry(out, "llama", name, relation, root, logits_relative_error=err)]
+    return [_entry(out, arch, name, relation, root, logits_relative_error=err)]
+
+
+# ------------------------------------------------------------------ the MoE section
+def job_moe_derivs(ctx: Ctx) -> list[dict]:
+    """An SFT of the MoE base, and an MoE upcycled from the dense llama-a then trained."""
+    p, s = ctx.preset, _streams(ctx)
+    sft = _train_derivative(
+        ctx, "moe-a", "moe-a-sft", s["sft"], p.sft_steps, p.sft_lr, 51, "sft", "mixtral", "moe-a"
+    )
+    return [sft, _upcycled(ctx, "llama-a", "llama-a-upcycled", seed=52)]
+
+
+def _upcycled(ctx: Ctx, dense: str, name: str, seed: int) -> dict:
+    """Sparse upcycling (every expert a copy of the dense FFN, a fresh router), proved to keep
+    the dense model's function, then trained with the SFT recipe so the experts diverge."""
+    p, s = ctx.preset, _streams(ctx)
+    init, raw = ctx.root / "_data" / f"{name}-init", ctx.root / "_data" / f"{name}-raw"
+    save_hf(new_model("mixtral", p, p.vocab, seed), init, None)
+    g = torch.Generator().manual_seed(seed)
+    st = derive.upcycle(RoleState.load(ctx.root / dense), RoleState.load(init), g)
+    st.save(raw, tokenizer_from=ctx.root / dense)
+    err = same_function_error(ctx.root / dense, raw)
+    if not err < ATTACK_TOLERANCE:
+        raise RuntimeError(f"upcycling {dense} changed its function (relative error {err:.2e})")
+    model = load_hf(raw)
+    losses = train_lm(model, s["sft"], p.sft_steps, p.sft_lr, seed + 1, p.batch, p.seq)
+    save_hf(model, ctx.root / name, ctx.root / dense)
+    shutil.rmtree(init)
+    shutil.rmtree(raw)
+    return _entry(
+        name,
+        "mixtral",
+        dense,
+        "upcycle",
+        dense,
+        experts=p.moe_experts,
+        top_k=p.moe_top_k,
+        lr=p.sft_lr,
+        upcycled_logits_relative_error=err,
+        **_loss_notes(losses),
+    )
 
 
 def job_merges(ctx: Ctx) -> list[dict]:
@@ -430,6 +472,8 @@ def build_zoo(
             ],
             (job_base, (ctx, "gpt2", "gpt2-a", 4)),
             (job_base, (ctx, "gpt_neox", "neox-a", 5)),
+            (job_base, (ctx, "mixtral", "moe-a", 6)),
+            (job_base, (ctx, "mixtral", "moe-b", 7)),
         ]
         if stories:
             phase1.insert(1, (job_stories, (ctx,)))
@@ -439,6 +483,8 @@ def build_zoo(
             (job_gpt2_derivs, (ctx,)),
             (job_llama_structural, (ctx,)),
             *[(job_attacks, (ctx, b)) for b in p.attacks_on if b != "stories260k" or stories],
+            (job_moe_derivs, (ctx,)),
+            (job_attacks, (ctx, "moe-a", "mixtral")),
         ]
         if stories:
             phase2.insert(1, (job_stories_derivs, (ctx,)))
@@ -450,6 +496,7 @@ def build_zoo(
             [
                 (job_merges, (ctx,)),
                 *[(job_disguised, (ctx, n, r, 2000 + i)) for i, (n, r) in enumerate(disguised)],
+                (job_disguised, (ctx, "moe-a-sft", "moe-a", 2100, "mixtral")),
             ],
             workers,
         )

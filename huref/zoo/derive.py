@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from huref.checkpoint import open_checkpoint
+from huref.errors import ArchitectureError
 from huref.zoo.rolestate import RoleState
 
 LINEAR_LAYER_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down")
@@ -18,11 +19,11 @@ LINEAR_LAYER_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_u
 
 def quantize_int8(s: RoleState) -> RoleState:
     """Symmetric per-output-row int8 quantize-dequantize of every matrix (embeddings included)."""
-    for key, t in list(s.tensors.items()):
+    for key, t in s.all_tensors().items():
         if t.dim() != 2:
             continue
         scale = t.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        s.tensors[key] = (torch.round(t / scale).clamp(-127, 127) * scale).contiguous()
+        s.put(key, torch.round(t / scale).clamp(-127, 127) * scale)
     return s
 
 
@@ -51,6 +52,8 @@ def prune_width(s: RoleState, ffn_frac: float = 0.25, drop_kv_groups: int = 1, d
 
     Units with the smallest weight norms go first, as in magnitude-based structured pruning.
     """
+    if s.experts:
+        raise ArchitectureError(f"{s.source}: width pruning is written for dense models only")
     cfg = s.config
     H = cfg["num_attention_heads"]
     K = cfg.get("num_key_value_heads") or H
@@ -100,18 +103,20 @@ def prune_width(s: RoleState, ffn_frac: float = 0.25, drop_kv_groups: int = 1, d
 
 
 def merge_linear(a: RoleState, b: RoleState, w: float = 0.5) -> RoleState:
-    for key in a.tensors:
-        a.tensors[key] = w * a.tensors[key] + (1 - w) * b.tensors[key]
+    other = b.all_tensors()
+    for key, t in a.all_tensors().items():
+        a.put(key, w * t + (1 - w) * other[key])
     return a
 
 
 def merge_ties(base: RoleState, models: list[RoleState], density: float = 0.2, lam: float = 1.0) -> RoleState:
     """TIES-merging (Yadav et al. 2023): trim each task vector to its top-|density| entries,
     elect a sign per entry by summed mass, average the entries that agree with it."""
-    for key, b in base.tensors.items():
+    others = [m.all_tensors() for m in models]
+    for key, b in base.all_tensors().items():
         taus = []
-        for m in models:
-            tau = m.tensors[key] - b
+        for m in others:
+            tau = m[key] - b
             if tau.numel() > 1:
                 k = max(1, int(tau.numel() * density))
                 thresh = tau.abs().flatten().topk(k).values[-1]
@@ -121,7 +126,7 @@ def merge_ties(base: RoleState, models: list[RoleState], density: float = 0.2, l
         sign = torch.sign(stack.sum(0))
         agree = (torch.sign(stack) == sign) & (stack != 0)
         merged = (stack * agree).sum(0) / agree.sum(0).clamp_min(1)
-        base.tensors[key] = b + lam * merged
+        base.put(key, b + lam * merged)
     return base
 
 
@@ -137,3 +142,29 @@ def relative_change(a: Path, b: Path) -> float:
         num += float((u - t).pow(2).sum())
         den += float(t.pow(2).sum())
     return (num / max(den, 1e-30)) ** 0.5
+
+
+# a dense FFN role -> the expert role that receives a copy of it
+UPCYCLE_ROLES = {"expert_gate": "mlp_gate", "expert_up": "mlp_up", "expert_down": "mlp_down"}
+
+
+def upcycle(dense: RoleState, moe: RoleState, g: torch.Generator, router_std: float = 0.02) -> RoleState:
+    """Sparse upcycling (Komatsuzaki et al. 2023, as Qwen1.5-MoE and others were made): ``moe``
+    (a freshly initialised MoE of the dense model's shape) takes the dense model's attention,
+    norms, embeddings and head, every expert a copy of its layer's FFN, and a small random router.
+    With identical experts and weights renormalised over the chosen ones, it computes the dense
+    model's function until it is trained. The settings that shape attention and the norms
+    (RoPE, norm epsilon) are taken from the dense model's config too."""
+    for key in ("rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling", "head_dim"):
+        if key in dense.config:
+            moe.config[key] = dense.config[key]
+    for (role, layer), t in list(moe.tensors.items()):
+        if role == "moe_router":
+            moe.set(role, layer, torch.randn(t.shape, generator=g) * router_std)
+        elif not dense.has(role, layer) or dense.get(role, layer).shape != t.shape:
+            raise ArchitectureError(f"{dense.source}: no {role} of shape {tuple(t.shape)} to upcycle from")
+        else:
+            moe.set(role, layer, dense.get(role, layer).clone())
+    for role, layer, e in list(moe.experts):
+        moe.set_expert(role, layer, e, dense.get(UPCYCLE_ROLES[role], layer).clone())
+    return moe

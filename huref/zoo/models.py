@@ -13,7 +13,19 @@ from huref.checkpoint.atomic import atomic_dir
 from huref.zoo.presets import Preset
 from huref.zoo.rolestate import TOKENIZER_FILES
 
-ARCH_CLASSES = {"llama": T.LlamaForCausalLM, "gpt2": T.GPT2LMHeadModel, "gpt_neox": T.GPTNeoXForCausalLM}
+ARCH_CLASSES = {
+    "llama": T.LlamaForCausalLM,
+    "gpt2": T.GPT2LMHeadModel,
+    "gpt_neox": T.GPTNeoXForCausalLM,
+    "mixtral": T.MixtralForCausalLM,
+}
+
+
+class LlamaDefaults:
+    """transformers' LlamaConfig defaults that Mixtral's differ from (1e-5 and 1e6 there)."""
+
+    rms_norm_eps = 1e-6
+    rope_theta = 10000.0
 
 
 def new_model(arch: str, p: Preset, vocab: int, seed: int) -> Any:
@@ -30,6 +42,22 @@ def new_model(arch: str, p: Preset, vocab: int, seed: int) -> Any:
             vocab_size=vocab,
             max_position_embeddings=256,
             tie_word_embeddings=False,
+            **ids,
+        )
+    elif arch == "mixtral":  # the llama shape with every FFN a sparse layer of experts as wide as d_ff
+        cfg = T.MixtralConfig(
+            hidden_size=p.d_model,
+            intermediate_size=p.d_ff,
+            num_hidden_layers=p.n_layers,
+            num_attention_heads=p.n_heads,
+            num_key_value_heads=p.n_kv_heads,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            num_local_experts=p.moe_experts,
+            num_experts_per_tok=p.moe_top_k,
+            rms_norm_eps=LlamaDefaults.rms_norm_eps,  # as the dense llama models, so upcycling is exact
+            rope_parameters={"rope_theta": LlamaDefaults.rope_theta, "rope_type": "default"},
             **ids,
         )
     elif arch == "gpt2":

@@ -28,6 +28,8 @@ class Preset:
     seq: int = 64
     independent_bases: int = 3
     attacks_on: tuple[str, ...] = ("llama-a", "stories260k")
+    moe_experts: int = 4  # the MoE section: Mixtral-style, each expert as wide as d_ff
+    moe_top_k: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from huref.checkpoint.writer import TensorPlan, write_checkpoint
 from huref.errors import ArchitectureError
 
 Key = tuple[str, int | None]
+ExpertKey = tuple[str, int, int]  # (role, layer, expert) of a sparse layer's routed expert
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -30,21 +31,27 @@ TOKENIZER_FILES = (
 
 @dataclass
 class RoleState:
-    """All role tensors of one model (float32), its HF config, and where they are named."""
+    """All role tensors of one model (float32), its HF config, and where they are named.
+
+    A sparse (MoE) layer's routed experts are held apart from the other roles, by (role, layer,
+    expert), in ``experts``; its router, shared expert and norms are ordinary layer roles."""
 
     tensors: dict[Key, torch.Tensor]
     config: dict[str, Any]
     names: dict[Key, str]
     source: Path
     lm_head_name: str
-    layer_template: dict[str, str] = field(default_factory=dict)  # role -> template with {L}
+    layer_template: dict[str, str] = field(default_factory=dict)  # role -> template with {L} (and {E})
     n_layers: int = 0
+    experts: dict[ExpertKey, torch.Tensor] = field(default_factory=dict)
+    expert_names: dict[ExpertKey, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> RoleState:
         m = load_model(path)
-        if any(len(b.rule.roles) > 1 for b in m._bind.values()):
-            raise ArchitectureError(f"{path}: role editing supports non-fused families only")
+        bindings = [*m._bind.values(), *m._experts.values()]
+        if any(len(b.rule.roles) > 1 or b.rule.expert_stack for b in bindings):
+            raise ArchitectureError(f"{path}: role editing supports non-fused, per-expert families only")
         tensors: dict[Key, torch.Tensor] = {}
         names: dict[Key, str] = {}
         templates: dict[str, str] = {}
@@ -53,9 +60,23 @@ class RoleState:
             names[(role, layer)] = b.name
             if layer is not None:
                 templates[role] = m.prefix + b.rule.template
+        experts: dict[ExpertKey, torch.Tensor] = {}
+        expert_names: dict[ExpertKey, str] = {}
+        for (role, layer, e), b in m._experts.items():
+            experts[(role, layer, e)] = m.expert_tensor(role, layer, e).clone()
+            expert_names[(role, layer, e)] = b.name
+            templates[role] = m.prefix + b.rule.template
         lm_rule = next(r for r in m.spec.outside_prefix if "lm_head" in r.roles)
         return cls(
-            tensors, dict(m.ckpt.config), names, Path(path), lm_rule.template, templates, m.cfg.n_layers
+            tensors,
+            dict(m.ckpt.config),
+            names,
+            Path(path),
+            lm_rule.template,
+            templates,
+            m.cfg.n_layers,
+            experts,
+            expert_names,
         )
 
     def model(self) -> Model:
@@ -69,6 +90,34 @@ class RoleState:
 
     def set(self, role: str, layer: int | None, t: torch.Tensor) -> None:
         self.tensors[(role, layer)] = t.contiguous()
+
+    def n_experts(self, layer: int) -> int:
+        """Routed experts in ``layer`` (0: a dense layer)."""
+        return len({e for (r, at, e) in self.experts if at == layer and r == "expert_up"})
+
+    def expert(self, role: str, layer: int, e: int) -> torch.Tensor:
+        return self.experts[(role, layer, e)]
+
+    def set_expert(self, role: str, layer: int, e: int, t: torch.Tensor) -> None:
+        self.experts[(role, layer, e)] = t.contiguous()
+
+    def all_tensors(self) -> dict[Key | ExpertKey, torch.Tensor]:
+        """Every tensor by its key (layer roles and experts alike): for edits that treat all the
+        same (quantization, merges)."""
+        out: dict[Key | ExpertKey, torch.Tensor] = {k: t for k, t in self.tensors.items()}
+        out.update({k: t for k, t in self.experts.items()})
+        return out
+
+    def at(self, key: Key | ExpertKey) -> torch.Tensor:
+        """The tensor under a key from ``all_tensors``."""
+        return self.experts[key] if len(key) == 3 else self.tensors[key]  # type: ignore[index]
+
+    def put(self, key: Key | ExpertKey, t: torch.Tensor) -> None:
+        """Replace the tensor under a key from ``all_tensors``."""
+        if len(key) == 3:
+            self.experts[key] = t.contiguous()  # type: ignore[index]
+        else:
+            self.tensors[key] = t.contiguous()  # type: ignore[index]
 
     def untie(self) -> None:
         """Give the output classifier its own tensor (needed before transforms that split them)."""
@@ -89,7 +138,17 @@ class RoleState:
                 j = keep.index(layer)
                 new[(role, j)] = t
                 names[(role, j)] = self.layer_template[role].replace("{L}", str(j))
+        experts: dict[ExpertKey, torch.Tensor] = {}
+        expert_names: dict[ExpertKey, str] = {}
+        for (role, layer, e), t in self.experts.items():
+            if layer in keep:
+                j = keep.index(layer)
+                experts[(role, j, e)] = t
+                expert_names[(role, j, e)] = (
+                    self.layer_template[role].replace("{L}", str(j)).replace("{E}", str(e))
+                )
         self.tensors, self.names = new, names
+        self.experts, self.expert_names = experts, expert_names
         self.n_layers = len(keep)
         self.config["num_hidden_layers"] = len(keep)
         for key in ("layer_types",):  # per-layer lists in newer configs follow the kept layers
@@ -103,8 +162,9 @@ class RoleState:
         tokenizer_json: dict | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Path:
-        plan = [TensorPlan(self.names[k], tuple(t.shape), dtype) for k, t in self.tensors.items()]
         by_name = {self.names[k]: t for k, t in self.tensors.items()}
+        by_name.update({self.expert_names[k]: t for k, t in self.experts.items()})
+        plan = [TensorPlan(name, tuple(t.shape), dtype) for name, t in by_name.items()]
         extra: dict[str, bytes] = {}
         src_tok = tokenizer_from or self.source
         for f in TOKENIZER_FILES:
