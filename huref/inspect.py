@@ -81,7 +81,11 @@ def inspect_checkpoint(
             "positions": cfg.positions,
             "qkv_layout": cfg.qkv_layout,
             "moe": m.moe_summary(),  # None for a dense model
+            # multi-token-prediction blocks stored after the main layers (DeepSeek-V3): claimed,
+            # not part of the next-token function, read by no invariant
+            "mtp_layers": m.mtp_layers,
         },
+        "mtp_tensors": len(m.mtp_tensors),
         "roles": {"global": glob, "layer_0": layer0},
         "tensors": len(src.names()),
         "dtypes": dict(dtypes),

@@ -180,7 +180,7 @@ def test_gguf_names_are_read_from_the_family_table() -> None:
     from huref.arch.families import gguf_archs
 
     archs = gguf_archs()
-    assert list(archs) == ["llama", "qwen2"]
+    assert list(archs) == ["llama", "qwen2", "qwen2moe", "qwen3moe"]
     spec = ARCHITECTURES.get("llama")
     assert all(s is spec for s, _ in archs.values())
     assert archs["llama"][1].rotary_interleaved and not archs["qwen2"][1].rotary_interleaved
@@ -203,7 +203,7 @@ def test_arch_ls_lists_every_family(capsys: pytest.CaptureFixture[str]) -> None:
         assert {"embed", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down"} <= set(
             rows[name]["roles"]
         )
-    assert rows["llama"]["gguf"] == ["llama", "qwen2"] and rows["gpt2"]["gguf"] == []
+    assert rows["llama"]["gguf"] == ["llama", "qwen2", "qwen2moe", "qwen3moe"] and rows["gpt2"]["gguf"] == []
     assert main(["arch", "ls"]) == 0
     out = capsys.readouterr().out
     for name, spec in ARCHITECTURES.items():

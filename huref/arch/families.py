@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from huref.arch.keys import ConfigKeys, Derived, Ref, Values, count, describe, flag, four_widths, real, text
-from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MLAConfig, MoEConfig, Rule
+from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MLAConfig, MoEConfig, MTPRules, Rule
 from huref.errors import ArchitectureError
 from huref.paths import shown
 from huref.plugins import Registry
@@ -86,6 +86,7 @@ _LLAMA_KEYS: dict[str, Any] = {
     "mla": None,  # an MLAConfig for Multi-head Latent Attention (DeepSeek-V2/V3)
     "mla_bias": False,  # MLA's q_a and kv_a projections carry biases (attention_bias)
     "attn_sinks": False,  # a learned per-head sink logit in each attention softmax (GPT-OSS)
+    "mtp_layers": 0,  # multi-token-prediction blocks after the main layers (DeepSeek-V3)
 }
 _LLAMA_EXTRA = (
     "qkv_bias",
@@ -98,6 +99,7 @@ _LLAMA_EXTRA = (
     "moe_names",
     "mla_bias",
     "attn_sinks",
+    "mtp_layers",
 )
 _GEMMA: dict[str, Any] = {
     "embed_scale": Derived(_sqrt_width),
@@ -289,7 +291,12 @@ _MOE_OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen3_moe": {"qk_norm": True, "moe_names": "mlp", "moe": Derived(_qwen3_moe)},
     "olmoe": {"qk_norm_wide": True, "moe_names": "mlp", "moe": Derived(_olmoe_moe)},
     "deepseek_v2": {**_DEEPSEEK, "moe": Derived(_deepseek_v2_moe)},
-    "deepseek_v3": {**_DEEPSEEK, "mlp_bias": False, "moe": Derived(_deepseek_v3_moe)},
+    "deepseek_v3": {
+        **_DEEPSEEK,
+        "mlp_bias": False,
+        "moe": Derived(_deepseek_v3_moe),
+        "mtp_layers": count("num_nextn_predict_layers", default=0, low=0),
+    },
     "gpt_oss": _GPT_OSS,
 }
 _LLAMA_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -486,11 +493,37 @@ _MOE_RULES = (
     ),
 )
 _LLAMA_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+# DeepSeek-V3's multi-token-prediction block (the release's weight documentation): layer
+# n_layers + k holds a decoder layer like the last main one, two RMSNorms of the previous hidden
+# state (hnorm) and of the next token's embedding (enorm), eh_proj [d, 2d] joining the two, and
+# its own copies of the embedding and of the output head with its norm (shared_head)
+_DEEPSEEK_MTP = MTPRules(
+    count="mtp_layers",
+    tensors=(
+        ("layers.{L}.enorm.weight", ("d",)),
+        ("layers.{L}.hnorm.weight", ("d",)),
+        ("layers.{L}.eh_proj.weight", ("d", "2d")),
+        ("layers.{L}.embed_tokens.weight", ("V", "d")),
+        ("layers.{L}.shared_head.norm.weight", ("d",)),
+        ("layers.{L}.shared_head.head.weight", ("V", "d")),
+    ),
+)
 # llama.cpp's names (gguf-py's tensor mapping) for the tensors of this family that GGUF holds
 _LLAMA_GGUF = GGUFNames(
     archs=(
-        GGUFArch("llama", "llama", "LlamaForCausalLM", rotary_interleaved=True),
+        GGUFArch(
+            "llama",
+            "llama",
+            "LlamaForCausalLM",
+            rotary_interleaved=True,
+            moe_model_type="mixtral",  # llama.cpp writes Mixtral as llama with an expert_count
+            moe_hf_class="MixtralForCausalLM",
+        ),
         GGUFArch("qwen2", "qwen2", "Qwen2ForCausalLM", rotary_interleaved=False),
+        GGUFArch("qwen2moe", "qwen2_moe", "Qwen2MoeForCausalLM", rotary_interleaved=False),
+        GGUFArch(
+            "qwen3moe", "qwen3_moe", "Qwen3MoeForCausalLM", rotary_interleaved=False, moe_renormalise=True
+        ),
     ),
     tensors={
         "token_embd.weight": "embed",
@@ -508,6 +541,18 @@ _LLAMA_GGUF = GGUFNames(
         "blk.{L}.ffn_gate.weight": "mlp_gate",
         "blk.{L}.ffn_up.weight": "mlp_up",
         "blk.{L}.ffn_down.weight": "mlp_down",
+        "blk.{L}.attn_q_norm.weight": "attn_q_norm",  # Qwen3-MoE: per-head q/k norms
+        "blk.{L}.attn_k_norm.weight": "attn_k_norm",
+        # sparse MoE layers: the router, every expert of the layer in one stack ([E, F, d] for
+        # gate and up, [E, d, F] for down, in numpy order), Qwen2-MoE's shared expert and its gate
+        "blk.{L}.ffn_gate_inp.weight": "moe_router",
+        "blk.{L}.ffn_gate_exps.weight": "expert_gate",
+        "blk.{L}.ffn_up_exps.weight": "expert_up",
+        "blk.{L}.ffn_down_exps.weight": "expert_down",
+        "blk.{L}.ffn_gate_shexp.weight": "shared_gate",
+        "blk.{L}.ffn_up_shexp.weight": "shared_up",
+        "blk.{L}.ffn_down_shexp.weight": "shared_down",
+        "blk.{L}.ffn_gate_inp_shexp.weight": "shared_expert_gate",  # [d] or [1, d]
     },
     ignored=("rope_freqs.weight",),  # llama.cpp's rotary frequency table: a buffer
 )
@@ -528,6 +573,7 @@ ARCHITECTURES.add(
         keys=ConfigKeys(_LLAMA_KEYS, _LLAMA_EXTRA, _LLAMA_OVERRIDES),
         gguf=_LLAMA_GGUF,
         buffers=_LLAMA_BUFFERS,
+        mtp=_DEEPSEEK_MTP,
         notes="Gemma multiplies norm weights as (1 + w) and scales embeddings by sqrt(d). "
         "Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and GPT-OSS replace some or all MLPs by sparse MoE "
         "blocks; DeepSeek's Multi-head Latent Attention replaces q/k/v by low-rank latent projections.",

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from huref.arch.families import spec_for
+from huref.arch.mtp import MTPTensor, bind_mtp
 from huref.arch.spec import EXPERT_ROLES, ArchConfig, ArchSpec, Rule
 from huref.checkpoint import Checkpoint, open_checkpoint
 from huref.checkpoint.source import DTYPES, all_finite, empty_tensor
@@ -212,6 +213,17 @@ class Model:
                     self._bind_one(name, rule, layer, expert, n_experts)
                     if rule.expert_stack and layer is not None:
                         stacked.update((r, layer) for r in rule.roles)
+        where = f"{shown(ckpt.path)} ({self.spec.name}, {self.cfg.n_layers} layers)"
+        # multi-token-prediction blocks after the main layers, stored like the last main layer
+        last = [b.rule for (_r, ly), b in self._bind.items() if ly == self.cfg.n_layers - 1]
+        last += [b.rule for (_r, ly, _e), b in self._experts.items() if ly == self.cfg.n_layers - 1]
+        layer_rules = list({id(r): r for r in last}.values())
+        self.mtp_layers: int  # MTP blocks stored (huref.arch.mtp): claimed, never fingerprinted
+        self.mtp_tensors: list[MTPTensor]
+        self.mtp_layers, self.mtp_tensors = bind_mtp(
+            self.spec.mtp, self.cfg, self.prefix, layer_rules, n_experts, present, ckpt.source.info, where
+        )
+        claimed.update(t.name for t in self.mtp_tensors)
         ignored = [re.compile(p) for p in self.spec.ignored]
         self.buffers = buffer_names(self.spec, names)
         unclaimed = [
@@ -219,7 +231,6 @@ class Model:
             for n in names
             if n not in claimed and n not in self.buffers and not any(p.search(n) for p in ignored)
         ]
-        where = f"{shown(ckpt.path)} ({self.spec.name}, {self.cfg.n_layers} layers)"
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise ArchitectureError(f"{where}: missing tensors {', '.join(map(shown, missing[:5]))}{more}")
@@ -257,6 +268,10 @@ class Model:
         seen: set[str] = set()
         everything = [(k[0], b) for k, b in self._bind.items()] + [
             (k[0], b) for k, b in self._experts.items()
+        ]
+        # an MTP block's decoder layer has the shapes of a main layer
+        everything += [
+            (t.rule.roles[0], Binding(t.name, t.rule, 0, t.expert)) for t in self.mtp_tensors if t.rule
         ]
         for role, b in everything:
             if b.name in seen:
@@ -341,8 +356,8 @@ class Model:
         stacked [E, ...] tensor just its rows (kept for the sibling role of a gate|up stack), so
         peak memory is one expert's weights however many experts the layer has."""
         b = self.binding(role, layer, expert)
-        if dtype is None:
-            dtype = DTYPES[self.ckpt.source.info(b.name).dtype]
+        if dtype is None:  # a stored type torch has no dtype for (GGUF's Q8_0 blocks): float32
+            dtype = DTYPES.get(self.ckpt.source.info(b.name).dtype, torch.float32)
         if not b.rule.expert_stack:
             return self.tensor(role, layer, expert, dtype)
         key = f"{b.name}\0{expert}"
@@ -456,6 +471,7 @@ class Model:
             "parameters": self.parameter_count(),
             **({"moe": self.moe_summary()} if c.moe is not None else {}),
             **({"mla": dataclasses.asdict(c.mla)} if c.mla is not None else {}),
+            **({"mtp_layers": self.mtp_layers} if self.mtp_layers else {}),
         }
 
     def moe_summary(self) -> dict[str, object] | None:

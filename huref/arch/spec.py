@@ -350,6 +350,46 @@ class Rule:
         return out if expert is None else out.replace("{E}", str(expert))
 
 
+# the sizes an MTP block's own tensors are declared in (MTPRules.tensors)
+MTP_SIZES: dict[str, Callable[[ArchConfig], int]] = {
+    "d": lambda c: c.d_model,
+    "2d": lambda c: 2 * c.d_model,
+    "V": lambda c: c.vocab_size,
+}
+
+
+@dataclass(frozen=True)
+class MTPRules:
+    """The multi-token-prediction (MTP) blocks a release may store after its main layers
+    (DeepSeek-V3's ``num_nextn_predict_layers``): block k is layer ``n_layers + k``.
+
+    A block holds a decoder layer built like the last main layer (the family's per-layer rules,
+    under the block's index) and its own tensors, listed here as templates relative to the
+    family's prefix, ``{L}`` for the block's layer, with their canonical shapes in ``MTP_SIZES``
+    names. The block predicts a token further ahead from the main model's last hidden state; the
+    next-token function never reads it, so huref claims its tensors and fingerprints none.
+    ``count`` names the ``ArchConfig.extra`` entry holding the configured number of blocks.
+    """
+
+    count: str
+    tensors: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __post_init__(self) -> None:
+        for template, shape in self.tensors:
+            if template.count("{L}") != 1 or "{E}" in template:
+                raise ArchitectureError(f"MTP tensor {template!r} must hold {{L}} once and no {{E}}")
+            if unknown := [s for s in shape if s not in MTP_SIZES]:
+                raise ArchitectureError(f"MTP tensor {template!r}: unknown size(s) {', '.join(unknown)}")
+
+    def blocks(self, cfg: ArchConfig) -> int:
+        """The configured number of MTP blocks (0 for a config without them)."""
+        return int(cfg.extra.get(self.count) or 0)
+
+    def own_shapes(self, cfg: ArchConfig) -> list[tuple[str, tuple[int, ...]]]:
+        """(template, shape config.json implies) of each of a block's own tensors."""
+        return [(t, tuple(MTP_SIZES[s](cfg) for s in shape)) for t, shape in self.tensors]
+
+
 @dataclass(frozen=True)
 class GGUFArch:
     """One llama.cpp ``general.architecture`` read as a member of a family."""
@@ -358,6 +398,13 @@ class GGUFArch:
     model_type: str  # the Hugging Face model_type it stands for
     hf_class: str  # the Hugging Face architecture class written into the synthesised config
     rotary_interleaved: bool  # llama.cpp's converter reorders q/k rows (LLaMA arch only)
+    # the model_type and class a file of this architecture with an ``expert_count`` stands for
+    # (llama.cpp writes Mixtral as arch "llama" with experts)
+    moe_model_type: str | None = None
+    moe_hf_class: str | None = None
+    # whether llama.cpp renormalises the chosen experts' weights when the file does not say
+    # (``expert_weights_norm``): its Qwen3-MoE graph does, its Qwen2-MoE graph does not
+    moe_renormalise: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -392,6 +439,7 @@ class ArchSpec:
     buffers: tuple[str, ...] = ()  # regexes of full names of stored buffers: masks, rotary tables, ids
     outside_prefix: tuple[Rule, ...] = ()  # rules whose template is a full name (e.g. lm_head)
     gguf: GGUFNames | None = None  # llama.cpp names, for families that GGUF files are read as
+    mtp: MTPRules | None = None  # multi-token-prediction blocks stored after the main layers
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -406,21 +454,31 @@ class ArchSpec:
         """Every role some checkpoint of the family can provide, biases included."""
         return sorted({r for rule in (*self.rules, *self.outside_prefix) for r in rule.roles})
 
-    def template_for(self, role: str) -> str:
-        """The full checkpoint name (``{L}`` for the layer) of the first rule that stores ``role``
-        alone: the family's plain layout, used to name tensors read from other formats."""
+    def template_for(self, role: str, cfg: ArchConfig | None = None) -> str:
+        """The full checkpoint name (``{L}`` for the layer, ``{E}`` for the expert) of the first
+        rule that stores ``role`` alone (one expert's tensor, not a stack), among those that apply
+        to ``cfg`` when given: the family's plain layout, used to name tensors read from other
+        formats (Mixtral's and Qwen-MoE's routers are named apart)."""
         for rule, prefix in [(r, self.prefixes[0]) for r in self.rules] + [
             (r, "") for r in self.outside_prefix
         ]:
-            if rule.roles == (role,):
+            if rule.roles == (role,) and not rule.expert_stack and (cfg is None or rule.when(cfg)):
                 return prefix + rule.template
         raise ArchitectureError(f"the {self.name} definition stores no tensor of role {role!r} alone")
 
-    def gguf_names(self) -> dict[str, tuple[str, str]]:
-        """GGUF tensor name -> (checkpoint name, role), both with ``{L}`` for the layer."""
+    def gguf_names(self, cfg: ArchConfig | None = None) -> dict[str, tuple[str, str]]:
+        """GGUF tensor name -> (checkpoint name, role), both with ``{L}`` for the layer (and the
+        checkpoint name of an expert role with ``{E}``: GGUF stacks a layer's experts). With
+        ``cfg``, only the roles some rule stores for it: a GGUF tensor of any other role is then
+        not understood, and refused."""
         out: dict[str, tuple[str, str]] = {}
         for gguf_name, role in self.gguf.tensors.items() if self.gguf else ():
-            name = self.template_for(role)
+            try:
+                name = self.template_for(role, cfg)
+            except ArchitectureError:
+                if cfg is None:
+                    raise
+                continue
             if ("{L}" in name) != ("{L}" in gguf_name):
                 raise ArchitectureError(f"GGUF name {gguf_name!r} and {name!r} disagree on {{L}}")
             out[gguf_name] = (name, role)

@@ -25,7 +25,7 @@ import torch
 from huref.arch.families import gguf_archs
 from huref.checkpoint.llama2c import interleaved_to_half_split
 from huref.checkpoint.source import BufferPool, TensorInfo, check_rows, open_regular
-from huref.errors import CheckpointError
+from huref.errors import ArchitectureError, CheckpointError
 from huref.paths import shown
 
 # Tensor types whose dequantization is supported and tested; anything else is refused by name.
@@ -279,6 +279,49 @@ class _Meta:
         return self._typed(key, tuple((_V.ARRAY, t) for t in _INTEGER_TYPES), "an array of integers")
 
 
+def _numpy_shape(t: Any) -> tuple[int, ...]:
+    return tuple(int(x) for x in reversed(list(t.shape)))  # GGUF lists dims fastest-first
+
+
+def _gguf_shapes(reader: Any, table: Any, n_layers: int) -> tuple[dict[str, tuple[int, ...]], list[int]]:
+    """(role -> the numpy-order shape of its first GGUF tensor (of the first layer holding one),
+    the layers holding a router), read from the tensor infos before any name is mapped."""
+    by_name = {t.name: t for t in reader.tensors}
+    out: dict[str, tuple[int, ...]] = {}
+    for gname, role in table.items():
+        for layer in range(n_layers) if "{L}" in gname else [0]:
+            t = by_name.get(gname.replace("{L}", str(layer)))
+            if t is not None:
+                out[role] = _numpy_shape(t)
+                break
+    return out, [layer for layer in range(n_layers) if f"blk.{layer}.ffn_gate_inp.weight" in by_name]
+
+
+def _moe_config(
+    meta: _Meta, arch: str, declared: Any, experts: int, shapes: dict[str, tuple[int, ...]], sparse: list[int]
+) -> dict[str, Any]:
+    """The sparse MoE keys of the synthesised config, from llama.cpp's ``{arch}.expert_*``
+    metadata. GGUF keeps no sparse-step or dense-layer list: a layer is sparse when it holds a
+    router (ffn_gate_inp), dense otherwise."""
+    used = meta.count(f"{arch}.expert_used_count")
+    out: dict[str, Any] = {"num_local_experts": experts, "num_experts": experts, "num_experts_per_tok": used}
+    if declared.moe_model_type is not None:  # Mixtral: every layer sparse, experts d_ff wide
+        return out
+    width = shapes["expert_gate"][1] if "expert_gate" in shapes else 0
+    out["moe_intermediate_size"] = meta.count(f"{arch}.expert_feed_forward_length", width)
+    out["decoder_sparse_step"] = 1
+    n_layers = meta.count(f"{arch}.block_count")
+    out["mlp_only_layers"] = [layer for layer in range(n_layers) if layer not in sparse]
+    norm = meta._typed(f"{arch}.expert_weights_norm", ((_V.BOOL,),), "true or false")
+    out["norm_topk_prob"] = declared.moe_renormalise if norm is None else bool(norm)
+    if "shared_gate" in shapes:
+        shared = shapes["shared_gate"][0]
+        out["shared_expert_intermediate_size"] = meta.count(
+            f"{arch}.expert_shared_feed_forward_length", shared
+        )
+    return out
+
+
 class GGUFSource:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -298,10 +341,7 @@ class GGUFSource:
             )
         spec, declared = archs[arch]
         self._interleaved = interleaved = declared.rotary_interleaved
-        self._names = spec.gguf_names()  # GGUF name -> (Hugging Face name, role)
         self._ignored = spec.gguf.ignored if spec.gguf else ()
-        # the Hugging Face name of each role (layer 0 for per-layer ones)
-        hf = {role: name.replace("{L}", "0") for name, role in self._names.values()}
         n_layers = meta.count(f"{arch}.block_count")
         dim = meta.count(f"{arch}.embedding_length")
         n_heads = meta.count(f"{arch}.attention.head_count")
@@ -309,16 +349,19 @@ class GGUFSource:
         self._n_heads, self._n_kv = n_heads, n_kv
         self.tokens: list[str] | None = meta.strings("tokenizer.ggml.tokens")
         self.token_types: list[int] | None = meta.integers("tokenizer.ggml.token_type")
-        self._tensors: dict[str, Any] = self._map_names(reader)
-        if interleaved:
-            self._check_rotary_rows()
-        vocab = self._shape(hf["embed"])[0] if hf["embed"] in self._tensors else 0
-        gate = hf["mlp_gate"]
-        ffn = self._shape(gate)[0] if gate in self._tensors else 0  # missing: named by the arch check
+        shapes, sparse = _gguf_shapes(reader, spec.gguf.tensors if spec.gguf else {}, n_layers)
+        vocab = shapes["embed"][0] if "embed" in shapes else 0
+        ffn = shapes["mlp_gate"][0] if "mlp_gate" in shapes else 0  # missing: named by the arch check
+        experts = meta.count(f"{arch}.expert_count", 0, low=0)
+        moe = experts > 0 and (declared.moe_model_type is not None or declared.model_type.endswith("_moe"))
+        model_type = (declared.moe_model_type or declared.model_type) if moe else declared.model_type
+        hf_class = (declared.moe_hf_class or declared.hf_class) if moe else declared.hf_class
+        if moe and not ffn and "expert_gate" in shapes:
+            ffn = shapes["expert_gate"][1]  # Mixtral: no dense layer, experts as wide as d_ff
         # the config in LLaMA-family keys: every GGUF architecture declared so far is of that family
         self.config: dict[str, Any] = {
-            "architectures": [declared.hf_class],
-            "model_type": declared.model_type,
+            "architectures": [hf_class],
+            "model_type": model_type,
             "hidden_size": dim,
             "intermediate_size": meta.count(f"{arch}.feed_forward_length", ffn, low=0),
             "num_hidden_layers": n_layers,
@@ -329,8 +372,23 @@ class GGUFSource:
             "rms_norm_eps": meta.real(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5, 0.0, math.inf),
             "rope_theta": meta.real(f"{arch}.rope.freq_base", 10000.0, 1e-30, math.inf),
             "hidden_act": "silu",
-            "tie_word_embeddings": hf["lm_head"] not in self._tensors,
+            "tie_word_embeddings": "lm_head" not in shapes,
         }
+        if key_length := meta.count(f"{arch}.attention.key_length", 0, low=0):
+            self.config["head_dim"] = key_length  # Qwen3-MoE's heads are wider than d / heads
+        if moe:
+            self.config.update(_moe_config(meta, arch, declared, experts, shapes, sparse))
+        try:  # the names of this model_type's layout (Mixtral's router is named apart from Qwen's)
+            cfg = spec.read_config(self.config)
+        except ArchitectureError:
+            cfg = None  # every name the family knows; the config is refused when the model binds
+        names = spec.gguf_names(cfg)
+        self._names = names  # GGUF name -> (Hugging Face name, role)
+        self._expert: dict[str, int] = {}  # Hugging Face name of one expert -> its index in the stack
+        self._n_experts = experts if moe else 0
+        self._tensors: dict[str, Any] = self._map_names(reader)
+        if interleaved:
+            self._check_rotary_rows()
         self._reader = reader
 
     def _open(self) -> Any:
@@ -363,14 +421,25 @@ class GGUFSource:
             if found is None:
                 unknown.append(shown(t.name))
                 continue
-            hf, self._roles[hf] = found
+            hf, role = found
             qtype = t.tensor_type.name
             if qtype not in SUPPORTED_TYPES:
                 raise CheckpointError(
                     f"{shown(self.path)}: tensor '{shown(t.name)}' has unsupported GGUF type {qtype} "
                     f"(supported: {', '.join(SUPPORTED_TYPES)})"
                 )
-            tensors[hf] = t
+            if "{E}" not in hf:
+                tensors[hf], self._roles[hf] = t, role
+                continue
+            stacked = int(t.shape[-1]) if len(t.shape) == 3 else None  # GGUF lists E last
+            if stacked != self._n_experts:
+                raise CheckpointError(
+                    f"{shown(self.path)}: GGUF tensor '{shown(t.name)}' of shape {list(_numpy_shape(t))} is "
+                    f"not a stack of the {self._n_experts} experts its metadata declares"
+                )
+            for e in range(stacked):
+                name = hf.replace("{E}", str(e))
+                tensors[name], self._roles[name], self._expert[name] = t, role, e
         if unknown:
             raise CheckpointError(
                 f"{shown(self.path)}: GGUF tensors not understood: {', '.join(unknown[:5])}"
@@ -390,8 +459,12 @@ class GGUFSource:
                     )
 
     def _shape(self, name: str) -> tuple[int, ...]:
-        t = self._tensor(name)
-        return tuple(int(x) for x in reversed(list(t.shape)))  # GGUF lists dims fastest-first
+        shape = _numpy_shape(self._tensor(name))
+        if name in self._expert:
+            return shape[1:]  # one expert of an [E, out, in] stack
+        if self._roles[name] == "shared_expert_gate" and len(shape) == 1:
+            return (1, *shape)  # llama.cpp may store Qwen2-MoE's [1, d] gate as [d]
+        return shape
 
     def names(self) -> list[str]:
         return list(self._tensors)
@@ -407,8 +480,20 @@ class GGUFSource:
 
     def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:  # dequantizes: no pool
         t = self._tensor(name)
+        if name in self._expert:  # one expert's rows of the [E, out, in] stack, dequantized alone
+            return self._dequantize(t, t.data[self._expert[name]]).reshape(self._shape(name))
+        out = self._dequantize(t, t.data).reshape(self._shape(name))
+        if self._interleaved and self._roles[name] == "attn_q":
+            out = interleaved_to_half_split(out, self._n_heads)
+        elif self._interleaved and self._roles[name] == "attn_k":
+            out = interleaved_to_half_split(out, self._n_kv)
+        return out
+
+    def _dequantize(self, t: Any, data: Any) -> torch.Tensor:
+        """``data`` (GGUF tensor ``t``'s stored values or some of its rows) as float32 (callers
+        reshape)."""
         try:
-            arr = self._gguf.quants.dequantize(t.data, t.tensor_type)
+            arr = self._gguf.quants.dequantize(data, t.tensor_type)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(
                 f"{shown(self.path)}: cannot dequantize '{shown(t.name)}' ({shown(e)})"
@@ -417,12 +502,7 @@ class GGUFSource:
         # sharing it would crash the process, so such views are copied (fresh arrays are not).
         if arr.dtype != np.float32 or not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.array(arr, dtype=np.float32, order="C")
-        out = torch.from_numpy(arr).reshape(self._shape(name))
-        if self._interleaved and self._roles[name] == "attn_q":
-            out = interleaved_to_half_split(out, self._n_heads)
-        elif self._interleaved and self._roles[name] == "attn_k":
-            out = interleaved_to_half_split(out, self._n_kv)
-        return out
+        return torch.from_numpy(arr)
 
     def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
         check_rows(rows, self._shape(name), name)

@@ -64,6 +64,11 @@ def inspect_cmd(
             f"mixture of experts: {moe['experts']} experts of d {moe['d_expert']}, top-{moe['top_k']}"
             f"{' renormalised' if moe['renormalise'] else ''}{shared}, sparse layers {moe['sparse_layers']}"
         )
+    if c.get("mtp_layers"):  # DeepSeek-V3's multi-token-prediction blocks after the main layers
+        con.print(
+            f"multi-token prediction: {c['mtp_layers']} block(s), {info['mtp_tensors']} tensors, "
+            "claimed and shape-checked, not fingerprinted"
+        )
     con.print(f"parameters {info['parameters']:,} in {info['tensors']} tensors; dtypes {info['dtypes']}")
     tok = info["tokenizer"]
     con.print(

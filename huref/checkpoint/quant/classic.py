@@ -13,7 +13,11 @@
   [groups, out]; ``W[o, i] = scales[i // group, o] * (q[i, o] - z[i // group, o])``.
 - FP8 (``quant_method: fp8``): ``weight`` float8_e4m3fn [out, in] with ``weight_scale_inv``
   either per block (``weight_block_size`` [bo, bi]: shape [ceil(out/bo), ceil(in/bi)]) or one
-  scalar per tensor; ``W = weight * scale_inv`` broadcast over its block.
+  scalar per tensor; ``W = weight * scale_inv`` broadcast over its block. Edge blocks are ragged
+  (DeepSeek-V3's weight documentation: a block short of bo x bi is zero-padded to compute its
+  scale, the padding dropped), so the last block row/column covers only what is left. Tensors
+  kept unquantized (norms, embeddings, the router, the output head) are stored in bf16 with no
+  scale; an fp8 tensor without its ``weight_scale_inv`` is refused.
 """
 
 from __future__ import annotations
@@ -208,6 +212,10 @@ class ClassicCodec:
                     raise CheckpointError(f"{s.method} tensor '{shown(name)}' has no '{shown(pre + r)}'")
             return self._check_int(pre, parts, src)
         if not name.endswith(".weight_scale_inv"):
+            # an fp8 tensor means nothing without its scales: read raw, it would pass for weights
+            # off by the block scale (releases keep norms, embeddings, routers and heads unquantized)
+            if src.info(name).dtype in ("F8_E4M3", "F8_E5M2") and name + "_scale_inv" not in have:
+                raise CheckpointError(f"fp8 tensor '{shown(name)}' has no '{shown(name + '_scale_inv')}'")
             return None
         pre = name[: -len("weight_scale_inv")]
         if pre + "weight" not in have:
