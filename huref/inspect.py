@@ -115,6 +115,6 @@ def _role_shape(m: Any, role: str, layer: int | None) -> tuple[int, ...]:
     shape = info.shape[::-1] if b.rule.storage == "conv1d" else info.shape
     if len(b.rule.roles) == 1:
         return tuple(shape)
-    from huref.arch.model import _expected_shapes
+    from huref.arch.shapes import expected_shapes
 
-    return _expected_shapes(m.cfg).get(role, tuple(shape))
+    return expected_shapes(m.cfg).get(role, tuple(shape))
