@@ -4,6 +4,10 @@ A second scan of an unchanged zoo, the registry's listing, --help and --version 
 processes under ``python -X importtime`` and every module they import is read from its report;
 none may be a tensor or model library. The torch-free modules those commands rest on are each
 imported alone in a fresh interpreter, so a stray top-level import is caught where it is added.
+
+Commands answered from fingerprint files (``huref compare a.fp b.fp``, ``huref registry add x.fp``)
+compute with numpy and scipy, and read the files with safetensors' numpy interface; they import
+no torch, transformers or other model library either.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from huref.invariants import Settings
+from huref.invariants import Settings, fingerprint_model, save_fingerprint
 from huref.registry.enroll import add_base
 from huref.registry.store import Store
 from huref.scan import ScanConfig, run_scan
 
 HEAVY = ("torch", "transformers", "safetensors", "numpy", "scipy", "peft", "huggingface_hub", "PIL")
+# what commands answered from fingerprint files may not import (they compute with numpy and scipy)
+MODEL_LIBS = ("torch", "transformers", "peft", "huggingface_hub", "PIL")
 
 # modules that cached commands import; each must stay importable without the heavy libraries
 TORCH_FREE = (
@@ -32,6 +38,7 @@ TORCH_FREE = (
     "huref.invariants.calibration",
     "huref.invariants.verdict",
     "huref.invariants.tokens",
+    "huref.invariants.fingerprint",
     "huref.checkpoint",
     "huref.checkpoint.files",
     "huref.checkpoint.safetensors_header",
@@ -43,6 +50,19 @@ TORCH_FREE = (
     "huref.scan.runner",
     "huref.scan.results",
     "huref.scan.html",
+)
+
+# modules that commands on fingerprint files import; numpy, scipy and safetensors are allowed
+NUMPY_ONLY = (
+    "huref.invariants.fpfile",
+    "huref.invariants.similarity",
+    "huref.invariants.stats",
+    "huref.invariants.compare",
+    "huref.invariants.resolve",
+    "huref.registry.enroll",
+    "huref.registry.sketch",
+    "huref.cli.science_cmds",
+    "huref.cli.registry_cmd",
 )
 
 
@@ -127,6 +147,56 @@ def test_each_module_cached_commands_rest_on_imports_alone_without_tensor_librar
     names, proc = imported_modules(["-c", f"import {module}"], dict(os.environ), tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not names & set(HEAVY), f"{module} imports {sorted(names & set(HEAVY))}"
+
+
+@pytest.mark.parametrize("module", NUMPY_ONLY)
+def test_each_module_commands_on_fingerprint_files_rest_on_imports_without_torch(
+    module: str, tmp_path: Path
+) -> None:
+    names, proc = imported_modules(["-c", f"import {module}"], dict(os.environ), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(MODEL_LIBS), f"{module} imports {sorted(names & set(MODEL_LIBS))}"
+
+
+@pytest.fixture(scope="module")
+def fp_files(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fingerprint files (robust and paper terms, neuron responses) of three zoo models."""
+    tmp = tmp_path_factory.mktemp("lazy-fp")
+    files = {}
+    for name in ("llama-a", "llama-a-sft", "llama-b"):
+        files[name] = save_fingerprint(
+            fingerprint_model(tiny_zoo / name, Settings()), tmp / f"{name}.safetensors"
+        )
+    return files
+
+
+def test_compare_of_two_fingerprint_files_as_a_whole_process_imports_no_torch(
+    fp_files: dict[str, Path], tmp_path: Path
+) -> None:
+    argv = ["-m", "huref", "compare", str(fp_files["llama-a"]), str(fp_files["llama-a-sft"]), "--json"]
+    names, proc = imported_modules(argv, _env(tmp_path / "home"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(MODEL_LIBS), sorted(names & set(MODEL_LIBS))
+    out = json.loads(proc.stdout)
+    assert out["verdict"] == "derived" and out["ics"] > 80 and out["log10_p_value"] < -6  # computed
+    assert out["ics_paper"] is not None and out["layer_tests"]
+
+
+def test_registry_add_of_a_fingerprint_file_as_a_whole_process_imports_no_torch(
+    fp_files: dict[str, Path], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    with Store(home) as s:
+        add_base(s, fp_files["llama-b"], "llama-b", family="b")
+    argv = ["-m", "huref", "registry", "add", str(fp_files["llama-a"]), "--name", "llama-a", "--family", "a"]
+    names, proc = imported_modules(argv, _env(home), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(MODEL_LIBS), sorted(names & set(MODEL_LIBS))
+    assert "independent pair llama-a / llama-b" in proc.stderr  # the pair was compared, in numpy
+    with Store(home) as s:
+        assert {b.name for b in s.bases()} == {"llama-a", "llama-b"}
+        base = s.require("llama-a")
+        assert s.load_base(base).robust is not None
 
 
 def test_lazy_package_exports_resolve_to_their_defining_modules() -> None:

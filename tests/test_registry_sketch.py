@@ -55,7 +55,7 @@ def test_sketch_estimates_the_layer_similarities_of_the_full_comparison(
 
     for a, b in (("llama-a-sft", "llama-a"), ("llama-b", "llama-c"), ("stories260k-cpt", "stories260k")):
         ta, tb, _ = shared_terms(robust_fps[a].robust, robust_fps[b].robust)
-        exact = layer_similarity(ta, tb).double().numpy()
+        exact = layer_similarity(ta, tb)  # [La, Lb] numpy
         est, _ = sk.estimates(sketches[a], sketches[b])
         assert abs(est - exact).max() < sk.EST_MARGIN / 1.5, (a, b)
 

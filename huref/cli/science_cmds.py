@@ -44,13 +44,15 @@ FreqOpt = Annotated[
 
 
 def _settings(n: int, paper_n: int, key: str | None, device: str, freq: Path | None, modes: str) -> Settings:
-    from huref.device import resolve_device
     from huref.invariants.settings import Settings
     from huref.invariants.tokens import DEFAULT_KEY
 
     check_probe_tokens(n=n, paper_n=paper_n)
     refuse_special_inputs(freq)
-    resolve_device(device)  # a device that does not exist is refused before any work
+    if device != "cpu":  # the CPU always exists; checking another device needs torch
+        from huref.device import resolve_device
+
+        resolve_device(device)  # a device that does not exist is refused before any work
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     bad = [m for m in wanted if m not in ("robust", "paper")]
     if bad or not wanted:

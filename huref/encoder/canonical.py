@@ -136,4 +136,5 @@ def robust_terms(fp: Fingerprint) -> ModeTerms:
 def canonical_stack(fp: Fingerprint) -> torch.Tensor:
     """The canonical stack [CHANNELS, GRID, GRID] of a fingerprint's robust terms."""
     mt = robust_terms(fp)
-    return canonical_from_terms(mt.terms, mt.token_strings)
+    # numpy when read from a file (fingerprint files are read without torch), torch when extracted
+    return canonical_from_terms(torch.as_tensor(mt.terms), mt.token_strings)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from huref.errors import FingerprintError
 from huref.invariants.fingerprint import Fingerprint
-from huref.invariants.pcs import parameter_cosine
 from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
 from huref.invariants.stats import (
     BUILTIN_NULL,
@@ -115,7 +114,11 @@ def compare_fingerprints(
     if fa.paper is not None and fb.paper is not None:
         pa, pb, shared_p = shared_terms(fa.paper, fb.paper)
         ics_paper = paper_ics(pa, pb)
-    pcs = parameter_cosine(ckpt_a, ckpt_b) if ckpt_a is not None and ckpt_b is not None else None
+    pcs = None
+    if ckpt_a is not None and ckpt_b is not None:
+        from huref.invariants.pcs import parameter_cosine  # reads weights: torch, checkpoints only
+
+        pcs = parameter_cosine(ckpt_a, ckpt_b)
     p_value = None if log10_p is None else 10.0**log10_p
     return Comparison(
         a=fa.name,

@@ -4,41 +4,63 @@ A fingerprint can be published without the parameters: it holds the standardised
 token strings they were computed on, the neuron responses of the independence test, and the
 identity of the model (weight-file SHA-256s). The seal is a SHA-256 over the metadata and every
 tensor's bytes; a file whose seal does not verify is refused as tampered.
+
+Files are read into numpy arrays, without torch: the header through huref's own strict parser
+(``huref.checkpoint.safetensors_header``), the tensors through the reference reader's numpy
+interface (``safetensors.safe_open(framework="numpy")``, which checks every tensor's dtype, shape
+and byte range). Nothing in a fingerprint file is executed: it holds JSON and raw numbers only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-import torch
-
-from huref.checkpoint.atomic import atomic_file
 from huref.checkpoint.outputs import check_output_file
-from huref.checkpoint.safetensors_io import SafetensorsFile
-from huref.checkpoint.source import DTYPE_NAMES
-from huref.checkpoint.writer import TensorPlan, write_safetensors_file
+from huref.checkpoint.safetensors_header import parse_header, read_header, read_metadata
 from huref.errors import CheckpointError, FingerprintError
-from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses
+from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses, as_numpy
 from huref.paths import refuse_special
+
+if TYPE_CHECKING:
+    import numpy as np
 
 META_KEY = "huref.fingerprint"
 SEAL_KEY = "huref.seal"
 
+# numpy dtype -> safetensors dtype name, as the seal spells it (huref writes F16 numbers and I64
+# token ids; a file holding another dtype is sealed over that dtype's name, and its checks decide)
+_DTYPE_NAMES = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "uint16": "U16",
+    "int16": "I16",
+    "float16": "F16",
+    "uint32": "U32",
+    "int32": "I32",
+    "float32": "F32",
+    "uint64": "U64",
+    "int64": "I64",
+    "float64": "F64",
+}
 
-def _tensors(fp: Fingerprint) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+
+def _tensors(fp: Fingerprint) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    out: dict[str, np.ndarray] = {}
     for mt in (fp.robust, fp.paper):
         if mt is not None:
-            out[f"{mt.mode}.terms"] = mt.terms.to(torch.float16).contiguous()
-            out[f"{mt.mode}.token_ids"] = torch.tensor(mt.token_ids, dtype=torch.int64)
+            out[f"{mt.mode}.terms"] = np.ascontiguousarray(as_numpy(mt.terms), dtype=np.float16)
+            out[f"{mt.mode}.token_ids"] = np.asarray(mt.token_ids, dtype=np.int64)
     if fp.responses is not None:
         for i, layer in enumerate(fp.responses.layers):
-            out[f"responses.{layer}.a"] = fp.responses.a[i].to(torch.float16).contiguous()
-            out[f"responses.{layer}.b"] = fp.responses.b[i].to(torch.float16).contiguous()
+            out[f"responses.{layer}.a"] = np.ascontiguousarray(as_numpy(fp.responses.a[i]), dtype=np.float16)
+            out[f"responses.{layer}.b"] = np.ascontiguousarray(as_numpy(fp.responses.b[i]), dtype=np.float16)
     return out
 
 
@@ -67,15 +89,19 @@ def _doc(fp: Fingerprint) -> dict:
     return doc
 
 
-def _seal(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+def _seal(meta_json: str, tensors: Mapping[str, Any]) -> str:
+    """SHA-256 over the metadata and, by name, each tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(meta_json.encode("utf-8", "surrogatepass"))  # token strings may hold lone surrogates
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
+        a = as_numpy(tensors[name])
+        dtype = _DTYPE_NAMES.get(a.dtype.name)
+        if dtype is None:
+            raise FingerprintError(f"tensor {name}: dtype {a.dtype.name} has no place in a fingerprint")
         h.update(name.encode())
-        h.update(str(DTYPE_NAMES[t.dtype]).encode())
-        h.update(json.dumps(list(t.shape)).encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().data.cast("B"))
+        h.update(dtype.encode())
+        h.update(json.dumps(list(a.shape)).encode())
+        if a.size:
+            h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))  # file order
     return h.hexdigest()
 
 
@@ -88,17 +114,23 @@ def check_fingerprint_target(path: str | Path, inputs: Iterable[str | Path] = ()
 
 
 def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
+    # the writer streams torch tensors: saving follows an extraction, which has imported torch
+    import torch
+
+    from huref.checkpoint.atomic import atomic_file
+    from huref.checkpoint.writer import TensorPlan, write_safetensors_file
+
     path = check_fingerprint_target(path)
-    tensors = _tensors(fp)
+    arrays = _tensors(fp)
     # ASCII: a token holding a lone surrogate is written as a \\ud800 escape inside the metadata string,
     # which every JSON reader takes, not as a \ud800 escape of the header itself, which the
     # reference safetensors parser (and huref's) refuses
     meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=True)
+    seal = _seal(meta_json, arrays)
+    tensors = {n: torch.from_numpy(a) for n, a in arrays.items()}
     plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
     with atomic_file(path) as tmp:
-        write_safetensors_file(
-            tmp, plan, lambda p: tensors[p.name], {META_KEY: meta_json, SEAL_KEY: _seal(meta_json, tensors)}
-        )
+        write_safetensors_file(tmp, plan, lambda p: tensors[p.name], {META_KEY: meta_json, SEAL_KEY: seal})
     return path
 
 
@@ -107,21 +139,34 @@ def is_fingerprint_file(path: str | Path) -> bool:
     if not (p.is_file() and p.suffix == ".safetensors"):
         return False
     try:
-        return META_KEY in SafetensorsFile(p).metadata()
+        return META_KEY in read_metadata(p)  # the header only
     except CheckpointError:
         return False
 
 
-def load_fingerprint(path: str | Path) -> Fingerprint:
-    p = Path(path)
-    refuse_special(p, "fingerprint file", FingerprintError)  # reading a FIFO would block forever
+def _read_file(p: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors as numpy arrays) of a safetensors file, or FingerprintError."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        sf = SafetensorsFile(p)
+        meta = parse_header(p, read_header(p)[0])[1]
     except CheckpointError as e:
         raise FingerprintError(f"{p}: not a readable fingerprint ({e})") from None
-    meta = sf.metadata()
     if META_KEY not in meta:
         raise FingerprintError(f"{p}: not a huref fingerprint (no '{META_KEY}' metadata)")
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            tensors = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise FingerprintError(f"{p}: not a readable fingerprint ({e})") from None
+    return meta, tensors
+
+
+def load_fingerprint(path: str | Path) -> Fingerprint:
+    """The fingerprint of a file, its seal verified and its content checked; arrays are numpy."""
+    p = Path(path)
+    refuse_special(p, "fingerprint file", FingerprintError)  # reading a FIFO would block forever
+    meta, tensors = _read_file(p)
     try:
         doc = json.loads(meta[META_KEY])
     except (ValueError, RecursionError):
@@ -134,7 +179,6 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             f"{p}: fingerprint format {fmt!r} (tool {doc.get('tool_version')!r}) is not {FORMAT_VERSION!r}; "
             "recompute it with this version of huref"
         )
-    tensors = {n: sf.read(n) for n in sf.names()}
     if _seal(meta[META_KEY], tensors) != meta.get(SEAL_KEY):
         raise FingerprintError(
             f"{p}: fingerprint seal does not verify: the file was modified after it was written"

@@ -43,13 +43,14 @@ def resolve_fingerprint(
     """The fingerprint of ``path``; a checkpoint is fingerprinted with ``settings`` (None: the
     defaults) inside ``while_reading(path)`` when given (the registry checks there that no file
     changed while it was read)."""
-    from huref.arch import load_model
-    from huref.invariants.extract import fingerprint_model
     from huref.invariants.fpfile import is_fingerprint_file, load_fingerprint
 
     refuse_special(path, "input")
-    if is_fingerprint_file(path):
+    if is_fingerprint_file(path):  # read without torch
         return Resolved(load_fingerprint(path), None)
+    from huref.arch import load_model
+    from huref.invariants.extract import fingerprint_model
+
     guard = while_reading(Path(path)) if while_reading is not None else contextlib.nullcontext()
     with guard:
         m = load_model(path)

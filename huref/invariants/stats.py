@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from huref.invariants.calibration import (  # re-exported: torch-free, in their own module
     BUILTIN_NULL,
@@ -36,7 +35,7 @@ from huref.invariants.calibration import (  # re-exported: torch-free, in their 
     format_p,
     null_from_values,
 )
-from huref.invariants.fingerprint import Responses
+from huref.invariants.fingerprint import Array, Responses, as_numpy
 from huref.invariants.similarity import shared_index
 
 MAX_NEURONS = 512  # neurons of the smaller side matched per layer (bounds the assignment cost)
@@ -73,22 +72,22 @@ def log10_agreement_tail(k: int, m: int, n: int) -> float:
     return min(0.0, (base + math.log(max(total, 1e-300))) / LN10)
 
 
-def _corr(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Correlation of columns of a [n, fa] with columns of b [n, fb] -> [fa, fb]."""
-    a = a.to(torch.float64)
-    b = b.to(torch.float64)
-    a = (a - a.mean(0)) / a.std(0).clamp_min(1e-12)
-    b = (b - b.mean(0)) / b.std(0).clamp_min(1e-12)
-    return ((a.t() @ b) / (a.shape[0] - 1)).numpy()
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    a = (a - a.mean(0)) / np.maximum(a.std(0, ddof=1), 1e-12)
+    b = (b - b.mean(0)) / np.maximum(b.std(0, ddof=1), 1e-12)
+    return (a.T @ b) / (a.shape[0] - 1)
 
 
-def residualise(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+def residualise(first: Array, second: Array) -> np.ndarray:
     """second - beta * first per column (neuron), beta by least squares over the token rows."""
-    a = first.to(torch.float64)
-    b = second.to(torch.float64)
+    a = as_numpy(first).astype(np.float64)
+    b = as_numpy(second).astype(np.float64)
     a = a - a.mean(0)
     b = b - b.mean(0)
-    beta = (a * b).sum(0) / (a * a).sum(0).clamp_min(1e-12)
+    beta = (a * b).sum(0) / np.maximum((a * a).sum(0), 1e-12)
     return b - beta * a
 
 
@@ -115,7 +114,7 @@ class LayerTest:
 
 
 def _two_view_test(
-    a1: torch.Tensor, a2: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, signed_b: bool
+    a1: np.ndarray, a2: np.ndarray, b1: np.ndarray, b2: np.ndarray, signed_b: bool
 ) -> tuple[int, int, int, float]:
     """(m, n, agreements, log10 p) of matching the smaller neuron set into the larger in each
     view separately: a neuron whose two matchings agree counts once."""
@@ -133,7 +132,7 @@ def _two_view_test(
     return m, n, k, log10_agreement_tail(k, m, n)
 
 
-Views = tuple[torch.Tensor, torch.Tensor]  # a layer's two neuron views on the shared tokens
+Views = tuple[np.ndarray, np.ndarray]  # a layer's two neuron views on the shared tokens
 
 
 def _aligned_views(
@@ -144,13 +143,18 @@ def _aligned_views(
     ia, ib = shared_index(ra.token_strings, rb.token_strings)
     if len(ia) < 8:
         return
-    ta, tb = torch.tensor(ia), torch.tensor(ib)
+    ta, tb = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
     pos_a = {ly: i for i, ly in enumerate(ra.layers)}
     pos_b = {ly: i for i, ly in enumerate(rb.layers)}
     for la, lb in pairs:
         if la in pos_a and lb in pos_b:
             a, b = pos_a[la], pos_b[lb]
-            yield la, lb, (ra.a[a][ta], ra.b[a][ta]), (rb.a[b][tb], rb.b[b][tb])  # [m_tokens, f]
+            yield (
+                la,
+                lb,
+                (as_numpy(ra.a[a])[ta], as_numpy(ra.b[a])[ta]),  # [m_tokens, f]
+                (as_numpy(rb.a[b])[tb], as_numpy(rb.b[b])[tb]),
+            )
 
 
 def neuron_test(

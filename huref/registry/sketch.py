@@ -145,12 +145,14 @@ def compute_sketch(fp: Fingerprint, k: int = BUCKETS) -> Sketch:
     """The sketch of a fingerprint's robust terms and responses (numpy, float64; stored as float16)."""
     import numpy as np
 
+    from huref.invariants.fingerprint import as_numpy
+
     rob = fp.robust
     if rob is None:
         raise RegistryError(f"{fp.name}: no robust-mode terms to sketch")
     strings = list(rob.token_strings)
     cells = _buckets(strings, 1, k)
-    terms = rob.terms.double().numpy()  # [L, 3, m, m]
+    terms = as_numpy(rob.terms).astype(np.float64)  # [L, 3, m, m]
     out = np.stack(
         [[_sketch_matrix(terms[i, t], cells, k) for t in range(terms.shape[1])] for i in range(len(terms))]
     )
@@ -165,7 +167,7 @@ def compute_sketch(fp: Fingerprint, k: int = BUCKETS) -> Sketch:
         rcells = _buckets(rstrings, 2, k)
         grams = []
         for a in rs.a:
-            x = a.double().numpy()
+            x = as_numpy(a).astype(np.float64)
             x = x - x.mean(0)
             x = x / np.maximum(x.std(0, ddof=1), 1e-12)  # columns as _corr standardises them
             grams.append(_sketch_matrix(x @ x.T, rcells, k))
