@@ -33,9 +33,10 @@ def dog_vector(fp: Fingerprint, encoder: str | Path | None = None) -> np.ndarray
     """The 512-d dog vector of a fingerprint (robust terms needed); encoder: weights file or
     None for the shipped, hash-checked one."""
     from huref.encoder.canonical import canonical_stack
-    from huref.encoder.weights import encode, load_encoder
+    from huref.encoder.weights import load_numpy_encoder
 
-    z = encode(canonical_stack(fp), load_encoder(encoder)).numpy().astype(np.float64)
+    # numpy all the way (encoder/infer.py): a dog from a fingerprint file needs no tensor library
+    z = load_numpy_encoder(encoder).encode(canonical_stack(fp))
     if not np.isfinite(z).all():
         raise RenderError(f"the dog vector of {fp.name} is not finite")
     return z
@@ -162,7 +163,7 @@ def encoder_n_range(encoder: str | Path | None = None) -> tuple[int, int]:
     """The probe-token counts the encoder was trained on: ``n_tokens`` of its recorded config
     when present, else the range of huref's synthetic training models (every recipe of
     ``huref encoder train`` draws from it)."""
-    from huref.encoder.synthetic import SynthSpec
+    from huref.encoder.canonical import TRAINING_N_TOKENS
     from huref.encoder.weights import read_metadata, shipped_path
 
     recorded = read_metadata(encoder if encoder is not None else shipped_path())["config"].get("n_tokens")
@@ -172,7 +173,7 @@ def encoder_n_range(encoder: str | Path | None = None) -> tuple[int, int]:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in recorded)
     ):
         return recorded[0], recorded[1]
-    return SynthSpec().n_tokens
+    return TRAINING_N_TOKENS
 
 
 def dog_sheet(

@@ -7,7 +7,9 @@ imported alone in a fresh interpreter, so a stray top-level import is caught whe
 
 Commands answered from fingerprint files (``huref compare a.fp b.fp``, ``huref registry add x.fp``)
 compute with numpy and scipy, and read the files with safetensors' numpy interface; they import
-no torch, transformers or other model library either.
+no torch, transformers or other model library either. ``huref dog a.fp`` (the dog vector and the
+default renderer's PNG) computes the canonical stack and the encoder in numpy and draws with
+Pillow: no torch or transformers.
 """
 
 from __future__ import annotations
@@ -63,7 +65,15 @@ NUMPY_ONLY = (
     "huref.registry.sketch",
     "huref.cli.science_cmds",
     "huref.cli.registry_cmd",
+    "huref.encoder.canonical",
+    "huref.encoder.infer",
+    "huref.encoder.weights",
 )
+
+# what ``huref dog a.fp`` may not import: it draws with Pillow, the rest as above
+DOG_FORBIDDEN = ("torch", "transformers", "peft", "huggingface_hub")
+# modules the dog of a fingerprint file rests on, each importable without them
+DOG_MODULES = ("huref.dogs", "huref.render", "huref.render.sketch", "huref.render.sheet")
 
 
 def imported_modules(
@@ -197,6 +207,44 @@ def test_registry_add_of_a_fingerprint_file_as_a_whole_process_imports_no_torch(
         assert {b.name for b in s.bases()} == {"llama-a", "llama-b"}
         base = s.require("llama-a")
         assert s.load_base(base).robust is not None
+
+
+@pytest.mark.parametrize("module", DOG_MODULES)
+def test_each_module_the_dog_of_a_fingerprint_file_rests_on_imports_without_torch(
+    module: str, tmp_path: Path
+) -> None:
+    names, proc = imported_modules(["-c", f"import {module}"], dict(os.environ), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(DOG_FORBIDDEN), f"{module} imports {sorted(names & set(DOG_FORBIDDEN))}"
+
+
+def test_dog_of_a_fingerprint_file_as_a_whole_process_imports_no_torch(
+    fp_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """--json and a PNG from the default renderer; z must be the torch encoder's, to float
+    rounding, so the numpy path is the same dog and not merely some vector."""
+    import numpy as np
+    from PIL import Image
+
+    png = tmp_path / "dog.png"
+    argv = ["-m", "huref", "dog", str(fp_files["llama-a"]), "--json", "-o", str(png), "--size", "64"]
+    names, proc = imported_modules(argv, _env(tmp_path / "home"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not names & set(DOG_FORBIDDEN), sorted(names & set(DOG_FORBIDDEN))
+    z = np.asarray(json.loads(proc.stdout)["z"])
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size == (64, 64)
+
+    import torch
+
+    from huref.encoder.canonical import canonical_stack
+    from huref.encoder.weights import load_encoder
+    from huref.invariants import load_fingerprint
+
+    stack = torch.as_tensor(canonical_stack(load_fingerprint(fp_files["llama-a"])))[None]
+    with torch.no_grad():
+        z_torch = load_encoder()(stack)[0].numpy()
+    assert z.shape == (512,) and np.abs(z - z_torch).max() < 2e-5
 
 
 def test_lazy_package_exports_resolve_to_their_defining_modules() -> None:

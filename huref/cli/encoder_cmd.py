@@ -126,11 +126,11 @@ def info_cmd(
 ) -> None:
     """Recipe, metrics and SHA-256 of an encoder file; the shipped file is hash-checked."""
     from huref.checkpoint.hashing import sha256_file
-    from huref.encoder.weights import SHIPPED_SHA256, load_encoder, read_metadata, shipped_path
+    from huref.encoder.weights import SHIPPED_SHA256, load_numpy_encoder, read_metadata, shipped_path
 
     target = path or shipped_path()
     refuse_special_inputs(target)
-    load_encoder(path)  # refuses a tampered shipped file or weights that do not fit
+    load_numpy_encoder(path)  # refuses a tampered shipped file or weights that do not fit
     meta = read_metadata(target)
     digest = sha256_file(target)
     doc = {"path": str(target), "sha256": digest, "shipped": digest == SHIPPED_SHA256, **meta}

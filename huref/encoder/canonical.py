@@ -28,6 +28,7 @@ after a vocabulary change, which token strings are present). The canonical stack
    std), as the terms themselves are.
 
 Channel order: slot 0 (attn_qk, attn_vo, ffn), slot 1 (attn_qk, attn_vo, ffn); [6, 32, 32] in all.
+Computed with numpy (float32), so a dog drawn from a fingerprint file needs no tensor library.
 The bucket key is public and fixed: it only places tokens on the grid (the secret selection key,
 if any, already chose which tokens were probed).
 """
@@ -38,16 +39,18 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-import torch
+import numpy as np
+from numpy.typing import ArrayLike
 
 from huref.errors import FingerprintError
-from huref.invariants.fingerprint import Fingerprint, ModeTerms
+from huref.invariants.fingerprint import Fingerprint, ModeTerms, as_numpy
 
 GRID = 32  # S: cells per side of the canonical matrices
 DEPTH_SLOTS = 2
 N_TERMS = 3  # attn_qk, attn_vo, ffn
 CHANNELS = DEPTH_SLOTS * N_TERMS
 BUCKET_KEY = b"huref/encoder-canonical/v1"  # fixed forever: changing it moves every dog
+TRAINING_N_TOKENS = (320, 640)  # probe-token counts of the synthetic training models (SynthSpec)
 
 
 def token_bucket(s: str, grid: int = GRID) -> int:
@@ -56,71 +59,78 @@ def token_bucket(s: str, grid: int = GRID) -> int:
     return int.from_bytes(digest[:8], "big") % grid
 
 
-def token_buckets(strings: Sequence[str], grid: int = GRID) -> torch.Tensor:
+def token_buckets(strings: Sequence[str], grid: int = GRID) -> np.ndarray:
     """[n] int64 bucket of every token string."""
-    return torch.tensor([token_bucket(s, grid) for s in strings], dtype=torch.int64)
+    return np.array([token_bucket(s, grid) for s in strings], dtype=np.int64)
 
 
-def depth_weights(n_layers: int, slots: int = DEPTH_SLOTS) -> torch.Tensor:
-    """[slots, n_layers] triangular weights over relative depth, each row summing to 1."""
+def depth_weights(n_layers: int, slots: int = DEPTH_SLOTS) -> np.ndarray:
+    """[slots, n_layers] float32 triangular weights over relative depth, each row summing to 1."""
     if n_layers < 1:
         raise FingerprintError("a fingerprint with no layers has no canonical stack")
-    depth = (torch.arange(n_layers, dtype=torch.float64) + 0.5) / n_layers
-    centre = (torch.arange(slots, dtype=torch.float64) + 0.5) / slots
-    w = (1.0 - (depth[None, :] - centre[:, None]).abs() * slots).clamp(min=0.0)  # [slots, L]
+    depth = (np.arange(n_layers, dtype=np.float64) + 0.5) / n_layers
+    centre = (np.arange(slots, dtype=np.float64) + 0.5) / slots
+    w = np.maximum(1.0 - np.abs(depth[None, :] - centre[:, None]) * slots, 0.0)  # [slots, L]
     empty = w.sum(1) == 0
-    if bool(empty.any()):  # cannot happen for slots <= 2; kept for other slot counts
-        nearest = (depth[None, :] - centre[:, None]).abs().argmin(1)
+    if empty.any():  # cannot happen for slots <= 2; kept for other slot counts
+        nearest = np.abs(depth[None, :] - centre[:, None]).argmin(1)
         w[empty, nearest[empty]] = 1.0
-    return (w / w.sum(1, keepdim=True)).to(torch.float32)
+    return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
 
-def bucket_matrix(buckets: torch.Tensor, grid: int = GRID) -> tuple[torch.Tensor, torch.Tensor]:
-    """([grid, n] block-mean operator P, [grid] tokens per bucket); P @ M @ P.T = block means."""
-    n = int(buckets.numel())
-    counts = torch.bincount(buckets, minlength=grid).to(torch.float32)
-    p = torch.zeros(grid, n, dtype=torch.float32)
-    p[buckets, torch.arange(n)] = 1.0
-    return p / counts.clamp(min=1.0)[:, None], counts
+def bucket_matrix(buckets: ArrayLike, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
+    """([grid, n] block-mean operator P, [grid] tokens per bucket), float32; P @ M @ P.T = block
+    means."""
+    b = as_numpy(buckets).astype(np.int64, copy=False).reshape(-1)
+    n = b.size
+    counts = np.bincount(b, minlength=grid).astype(np.float32)
+    p = np.zeros((grid, n), dtype=np.float32)
+    p[b, np.arange(n)] = 1.0
+    return p / np.maximum(counts, np.float32(1.0))[:, None], counts
 
 
-def standardise_channels(pooled: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def standardise_channels(pooled: ArrayLike, counts: ArrayLike) -> np.ndarray:
     """Zero mean and unit std per channel over the unmasked cells; masked cells (a row or column
-    of an empty bucket) become 0. pooled: [..., C, S, S]; counts: [..., S] tokens per bucket."""
-    alive = (counts > 0).to(torch.float32)
-    mask = (alive[..., :, None] * alive[..., None, :]).unsqueeze(-3)  # [..., 1, S, S]
-    n_alive = mask.sum((-2, -1), keepdim=True).clamp(min=1.0)
-    mean = (pooled * mask).sum((-2, -1), keepdim=True) / n_alive
-    centred = (pooled - mean) * mask
-    sd = (centred.pow(2).sum((-2, -1), keepdim=True) / n_alive).sqrt()
-    return centred / torch.where(sd > 0, sd, torch.ones_like(sd))
+    of an empty bucket) become 0. pooled: [..., C, S, S]; counts: [..., S] tokens per bucket.
+    float32, as the stacks the encoder was trained on (synthetic.standardise_batch is the same
+    formula on batched training tensors)."""
+    x = np.asarray(pooled, dtype=np.float32)
+    alive = (np.asarray(counts) > 0).astype(np.float32)
+    mask = (alive[..., :, None] * alive[..., None, :])[..., None, :, :]  # [..., 1, S, S]
+    n_alive = np.maximum(mask.sum((-2, -1), keepdims=True), np.float32(1.0))
+    mean = (x * mask).sum((-2, -1), keepdims=True) / n_alive
+    centred = (x - mean) * mask
+    sd = np.sqrt((centred * centred).sum((-2, -1), keepdims=True) / n_alive)
+    return centred / np.where(sd > 0, sd, np.float32(1.0))
 
 
-def pool_and_standardise(cells: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def pool_and_standardise(cells: ArrayLike, counts: ArrayLike) -> np.ndarray:
     """[L, 3, S, S] block means of standardised terms -> [CHANNELS, S, S] canonical stack."""
-    n_layers, n_terms, grid = cells.shape[-4], cells.shape[-3], cells.shape[-1]
+    c = np.asarray(cells, dtype=np.float32)
+    n_layers, n_terms, grid = c.shape[-4], c.shape[-3], c.shape[-1]
     if n_terms != N_TERMS:
         raise FingerprintError(f"expected {N_TERMS} terms per layer, got {n_terms}")
     w = depth_weights(n_layers)  # [slots, L]
-    pooled = torch.einsum("kl,ltij->ktij", w, cells.to(torch.float32)).reshape(CHANNELS, grid, grid)
+    pooled = np.einsum("kl,ltij->ktij", w, c).reshape(CHANNELS, grid, grid)
     return standardise_channels(pooled, counts)
 
 
-def canonical_from_buckets(terms: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+def canonical_from_buckets(terms: ArrayLike, buckets: ArrayLike) -> np.ndarray:
     """[L, 3, n, n] standardised terms whose tokens sit in these buckets -> canonical stack."""
     p, counts = bucket_matrix(buckets)
-    cells = p @ terms.to(torch.float32) @ p.t()  # [L, 3, S, S]: block means
+    cells = p @ as_numpy(terms).astype(np.float32, copy=False) @ p.T  # [L, 3, S, S]: block means
     return pool_and_standardise(cells, counts)
 
 
-def canonical_from_terms(terms: torch.Tensor, strings: Sequence[str]) -> torch.Tensor:
-    """[L, 3, n, n] standardised terms on these token strings -> [CHANNELS, GRID, GRID] float32."""
-    if terms.ndim != 4 or terms.shape[1] != N_TERMS or terms.shape[2] != terms.shape[3]:
-        raise FingerprintError(f"robust terms must be [L, 3, n, n], got {tuple(terms.shape)}")
-    if terms.shape[2] != len(strings):
-        raise FingerprintError(f"{terms.shape[2]} token rows but {len(strings)} token strings")
-    t = terms.to(torch.float32)
-    if not bool(torch.isfinite(t).all()):
+def canonical_from_terms(terms: ArrayLike, strings: Sequence[str]) -> np.ndarray:
+    """[L, 3, n, n] standardised terms on these token strings -> [CHANNELS, GRID, GRID] float32.
+    Any array the numpy protocol reads (fingerprint files give numpy, extraction gives torch)."""
+    t = as_numpy(terms).astype(np.float32, copy=False)
+    if t.ndim != 4 or t.shape[1] != N_TERMS or t.shape[2] != t.shape[3]:
+        raise FingerprintError(f"robust terms must be [L, 3, n, n], got {tuple(t.shape)}")
+    if t.shape[2] != len(strings):
+        raise FingerprintError(f"{t.shape[2]} token rows but {len(strings)} token strings")
+    if not np.isfinite(t).all():
         raise FingerprintError("the robust terms contain NaN or infinite values")
     return canonical_from_buckets(t, token_buckets(strings))
 
@@ -133,8 +143,7 @@ def robust_terms(fp: Fingerprint) -> ModeTerms:
     return fp.robust
 
 
-def canonical_stack(fp: Fingerprint) -> torch.Tensor:
-    """The canonical stack [CHANNELS, GRID, GRID] of a fingerprint's robust terms."""
+def canonical_stack(fp: Fingerprint) -> np.ndarray:
+    """The canonical stack [CHANNELS, GRID, GRID] (float32) of a fingerprint's robust terms."""
     mt = robust_terms(fp)
-    # numpy when read from a file (fingerprint files are read without torch), torch when extracted
-    return canonical_from_terms(torch.as_tensor(mt.terms), mt.token_strings)
+    return canonical_from_terms(mt.terms, mt.token_strings)

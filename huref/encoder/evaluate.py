@@ -76,7 +76,7 @@ def encode_fingerprints(fps: Mapping[str, Fingerprint], model: CalibratedEncoder
     stacks = {name: canonical_stack(fp) for name, fp in fps.items()}
     names = list(stacks)
     with torch.no_grad():
-        z = model(torch.stack([stacks[n] for n in names]).to(torch.float32)).numpy()
+        z = model(torch.as_tensor(np.stack([stacks[n] for n in names]), dtype=torch.float32)).numpy()
     return stacks, {n: z[i] for i, n in enumerate(names)}
 
 

@@ -19,6 +19,8 @@ the calibration below supplies the non-linear part that Gaussianity needs.
 outputs are centred and whitened (ZCA) on a large set of fresh synthetic stacks, then every
 coordinate is sent through a monotone piecewise-linear map to N(0, 1) quantiles fitted on the same
 set, so z is standard normal coordinate by coordinate on the synthetic distribution.
+
+This module is for training; dogs are drawn with the numpy transcription in infer.py.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ import torch
 from torch import nn
 
 from huref.encoder.canonical import CHANNELS, GRID
+from huref.encoder.infer import QUANTILE_KNOTS
 from huref.render.base import Z_DIM
-
-QUANTILE_KNOTS = 257  # per-coordinate monotone map: knots at these many probability levels
 
 
 class DogEncoder(nn.Module):

@@ -48,8 +48,9 @@ def channel_statistics(m: torch.Tensor) -> dict[str, float]:
     }
 
 
-def stack_statistics(stack: torch.Tensor) -> dict[str, list[float]]:
+def stack_statistics(stack: torch.Tensor | np.ndarray) -> dict[str, list[float]]:
     """Per-channel statistics (lists of CHANNELS values) and the cross-channel correlations."""
+    stack = torch.as_tensor(stack)  # canonical.py gives numpy, synthetic.py torch
     out: dict[str, list[float]] = {k: [] for k in CHANNEL_STATS + STACK_STATS}
     for ch in stack:
         for k, v in channel_statistics(ch).items():
@@ -65,9 +66,10 @@ def stack_statistics(stack: torch.Tensor) -> dict[str, list[float]]:
     return out
 
 
-def pair_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+def pair_cosine(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """Cosine of two flattened canonical stacks (both are zero-mean per channel)."""
-    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+    x, y = (torch.as_tensor(v).flatten().double() for v in (a, b))
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
 
 
 def pooled(stats: list[dict[str, list[float]]]) -> dict[str, np.ndarray]:

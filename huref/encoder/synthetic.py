@@ -36,14 +36,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from huref.encoder.canonical import CHANNELS, DEPTH_SLOTS, GRID, N_TERMS, standardise_channels
+from huref.encoder.canonical import CHANNELS, DEPTH_SLOTS, GRID, N_TERMS, TRAINING_N_TOKENS
 
 
 @dataclass(frozen=True)
 class SynthSpec:
     """Ranges every synthetic model is drawn from (uniform unless stated)."""
 
-    n_tokens: tuple[int, int] = (320, 640)
+    n_tokens: tuple[int, int] = TRAINING_N_TOKENS
     d_model: tuple[int, ...] = (32, 48, 64, 80)
     n_layers: tuple[int, int] = (2, 8)
     ffn_rank: tuple[int, ...] = (16, 32)  # columns of the gated features H
@@ -381,7 +381,21 @@ def stacks(g: torch.Generator, models: SynthModel) -> torch.Tensor:
     pooled = pooled.reshape(b, CHANNELS, GRID, GRID) + torch.sqrt(noise_var / pair) * models.residual_field
     if bool((models.cell_noise > 0).any()):
         pooled = pooled + models.cell_noise[:, None, None, None] * torch.randn(pooled.shape, generator=g)
-    return standardise_channels(pooled, counts)
+    return standardise_batch(pooled, counts)
+
+
+def standardise_batch(pooled: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """canonical.standardise_channels on batched torch tensors [B, C, S, S], [B, S]: the same
+    formula in torch, because the shipped encoder's bytes depend on the float32 rounding of the
+    training stacks (encoders/README.md: a retrain reproduces its SHA-256). Tests hold the two
+    equal to float32 rounding."""
+    alive = (counts > 0).to(torch.float32)
+    mask = (alive[..., :, None] * alive[..., None, :]).unsqueeze(-3)  # [..., 1, S, S]
+    n_alive = mask.sum((-2, -1), keepdim=True).clamp(min=1.0)
+    mean = (pooled * mask).sum((-2, -1), keepdim=True) / n_alive
+    centred = (pooled - mean) * mask
+    sd = (centred.pow(2).sum((-2, -1), keepdim=True) / n_alive).sqrt()
+    return centred / torch.where(sd > 0, sd, torch.ones_like(sd))
 
 
 def explicit_terms(models: SynthModel, i: int) -> torch.Tensor:

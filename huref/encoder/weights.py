@@ -13,6 +13,10 @@ A non-editable install does not carry the weights (they are not package data): s
 The shipped file's SHA-256 is pinned below: a file that does not match is refused, since every
 dog ever rendered depends on these exact bits. Files trained by ``huref encoder train`` are
 loaded when named explicitly; their metadata must describe the same canonical stack.
+
+Reading and checking use safetensors' numpy interface (no pickle, no tensor library): dogs are
+drawn with :func:`load_numpy_encoder`; :func:`load_encoder` builds the torch network (training,
+evaluation) from the same checked arrays.
 """
 
 from __future__ import annotations
@@ -22,19 +26,19 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from huref.checkpoint.atomic import atomic_file
 from huref.checkpoint.hashing import sha256_file
-from huref.checkpoint.writer import TensorPlan, write_safetensors_file
 from huref.encoder.canonical import BUCKET_KEY, CHANNELS, DEPTH_SLOTS, GRID
-from huref.encoder.model import CalibratedEncoder, Calibration, DogEncoder
+from huref.encoder.infer import NumpyEncoder, state_shapes
 from huref.errors import CheckpointError, RenderError
 from huref.render.base import Z_DIM
+
+if TYPE_CHECKING:
+    from huref.encoder.model import CalibratedEncoder
 
 FORMAT = "huref-encoder/1"
 ENCODER_NAME = "huref-dog-encoder-v1"
@@ -42,6 +46,7 @@ WEIGHTS_FILE = f"{ENCODER_NAME}.safetensors"
 SHIPPED_SHA256 = "b5f11ddf74bc55ca17bf630e59ff8dc7ae96a21e9b126ec346c66d5c383ef970"  # encoders/README.md
 ENV_DIR = "HUREF_ENCODERS_DIR"
 MAX_WIDTH = 512  # DogEncoder width: 64 shipped; 512 is ~11M parameters (45 MB)
+FLOAT_DTYPES = ("F16", "F32", "F64")  # safetensors dtypes numpy reads (the shipped file: F32, F64)
 
 
 def canonical_spec() -> dict[str, Any]:
@@ -73,6 +78,9 @@ def save_encoder(
 
     Wall-clock timings (metrics["timing"]) are left out, so the same recipe gives the same bytes.
     """
+    from huref.checkpoint.atomic import atomic_file
+    from huref.checkpoint.writer import TensorPlan, write_safetensors_file
+
     path = Path(path)
     metrics = {k: v for k, v in metrics.items() if k != "timing"}
     tensors = {k: v.detach().contiguous().clone() for k, v in sorted(model.state_dict().items())}
@@ -118,7 +126,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise RenderError(f"{path}: not a readable encoder weights file ({e})") from None
@@ -147,26 +155,17 @@ def network_width(path: str | Path, config: dict[str, Any]) -> int:
     return width
 
 
-def expected_shapes(width: int) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of CalibratedEncoder(width); the network part is built on the meta
-    device, so asking costs no memory whatever the width."""
-    with torch.device("meta"):
-        net = DogEncoder(width)
-    shapes = {f"encoder.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
-    shapes.update({f"calibration.{k}": tuple(v.shape) for k, v in Calibration().state_dict().items()})
-    return shapes
-
-
 def check_tensor_shapes(path: str | Path, width: int) -> None:
-    """Compare the file's header (names both ways, shapes) with the network its config declares,
-    before anything is allocated for it."""
+    """Compare the file's header (names both ways, shapes, float dtypes) with the network its
+    config declares, before anything is allocated for it."""
     from safetensors import safe_open
 
-    want = expected_shapes(width)
+    want = state_shapes(width)  # by arithmetic: costs no memory whatever the width
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             names: list[str] = f.keys()  # a safe_open handle is not iterable
             have = {name: tuple(f.get_slice(name).get_shape()) for name in names}
+            dtypes = {name: str(f.get_slice(name).get_dtype()) for name in names}
     except (SafetensorError, OSError) as e:
         raise RenderError(f"{path}: not a readable encoder weights file ({e})") from None
     missing, unclaimed = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -179,10 +178,26 @@ def check_tensor_shapes(path: str | Path, width: int) -> None:
             raise RenderError(
                 f"{path}: {name} has shape {list(have[name])}, but width {width} implies {list(shape)}"
             )
+        if dtypes[name] not in FLOAT_DTYPES:
+            raise RenderError(
+                f"{path}: {name} has dtype {dtypes[name]}, not one of {', '.join(FLOAT_DTYPES)}"
+            )
 
 
-def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> CalibratedEncoder:
-    """Load an encoder file; with expected_sha256, refuse a file whose bytes differ."""
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a (checked) weights file, as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise RenderError(f"{path}: not a readable encoder weights file ({e})") from None
+
+
+def read_checked(path: str | Path, expected_sha256: str | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """(network width, tensors) of an encoder file, after every check: the bytes' SHA-256 when
+    expected_sha256 is given, the metadata, the canonical stack it was trained for, then the
+    header's tensor names and shapes, all before the tensors are read."""
     path = Path(path)
     if not path.is_file():
         raise RenderError(f"encoder weights {path} not found (see encoders/README.md or set {ENV_DIR})")
@@ -201,22 +216,32 @@ def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> C
         raise RenderError(f"{path}: trained for canonical stack {meta['canonical']}, not {canonical_spec()}")
     width = network_width(path, meta["config"])
     check_tensor_shapes(path, width)
+    return width, read_arrays(path)
+
+
+def load_encoder_file(path: str | Path, expected_sha256: str | None = None) -> CalibratedEncoder:
+    """The torch network of an encoder file; with expected_sha256, refuse a file whose bytes differ."""
+    import torch
+
+    from huref.encoder.model import CalibratedEncoder
+
+    width, state = read_checked(path, expected_sha256)
     model = CalibratedEncoder(width)
     try:
-        state = load_file(str(path))
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
+        model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
         raise RenderError(f"{path}: encoder weights do not fit the network ({e})") from None
     return model.eval().requires_grad_(False)
 
 
-@lru_cache(maxsize=4)
-def _cached(path: str, expected: str | None, mtime_ns: int) -> CalibratedEncoder:
-    return load_encoder_file(path, expected)
+def load_numpy_encoder_file(path: str | Path, expected_sha256: str | None = None) -> NumpyEncoder:
+    """The numpy encoder (infer.py) of an encoder file, checked as :func:`load_encoder_file`."""
+    _, state = read_checked(path, expected_sha256)
+    return NumpyEncoder.from_state(state)
 
 
-def load_encoder(path: str | Path | None = None) -> CalibratedEncoder:
-    """The shipped encoder (hash-checked), or the file at path; cached per file and mtime."""
+def _cache_key(path: str | Path | None) -> tuple[str, str | None, int]:
+    """(resolved path, pinned SHA-256 or None, mtime): the shipped file is hash-checked."""
     p = Path(path) if path is not None else shipped_path()
     expected = SHIPPED_SHA256 if path is None else None
     try:
@@ -225,10 +250,26 @@ def load_encoder(path: str | Path | None = None) -> CalibratedEncoder:
         raise RenderError(
             f"encoder weights {p} not found (see encoders/README.md or set {ENV_DIR})"
         ) from None
-    return _cached(str(p.resolve()), expected, mtime)
+    return str(p.resolve()), expected, mtime
 
 
-def encode(stack: torch.Tensor, model: CalibratedEncoder) -> torch.Tensor:
-    """One canonical stack [C, S, S] -> z [Z_DIM] float64."""
-    with torch.no_grad():
-        return model(stack.unsqueeze(0).to(torch.float32))[0]
+@lru_cache(maxsize=4)
+def _cached(path: str, expected: str | None, mtime_ns: int) -> CalibratedEncoder:
+    return load_encoder_file(path, expected)
+
+
+@lru_cache(maxsize=4)
+def _cached_numpy(path: str, expected: str | None, mtime_ns: int) -> NumpyEncoder:
+    return load_numpy_encoder_file(path, expected)
+
+
+def load_encoder(path: str | Path | None = None) -> CalibratedEncoder:
+    """The shipped encoder (hash-checked), or the file at path, as a torch network; cached per
+    file and mtime."""
+    return _cached(*_cache_key(path))
+
+
+def load_numpy_encoder(path: str | Path | None = None) -> NumpyEncoder:
+    """The shipped encoder (hash-checked), or the file at path, for numpy inference; cached per
+    file and mtime."""
+    return _cached_numpy(*_cache_key(path))

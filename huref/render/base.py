@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Protocol
 
 from huref.plugins import Registry
+
+if TYPE_CHECKING:  # annotations only: Z_DIM is read by the numpy-only encoder (encoder/infer.py)
+    import numpy as np
+    from PIL import Image
 
 Z_DIM = 512  # the encoder's output size; every renderer takes a vector of this length
 
