@@ -127,6 +127,7 @@ def compare_cmd(
     from huref.invariants import compare_paths
     from huref.invariants.calibration import format_log10_p
     from huref.invariants.compare import expert_summary, match_summary
+    from huref.invariants.statistics import text_lines
     from huref.scan.results import VERDICTS
 
     check_fail_on(fail_on, VERDICTS)
@@ -154,6 +155,8 @@ def compare_cmd(
             con.print("experts from the dense FFN (p < 1e-6): " + expert_summary(c.expert_origin))
         if c.expert_matches:
             con.print("experts matched: " + match_summary(c.expert_matches))
+        for line in text_lines(c.stats):  # the registered statistics (huref.invariants.statistics)
+            con.print(line)
         con.print(styled("verdict: ", (str(c.verdict), "bold"), f"  ({c.rule})"))
     if fail_on and c.verdict == fail_on:
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ Verdict rule (documented in the report's method notes):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from huref.errors import FingerprintError
 from huref.invariants.fingerprint import Fingerprint
 from huref.invariants.similarity import layer_similarity, monotone_alignment, paper_ics, shared_terms
+from huref.invariants.statistics import Pair, compute_all
 from huref.invariants.stats import (
     BUILTIN_NULL,
     NullModel,
@@ -25,14 +27,17 @@ from huref.invariants.stats import (
     expert_origin,
     neuron_test,
 )
-from huref.invariants.verdict import P_DERIVED, VERDICT_RULE, verdict_for
+from huref.invariants.verdict import P_DERIVED, VERDICT_RULE, judge
 
 if TYPE_CHECKING:
     from huref.checkpoint import Checkpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
+    """One comparison: the core fields every consumer reads by name, and ``stats``, the values of
+    the registered statistics (``huref.invariants.statistics``), flattened into the JSON."""
+
     a: str
     b: str
     ics: float | None
@@ -53,9 +58,12 @@ class Comparison:
     expert_origin: list[dict[str, Any]] = field(default_factory=list)
     # two MoEs: each aligned sparse layer's experts paired by their neuron tests
     expert_matches: list[dict[str, Any]] = field(default_factory=list)
+    stats: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        stats = doc.pop("stats")  # registered statistics sit beside the core keys, after them
+        return {**doc, **stats}
 
 
 def compare_fingerprints(
@@ -74,7 +82,9 @@ def compare_fingerprints(
         where = fp.non_finite()
         if where is not None:
             raise FingerprintError(f"{fp.name}: NaN or infinite values in the {where}")
-    ics = z = log10_p = None
+    ics = log10_p = None
+    ta = tb = s = None
+    pairs: list[tuple[int, int, float]] = []
     alignment: list[list[Any]] = []
     sim: list[list[float]] = []
     tests: list[dict[str, Any]] = []
@@ -88,7 +98,6 @@ def compare_fingerprints(
         ics = sum(p[2] for p in pairs) / len(pairs)
         alignment = [[a, b, round(v, 4)] for a, b, v in pairs]
         sim = [[round(float(v), 4) for v in row] for row in s]
-        z = null.z(ics)
         # like views only: no derivation turns a gated FFN into a plain one (or back), so a
         # gated/plain pair has no neuron correspondence to test and the verdict rests on Z
         if fa.responses is not None and fb.responses is not None and fa.responses.views == fb.responses.views:
@@ -119,7 +128,9 @@ def compare_fingerprints(
         from huref.invariants.pcs import parameter_cosine  # reads weights: torch, checkpoints only
 
         pcs = parameter_cosine(ckpt_a, ckpt_b)
+    z, verdict = judge(ics, log10_p, null)
     p_value = None if log10_p is None else 10.0**log10_p
+    pair = Pair(fa, fb, null, ta, tb, s, tuple(pairs), ics, z, log10_p, shared)
     return Comparison(
         a=fa.name,
         b=fb.name,
@@ -130,7 +141,7 @@ def compare_fingerprints(
         p_value=p_value,
         log10_p_value=log10_p,
         layer_alignment=alignment,
-        verdict=verdict_for(log10_p, z),
+        verdict=verdict,
         shared_tokens=shared,
         shared_tokens_paper=shared_p,
         layer_similarity=sim,
@@ -138,6 +149,7 @@ def compare_fingerprints(
         expert_origin=experts,
         expert_matches=matches,
         null={"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
+        stats=compute_all(pair),
     )
 
 

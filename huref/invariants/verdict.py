@@ -6,6 +6,10 @@ cached numbers with the same rule as a fresh comparison, without importing torch
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from huref.invariants.calibration import NullModel
 
 P_DERIVED = 1e-6
 P_INDEPENDENT = 0.01
@@ -16,7 +20,15 @@ VERDICT_RULE = (
     "p >= 0.01 and Z < 3; inconclusive otherwise"
 )
 
-__all__ = ["P_DERIVED", "P_INDEPENDENT", "VERDICT_RULE", "Z_DERIVED", "Z_INDEPENDENT", "verdict_for"]
+__all__ = [
+    "P_DERIVED",
+    "P_INDEPENDENT",
+    "VERDICT_RULE",
+    "Z_DERIVED",
+    "Z_INDEPENDENT",
+    "judge",
+    "verdict_for",
+]
 
 
 def verdict_for(log10_p: float | None, z: float | None) -> str:
@@ -31,3 +43,10 @@ def verdict_for(log10_p: float | None, z: float | None) -> str:
     if z >= Z_DERIVED:
         return "derived"
     return "independent" if z < Z_INDEPENDENT else "inconclusive"
+
+
+def judge(ics: float | None, log10_p: float | None, null: NullModel) -> tuple[float | None, str]:
+    """(Z, verdict) of a comparison from its robust ICS and neuron-test log10 p, against ``null``:
+    what ``huref compare`` computes fresh and a scan recomputes from its cached columns."""
+    z = None if ics is None else null.z(ics)
+    return z, verdict_for(log10_p, z)

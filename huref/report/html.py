@@ -7,6 +7,7 @@ nothing from the network (a Content-Security-Policy forbids it) and embeds image
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from huref.checkpoint.atomic import atomic_file
 from huref.errors import ReportError
 from huref.invariants.calibration import format_log10_p, format_p
+from huref.invariants.statistics import report_rows, schema_properties
 from huref.report import load_schema
 from huref.report.plots import alignment_svg, heatmap_svg
 
@@ -34,7 +36,14 @@ def _env() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(fmt=_fmt, pfmt=format_log10_p, pvalue=format_p, heatmap=_heatmap, alignment=_alignment)
+    env.globals.update(
+        fmt=_fmt,
+        pfmt=format_log10_p,
+        pvalue=format_p,
+        heatmap=_heatmap,
+        alignment=_alignment,
+        statistics=report_rows,  # the registered statistics of a passive row (huref.invariants.statistics)
+    )
     return env
 
 
@@ -110,10 +119,20 @@ EvidenceValidator = jsonschema.validators.extend(
 )
 
 
+def evidence_schema() -> dict[str, Any]:
+    """The shipped schema with the registered statistics' fragments merged into the passive row."""
+    extra = schema_properties()
+    if not extra:
+        return load_schema()
+    doc = copy.deepcopy(load_schema())  # load_schema's document is cached: never edit it in place
+    doc["$defs"]["passive_row"]["properties"].update(extra)
+    return doc
+
+
 def validate_evidence(ev: dict[str, Any]) -> None:
     """Refuse (ReportError) an evidence record that does not fit the shipped schema."""
     try:
-        EvidenceValidator(load_schema()).validate(ev)
+        EvidenceValidator(evidence_schema()).validate(ev)
     except jsonschema.ValidationError as e:
         if isinstance(e.instance, float) and not math.isfinite(e.instance):
             raise ReportError(

@@ -77,6 +77,19 @@ class Cmp:
     detail: dict[str, Any] | None = None  # layer alignment
 
 
+def comparison_row(base_fingerprint: str, c: Any) -> Cmp:
+    """What the cache keeps of a fresh comparison (``huref.invariants.compare.Comparison``): the
+    verdict's inputs as columns; the layer alignment and the scan-kept registered statistics
+    (``huref.invariants.statistics``) in ``detail``."""
+    from huref.invariants.statistics import scan_names
+
+    detail: dict[str, Any] = {"layer_alignment": c.layer_alignment}
+    kept = {n: c.stats.get(n) for n in scan_names()}
+    if kept:
+        detail["stats"] = kept
+    return Cmp(base_fingerprint, c.ics, c.log10_p_value, c.shared_tokens, None, detail)
+
+
 @dataclass(frozen=True)
 class FpvecRow:
     """FP-Vec verification of one model with one key set (identified by its commitment)."""

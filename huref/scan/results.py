@@ -1,7 +1,7 @@
 """From cached comparisons to the scan's verdicts: one entry per model, and results.json.
 
 Per model and base, Z comes from the registry's current null and the verdict from
-``huref.invariants.compare.verdict_for`` (the rule of ``huref compare``). The model's reported
+``huref.invariants.verdict.judge`` (the rule of ``huref compare``). The model's reported
 base is the best-matching comparable one: the strongest verdict (derived > inconclusive >
 independent), then the highest robust ICS. Its verdict is the verdict against that base, so a
 model is ``derived`` as soon as one registered base says so.
@@ -39,7 +39,8 @@ from typing import Any
 
 from huref.checkpoint.card import read_claims, weigh_claims
 from huref.invariants.calibration import NullModel
-from huref.invariants.verdict import VERDICT_RULE, verdict_for
+from huref.invariants.statistics import scan_values
+from huref.invariants.verdict import VERDICT_RULE, judge
 from huref.paths import shown
 from huref.registry.store import Base
 from huref.scan.cache import Cmp
@@ -109,6 +110,7 @@ def model_entry(
         "claim": None,  # the model card's claimed base against the comparisons (huref.checkpoint.card)
         "bases_compared": 0,  # bases compared exactly (indexed scans: huref.scan.index)
         "bases_ruled_out": 0,  # bases the sketch ruled out
+        **scan_values(None),  # registered statistics kept by the scan: the best base's, else null
     }
     if r.fpvec is not None:
         e["fpvec"] = r.fpvec
@@ -135,7 +137,7 @@ def model_entry(
         if cmp.error is not None or cmp.ics is None:
             rows.append({"base": b.name, "error": cmp.error or "no robust ICS"})
             continue
-        z = null.z(cmp.ics)
+        z, verdict = judge(cmp.ics, cmp.log10_p, null)  # the rule of huref compare
         rows.append(
             {
                 "base": b.name,
@@ -143,8 +145,9 @@ def model_entry(
                 "z": _finite(z),
                 "log10_p_value": _finite(cmp.log10_p),
                 "p_value": None if cmp.log10_p is None else 10.0**cmp.log10_p,
-                "verdict": verdict_for(cmp.log10_p, z),
+                "verdict": verdict,
                 "shared_tokens": cmp.shared_tokens,
+                **scan_values((cmp.detail or {}).get("stats")),  # registered statistics kept by the scan
             }
         )
     e["comparisons"] = rows
@@ -170,6 +173,7 @@ def model_entry(
         p_value=best["p_value"],
         log10_p_value=best["log10_p_value"],
         verdict=best["verdict"],
+        **{k: best[k] for k in scan_values(None)},  # the best base's registered statistics
     )
     if e["registered_as"]:
         e["note"] = f"{_self_note(e['registered_as'])}; compared with the others"

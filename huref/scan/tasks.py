@@ -31,7 +31,7 @@ from typing import Any
 from huref.checkpoint.hashing import FileIdentity, changed_since
 from huref.errors import CheckpointError, HurefError
 from huref.paths import shown
-from huref.scan.cache import Cmp, FileStat, FpvecRow
+from huref.scan.cache import Cmp, FileStat, FpvecRow, comparison_row
 from huref.scan.discover import one_line
 
 DELAY_ENV = "HUREF_SCAN_TEST_DELAY_MS"  # test hook: sleep this long before fingerprinting each model
@@ -169,9 +169,7 @@ def compare_with_bases(fp: Any, base_shas: tuple[str, ...], bases: dict[str, Any
         except HurefError as e:  # e.g. no shared probe tokens: not comparable with this base
             out.append(Cmp(sha, None, None, 0, one_line(str(e))))
             continue
-        out.append(
-            Cmp(sha, c.ics, c.log10_p_value, c.shared_tokens, None, {"layer_alignment": c.layer_alignment})
-        )
+        out.append(comparison_row(sha, c))
     return out
 
 
