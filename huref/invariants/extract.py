@@ -193,11 +193,14 @@ def _sparse_ffn(
     groups: list[tuple[str, int]] = []
     views_a, views_b = [], []
     for e, (gate, up, down) in enumerate(w.experts()):  # one expert in memory at a time
-        y.add_(K.moe_out(xf, route[:, e : e + 1], [(gate, up, down)]))
-        views_a.append(K.times_t(xs, gate))
-        views_b.append(K.times_t(xs, up))
+        # its routed rows and the response rows in one product per weight (one widening each)
+        rows, out, va, vb = K.expert_response(xf, route[:, e], gate, up, down, probe=xs)
+        y.index_add_(0, rows, out)
+        assert va is not None and vb is not None  # experts are gated, and probe rows were given
+        views_a.append(va)
+        views_b.append(vb)
         groups.append((str(e), gate.shape[0]))
-        del gate, up, down
+        del gate, up, down, out
     shared = w.shared()
     if shared is not None:
         s_gate, s_up, s_down = shared

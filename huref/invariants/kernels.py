@@ -158,24 +158,44 @@ def moe_route(logits: torch.Tensor, top_k: int, renormalise: bool) -> torch.Tens
     return deepseek_route(logits, None, top_k, renormalise=renormalise)
 
 
+def expert_response(
+    xf: torch.Tensor,
+    weight: torch.Tensor,
+    gate: torch.Tensor | None,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    probe: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One expert on the rows routed to it: (their indices, weight * h W_down on them [r, d]) with
+    h = x W_gate ⊙ x W_up (no activation, as the dense FFN term; gate None: a non-gated expert),
+    ``weight`` the routing weights of every row [n]. With ``probe`` rows [p, d], also their
+    x W_gate and x W_up responses (else None): routed and probe rows go through each weight in one
+    product, so a weight in its stored dtype is widened once (``times_t``)."""
+    rows = weight.nonzero().flatten()
+    x = xf[rows] if probe is None else torch.cat([probe, xf[rows]])
+    k = 0 if probe is None else probe.shape[0]
+    u = times_t(x, up)
+    g = None if gate is None else times_t(x, gate)
+    h = u[k:] if g is None else g[k:] * u[k:]
+    out = times_t(h, down).mul_(weight[rows, None].to(xf.dtype))
+    if probe is None:
+        return rows, out, None, None
+    return rows, out, None if g is None else g[:k], u[:k]
+
+
 def moe_out(
     xf: torch.Tensor,
     route: torch.Tensor,
     experts: Sequence[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
-    """The routed experts' feature-space output [n, d]: sum_e route[:, e] * h_e W_down,e with
-    h_e = x W_gate ⊙ x W_up (no activation, as the dense FFN term; gate None: a non-gated
-    expert). Tokens an expert is not routed to add nothing, so an expert no probe token reaches
-    (an adversary's dead expert) leaves the result unchanged. Weights may be in their stored dtype
-    (``times_t`` widens them in blocks)."""
+    """The routed experts' feature-space output [n, d]: sum_e route[:, e] * h_e W_down,e
+    (``expert_response`` of each). Tokens an expert is not routed to add nothing, so an expert no
+    probe token reaches (an adversary's dead expert) leaves the result unchanged. Weights may be
+    in their stored dtype (``times_t`` widens them in blocks)."""
     y = torch.zeros(xf.shape[0], experts[0][2].shape[0], dtype=xf.dtype, device=xf.device)
     for e, (gate, up, down) in enumerate(experts):
-        rows = route[:, e].nonzero().flatten()
-        if rows.numel() == 0:
-            continue
-        xr = xf[rows]
-        h = times_t(xr, up) if gate is None else times_t(xr, gate).mul_(times_t(xr, up))
-        y.index_add_(0, rows, times_t(h, down).mul_(route[rows, e, None].to(xf.dtype)))
+        rows, out, _, _ = expert_response(xf, route[:, e], gate, up, down)
+        y.index_add_(0, rows, out)
     return y
 
 
