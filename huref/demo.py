@@ -15,13 +15,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from huref.errors import UsageError
 from huref.invariants import Settings
+
+if TYPE_CHECKING:
+    from huref.scan.runner import ScanReport
 
 AUDITED = (
     "llama-a-attack-residual-rotation",
@@ -83,26 +86,28 @@ def check_config(cfg: DemoConfig) -> None:
         )
 
 
-def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> dict[str, Any]:
-    from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
-    from huref.registry.enroll import add_base
-    from huref.registry.store import Store
-    from huref.report.audit import run_audit
-    from huref.scan.results import write_outputs
-    from huref.scan.runner import ScanConfig, run_scan
-    from huref.zoo.build import build_zoo, default_stories
+class _Steps:
+    """The demo's step log: each finished step is printed with the time since the start."""
 
+    def __init__(self, con: Console) -> None:
+        self.con, self.t0 = con, time.perf_counter()
+        self.steps: list[tuple[str, float]] = []
+
+    def mark(self, what: str) -> None:
+        self.steps.append((what, time.perf_counter() - self.t0))
+        self.con.print(Text.assemble(("✓", "green"), f" {what} ({time.perf_counter() - self.t0:.0f} s)"))
+
+
+def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo's steps (see the module notes) and return its summary (also ``demo.json``).
+
+    The configuration is checked first (:func:`check_config`: nothing is built, written or
+    removed on a bad one); then each step is one function, run in order."""
     cfg = cfg or DemoConfig()
     check_config(cfg)
     # paths printed as they are (no markup) and on one line
     con = console or Console(stderr=True, markup=False, soft_wrap=True)
-    t0 = time.perf_counter()
-    steps: list[tuple[str, float]] = []
-
-    def mark(what: str) -> None:
-        steps.append((what, time.perf_counter() - t0))
-        con.print(Text.assemble(("✓", "green"), f" {what} ({time.perf_counter() - t0:.0f} s)"))
-
+    steps = _Steps(con)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("huref demo outputs: the next 'huref demo --out' here replaces them\n")
@@ -110,20 +115,56 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     con.print(
         Text.assemble(("huref demo", "bold"), f": zoo {cfg.zoo} (preset {cfg.preset}), outputs under {out}")
     )
+    zoo, manifest = _zoo_step(cfg, steps)
+    truth = _truth(manifest)
+    home = out / "registry"
+    bases = _register_step(home, zoo, manifest, steps)
+    stamped, suspect_vectors = _fpvec_step(out, zoo, steps)
+    scan_dir = out / "scan"
+    report, wrong_scan = _scan_step(cfg, zoo, scan_dir, home, truth, steps)
+    suspects: list[tuple[str, Path, str, list[tuple[Path, Path]]]] = [
+        (name, zoo / name, truth[name], []) for name in AUDITED if (zoo / name).is_dir()
+    ]
+    suspects.insert(0, (STAMPED, stamped, "derived", suspect_vectors))
+    audits = _audit_step(suspects, scan_dir, home, bases)
+    from huref.scan.results import write_outputs
+
+    write_outputs(scan_dir, report.doc)  # refresh the index's links to the reports just written
+    steps.mark(f"audited {len(audits)} suspects")
+    return _summary_step(con, steps, out, scan_dir, audits, wrong_scan)
+
+
+def _zoo_step(cfg: DemoConfig, steps: _Steps) -> tuple[Path, dict[str, Any]]:
+    """Build (or reuse) the demo zoo and read its manifest; then clear the previous run's
+    outputs (in a folder the demo owns, as :func:`check_config` made sure)."""
+    from huref.zoo.build import build_zoo, default_stories
+
     zoo = build_zoo(cfg.zoo, cfg.preset, stories=default_stories(), workers=cfg.workers)
     manifest = json.loads((zoo / "zoo.json").read_text())
-    truth = _truth(manifest)
-    mark(f"zoo ready: {len(manifest['models'])} models")
-    for sub in OUTPUT_DIRS:  # the previous run's outputs, in a folder the demo owns (checked above)
-        shutil.rmtree(out / sub, ignore_errors=True)
+    steps.mark(f"zoo ready: {len(manifest['models'])} models")
+    for sub in OUTPUT_DIRS:
+        shutil.rmtree(cfg.out / sub, ignore_errors=True)
+    return zoo, manifest
 
-    home = out / "registry"
+
+def _register_step(home: Path, zoo: Path, manifest: dict[str, Any], steps: _Steps) -> list[str]:
+    """Register the zoo's bases, each its own family (their pairs feed the Z null)."""
+    from huref.registry.enroll import add_base
+    from huref.registry.store import Store
+
     bases = [m["name"] for m in manifest["models"] if m["relation"] == "base"]
     with Store(home) as store:
         for b in bases:
             add_base(store, zoo / b, b, family=b)
         n_pairs = len(store.pairs())
-    mark(f"registered {len(bases)} bases ({n_pairs} independent pairs for the Z null)")
+    steps.mark(f"registered {len(bases)} bases ({n_pairs} independent pairs for the Z null)")
+    return bases
+
+
+def _fpvec_step(out: Path, zoo: Path, steps: _Steps) -> tuple[Path, list[tuple[Path, Path]]]:
+    """FP-Vec: make keys, fingerprint llama-a, extract its vector and stamp it into llama-a-sft.
+    Returns the stamped model and its (vector, keys) pair for the audit."""
+    from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
 
     keys_path = out / "fpvec" / "keys.json"
     ks = make_keys(seed=2024)
@@ -136,28 +177,43 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     stamp_model(zoo / "llama-a-sft", vector, stamped)
     v = verify_model(stamped, ks)
     lt = v.likelihood
-    mark(
+    steps.mark(
         f"FP-Vec: fingerprinted llama-a, stamped llama-a-sft (FSR {v.fsr:.2f}"
         + (f", key likelihood p {lt.p_value:.1e})" if lt is not None else ")")
     )
+    return stamped, [(vector, keys_path)]
 
-    scan_dir = out / "scan"
+
+def _scan_step(
+    cfg: DemoConfig, zoo: Path, scan_dir: Path, home: Path, truth: dict[str, str], steps: _Steps
+) -> tuple[ScanReport, list[str]]:
+    """Scan the zoo against the registry; returns the report and the models whose verdict is off
+    the ground truth."""
+    from huref.scan.runner import ScanConfig, run_scan
+
     report = run_scan(ScanConfig(zoo=zoo, out_dir=scan_dir, workers=cfg.workers, home=home, progress=False))
     wrong_scan = [
         m["name"]
         for m in report.doc["models"]
         if m.get("error") is None and m["name"] in truth and m["verdict"] != truth[m["name"]]
     ]
-    mark(f"scan: {len(report.doc['models'])} models, {len(wrong_scan)} verdicts off the ground truth")
+    steps.mark(f"scan: {len(report.doc['models'])} models, {len(wrong_scan)} verdicts off the ground truth")
+    return report, wrong_scan
+
+
+def _audit_step(
+    suspects: list[tuple[str, Path, str, list[tuple[Path, Path]]]],
+    scan_dir: Path,
+    home: Path,
+    bases: list[str],
+) -> list[dict[str, Any]]:
+    """Audit each suspect into the scan's reports folder, against every registered base but the
+    suspect itself (a registered base is its own best match)."""
+    from huref.report.audit import run_audit
 
     settings = Settings()
     audits: list[dict[str, Any]] = []
-    suspects: list[tuple[str, Path, str, list[tuple[Path, Path]]]] = [
-        (name, zoo / name, truth[name], []) for name in AUDITED if (zoo / name).is_dir()
-    ]
-    suspects.insert(0, (STAMPED, stamped, "derived", [(vector, keys_path)]))
     for name, path, expected, vectors in suspects:
-        # every registered base but the suspect itself (a registered base is its own best match)
         ev, html, _ = run_audit(
             path,
             scan_dir / "reports" / f"{name}.html",
@@ -179,13 +235,22 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
                 "report": str(html),
             }
         )
-    write_outputs(scan_dir, report.doc)  # refresh the index's links to the reports just written
-    mark(f"audited {len(audits)} suspects")
+    return audits
 
-    elapsed = time.perf_counter() - t0
+
+def _summary_step(
+    con: Console,
+    steps: _Steps,
+    out: Path,
+    scan_dir: Path,
+    audits: list[dict[str, Any]],
+    wrong_scan: list[str],
+) -> dict[str, Any]:
+    """Write ``demo.json`` and print every verdict against the ground truth and where to look."""
+    elapsed = time.perf_counter() - steps.t0
     summary = {
         "seconds": round(elapsed, 1),
-        "steps": steps,
+        "steps": steps.steps,
         "audits": audits,
         "scan_wrong": wrong_scan,
         "index": str(scan_dir / "index.html"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,11 @@ from huref.cli.app import app
 from huref.cli.checks import refuse_special_inputs
 from huref.cli.console import console
 from huref.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from huref.invariants.fingerprint import Fingerprint
 
 MAX_SIZE = 4096  # --size: pixels per side (a 4096 x 4096 RGB image is 48 MiB)
 MAX_CELL = 2048  # --cell: pixels per side of one sheet thumbnail
@@ -58,17 +63,39 @@ def dog_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the dog vector(s) as JSON.")] = False,
 ) -> None:
     """Render the dog image of each model: derived models look like their base."""
-    from huref.dogs import (
-        dog_sheet,
-        dog_vector,
-        encoder_n_range,
-        fingerprints_of,
-        get_cached_renderer,
-        render_dog,
+    opts = _check_dog_args(
+        models, out, sheet, renderer, checkpoint, encoder, size, columns, cell, labels, as_json
     )
-    from huref.render.sheet import save_png_atomic
+    fps, zs = _dog_vectors(models, encoder)
+    _write_dogs(models, fps, zs, out, sheet, renderer, size, columns, cell, labels, opts)
+    if as_json:
+        _print_json(models, fps, zs, out, sheet, renderer)
+    else:
+        con = console(stderr=True)
+        for target in (out, sheet):
+            if target is not None:
+                con.print(f"wrote {target}")
 
-    # every check that needs no computation comes first: no work is wasted on a bad command line
+
+def _check_dog_args(
+    models: list[str],
+    out: Path | None,
+    sheet: Path | None,
+    renderer: str,
+    checkpoint: Path | None,
+    encoder: Path | None,
+    size: int,
+    columns: int | None,
+    cell: int,
+    labels: list[str] | None,
+    as_json: bool,
+) -> dict[str, object]:
+    """Check stage: every check that needs no computation, so no work is wasted on a bad command
+    line (output names, sizes, labels, special files), then the renderer is built (a bad renderer
+    or generator file fails here, before fingerprinting). One :class:`UsageError` line each;
+    nothing is written. Returns the renderer's options."""
+    from huref.dogs import get_cached_renderer
+
     if out is None and sheet is None and not as_json:
         raise UsageError("nothing to do: give -o DOG.png, --sheet SHEET.png or --json")
     if out is not None and len(models) > 1:
@@ -99,8 +126,16 @@ def dog_cmd(
             raise UsageError("--checkpoint is for --renderer stylegan2")
         opts["checkpoint"] = str(checkpoint)
     get_cached_renderer(renderer, **opts)  # bad renderer or generator file: fail before fingerprinting
+    return opts
 
-    fps = fingerprints_of(models)  # refuses inputs fingerprinted with different settings
+
+def _dog_vectors(models: list[str], encoder: Path | None) -> tuple[list[Fingerprint], list[np.ndarray]]:
+    """The fingerprints of the models (refusing inputs fingerprinted with different settings) and
+    their dog vectors; a warning on stderr for a model whose probe-token count lies outside the
+    encoder's training range."""
+    from huref.dogs import dog_vector, encoder_n_range, fingerprints_of
+
+    fps = fingerprints_of(models)
     zs = [dog_vector(fp, encoder) for fp in fps]
     lo, hi = encoder_n_range(encoder)
     for m, fp in zip(models, fps, strict=True):
@@ -111,6 +146,26 @@ def dog_cmd(
                 "trained on: its dog is less reliable",
                 highlight=False,
             )
+    return fps, zs
+
+
+def _write_dogs(
+    models: list[str],
+    fps: list[Fingerprint],
+    zs: list[np.ndarray],
+    out: Path | None,
+    sheet: Path | None,
+    renderer: str,
+    size: int,
+    columns: int | None,
+    cell: int,
+    labels: list[str] | None,
+    opts: dict[str, object],
+) -> None:
+    """Render -o's image and the --sheet, each written atomically."""
+    from huref.dogs import dog_sheet, render_dog
+    from huref.render.sheet import save_png_atomic
+
     if out is not None:
         save_png_atomic(render_dog(zs[0], renderer, size=size, **opts), out)
     if sheet is not None:
@@ -120,28 +175,31 @@ def dog_cmd(
         caption = [f"huref dog images: renderer {renderer}; derived models look like their base"]
         img = dog_sheet(list(zip(names, zs, strict=True)), renderer, columns, cell, caption, **opts)
         save_png_atomic(img, sheet)
-    if as_json:
-        dogs = [
-            {
-                "model": m,
-                "name": fp.name,
-                "z": [float(v) for v in z],
-                "renderer": renderer,
-                "path": str(out) if out is not None else None,
-            }
-            for m, fp, z in zip(models, fps, zs, strict=True)
-        ]
-        if len(dogs) == 1 and sheet is None:
-            typer.echo(json.dumps(dogs[0]))
-        else:
-            typer.echo(
-                json.dumps({"dogs": dogs, "renderer": renderer, "sheet": str(sheet) if sheet else None})
-            )
+
+
+def _print_json(
+    models: list[str],
+    fps: list[Fingerprint],
+    zs: list[np.ndarray],
+    out: Path | None,
+    sheet: Path | None,
+    renderer: str,
+) -> None:
+    """--json: one dog's object, or every dog with the sheet's path."""
+    dogs = [
+        {
+            "model": m,
+            "name": fp.name,
+            "z": [float(v) for v in z],
+            "renderer": renderer,
+            "path": str(out) if out is not None else None,
+        }
+        for m, fp, z in zip(models, fps, zs, strict=True)
+    ]
+    if len(dogs) == 1 and sheet is None:
+        typer.echo(json.dumps(dogs[0]))
     else:
-        con = console(stderr=True)
-        for target in (out, sheet):
-            if target is not None:
-                con.print(f"wrote {target}")
+        typer.echo(json.dumps({"dogs": dogs, "renderer": renderer, "sheet": str(sheet) if sheet else None}))
 
 
 @app.command("convert-stylegan2")
