@@ -32,33 +32,27 @@ def new_model(arch: str, p: Preset, vocab: int, seed: int) -> Any:
     torch.manual_seed(seed)
     ids: dict[str, Any] = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     cfg: Any
+    # the LLaMA shape, shared by the dense models and the MoEs (so an MoE can be upcycled from one)
+    llama_shape: dict[str, Any] = {
+        "hidden_size": p.d_model,
+        "intermediate_size": p.d_ff,
+        "num_hidden_layers": p.n_layers,
+        "num_attention_heads": p.n_heads,
+        "num_key_value_heads": p.n_kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+        **ids,
+    }
     if arch == "llama":
-        cfg = T.LlamaConfig(
-            hidden_size=p.d_model,
-            intermediate_size=p.d_ff,
-            num_hidden_layers=p.n_layers,
-            num_attention_heads=p.n_heads,
-            num_key_value_heads=p.n_kv_heads,
-            vocab_size=vocab,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            **ids,
-        )
-    elif arch == "mixtral":  # the llama shape with every FFN a sparse layer of experts as wide as d_ff
+        cfg = T.LlamaConfig(**llama_shape)
+    elif arch == "mixtral":  # every FFN a sparse layer of experts as wide as d_ff
         cfg = T.MixtralConfig(
-            hidden_size=p.d_model,
-            intermediate_size=p.d_ff,
-            num_hidden_layers=p.n_layers,
-            num_attention_heads=p.n_heads,
-            num_key_value_heads=p.n_kv_heads,
-            vocab_size=vocab,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
+            **llama_shape,
             num_local_experts=p.moe_experts,
             num_experts_per_tok=p.moe_top_k,
             rms_norm_eps=LlamaDefaults.rms_norm_eps,  # as the dense llama models, so upcycling is exact
             rope_parameters={"rope_theta": LlamaDefaults.rope_theta, "rope_type": "default"},
-            **ids,
         )
     elif arch == "gpt2":
         cfg = T.GPT2Config(
