@@ -167,6 +167,8 @@ def test_a_registered_scan_statistic_appears_in_scan_results_and_survives_the_ca
     assert rows["llama-a"]["toy_diag_mean"] > 90 > rows["llama-b"]["toy_diag_mean"]
     assert entry["best_base"] == "llama-a" and entry["verdict"] == "derived"
     assert entry["toy_diag_mean"] == rows["llama-a"]["toy_diag_mean"]
+    page = (tmp_path / "fresh" / "index.html").read_text()  # a column of the scan's index too
+    assert f"<th>{TOY.title}</th>" in page and f"{entry['toy_diag_mean']:.3f}" in page
 
 
 def test_a_statistic_may_not_shadow_a_core_field_or_be_registered_twice(toy: Statistic) -> None:

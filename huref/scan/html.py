@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 
 from huref.invariants.calibration import format_log10_p
+from huref.invariants.statistics import STATISTICS
 from huref.registry.store import Store
 from huref.scan import cache
 from huref.scan.outdir import SCHEMA
@@ -40,6 +41,16 @@ def _p(m: dict[str, Any]) -> str:
     return "—" if lp is None else format_log10_p(lp)
 
 
+def _stat_cells(m: dict[str, Any]) -> list[str]:
+    """The best base's value of every registered statistic the scan keeps, as its text form."""
+    cells = []
+    for s in STATISTICS.in_order():
+        if s.scan:
+            v = m.get(s.name)
+            cells.append("—" if v is None else s.text(v))
+    return cells
+
+
 def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
     return {
         "name": m["name"],
@@ -54,6 +65,7 @@ def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
         "ics": _num(m["ics"]),
         "z": _num(m["z"]),
         "p": _p(m),
+        "stats": _stat_cells(m),
         "dog": dog,
         "report": m.get("report_path"),
         "error": m["error"],
@@ -67,6 +79,10 @@ def _row(m: dict[str, Any], dog: str | None) -> dict[str, Any]:
             for v in m.get("fpvec") or []
         ],
     }
+
+
+def _stat_titles() -> list[str]:
+    return [s.title for s in STATISTICS.in_order() if s.scan]
 
 
 def render_index(doc: dict[str, Any], thumbnails: dict[str, str] | None = None) -> str:
@@ -90,6 +106,7 @@ def render_index(doc: dict[str, Any], thumbnails: dict[str, str] | None = None) 
         rule=doc["verdict_rule"],
         counts=counts,
         rows=[_row(m, (thumbnails or {}).get(m["name"])) for m in models],
+        stat_titles=_stat_titles(),
         with_dogs=thumbnails is not None,
         with_fpvec=any("fpvec" in m for m in models),
         thumb_size=THUMB_SIZE,
