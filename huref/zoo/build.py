@@ -29,7 +29,7 @@ from huref.checkpoint.convert import export_hf
 from huref.errors import UsageError
 from huref.lm.corpus import corpus_text
 from huref.lm.train import train_lm
-from huref.zoo import attacks, derive
+from huref.zoo import attacks, calibration, derive
 from huref.zoo.models import load_hf, new_model, same_function_error, save_hf
 from huref.zoo.presets import PRESETS, Preset
 from huref.zoo.rolestate import RoleState
@@ -197,10 +197,14 @@ def job_llama_trained(ctx: Ctx) -> list[dict]:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
     pm = get_peft_model(model, lcfg)
-    losses = train_lm(pm, s["sft"], p.lora_steps, 2e-3, 23, p.batch, p.seq)
+    losses = train_lm(pm, s["sft"], p.lora_steps, p.lora_lr, 23, p.batch, p.seq)
     merged = pm.merge_and_unload()
     save_hf(merged, ctx.root / "llama-a-lora", ctx.root / "llama-a")
-    out.append(_entry("llama-a-lora", "llama", "llama-a", "lora", "llama-a", rank=8, **_loss_notes(losses)))
+    out.append(
+        _entry(
+            "llama-a-lora", "llama", "llama-a", "lora", "llama-a", rank=8, lr=p.lora_lr, **_loss_notes(losses)
+        )
+    )
     out.append(_vocab_expand_trained(ctx))
     return out
 
@@ -226,7 +230,7 @@ def _vocab_expand_trained(ctx: Ctx) -> dict:
     old = model.config.vocab_size
     model.resize_token_embeddings(tok.get_vocab_size(), mean_resizing=True)
     stream = torch.tensor(tok.encode(text).ids)
-    losses = train_lm(model, stream, p.heal_steps + 20, 1e-3, 24, p.batch, p.seq)
+    losses = train_lm(model, stream, p.heal_steps + 20, p.heal_lr, 24, p.batch, p.seq)
     save_hf(model, ctx.root / "llama-a-vocab-expand", tmp_tok)
     return _entry(
         "llama-a-vocab-expand",
@@ -237,6 +241,7 @@ def _vocab_expand_trained(ctx: Ctx) -> dict:
         new_tokens=len(new),
         vocab_before=old,
         vocab_after=tok.get_vocab_size(),
+        lr=p.heal_lr,
         **_loss_notes(losses),
     )
 
@@ -292,7 +297,16 @@ def job_stories_derivs(ctx: Ctx) -> list[dict]:
     foreign = torch.cat([torch.ones(400, 1, dtype=torch.long), body], dim=1)
     return [
         _train_derivative(
-            ctx, "stories260k", "stories260k-sft", own, p.sft_steps, 5e-4, 41, "sft", "llama", "stories260k"
+            ctx,
+            "stories260k",
+            "stories260k-sft",
+            own,
+            p.sft_steps,
+            p.stories_sft_lr,
+            41,
+            "sft",
+            "llama",
+            "stories260k",
         ),
         _train_derivative(
             ctx,
@@ -300,7 +314,7 @@ def job_stories_derivs(ctx: Ctx) -> list[dict]:
             "stories260k-cpt",
             foreign,
             p.cpt_steps,
-            2e-3,
+            p.stories_cpt_lr,
             42,
             "cpt",
             "llama",
@@ -404,7 +418,10 @@ def _init_worker() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _run_phase(jobs: list[tuple[Callable[..., list[dict]], tuple]], workers: int) -> list[dict]:
+Job = tuple[Callable[..., list[dict]], tuple]
+
+
+def _run_phase(jobs: list[Job], workers: int) -> list[dict]:
     if workers <= 1:
         _init_worker()
         return [e for fn, args in jobs for e in fn(*args)]
@@ -427,6 +444,36 @@ def recipe_hash(preset: Preset, stories: Path | None) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan(ctx: Ctx) -> list[list[Job]]:
+    """The build's phases (the jobs of each independent of one another), from the preset's bases
+    and sections."""
+    p, stories = ctx.preset, ctx.stories
+    names = {name for _, name, _ in p.bases}
+    phase1: list[Job] = [(job_base, (ctx, arch, name, seed)) for arch, name, seed in p.bases]
+    if stories:
+        phase1.insert(1, (job_stories, (ctx,)))
+    phase2: list[Job] = [(job_llama_trained, (ctx,))]
+    if "gpt2-a" in names:
+        phase2.append((job_gpt2_derivs, (ctx,)))
+    if stories:
+        phase2.insert(1, (job_stories_derivs, (ctx,)))
+    if "structural" in p.sections:
+        phase2.append((job_llama_structural, (ctx,)))
+    if "attacks" in p.sections:
+        phase2 += [(job_attacks, (ctx, b)) for b in p.attacks_on if b != "stories260k" or stories]
+    if "moe" in p.sections:
+        phase2 += [(job_moe_derivs, (ctx,)), (job_attacks, (ctx, "moe-a", "mixtral"))]
+    phase3: list[Job] = [(job_merges, (ctx,))] if "merges" in p.sections else []
+    if "disguise" in p.sections:
+        disguised = [("llama-a-sft", "llama-a"), ("llama-a-cpt", "llama-a")]
+        if stories:
+            disguised += [("stories260k-sft", "stories260k"), ("stories260k-cpt", "stories260k")]
+        phase3 += [(job_disguised, (ctx, n, r, 2000 + i)) for i, (n, r) in enumerate(disguised)]
+        if "moe" in p.sections:
+            phase3.append((job_disguised, (ctx, "moe-a-sft", "moe-a", 2100, "mixtral")))
+    return [phase for phase in (phase1, phase2, phase3) if phase]
 
 
 def build_zoo(
@@ -465,41 +512,11 @@ def build_zoo(
             str(root / "_data" / "streams.safetensors"),
         )
         ctx = Ctx(root, p, stories)
-        phase1: list[tuple[Callable[..., list[dict]], tuple]] = [
-            (job_base, (ctx, "llama", "llama-a", 1)),
-            *[(job_base, (ctx, "llama", f"llama-{c}", 1 + i)) for i, c in enumerate("bc", start=1)][
-                : p.independent_bases - 1
-            ],
-            (job_base, (ctx, "gpt2", "gpt2-a", 4)),
-            (job_base, (ctx, "gpt_neox", "neox-a", 5)),
-            (job_base, (ctx, "mixtral", "moe-a", 6)),
-            (job_base, (ctx, "mixtral", "moe-b", 7)),
-        ]
-        if stories:
-            phase1.insert(1, (job_stories, (ctx,)))
-        entries = _run_phase(phase1, workers)
-        phase2: list[tuple[Callable[..., list[dict]], tuple]] = [
-            (job_llama_trained, (ctx,)),
-            (job_gpt2_derivs, (ctx,)),
-            (job_llama_structural, (ctx,)),
-            *[(job_attacks, (ctx, b)) for b in p.attacks_on if b != "stories260k" or stories],
-            (job_moe_derivs, (ctx,)),
-            (job_attacks, (ctx, "moe-a", "mixtral")),
-        ]
-        if stories:
-            phase2.insert(1, (job_stories_derivs, (ctx,)))
-        entries += _run_phase(phase2, workers)
-        disguised = [("llama-a-sft", "llama-a"), ("llama-a-cpt", "llama-a")]
-        if stories:
-            disguised += [("stories260k-sft", "stories260k"), ("stories260k-cpt", "stories260k")]
-        entries += _run_phase(
-            [
-                (job_merges, (ctx,)),
-                *[(job_disguised, (ctx, n, r, 2000 + i)) for i, (n, r) in enumerate(disguised)],
-                (job_disguised, (ctx, "moe-a-sft", "moe-a", 2100, "mixtral")),
-            ],
-            workers,
-        )
+        entries: list[dict] = []
+        for phase in plan(ctx):
+            entries += _run_phase(phase, workers)
+        if p.regime == "realistic":
+            entries = calibration.annotate(ctx.root, entries, _streams(ctx)["heldout"])
         doc = {
             "zoo_version": ZOO_VERSION,
             "preset": p.name,
@@ -507,6 +524,8 @@ def build_zoo(
             "build_seconds": round(time.time() - t0, 1),
             "tokenizer": "_tokenizer/tokenizer.json",
             "heldout": "_data/streams.safetensors#heldout",
+            "regime": p.regime,
+            **({"calibration": calibration.summary(entries)} if p.regime == "realistic" else {}),
             "models": sorted(entries, key=lambda e: e["name"]),
         }
         (root / "zoo.json").write_text(json.dumps(doc, indent=2) + "\n")
