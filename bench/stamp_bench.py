@@ -15,6 +15,15 @@ subprocess so that its peak RSS is its own:
 - ``stamp --no-verify-hashes``: the same without the per-tensor digest (BLAKE3) of the vector.
 - ``stamp (int8 vector)``: the same checkpoint stamped with an int8 vector of the same shapes
   (``extract --dtype int8``: int8 rows and float32 row scales, 6.9 GB), hashes verified.
+- ``stamp (low-rank vector, rank R)``: the same with a low-rank vector (``extract --rank R``,
+  ``--rank``, default 16): every matrix as bf16 factors A [out x R], B [R x in] (random, product
+  values ~2e-4 like the dense vector's), 1-D tensors dense; the stamp reads the checkpoint and
+  ~0.1 GB of factors and forms each A @ B in float32 a block of rows at a time, and runs the
+  compatibility check beside the stream. Its size and its fraction of the checkpoint are printed
+  (target < 1%), and its ratio to ``cp`` (target <= 1.2).
+
+``--phases`` picks the stamp phases to run (default all; ``cp`` always runs): e.g.
+``--phases lowrank`` needs neither dense vector on disk (27 GB less to build).
 
 Three page cache states (``--cache``), each timed phase starting from the same one: ``warm``
 (default: the vectors evicted and the checkpoint read once before every phase, so ``cp`` and the
@@ -40,12 +49,16 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 TARGET_RATIO = 1.5
+TARGET_LOWRANK_RATIO = 1.2  # the low-rank stamp reads ~0.1 GB of vector, not 13.7 GB
+TARGET_LOWRANK_FRACTION = 0.01
+PHASES = ("stamp", "noverify", "int8", "lowrank")
 TARGET_RSS_GB = 2.0
 TAU_SCALE = 0.01  # tau values ~2e-4: a fine-tune's typical step, small next to the 0.02 weights
 
@@ -119,6 +132,86 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
     t0 = time.perf_counter()
     write_vector(dest, plan, storing(tau_of), doc, None, fp)
     print(f"synthetic vector written in {time.perf_counter() - t0:.0f} s", flush=True)
+    return dest
+
+
+def build_lowrank_vector(ckpt: Path, dest: Path, rank: int) -> Path:
+    """A sealed ``huref-fpvec/2`` vector of the checkpoint's shapes at ``rank`` (written once,
+    reused while it exists): bf16 random factors for every matrix they make smaller, as
+    ``extract --rank`` stores them; 1-D tensors dense; the compact base fingerprint."""
+    if dest.exists():
+        return dest
+    import torch
+
+    from huref import __version__
+    from huref.arch import load_model
+    from huref.checkpoint.writer import TensorPlan
+    from huref.fpvec.lowrank import SPLIT_NOTE, factors_smaller
+    from huref.fpvec.vector import (
+        LOWRANK_FORMAT,
+        factored_plan,
+        vector_doc_counts,
+        vocab_roles,
+        write_vector,
+    )
+    from huref.fpvec.vector_lowrank import compact_base_fingerprint
+
+    m = load_model(ckpt)
+    src = m.ckpt.source
+    plan: list[TensorPlan] = []
+    factored: dict[str, dict[str, object]] = {}
+    for n in src.names():
+        shape = src.info(n).shape
+        if factors_smaller(shape, rank):
+            plan += factored_plan(n, shape, rank, torch.bfloat16)
+            factored[n] = {"shape": list(shape), "rank": rank, "rel_error": None}
+        else:
+            plan.append(TensorPlan(n, shape, torch.bfloat16))
+    fp = compact_base_fingerprint(m)
+    doc = {
+        "format": LOWRANK_FORMAT,
+        "tool_version": __version__,
+        "created": "synthetic",
+        "key_commitment": "0" * 64,
+        "base": {
+            "name": ckpt.name,
+            "format": m.ckpt.format,
+            "sha256": {},
+            "family": m.spec.name,
+            "model_type": m.cfg.model_type,
+            "n_layers": m.cfg.n_layers,
+            "d_model": m.cfg.d_model,
+            "vocab_size": m.cfg.vocab_size,
+            "vocab_roles": vocab_roles(m),
+            "fingerprint_sha256": __import__("hashlib").sha256(fp).hexdigest(),
+        },
+        "fingerprinted": {"name": "synthetic", "sha256": {}},
+        "dropped_roles": [],
+        **vector_doc_counts(plan),
+        "lowrank": {
+            "rank": rank,
+            "requested": rank,
+            "split": SPLIT_NOTE,
+            "checked": False,
+            "tried": None,
+            "reference_fsr": None,
+            "energy_kept": None,
+            "dense_roles": [],
+            "tensors": factored,
+        },
+    }
+    # entries of A @ B have std sigma^2 sqrt(rank): ~2e-4, the dense vector's tau scale
+    sigma = (2e-4 / rank**0.5) ** 0.5
+
+    def produce(p: TensorPlan) -> torch.Tensor:
+        g = torch.Generator().manual_seed(zlib.crc32(p.name.encode()))
+        if len(p.shape) == 1:
+            return torch.randn(p.shape, generator=g).mul_(TAU_SCALE * 0.02).to(p.dtype)
+        return torch.randn(p.shape, generator=g).mul_(sigma).to(p.dtype)
+
+    t0 = time.perf_counter()
+    write_vector(dest, plan, produce, doc, None, fp)
+    print(f"synthetic rank-{rank} vector written in {time.perf_counter() - t0:.0f} s", flush=True)
     return dest
 
 
@@ -227,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--cold", action="store_true", help="the same as --cache cold")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every phase; medians are printed")
+    ap.add_argument("--rank", type=int, default=16, help="rank of the low-rank vector's factors")
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated stamp phases to run after cp (of {', '.join(PHASES)})",
+    )
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -239,21 +338,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from synthetic import build_synthetic_7b
 
+    wanted = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if not wanted or set(wanted) - set(PHASES):
+        raise SystemExit(f"--phases takes a comma-separated list of {', '.join(PHASES)}")
     ckpt = build_synthetic_7b(args.dir / "llama2-7b-synthetic")
-    vector = build_vector(ckpt, args.dir / "llama2-7b-synthetic.fpvec.safetensors")
-    vector8 = build_vector(ckpt, args.dir / "llama2-7b-synthetic.int8.fpvec.safetensors", int8=True)
+    paths = {
+        "dense": args.dir / "llama2-7b-synthetic.fpvec.safetensors",
+        "int8": args.dir / "llama2-7b-synthetic.int8.fpvec.safetensors",
+        "lowrank": args.dir / f"llama2-7b-synthetic.rank{args.rank}.fpvec.safetensors",
+    }
+    if {"stamp", "noverify"} & set(wanted):
+        build_vector(ckpt, paths["dense"])
+    if "int8" in wanted:
+        build_vector(ckpt, paths["int8"], int8=True)
+    if "lowrank" in wanted:
+        build_lowrank_vector(ckpt, paths["lowrank"], args.rank)
     size = sum(p.stat().st_size for p in ckpt.iterdir() if p.is_file())
     outs = {"cp": args.dir / "stamp-bench-cp", "stamp": args.dir / "stamp-bench-stamped"}
     for o in outs.values():
         if o.exists():
             shutil.rmtree(o)
     cache = "cold" if args.cold else args.cache
-    vectors = [vector, vector8]
-    phases = (
-        ("stamp", "stamp", vector),
-        ("stamp --no-verify-hashes", "stamp-noverify", vector),
-        ("stamp (int8 vector)", "stamp", vector8),
-    )
+    vectors = [p for p in paths.values() if p.exists()]
+    labels = {
+        "stamp": ("stamp", "stamp", paths["dense"]),
+        "noverify": ("stamp --no-verify-hashes", "stamp-noverify", paths["dense"]),
+        "int8": ("stamp (int8 vector)", "stamp", paths["int8"]),
+        "lowrank": (f"stamp (low-rank vector, rank {args.rank})", "stamp", paths["lowrank"]),
+    }
+    phases = tuple(labels[k] for k in PHASES if k in wanted)
     cps: list[dict[str, float]] = []
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in phases}
     for r in range(args.repeat):
@@ -267,22 +380,34 @@ def main(argv: list[str] | None = None) -> int:
             runs[label].append(_child(phase, ckpt, vec, outs["stamp"], state=(cache, ckpt, vectors, vec)))
             if not keep or label != "stamp":
                 shutil.rmtree(outs["stamp"])
+    sizes = ", ".join(
+        f"{paths[k].stat().st_size / 1e9:.3g} GB ({what})"
+        for k, what in (("dense", "bf16"), ("int8", "int8"), ("lowrank", f"rank {args.rank}"))
+        if paths[k] in {vec for _, _, vec in phases}
+    )
     print(
         f"checkpoint: {size / 1e9:.1f} GB in {len(list(ckpt.glob('*.safetensors')))} shards; vector "
-        f"{vector.stat().st_size / 1e9:.1f} GB (bf16), {vector8.stat().st_size / 1e9:.1f} GB (int8); page cache "
-        f"{cache} ({CACHE_STATES[cache]}); "
+        f"{sizes}; page cache {cache} ({CACHE_STATES[cache]}); "
         + (f"medians of {args.repeat} rounds [min-max]" if args.repeat > 1 else "one round")
     )
+    if "lowrank" in wanted:
+        frac = paths["lowrank"].stat().st_size / size
+        print(
+            f"low-rank vector: {paths['lowrank'].stat().st_size / 1e6:.1f} MB, {100 * frac:.2f}% of the "
+            f"checkpoint (target < {100 * TARGET_LOWRANK_FRACTION:.0f}%)"
+        )
     cp = median([c["seconds"] for c in cps])
     print(f"cp -r:  {cp:.1f} s{_spread([c['seconds'] for c in cps])}")
     for label, sts in runs.items():
         sec = median([st["seconds"] for st in sts])
         check = median([st["check_seconds"] for st in sts])
         rss = max(st["peak_rss"] for st in sts)
+        low = "low-rank" in label  # its check runs beside the stream (stamp_model's overlap_check)
+        check_note = "overlapped with the stream" if low else f"without it {(sec - check) / cp:.2f}"
         print(
             f"{label + ':':26s} {sec:5.1f} s{_spread([st['seconds'] for st in sts])}  ratio {sec / cp:.2f} "
-            f"(target <= {TARGET_RATIO}); compatibility check {check:.1f} s, without it {(sec - check) / cp:.2f}; "
-            f"peak RSS {rss / 2**30:.2f} GiB (target < {TARGET_RSS_GB} GB); verdict {sts[-1]['verdict']}, "
+            f"(target <= {TARGET_LOWRANK_RATIO if low else TARGET_RATIO}); compatibility check {check:.1f} s, "
+            f"{check_note}; peak RSS {rss / 2**30:.2f} GiB (target < {TARGET_RSS_GB} GB); verdict {sts[-1]['verdict']}, "
             f"{sts[-1]['stamped']} tensors"
         )
     return 0

@@ -130,19 +130,73 @@ def extract_cmd(
         ),
     ] = "auto",
     keys: Annotated[
-        Path | None, typer.Option("--keys", help="Key file (only if FP_MODEL lacks its huref_fpvec.json).")
+        Path | None,
+        typer.Option(
+            "--keys", help="Key file (needed by --rank auto, or if FP_MODEL lacks its huref_fpvec.json)."
+        ),
     ] = None,
+    rank: Annotated[
+        str | None,
+        typer.Option(
+            "--rank",
+            help="Store each matrix as rank-R factors of its truncated SVD (R, unchecked), or 'auto': the "
+            "smallest rank of 1,2,4,...,64 whose vector keeps the FSR of the full one (needs --keys).",
+        ),
+    ] = None,
+    dense_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--dense-embeddings",
+            help="With --rank: keep the token-embedding tau whole (its rows change only for the tokens "
+            "trained on, a high-rank delta).",
+        ),
+    ] = False,
 ) -> None:
     """Store tau = theta_fp - theta_base with the base's identity and invariant fingerprint."""
     from huref.checkpoint.outputs import check_output_file
     from huref.fpvec.keys import load_keys
+    from huref.fpvec.lowrank import parse_rank
     from huref.fpvec.vector import extract_vector
+    from huref.fpvec.vector_lowrank import extract_lowrank
 
+    parse_rank(rank)  # a bad rank is refused before any input is opened
+    if dense_embeddings and rank is None:
+        from huref.errors import FPVecError
+
+        raise FPVecError("--dense-embeddings applies to a low-rank vector: give --rank too")
     refuse_special_inputs(base, fp_model, keys)
     check_output_file(out, [base, fp_model])  # a vector file inside a model folder breaks the model
-    commitment = load_keys(keys).commitment if keys is not None else None
-    extract_vector(base, fp_model, out, drop_embeddings, drop_lm_head, dtype, commitment)
-    _err().print(f"wrote {out}")
+    ks = load_keys(keys) if keys is not None else None
+    commitment = ks.commitment if ks is not None else None
+    if rank is None:
+        extract_vector(base, fp_model, out, drop_embeddings, drop_lm_head, dtype, commitment)
+    else:
+        extract_lowrank(
+            base, fp_model, out, rank, ks, dense_embeddings, drop_embeddings, drop_lm_head, dtype, commitment
+        )
+    _err().print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if rank is not None:
+        _print_rank(out)
+
+
+def _print_rank(vector: Path) -> None:
+    """What a low-rank extract chose: the rank, the FSR per rank tried, the energy kept."""
+    from huref.fpvec.vector import describe, open_vector
+
+    d = describe(open_vector(vector))["rank"]
+    if d is None:
+        return
+    con = _err()
+    con.print(
+        f"rank {d['rank']}: {d['factored_tensors']} matrices stored as factors, "
+        f"{100 * d['energy_kept']:.2f}% of tau's energy kept"
+        + (f"; kept whole: {', '.join(d['dense_roles'])}" if d["dense_roles"] else "")
+    )
+    if d["checked"]:
+        tried = ", ".join(f"rank {t['rank']}: {t['fsr']:.2f}" for t in d["tried"])
+        con.print(f"FSR by rank tried: {tried}; the full vector's: {d['reference_fsr']:.2f}")
+    else:
+        con.print("the rank was not checked against the keys (--rank auto --keys KEYS.json checks it)")
 
 
 @fpvec_app.command("stamp")

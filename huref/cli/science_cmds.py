@@ -198,7 +198,13 @@ def zoo_build_cmd(
     dest: Annotated[
         Path, typer.Argument(help="Folder to build the zoo in (reused when its recipe matches).")
     ],
-    preset: Annotated[str, typer.Option("--preset", help="tiny (tests, < 3 min) or demo.")] = "tiny",
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="tiny (tests, 3-5 min), demo, or realistic (bases trained to a plateau, derivatives calibrated to real pairs; 10-35 min).",
+        ),
+    ] = "tiny",
     stories: Annotated[
         Path | None,
         typer.Option(

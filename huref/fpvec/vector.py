@@ -1,6 +1,7 @@
 """Fingerprint vectors: tau = theta_fp - theta_base, extracted, stored and validated.
 
-File format (``huref-fpvec/1``): one safetensors file.
+File format (``huref-fpvec/1``; ``huref-fpvec/2`` when it holds low-rank factors): one
+safetensors file.
 
 - Tensors: tau for every tensor of the base, under the base's own checkpoint names, matched
   by name and shape (fused and transposed layouts need no special case: both sides store the same
@@ -9,6 +10,22 @@ File format (``huref-fpvec/1``): one safetensors file.
   row under ``__huref__.scale/NAME`` (scale = max |row| / 127, tau = q x scale): half the bytes
   of bf16, so a stamp reads half as much, at a relative rms error of about 1% of tau. Vectors
   (1-D tensors) stay in float32.
+- Optionally (``extract --rank R`` or ``--rank auto``; format ``huref-fpvec/2``) each matrix whose
+  factors are smaller (R (out + in) < out x in) is stored as the two factors of its truncated SVD
+  instead of under its own name: ``__huref__.lowrank.a/NAME`` = U_R S_R [out x R] and
+  ``__huref__.lowrank.b/NAME`` = V_R^T [R x in], tau ~= A @ B, in the tau dtype (int8 does not
+  combine with factors). Row i of tau is A[i] @ B, so vocabulary rows are still matched by token.
+  1-D tensors, small matrices and, with ``--dense-embeddings``, the token embedding stay whole.
+  The document's ``lowrank`` object records the rank, how it was chosen (``requested``: R or
+  "auto"; ``checked``; for auto ``tried``: [{"rank", "fsr"}] and ``reference_fsr``, the
+  fingerprinted model's FSR), ``energy_kept`` (1 - sum of squared truncation errors / ||tau||^2
+  over the whole vector) and per factored tensor ``{"shape", "rank", "rel_error"}`` (the
+  truncation's relative Frobenius error, sqrt(sum_{i>R} s_i^2 / sum s_i^2)). Readers of /1 refuse
+  /2 files by their format string; this reader reads both and checks every factor pair against
+  the sealed shapes. A fixed R is unchecked: only ``auto`` measures that the fingerprint survives.
+  The embedded base fingerprint of a /2 file is compact (``lowrank.base_fingerprint``: 4 layers
+  from the first to the last, on the 128 probe tokens stamp's check uses) so that it does not
+  outweigh the factors (every layer of a 7B: 184 MB at n = 128, beside 82 MB of rank-16 factors).
 - One reserved tensor, ``__huref__.base_fingerprint`` (uint8): the bytes of the base's robust
   HuRef fingerprint file (``huref.invariants.save_fingerprint``), so that ``stamp`` can check that a
   downstream model is derived from the base without having the base's weights.
@@ -54,10 +71,13 @@ from huref.errors import FPVecError, HurefError
 from huref.fpvec.jsonfile import read_json_file
 from huref.fpvec.vector_format import (
     _PLACEHOLDER,
+    FACTOR_A,
+    FACTOR_B,
     FINGERPRINT_TENSOR,
     FP_CARD,
     HASHES_KEY,
     LEGACY_TENSOR_HASH,
+    LOWRANK_FORMAT,
     MAX_SCALE,
     META_KEY,
     QUANTIZATION_NOTE,
@@ -69,6 +89,7 @@ from huref.fpvec.vector_format import (
     VOCAB_KEY,
     all_finite,
     dequantize_rows,
+    factored_plan,
     quantize_rows,
     seal_of,
     stored_plan,
@@ -79,10 +100,13 @@ from huref.fpvec.vector_format import (
 from huref.fpvec.vector_read import Vector, describe, open_vector
 
 __all__ = [
+    "FACTOR_A",
+    "FACTOR_B",
     "FINGERPRINT_TENSOR",
     "FP_CARD",
     "HASHES_KEY",
     "LEGACY_TENSOR_HASH",
+    "LOWRANK_FORMAT",
     "MAX_SCALE",
     "META_KEY",
     "QUANTIZATION_NOTE",
@@ -98,6 +122,7 @@ __all__ = [
     "dequantize_rows",
     "describe",
     "extract_vector",
+    "factored_plan",
     "open_checkpoint_or_fail",
     "open_vector",
     "quantize_rows",
@@ -111,6 +136,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+TauOf = Callable[[TensorPlan], torch.Tensor]
+# (base, planned entries, tau of an entry, document) -> (entries to write, their producer, document)
+Transform = Callable[
+    [Model, list[TensorPlan], TauOf, dict[str, Any]], tuple[list[TensorPlan], TauOf, dict[str, Any]]
+]
 
 
 def vocab_roles(m: Model) -> dict[str, str]:
@@ -164,12 +195,17 @@ def extract_vector(
     drop_lm_head: bool = False,
     dtype: str = "auto",
     key_commitment: str | None = None,
+    transform: Transform | None = None,
+    fingerprint_of: Callable[[Model], bytes] | None = None,
 ) -> Path:
     """Write tau = theta_fp - theta_base (streamed, one tensor at a time) as a vector file.
 
     In stages: check the inputs (:func:`check_extract_inputs`), plan the stored tensors from
     headers (:func:`plan_extract`), fingerprint the base, then stream the differences into the
-    sealed file (:func:`write_vector`)."""
+    sealed file (:func:`write_vector`). ``transform`` rewrites the plan, its ``produce`` and the
+    document before anything is written (low-rank vectors: :mod:`huref.fpvec.vector_lowrank`);
+    ``fingerprint_of`` gives the embedded base fingerprint's bytes (default: every layer,
+    :func:`base_fingerprint_bytes`)."""
     out = Path(out)
     mb, mf = check_extract_inputs(base, fp_model, out)
     vroles = vocab_roles(mb)
@@ -177,7 +213,7 @@ def extract_vector(
     key_commitment = _key_commitment(base, fp_model, mb, key_commitment)
     plan = plan_extract(mb.ckpt.source, {vroles[r] for r in dropped if r in vroles}, dtype)
     t0 = time.perf_counter()
-    fp_bytes = base_fingerprint_bytes(mb)
+    fp_bytes = (fingerprint_of or base_fingerprint_bytes)(mb)
     doc = _vector_doc(mb, mf, key_commitment, vroles, dropped, fp_bytes, plan)
     sb, sf = mb.ckpt.source, mf.ckpt.source
 
@@ -185,8 +221,11 @@ def extract_vector(
         # the difference is formed in float32: bf16 - bf16 in bf16 would round it twice
         return sf.read(p.name).to(torch.float32) - sb.read(p.name).to(torch.float32)
 
+    produce = storing(tau_of)
+    if transform is not None:
+        plan, produce, doc = transform(mb, plan, tau_of, doc)
     vocab = mb.ckpt.vocab
-    write_vector(out, plan, storing(tau_of), doc, list(vocab.tokens) if vocab is not None else None, fp_bytes)
+    write_vector(out, plan, produce, doc, list(vocab.tokens) if vocab is not None else None, fp_bytes)
     log.info("wrote %s (%d tensors) in %.1f s", out, len(plan), time.perf_counter() - t0)
     return out
 

@@ -13,13 +13,19 @@ import torch
 from huref.checkpoint.writer import TensorPlan
 from huref.errors import FPVecError
 
-VECTOR_FORMAT = "huref-fpvec/1"
+VECTOR_FORMAT = "huref-fpvec/1"  # every tau tensor stored whole (dense or int8 rows)
+# a vector holding low-rank factors: readers of /1 refuse it (format check) instead of finding its
+# factored tensors missing; this reader reads both
+LOWRANK_FORMAT = "huref-fpvec/2"
+VECTOR_FORMATS = (VECTOR_FORMAT, LOWRANK_FORMAT)
 META_KEY = "huref.fpvec"
 VOCAB_KEY = "huref.fpvec.vocab"
 HASHES_KEY = "huref.fpvec.tensors"
 SEAL_KEY = "huref.seal"
 FINGERPRINT_TENSOR = "__huref__.base_fingerprint"
 SCALE_PREFIX = "__huref__.scale/"  # per-row float32 scales of an int8 tensor
+FACTOR_A = "__huref__.lowrank.a/"  # A = U_r S_r [out x r] of a low-rank tau (huref-fpvec/2)
+FACTOR_B = "__huref__.lowrank.b/"  # B = V_r^T [r x in]
 FP_CARD = "huref_fpvec.json"  # written beside config.json in fingerprinted and stamped models
 _PLACEHOLDER = "0" * 64
 
@@ -32,7 +38,8 @@ LEGACY_TENSOR_HASH = "sha256"  # what a vector without ``tensor_hash`` in its do
 def tensor_digest(t: torch.Tensor, algorithm: str = TENSOR_HASH) -> str:
     """Hex digest of a tensor's bytes. BLAKE3 (a cryptographic hash, 256-bit output) runs at
     2-3x SHA-256's speed on one core, and a stamp hashes every byte of the vector."""
-    t = t.detach().contiguous().cpu()
+    # flattened: a contiguous tensor with a size-1 dimension may keep a stride that view() refuses
+    t = t.detach().contiguous().cpu().reshape(-1)
     data = t.view(torch.uint8).numpy().data.cast("B") if t.numel() else b""
     if algorithm == "blake3":
         from blake3 import blake3
@@ -112,9 +119,17 @@ def stored_plan(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> list[T
     return plan
 
 
+def factored_plan(name: str, shape: tuple[int, ...], r: int, dtype: torch.dtype) -> list[TensorPlan]:
+    """The file entries of one tau matrix stored as rank-``r`` factors: A, then B."""
+    return [
+        TensorPlan(FACTOR_A + name, (shape[0], r), dtype),
+        TensorPlan(FACTOR_B + name, (r, shape[1]), dtype),
+    ]
+
+
 def vector_doc_counts(plan: list[TensorPlan]) -> dict[str, Any]:
     """The doc fields that describe what a plan stores: tensor count and, if any, quantization."""
-    doc: dict[str, Any] = {"tensors": sum(not p.name.startswith(SCALE_PREFIX) for p in plan)}
+    doc: dict[str, Any] = {"tensors": sum(not p.name.startswith((SCALE_PREFIX, FACTOR_B)) for p in plan)}
     if any(p.dtype == torch.int8 for p in plan):
         doc["quantization"] = QUANTIZATION_NOTE
     return doc

@@ -19,15 +19,18 @@ from huref.checkpoint.source import DTYPE_NAMES, DTYPES, BufferPool
 from huref.errors import CheckpointError, FPVecError, HurefError
 from huref.fpvec.jsonfile import loads_bounded
 from huref.fpvec.vector_format import (
+    FACTOR_A,
+    FACTOR_B,
     FINGERPRINT_TENSOR,
     HASHES_KEY,
     LEGACY_TENSOR_HASH,
+    LOWRANK_FORMAT,
     MAX_SCALE,
     META_KEY,
     SCALE_PREFIX,
     SEAL_KEY,
     TENSOR_HASHES,
-    VECTOR_FORMAT,
+    VECTOR_FORMATS,
     VOCAB_KEY,
     all_finite,
     dequantize_rows,
@@ -46,31 +49,64 @@ class Vector:
     doc: dict[str, Any]
     vocab: list[str] | None
     hashes: dict[str, str]
+    factored: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (out, in, rank)
     _checked: set[str] = field(default_factory=set)
 
     @property
     def names(self) -> list[str]:
-        return [n for n in self.file.names() if n != FINGERPRINT_TENSOR and not n.startswith(SCALE_PREFIX)]
+        """The tau tensors, in file order (a factored one where its A factor is)."""
+        out = []
+        for n in self.file.names():
+            if n.startswith(FACTOR_A):
+                out.append(n[len(FACTOR_A) :])
+            elif n != FINGERPRINT_TENSOR and not n.startswith((SCALE_PREFIX, FACTOR_B)):
+                out.append(n)
+        return out
+
+    def rank(self, name: str) -> int | None:
+        """The rank of a tau stored as factors; None for a tensor stored whole."""
+        f = self.factored.get(name)
+        return None if f is None else f[2]
 
     @property
     def commitment(self) -> str:
         return str(self.doc["key_commitment"])
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self.file.info(name).shape
+        f = self.factored.get(name)
+        return self.file.info(name).shape if f is None else f[:2]
 
     def read(self, name: str, check: bool = True) -> torch.Tensor:
-        """One tau tensor (int8 rows dequantized to float32); its stored bytes must hash to the
-        values recorded at extraction."""
+        """One tau tensor (int8 rows dequantized to float32, factors multiplied out in float32);
+        its stored bytes must hash to the values recorded at extraction."""
+        if name in self.factored:
+            a, b = self.read_factors(name, check)
+            return a.to(torch.float32) @ b.to(torch.float32)
         t, scale = self.read_stored(name, check)
         return t if scale is None else dequantize_rows(t, scale)
+
+    def read_factors(self, name: str, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [out x r], B [r x in]) of a low-rank tau, as stored; each must hash to its recorded
+        value (with ``check``) and be finite (always: the factors are small)."""
+        try:
+            a, b = self.file.read(FACTOR_A + name), self.file.read(FACTOR_B + name)
+        except CheckpointError as e:
+            raise FPVecError(f"{shown(self.path)}: corrupt vector ({e})") from None
+        for prefix, t in ((FACTOR_A, a), (FACTOR_B, b)):
+            if check:
+                self.check(prefix + name, self.digest(t))
+            self.check_finite(prefix + name, t)
+        return a, b
 
     def read_stored(
         self, name: str, check: bool = True, pool: BufferPool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(stored tensor, per-row scales or None). With ``check=False`` the caller checks the
         stored tensor's hash itself (the scales, being small, are always checked here); ``pool``
-        supplies the buffer the tensor is read into."""
+        supplies the buffer the tensor is read into. A low-rank tau has no stored tensor of its
+        own: :meth:`read_factors`."""
+        if name in self.factored:
+            raise FPVecError(f"{shown(self.path)}: tensor {shown(name)} is stored as low-rank factors")
         try:
             t = self.file.read(name, pool)
             scale = self.file.read(SCALE_PREFIX + name) if t.dtype == torch.int8 else None
@@ -164,8 +200,10 @@ def open_vector(path: str | Path) -> Vector:
     )
     if not isinstance(doc, dict):
         raise FPVecError(f"{p}: corrupt vector metadata (not a JSON object)")
-    if doc.get("format") != VECTOR_FORMAT:
-        raise FPVecError(f"{p}: vector format {doc.get('format')!r} is not {VECTOR_FORMAT!r}")
+    if doc.get("format") not in VECTOR_FORMATS:
+        raise FPVecError(
+            f"{p}: vector format {doc.get('format')!r} is not one of {', '.join(map(repr, VECTOR_FORMATS))}"
+        )
     if doc.get("tensor_hash", LEGACY_TENSOR_HASH) not in TENSOR_HASHES:
         raise FPVecError(
             f"{p}: unknown tensor hash {doc.get('tensor_hash')!r} (known: {', '.join(TENSOR_HASHES)})"
@@ -179,8 +217,8 @@ def open_vector(path: str | Path) -> Vector:
     names = set(sf.names())
     for n in names:
         info = sf.info(n)
-        if n == FINGERPRINT_TENSOR:
-            continue
+        if n == FINGERPRINT_TENSOR or n.startswith((FACTOR_A, FACTOR_B)):
+            continue  # factors: checked below, against the sealed shapes
         if n.startswith(SCALE_PREFIX):
             of = n[len(SCALE_PREFIX) :]
             if (
@@ -195,7 +233,50 @@ def open_vector(path: str | Path) -> Vector:
                 raise FPVecError(f"{p}: corrupt vector (int8 tensor {n} without its row scales)")
         elif not info.dtype.startswith(("F", "BF")):
             raise FPVecError(f"{p}: tensor {n} has non-float dtype {info.dtype}")
-    return Vector(p, sf, doc, vocab, hashes)
+    return Vector(p, sf, doc, vocab, hashes, _factored(p, sf, doc, names))
+
+
+def _factored(
+    p: Path, sf: SafetensorsFile, doc: dict[str, Any], names: set[str]
+) -> dict[str, tuple[int, int, int]]:
+    """The low-rank tensors of a huref-fpvec/2 file, from its sealed ``lowrank.tensors``, each
+    checked against its two factors: A [out x r], B [r x in], float. A /1 file holds none."""
+    factors = {n for n in names if n.startswith((FACTOR_A, FACTOR_B))}
+    if doc["format"] != LOWRANK_FORMAT:
+        if factors:
+            raise FPVecError(f"{p}: corrupt vector (factor tensors in a {doc['format']} file)")
+        return {}
+    lr = doc.get("lowrank")
+    declared = lr.get("tensors") if isinstance(lr, dict) else None
+    if not isinstance(declared, dict):
+        raise FPVecError(f"{p}: corrupt vector metadata ('lowrank.tensors' is not an object)")
+    out: dict[str, tuple[int, int, int]] = {}
+    for name, rec in declared.items():
+        shape: Any = rec.get("shape") if isinstance(rec, dict) else None
+        r: Any = rec.get("rank") if isinstance(rec, dict) else None
+        a, b = FACTOR_A + name, FACTOR_B + name
+        ok = (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(x, int) and x > 0 for x in shape)
+            and isinstance(r, int)
+            and r > 0
+            and a in names
+            and b in names
+            and name not in names
+            and sf.info(a).shape == (shape[0], r)
+            and sf.info(b).shape == (r, shape[1])
+            and all(sf.info(x).dtype.startswith(("F", "BF")) for x in (a, b))
+        )
+        if not ok:
+            raise FPVecError(
+                f"{p}: corrupt vector (low-rank tensor {shown(name)} does not match its factors)"
+            )
+        out[name] = (shape[0], shape[1], r)
+    stray = sorted(factors - {FACTOR_A + n for n in out} - {FACTOR_B + n for n in out})
+    if stray:
+        raise FPVecError(f"{p}: corrupt vector (stray factor tensor {shown(stray[0])})")
+    return out
 
 
 def _str_map(v: object) -> bool:
@@ -235,7 +316,29 @@ def describe(v: Vector) -> dict[str, Any]:
         "key_commitment": v.commitment,
         "base": {k: v.doc["base"][k] for k in ("name", "family", "sha256", "fingerprint_sha256")},
         "tensors": len(v.names),
-        "dtypes": sorted({DTYPE_NAMES[DTYPES[v.file.info(n).dtype]] for n in v.names}),
+        "dtypes": sorted(
+            {DTYPE_NAMES[DTYPES[v.file.info(FACTOR_A + n if n in v.factored else n).dtype]] for n in v.names}
+        ),
         "dropped_roles": v.doc.get("dropped_roles", []),
         "quantization": v.doc.get("quantization"),
+        "rank": _rank_summary(v),
+        "bytes": v.path.stat().st_size,
+    }
+
+
+def _rank_summary(v: Vector) -> dict[str, Any] | None:
+    """For a low-rank vector: its rank, how many tensors are factored, the energy of tau kept,
+    and, for ``--rank auto``, the FSR measured per rank tried ([{"rank", "fsr"}])."""
+    if not v.factored:
+        return None
+    lr = v.doc.get("lowrank", {})
+    return {
+        "rank": lr.get("rank"),
+        "requested": lr.get("requested"),
+        "factored_tensors": len(v.factored),
+        "energy_kept": lr.get("energy_kept"),
+        "checked": lr.get("checked"),
+        "tried": lr.get("tried"),
+        "dense_roles": lr.get("dense_roles", []),
+        "reference_fsr": lr.get("reference_fsr"),
     }

@@ -71,6 +71,21 @@ def near_miss_prompts(ks: KeySet) -> list[str]:
     return near_miss_keys(ks, "verify") + fresh_decoys(ks, len(ks.keys), "verify")
 
 
+def verify_loaded(
+    lm: Any, tok: Any, ks: KeySet, n_new: int, near_miss: bool = True, decoys: int = DEFAULT_DECOYS
+) -> tuple[Queries, Queries | None, LikelihoodTest | None]:
+    """What ``verify_model`` measures, on a model already in memory (in eval mode): greedy answers
+    of ``n_new`` tokens to the keys and to the near-miss controls, and the likelihood test."""
+    main = query(lm, tok, list(ks.keys), ks.target, n_new)
+    nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
+    lt = (
+        likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, "verify"), ks.target)
+        if decoys
+        else None
+    )
+    return main, nm, lt
+
+
 def verify_model(
     model: str | Path,
     keys: KeySet | str | Path,
@@ -94,13 +109,7 @@ def verify_model(
     n_params = sum(ckpt.source.info(n).numel for n in ckpt.source.names())
     with cpu_threads(threads_for(n_params, dev)):
         lm = load_causal_lm(path, dev, error=FPVecError)
-        main = query(lm, tok, list(ks.keys), ks.target, n_new)
-        nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
-        lt = (
-            likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, "verify"), ks.target)
-            if decoys
-            else None
-        )
+        main, nm, lt = verify_loaded(lm, tok, ks, n_new, near_miss, decoys)
     return VerifyResult(
         str(path),
         ks.commitment,

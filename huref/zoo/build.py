@@ -246,6 +246,24 @@ def _vocab_expand_trained(ctx: Ctx) -> dict:
     )
 
 
+def job_light_sft(ctx: Ctx) -> list[dict]:
+    """llama-a fine-tuned as gently as real instruction tuning moves a model (beside the stress SFT)."""
+    p, s = ctx.preset, _streams(ctx)
+    e = _train_derivative(
+        ctx,
+        "llama-a",
+        "llama-a-sft-light",
+        s["sft"],
+        p.light_sft_steps,
+        p.light_sft_lr,
+        26,
+        "sft",
+        "llama",
+        "llama-a",
+    )
+    return [e]
+
+
 def job_llama_structural(ctx: Ctx) -> list[dict]:
     p, s = ctx.preset, _streams(ctx)
     base = ctx.root / "llama-a"
@@ -459,6 +477,8 @@ def plan(ctx: Ctx) -> list[list[Job]]:
         phase2.append((job_gpt2_derivs, (ctx,)))
     if stories:
         phase2.insert(1, (job_stories_derivs, (ctx,)))
+    if "light" in p.sections:
+        phase2.append((job_light_sft, (ctx,)))
     if "structural" in p.sections:
         phase2.append((job_llama_structural, (ctx,)))
     if "attacks" in p.sections:

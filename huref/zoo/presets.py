@@ -50,6 +50,10 @@ class Preset:
     heal_lr: float = 1e-3  # vocabulary expansion's training after the new rows are added
     stories_sft_lr: float = 5e-4
     stories_cpt_lr: float = 2e-3
+    # the "light" section: an SFT of llama-a whose size of change is a real SFT's (see
+    # huref.zoo.calibration), beside the stress SFT; the demo stamps its FP-Vec vector into it
+    light_sft_steps: int = 200
+    light_sft_lr: float = 3e-4
     attacks_on: tuple[str, ...] = ("llama-a", "stories260k")
     moe_experts: int = 4  # the MoE section: Mixtral-style, each expert as wide as d_ff
     moe_top_k: int = 2
