@@ -52,6 +52,7 @@ import time
 import zlib
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -80,7 +81,6 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
     import torch
     from synthetic import random_tensor
 
-    from huref import __version__
     from huref.arch import load_model
     from huref.checkpoint.writer import TensorPlan
     from huref.fpvec.vector import (
@@ -88,8 +88,6 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
         base_fingerprint_bytes,
         stored_plan,
         storing,
-        vector_doc_counts,
-        vocab_roles,
         write_vector,
     )
 
@@ -105,6 +103,28 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
     print(f"base fingerprint: {time.perf_counter() - t0:.0f} s", flush=True)
     doc = {
         "format": VECTOR_FORMAT,
+        **_synthetic_doc(ckpt, m, fp, plan),
+    }
+
+    def tau_of(p: TensorPlan) -> torch.Tensor:
+        like = TensorPlan(p.name, p.shape, torch.bfloat16)
+        return random_tensor(like, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
+
+    t0 = time.perf_counter()
+    write_vector(dest, plan, storing(tau_of), doc, None, fp)
+    print(f"synthetic vector written in {time.perf_counter() - t0:.0f} s", flush=True)
+    return dest
+
+
+def _synthetic_doc(ckpt: Path, m: Any, fp: bytes, plan: list[Any]) -> dict[str, Any]:
+    """The vector document's fields both synthetic vectors share: the base's identity and
+    fingerprint digest, an all-zero key commitment, the stored tensors' counts."""
+    import hashlib
+
+    from huref import __version__
+    from huref.fpvec.vector import vector_doc_counts, vocab_roles
+
+    return {
         "tool_version": __version__,
         "created": "synthetic",
         "key_commitment": "0" * 64,
@@ -118,21 +138,12 @@ def build_vector(ckpt: Path, dest: Path, int8: bool = False) -> Path:
             "d_model": m.cfg.d_model,
             "vocab_size": m.cfg.vocab_size,
             "vocab_roles": vocab_roles(m),
-            "fingerprint_sha256": __import__("hashlib").sha256(fp).hexdigest(),
+            "fingerprint_sha256": hashlib.sha256(fp).hexdigest(),
         },
         "fingerprinted": {"name": "synthetic", "sha256": {}},
         "dropped_roles": [],
         **vector_doc_counts(plan),
     }
-
-    def tau_of(p: TensorPlan) -> torch.Tensor:
-        like = TensorPlan(p.name, p.shape, torch.bfloat16)
-        return random_tensor(like, seed=1).sub_(1.0 if len(p.shape) == 1 else 0.0).mul_(TAU_SCALE)
-
-    t0 = time.perf_counter()
-    write_vector(dest, plan, storing(tau_of), doc, None, fp)
-    print(f"synthetic vector written in {time.perf_counter() - t0:.0f} s", flush=True)
-    return dest
 
 
 def build_lowrank_vector(ckpt: Path, dest: Path, rank: int) -> Path:
@@ -143,15 +154,12 @@ def build_lowrank_vector(ckpt: Path, dest: Path, rank: int) -> Path:
         return dest
     import torch
 
-    from huref import __version__
     from huref.arch import load_model
     from huref.checkpoint.writer import TensorPlan
     from huref.fpvec.lowrank import SPLIT_NOTE, factors_smaller
     from huref.fpvec.vector import (
         LOWRANK_FORMAT,
         factored_plan,
-        vector_doc_counts,
-        vocab_roles,
         write_vector,
     )
     from huref.fpvec.vector_lowrank import compact_base_fingerprint
@@ -170,24 +178,7 @@ def build_lowrank_vector(ckpt: Path, dest: Path, rank: int) -> Path:
     fp = compact_base_fingerprint(m)
     doc = {
         "format": LOWRANK_FORMAT,
-        "tool_version": __version__,
-        "created": "synthetic",
-        "key_commitment": "0" * 64,
-        "base": {
-            "name": ckpt.name,
-            "format": m.ckpt.format,
-            "sha256": {},
-            "family": m.spec.name,
-            "model_type": m.cfg.model_type,
-            "n_layers": m.cfg.n_layers,
-            "d_model": m.cfg.d_model,
-            "vocab_size": m.cfg.vocab_size,
-            "vocab_roles": vocab_roles(m),
-            "fingerprint_sha256": __import__("hashlib").sha256(fp).hexdigest(),
-        },
-        "fingerprinted": {"name": "synthetic", "sha256": {}},
-        "dropped_roles": [],
-        **vector_doc_counts(plan),
+        **_synthetic_doc(ckpt, m, fp, plan),
         "lowrank": {
             "rank": rank,
             "requested": rank,
