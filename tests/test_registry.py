@@ -18,6 +18,7 @@ from huref.cli import main
 from huref.errors import RegistryError
 from huref.invariants import Settings, fingerprint_model, save_fingerprint
 from huref.registry.store import DB_NAME, MIN_NULL_PAIRS, Base, Store, default_null
+from huref.scan.store import scan_conn
 
 ROBUST = Settings(modes=("robust",))
 
@@ -254,16 +255,17 @@ def test_a_scan_cache_keyed_without_ctime_is_rebuilt_and_the_bases_kept(home: Pa
     recreated (its rows could vouch for a file rewritten in place); nothing else is touched."""
     with Store(home) as s:
         _fake_bases(s, 2)
-        s.conn.execute("DROP TABLE file_hashes")
+        scan_conn(s).execute("DROP TABLE file_hashes")
         s.conn.execute(
             "CREATE TABLE file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
             "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, sha256 TEXT NOT NULL)"
         )
         s.conn.execute("INSERT INTO file_hashes VALUES ('/m/model.safetensors', 1, 2, 3, 'abc')")
     with Store(home) as s:
-        cols = [r[1] for r in s.conn.execute("PRAGMA table_info(file_hashes)")]
+        conn = scan_conn(s)  # the scan's tables are brought up to date by its first statement
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(file_hashes)")]
         assert "ctime_ns" in cols
-        assert s.conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0] == 0
         assert [b.name for b in s.bases()] == ["b0", "b1"]
 
 

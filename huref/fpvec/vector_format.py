@@ -3,13 +3,13 @@ file format): the pieces both the writer and the reader of a vector need."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from huref.checkpoint.sealed import DIGESTS, digest_bytes, seal_texts
 from huref.checkpoint.writer import TensorPlan
 from huref.errors import FPVecError
 
@@ -21,17 +21,15 @@ VECTOR_FORMATS = (VECTOR_FORMAT, LOWRANK_FORMAT)
 META_KEY = "huref.fpvec"
 VOCAB_KEY = "huref.fpvec.vocab"
 HASHES_KEY = "huref.fpvec.tensors"
-SEAL_KEY = "huref.seal"
 FINGERPRINT_TENSOR = "__huref__.base_fingerprint"
 SCALE_PREFIX = "__huref__.scale/"  # per-row float32 scales of an int8 tensor
 FACTOR_A = "__huref__.lowrank.a/"  # A = U_r S_r [out x r] of a low-rank tau (huref-fpvec/2)
 FACTOR_B = "__huref__.lowrank.b/"  # B = V_r^T [r x in]
 FP_CARD = "huref_fpvec.json"  # written beside config.json in fingerprinted and stamped models
-_PLACEHOLDER = "0" * 64
 
 
 TENSOR_HASH = "blake3"  # of each tensor's bytes in vectors written now; older vectors: "sha256"
-TENSOR_HASHES = ("blake3", "sha256")
+TENSOR_HASHES = DIGESTS
 LEGACY_TENSOR_HASH = "sha256"  # what a vector without ``tensor_hash`` in its document used
 
 
@@ -40,14 +38,10 @@ def tensor_digest(t: torch.Tensor, algorithm: str = TENSOR_HASH) -> str:
     2-3x SHA-256's speed on one core, and a stamp hashes every byte of the vector."""
     # flattened: a contiguous tensor with a size-1 dimension may keep a stride that view() refuses
     t = t.detach().contiguous().cpu().reshape(-1)
+    if algorithm not in TENSOR_HASHES:
+        raise FPVecError(f"unknown tensor hash {algorithm!r} (known: {', '.join(TENSOR_HASHES)})")
     data = t.view(torch.uint8).numpy().data.cast("B") if t.numel() else b""
-    if algorithm == "blake3":
-        from blake3 import blake3
-
-        return str(blake3(data).hexdigest())
-    if algorithm == "sha256":
-        return hashlib.sha256(data).hexdigest()
-    raise FPVecError(f"unknown tensor hash {algorithm!r} (known: {', '.join(TENSOR_HASHES)})")
+    return digest_bytes(data, algorithm)
 
 
 # float dtype -> (signed and unsigned integer views of its bits, exponent mask): a value is NaN or
@@ -83,12 +77,9 @@ def all_finite(t: torch.Tensor) -> bool:
 
 
 def seal_of(doc_json: str, vocab_json: str, hashes_json: str) -> str:
-    h = hashlib.sha256()
-    for part in (doc_json, vocab_json, hashes_json):
-        b = part.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
+    """A vector's seal: its three metadata strings, each framed by its length (the tensors are
+    covered by their digests in ``hashes_json``, checked as each is read)."""
+    return seal_texts(doc_json, vocab_json, hashes_json)
 
 
 def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from huref.checkpoint.safetensors_io import SafetensorsFile
+from huref.checkpoint.sealed import seal_matches
 from huref.checkpoint.source import DTYPE_NAMES, DTYPES, BufferPool
 from huref.errors import CheckpointError, FPVecError, HurefError
 from huref.fpvec.jsonfile import loads_bounded
@@ -28,7 +29,6 @@ from huref.fpvec.vector_format import (
     MAX_SCALE,
     META_KEY,
     SCALE_PREFIX,
-    SEAL_KEY,
     TENSOR_HASHES,
     VECTOR_FORMATS,
     VOCAB_KEY,
@@ -193,7 +193,7 @@ def open_vector(path: str | Path) -> Vector:
         meta.get(VOCAB_KEY, "null"),
         meta.get(HASHES_KEY, "{}"),
     )
-    if seal_of(doc_json, vocab_json, hashes_json) != meta.get(SEAL_KEY):
+    if not seal_matches(meta, seal_of(doc_json, vocab_json, hashes_json)):
         raise FPVecError(f"{p}: vector seal does not verify: its metadata was modified after it was written")
     doc, vocab, hashes = (
         loads_bounded(text, f"{p}: corrupt vector metadata") for text in (doc_json, vocab_json, hashes_json)

@@ -3,7 +3,8 @@
 A fingerprint can be published without the parameters: it holds the standardised terms, the
 token strings they were computed on, the neuron responses of the independence test, and the
 identity of the model (weight-file SHA-256s). The seal is a SHA-256 over the metadata and every
-tensor's bytes; a file whose seal does not verify is refused as tampered.
+tensor's bytes (``huref.checkpoint.sealed.seal_arrays``); a file whose seal does not verify is
+refused as tampered.
 
 Files are read into numpy arrays, without torch: the header through huref's own strict parser
 (``huref.checkpoint.safetensors_header``), the tensors through the reference reader's numpy
@@ -13,7 +14,6 @@ and byte range). Nothing in a fingerprint file is executed: it holds JSON and ra
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from huref.checkpoint.outputs import check_output_file
 from huref.checkpoint.safetensors_header import parse_header, read_header, read_metadata
+from huref.checkpoint.sealed import SEAL_KEY, canonical_json, seal_arrays, seal_matches
 from huref.errors import CheckpointError, FingerprintError
 from huref.invariants.fingerprint import FORMAT_VERSION, Fingerprint, ModeTerms, Responses, as_numpy
 from huref.paths import refuse_special
@@ -29,24 +30,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 META_KEY = "huref.fingerprint"
-SEAL_KEY = "huref.seal"
-
-# numpy dtype -> safetensors dtype name, as the seal spells it (huref writes F16 numbers and I64
-# token ids; a file holding another dtype is sealed over that dtype's name, and its checks decide)
-_DTYPE_NAMES = {
-    "bool": "BOOL",
-    "uint8": "U8",
-    "int8": "I8",
-    "uint16": "U16",
-    "int16": "I16",
-    "float16": "F16",
-    "uint32": "U32",
-    "int32": "I32",
-    "float32": "F32",
-    "uint64": "U64",
-    "int64": "I64",
-    "float64": "F64",
-}
 
 
 def _tensors(fp: Fingerprint) -> dict[str, np.ndarray]:
@@ -91,18 +74,8 @@ def _doc(fp: Fingerprint) -> dict:
 
 def _seal(meta_json: str, tensors: Mapping[str, Any]) -> str:
     """SHA-256 over the metadata and, by name, each tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256(meta_json.encode("utf-8", "surrogatepass"))  # token strings may hold lone surrogates
-    for name in sorted(tensors):
-        a = as_numpy(tensors[name])
-        dtype = _DTYPE_NAMES.get(a.dtype.name)
-        if dtype is None:
-            raise FingerprintError(f"tensor {name}: dtype {a.dtype.name} has no place in a fingerprint")
-        h.update(name.encode())
-        h.update(dtype.encode())
-        h.update(json.dumps(list(a.shape)).encode())
-        if a.size:
-            h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))  # file order
-    return h.hexdigest()
+    arrays = {name: as_numpy(t) for name, t in tensors.items()}
+    return seal_arrays(meta_json, arrays, FingerprintError, "a fingerprint")
 
 
 def check_fingerprint_target(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
@@ -122,10 +95,10 @@ def save_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
 
     path = check_fingerprint_target(path)
     arrays = _tensors(fp)
-    # ASCII: a token holding a lone surrogate is written as a \\ud800 escape inside the metadata string,
-    # which every JSON reader takes, not as a \ud800 escape of the header itself, which the
-    # reference safetensors parser (and huref's) refuses
-    meta_json = json.dumps(_doc(fp), sort_keys=True, ensure_ascii=True)
+    # ASCII (canonical_json): a token holding a lone surrogate is written as an escape inside the
+    # metadata string, not as one of the header itself, which the reference safetensors parser
+    # (and huref's) refuses
+    meta_json = canonical_json(_doc(fp))
     seal = _seal(meta_json, arrays)
     tensors = {n: torch.from_numpy(a) for n, a in arrays.items()}
     plan = [TensorPlan(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
@@ -179,7 +152,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             f"{p}: fingerprint format {fmt!r} (tool {doc.get('tool_version')!r}) is not {FORMAT_VERSION!r}; "
             "recompute it with this version of huref"
         )
-    if _seal(meta[META_KEY], tensors) != meta.get(SEAL_KEY):
+    if not seal_matches(meta, _seal(meta[META_KEY], tensors)):
         raise FingerprintError(
             f"{p}: fingerprint seal does not verify: the file was modified after it was written"
         )

@@ -1,4 +1,5 @@
-"""The scan caches, kept in the registry database so that one transaction covers a model's result.
+"""The scan caches, kept in the registry database so that one transaction covers a model's result
+(their tables: ``huref.scan.store``).
 
 Three levels, each keyed so that an unchanged zoo is rescanned without reading a weight:
 1. ``file_hashes``: (real path, size, mtime_ns, ctime_ns, inode) -> SHA-256. A file whose stat is
@@ -39,15 +40,17 @@ from typing import Any
 
 from huref import __version__
 from huref.paths import shown, special_kind
+from huref.registry.sketch import SKETCH_VERSION
 from huref.registry.store import Store
 from huref.scan.discover import Candidate, one_line
+from huref.scan.store import scan_conn
 
 METHOD = f"huref-{__version__}/robust-ics+neuron-test"
 FPVEC_METHOD = f"huref-{__version__}/fpvec-greedy+near-miss"
 # rows of ``comparisons`` that hold what a base's sketch says about a model, not a comparison:
 # ics = ICS bound, log10_p = response bound, shared_tokens = 1 when a neuron test would run,
 # error = why the sketch cannot stand for the comparison (the rule is re-applied with each scan's null)
-SKETCH_METHOD = f"huref-{__version__}/sketch-bounds"
+SKETCH_METHOD = f"huref-{__version__}/sketch-bounds/{SKETCH_VERSION}"  # a new rule: bounds anew
 
 
 class InputError(Exception):
@@ -184,8 +187,9 @@ def settings_key(settings: Any) -> str:
 def known_hashes(store: Store, stats: tuple[FileStat, ...]) -> dict[str, str] | None:
     """path -> SHA-256 when every file's stat matches the cache; else None."""
     out = {}
+    conn = scan_conn(store)
     for fs in stats:
-        r = store.conn.execute(
+        r = conn.execute(
             "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
             "AND inode = ?",
             (path_key(fs.real), fs.size, fs.mtime_ns, fs.ctime_ns, fs.inode),
@@ -198,7 +202,8 @@ def known_hashes(store: Store, stats: tuple[FileStat, ...]) -> dict[str, str] | 
 
 def cached_fingerprint(store: Store, content: str, settings: str) -> CachedFingerprint | None:
     """The cache entry for a model, when its fingerprint file is present (not read: see the notes)."""
-    r = store.conn.execute(
+    conn = scan_conn(store)
+    r = conn.execute(
         "SELECT fingerprint, format, weights FROM fingerprint_cache WHERE content = ? AND settings = ?",
         (content, settings),
     ).fetchone()
@@ -208,7 +213,8 @@ def cached_fingerprint(store: Store, content: str, settings: str) -> CachedFinge
 
 
 def stored_comparisons(store: Store, fingerprint: str) -> dict[str, Cmp]:
-    rows = store.conn.execute(
+    conn = scan_conn(store)
+    rows = conn.execute(
         "SELECT base_fingerprint, ics, log10_p, shared_tokens, error, detail FROM comparisons "
         "WHERE fingerprint = ? AND method = ?",
         (fingerprint, METHOD),
@@ -225,7 +231,8 @@ class SketchBounds:
 
 
 def stored_bounds(store: Store, fingerprint: str) -> dict[str, SketchBounds]:
-    rows = store.conn.execute(
+    conn = scan_conn(store)
+    rows = conn.execute(
         "SELECT base_fingerprint, ics, log10_p, shared_tokens, error FROM comparisons "
         "WHERE fingerprint = ? AND method = ?",
         (fingerprint, SKETCH_METHOD),
@@ -237,6 +244,7 @@ def record_bounds(
     store: Store, fingerprint: str, bounds: dict[str, SketchBounds], known: Sequence[Cmp] = ()
 ) -> None:
     """A model's sketch bounds against bases, and comparisons known without the bases' files."""
+    scan_conn(store)  # the tables first: creating them is a transaction of its own
     with store.transaction() as conn:
         for sha, b in bounds.items():
             conn.execute(
@@ -253,7 +261,8 @@ def record_bounds(
 
 
 def stored_fpvec(store: Store, content: str) -> dict[str, FpvecRow]:
-    rows = store.conn.execute(
+    conn = scan_conn(store)
+    rows = conn.execute(
         "SELECT commitment, fsr, hits, n, near_miss_fsr, error FROM fpvec_results WHERE content = ? AND method = ?",
         (content, FPVEC_METHOD),
     ).fetchall()
@@ -269,17 +278,20 @@ def failure_signature(stats: tuple[FileStat, ...], settings: str) -> str:
 
 
 def known_failure(store: Store, signature: str) -> str | None:
-    r = store.conn.execute("SELECT error FROM failures WHERE signature = ?", (signature,)).fetchone()
+    conn = scan_conn(store)
+    r = conn.execute("SELECT error FROM failures WHERE signature = ?", (signature,)).fetchone()
     return None if r is None else str(r[0])
 
 
 def record_failure(store: Store, signature: str, error: str) -> None:
+    scan_conn(store)  # the tables first: creating them is a transaction of its own
     with store.transaction() as conn:
         conn.execute("INSERT OR REPLACE INTO failures(signature, error) VALUES (?, ?)", (signature, error))
 
 
 def count_fingerprints(store: Store) -> int:
-    return int(store.conn.execute("SELECT COUNT(*) FROM fingerprint_cache").fetchone()[0])
+    conn = scan_conn(store)
+    return int(conn.execute("SELECT COUNT(*) FROM fingerprint_cache").fetchone()[0])
 
 
 # -- writes (one transaction per finished model) -----------------------------------------------
@@ -307,6 +319,7 @@ def record_model(
     identity of a model's fingerprint does not change between scans; unless its file is damaged,
     and then the new one replaces it.
     """
+    scan_conn(store)  # the tables first: creating them is a transaction of its own
     with store.transaction() as conn:  # the file is stored under the lock that its row is written with
         existing = cached_fingerprint(store, content, settings)
         stale = None
@@ -361,7 +374,8 @@ def record_model(
 
 
 def thumbnail(store: Store, fingerprint: str, renderer: str, size: int) -> bytes | None:
-    r = store.conn.execute(
+    conn = scan_conn(store)
+    r = conn.execute(
         "SELECT png FROM thumbnails WHERE fingerprint = ? AND renderer = ? AND size = ?",
         (fingerprint, renderer, size),
     ).fetchone()
@@ -369,6 +383,7 @@ def thumbnail(store: Store, fingerprint: str, renderer: str, size: int) -> bytes
 
 
 def put_thumbnail(store: Store, fingerprint: str, renderer: str, size: int, png: bytes) -> None:
+    scan_conn(store)  # the tables first: creating them is a transaction of its own
     with store.transaction() as conn:
         conn.execute(
             "INSERT OR REPLACE INTO thumbnails(fingerprint, renderer, size, png) VALUES (?, ?, ?, ?)",
