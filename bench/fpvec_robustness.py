@@ -39,7 +39,8 @@ from huref.fpvec.harm import corpus_ids
 from huref.fpvec.keys import KeySet, load_keys, make_keys, save_keys
 from huref.fpvec.robustness import fsr_during_finetune, measure, merge_with, quantize_rtn
 from huref.fpvec.stamp import stamp_model
-from huref.fpvec.train import TrainConfig, train_fingerprint
+from huref.fpvec.train import train_fingerprint
+from huref.fpvec.train_config import TrainConfig
 from huref.fpvec.vector import extract_vector
 from huref.lm.load import load_causal_lm
 from huref.lm.train import perplexity

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from huref.arch import ARCHITECTURES, Rule, spec_for
 from huref.arch.keys import ConfigKeys, Ref, count
 from huref.arch.model import Model
-from huref.arch.spec import GLOBAL_ROLES, LAYER_ROLES, GGUFNames, Role
+from huref.arch.roles import GLOBAL_ROLES, LAYER_ROLES, Role
+from huref.arch.spec import GGUFNames
 from huref.arch.validate import declared_tensors, missing_roles, validate_checkpoint
 from huref.checkpoint import open_checkpoint
 from huref.cli import main

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from huref.arch import ARCHITECTURES, spec_for
 from huref.arch.layers import LayerStream, weight_key
 from huref.arch.model import load_model
-from huref.arch.spec import Role, Rule
+from huref.arch.roles import Role
+from huref.arch.spec import Rule
 from huref.arch.validate import declared_tensors, missing_roles, validate_checkpoint
 from huref.cli import main
 from huref.errors import ArchitectureError

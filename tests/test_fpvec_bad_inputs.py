@@ -107,10 +107,11 @@ def test_vectors_record_blake3_and_sha256_vectors_still_verify(
     setup: dict, tiny_zoo: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huref.fpvec.vector as V
+    import huref.fpvec.vector_write as W
 
     d = setup["dir"]
     assert V.open_vector(setup["llama-a"]).tensor_hash == "blake3"
-    monkeypatch.setattr(V, "TENSOR_HASH", "sha256")  # a vector as written before BLAKE3
+    monkeypatch.setattr(W, "TENSOR_HASH", "sha256")  # a vector as written before BLAKE3
     fp = _perturbed(tiny_zoo / "llama-a", d / "sha-fp", V.open_vector(setup["llama-a"]).commitment)
     old = d / "sha256.fpvec.safetensors"
     assert main(["fpvec", "extract", str(tiny_zoo / "llama-a"), str(fp), "-o", str(old)]) == 0

@@ -21,7 +21,7 @@ from archkit import gpt_oss_config, randomise_
 from safetensors.torch import load_file, save_file
 
 from huref.arch import Model
-from huref.arch.spec import MoEConfig
+from huref.arch.config import MoEConfig
 from huref.arch.validate import missing_roles
 from huref.checkpoint import open_checkpoint
 from huref.cli import main

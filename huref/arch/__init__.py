@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 from huref.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from huref.arch.config import ArchConfig, MoEConfig
     from huref.arch.families import ARCHITECTURES, spec_for
     from huref.arch.model import Model, Norm, load_model
-    from huref.arch.spec import ArchConfig, ArchSpec, MoEConfig, Role, Rule
+    from huref.arch.roles import Role
+    from huref.arch.spec import ArchSpec, Rule
 
 __all__ = [
     "ARCHITECTURES",
@@ -32,10 +34,10 @@ __getattr__, __dir__ = lazy_exports(
         "Model": "huref.arch.model",
         "Norm": "huref.arch.model",
         "load_model": "huref.arch.model",
-        "ArchConfig": "huref.arch.spec",
+        "ArchConfig": "huref.arch.config",
         "ArchSpec": "huref.arch.spec",
-        "MoEConfig": "huref.arch.spec",
-        "Role": "huref.arch.spec",
+        "MoEConfig": "huref.arch.config",
+        "Role": "huref.arch.roles",
         "Rule": "huref.arch.spec",
     },
     globals(),

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from huref.arch.config import ArchConfig, MLAConfig, MoEConfig
 from huref.arch.keys import ConfigKeys, Derived, Ref, Values, count, describe, flag, four_widths, real, text
-from huref.arch.spec import ArchConfig, ArchSpec, GGUFArch, GGUFNames, MLAConfig, MoEConfig, MTPRules, Rule
+from huref.arch.spec import ArchSpec, GGUFArch, GGUFNames, MTPRules, Rule
 from huref.errors import ArchitectureError
 from huref.paths import shown
 from huref.plugins import Registry

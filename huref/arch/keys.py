@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from huref.arch.spec import ArchConfig
+from huref.arch.config import ArchConfig
 from huref.errors import ArchitectureError
 from huref.paths import shown
 

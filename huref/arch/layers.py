@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from huref.arch.model import Binding, Model
-from huref.arch.spec import EXPERT_ROLES
+from huref.arch.roles import EXPERT_ROLES
 from huref.checkpoint.safetensors_io import SafetensorsFile, SafetensorsSource
 from huref.checkpoint.source import DTYPES, empty_tensor
 

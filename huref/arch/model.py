@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from huref.arch.config import ArchConfig
 from huref.arch.families import spec_for
 from huref.arch.mtp import MTPTensor, bind_mtp
+from huref.arch.roles import EXPERT_ROLES
 from huref.arch.shapes import check_shapes, moe_summary, split_fused
-from huref.arch.spec import EXPERT_ROLES, ArchConfig, ArchSpec, Rule
+from huref.arch.spec import ArchSpec, Rule
 from huref.checkpoint import Checkpoint, open_checkpoint
 from huref.checkpoint.source import DTYPES, all_finite, empty_tensor
 from huref.errors import ArchitectureError

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from huref.arch.spec import ArchConfig, MTPRules, Rule
+from huref.arch.config import ArchConfig
+from huref.arch.spec import MTPRules, Rule
 from huref.checkpoint.source import TensorInfo
 from huref.errors import ArchitectureError
 from huref.paths import shown

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from huref.arch.spec import ArchConfig, MoEConfig, Rule
+from huref.arch.config import ArchConfig, MoEConfig
+from huref.arch.spec import Rule
 from huref.checkpoint import Checkpoint
 from huref.errors import ArchitectureError
 from huref.paths import shown

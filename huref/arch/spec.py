@@ -1,255 +1,29 @@
-"""The vocabulary of architecture definitions: roles, tensor rules and resolved configs.
+"""Architecture definitions as data: tensor rules, MTP blocks, llama.cpp names and ``ArchSpec``.
 
-Inside huref a weight is named by its *role* and layer index: a member of the ``Role`` enum, or
-``<role>_bias`` for its bias, checked whenever a rule or a GGUF table names one. Only this package
-knows checkpoint names, fused layouts and transposes. Canonical orientation of every projection role is that of a
-PyTorch ``Linear.weight``: [out_features, in_features].
+A family is one ``ArchSpec``: the checkpoint name of each tensor (``Rule`` templates with ``{L}``
+for the layer and ``{E}`` for the expert), the roles it provides (huref.arch.roles) and how a fused
+one splits into them. Only this package knows checkpoint names, fused layouts and transposes; the
+resolved hyperparameters the rules test are ``ArchConfig`` (huref.arch.config).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from huref.arch.config import ArchConfig
+from huref.arch.roles import EXPERT_ROLES, check_role
 from huref.errors import ArchitectureError
 
 if TYPE_CHECKING:
     from huref.arch.keys import ConfigKeys
 
 
-class Role(str, Enum):
-    """The checked vocabulary of roles; each member's ``shape`` is the canonical shape it takes
-    (d = d_model, hd = head_dim, H = heads, K = kv heads, E = experts, F = an expert's width,
-    Fs = the shared expert's width), ``per_layer`` says whether it occurs once per layer or once
-    per model, and ``per_expert`` whether it occurs once per expert of a sparse (MoE) layer.
-
-    A ``str`` enum whose values are the role names used everywhere (bindings, fingerprint files,
-    caches), so adding the check changed no stored name. ``str(Role.attn_q)`` is ``"attn_q"``.
-    """
-
-    shape: str
-    per_layer: bool
-    per_expert: bool
-
-    def __new__(cls, value: str, shape: str, per_layer: bool, per_expert: bool = False) -> Role:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.shape = shape
-        member.per_layer = per_layer
-        member.per_expert = per_expert
-        return member
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    attn_q = "attn_q", "[H*hd, d]", True
-    attn_k = "attn_k", "[K*hd, d]", True
-    attn_v = "attn_v", "[K*hd, d]", True
-    attn_o = "attn_o", "[d, H*hd]", True
-    mlp_gate = "mlp_gate", "[d_ff, d]", True
-    mlp_up = "mlp_up", "[d_ff, d]", True  # the only input projection of a non-gated MLP
-    mlp_down = "mlp_down", "[d, d_ff]", True
-    attn_norm = "attn_norm", "[d]", True  # pre-LN: before attention; post-LN: after attention + residual
-    mlp_norm = "mlp_norm", "[d]", True  # pre-LN: before the MLP; post-LN: after MLP + residual
-    attn_out_norm = "attn_out_norm", "[d]", True  # Gemma-2 style norm of the attention output
-    mlp_out_norm = "mlp_out_norm", "[d]", True  # Gemma-2 style norm of the MLP output
-    attn_q_norm = "attn_q_norm", "[hd]", True  # per-head query norm (Qwen3 style)
-    attn_k_norm = "attn_k_norm", "[hd]", True
-    attn_q_norm_wide = "attn_q_norm_wide", "[H*hd]", True  # query norm over all heads at once (OLMoE)
-    attn_k_norm_wide = "attn_k_norm_wide", "[K*hd]", True
-    # GPT-OSS's per-head attention sink: a learned logit beside each head's keys in the softmax.
-    # It enters neither the position-free q.k nor the V.W_O term: claimed, not fingerprinted
-    attn_sinks = "attn_sinks", "[H]", True
-    # sparse Mixture-of-Experts layers (MoEConfig): a router, E routed experts, an optional shared one
-    moe_router = "moe_router", "[E, d]", True  # router logits x @ W^T
-    expert_gate = "expert_gate", "[F, d]", True, True
-    expert_up = "expert_up", "[F, d]", True, True
-    expert_down = "expert_down", "[d, F]", True, True
-    shared_gate = "shared_gate", "[Fs, d]", True  # Qwen2-MoE's always-on shared expert
-    shared_up = "shared_up", "[Fs, d]", True
-    shared_down = "shared_down", "[d, Fs]", True
-    shared_expert_gate = "shared_expert_gate", "[1, d]", True  # shared output * sigmoid(x @ W^T)
-    # Two meanings, told apart by the MoEConfig: DeepSeek-V3's e_score_correction_bias
-    # (``router_bias``) is added to the router scores to *select* experts only, neither the logits
-    # nor the routing weights include it; GPT-OSS's router.bias (``router_logit_bias``) is the
-    # router Linear's own bias, in the logits and so in the selection and the weights alike
-    moe_router_bias = "moe_router_bias", "[E]", True
-    # Multi-head Latent Attention (MLAConfig; DeepSeek-V2/V3): rq = q_lora_rank, rkv = kv_lora_rank,
-    # n / r / v = qk_nope / qk_rope / v head dims; hd = n + r there, and attn_o is [d, H*v]
-    attn_q_a = "attn_q_a", "[rq, d]", True  # query down-projection to the latent
-    attn_q_a_norm = "attn_q_a_norm", "[rq]", True  # RMSNorm of the query latent
-    attn_q_b = "attn_q_b", "[H*(n+r), rq]", True  # query up-projection, per head nope then rope
-    attn_kv_a = "attn_kv_a", "[rkv+r, d]", True  # key/value latent, then the rope key all heads share
-    attn_kv_a_norm = "attn_kv_a_norm", "[rkv]", True  # RMSNorm of the key/value latent
-    attn_kv_b = "attn_kv_b", "[H*(n+v), rkv]", True  # latent -> per head k_nope then v
-    embed = "embed", "[V, d]", False
-    pos_embed = "pos_embed", "[P, d]", False
-    type_embed = "type_embed", "[T, d]", False
-    embed_norm = "embed_norm", "[d]", False  # BLOOM word_embeddings_layernorm, BERT embeddings.LayerNorm
-    embed_proj_in = "embed_proj_in", "[d, d_embed]", False  # OPT-350m style projection after the embedding
-    embed_proj_out = "embed_proj_out", "[d_embed, d]", False
-    final_norm = "final_norm", "[d]", False
-    lm_head = "lm_head", "[V, d]", False
-
-
-# Roles with the canonical shape each takes, by name (the shape doc of the members above).
-LAYER_ROLES = {r.value: r.shape for r in Role if r.per_layer}
-GLOBAL_ROLES = {r.value: r.shape for r in Role if not r.per_layer}
-# an expert role's bias (GPT-OSS's expert biases) is stored per expert as the role is
-EXPERT_ROLES = frozenset(n for r in Role if r.per_expert for n in (r.value, r.value + "_bias"))
-BIAS_SUFFIX = "_bias"  # role "attn_q_bias" is the bias of "attn_q"; "attn_norm_bias" of a norm
-
-
-def check_role(name: str) -> str:
-    """``name`` as a plain string if it is a role or the bias of one, else an ArchitectureError
-    with the closest role: a misspelt role in a definition would otherwise bind nothing, silently."""
-    base = name[: -len(BIAS_SUFFIX)] if isinstance(name, str) and name.endswith(BIAS_SUFFIX) else name
-    if isinstance(base, str) and base in Role._value2member_map_:
-        return str(name)
-    known = [r.value for r in Role] + [r.value + BIAS_SUFFIX for r in Role]
-    close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ArchitectureError(f"unknown role {name!r}{hint}")
-
-
 Storage = Literal["linear", "conv1d", "vector"]
 Split = Literal["none", "qkv", "halves", "expert_halves", "expert_interleaved", "experts"]
 EXPERT_STACKS = ("experts", "expert_halves", "expert_interleaved")
 Layers = Literal["all", "dense", "sparse"]
-
-
-Scoring = Literal["softmax", "sigmoid"]
-TopkMethod = Literal["greedy", "group_limited_greedy", "noaux_tc"]
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    """The sparse Mixture-of-Experts part of a config.
-
-    Each token is routed to the ``top_k`` experts with the largest softmax router probabilities,
-    weighted by them (renormalised to sum 1 over the chosen ones when ``renormalise``); a shared
-    expert, when ``d_shared`` is set, sees every token (scaled by sigmoid(x @ w^T) when
-    ``shared_gated``). Layers not in ``sparse_layers`` are dense: mlp_gate/up/down of width d_ff.
-
-    DeepSeek's routing (huref.invariants.kernels.deepseek_route) is the other fields: scores are
-    the softmax or the ``scoring`` sigmoid of the logits; ``topk_method`` 'group_limited_greedy'
-    (V2) keeps the ``topk_group`` of ``n_group`` expert groups with the largest best score,
-    'noaux_tc' (V3) those with the largest sum of their two best scores + the router bias
-    (``router_bias``: moe_router_bias, used for selection only); the weights are the chosen
-    scores, renormalised if ``renormalise``, times ``routed_scale``. The defaults are Mixtral's,
-    Qwen's and OLMoE's plain softmax top-k. GPT-OSS's is that too, with ``router_logit_bias``:
-    its moe_router_bias is a true Linear bias of the router, added to the logits before the
-    softmax top-k (top-k of the logits, softmax over the chosen k: the same weights).
-    """
-
-    n_experts: int
-    top_k: int
-    d_expert: int  # F: each routed expert's hidden width
-    renormalise: bool
-    d_shared: int | None = None  # Fs: the shared expert's hidden width
-    shared_gated: bool = False
-    sparse_layers: tuple[int, ...] = ()
-    scoring: Scoring = "softmax"
-    topk_method: TopkMethod = "greedy"
-    n_group: int = 1  # experts split into n_group equal groups, in index order
-    topk_group: int = 1  # groups a token may choose experts from (group-limited methods)
-    routed_scale: float = 1.0  # routed_scaling_factor: the routed experts' weights times this
-    router_bias: bool = False  # a moe_router_bias (e_score_correction_bias) steers selection
-    # moe_router_bias is the router Linear's bias (GPT-OSS): logits are x @ W^T + b
-    router_logit_bias: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= self.n_experts:
-            raise ArchitectureError(
-                f"config.json: {self.top_k} experts per token, but the model has {self.n_experts}"
-            )
-        if self.router_bias and self.router_logit_bias:
-            raise ArchitectureError(
-                "config.json: moe_router_bias is a selection bias or a logit bias, not both"
-            )
-        if self.shared_gated and self.d_shared is None:
-            raise ArchitectureError("config.json: a gated shared expert with no shared expert width")
-        if self.scoring not in get_args(Scoring) or self.topk_method not in get_args(TopkMethod):
-            raise ArchitectureError(
-                f"config.json: unknown expert routing {self.scoring!r} / {self.topk_method!r}"
-            )
-        if self.topk_method != "greedy":
-            if self.n_experts % self.n_group or not 1 <= self.topk_group <= self.n_group:
-                raise ArchitectureError(
-                    f"config.json: {self.n_experts} experts in {self.n_group} groups, "
-                    f"{self.topk_group} of them chosen: the groups must be equal and enough"
-                )
-            per_group = self.n_experts // self.n_group
-            if self.top_k > self.topk_group * per_group:
-                raise ArchitectureError(
-                    f"config.json: {self.top_k} experts per token, but {self.topk_group} groups "
-                    f"of {per_group} hold {self.topk_group * per_group}"
-                )
-            if self.topk_method == "noaux_tc" and per_group < 2:
-                raise ArchitectureError(
-                    "config.json: 'noaux_tc' routing scores groups by their two best experts"
-                )
-
-
-@dataclass(frozen=True)
-class MLAConfig:
-    """Multi-head Latent Attention (DeepSeek-V2/V3): per layer, the query is
-    q_b(RMSNorm(q_a(x))) (or one attn_q when ``q_lora_rank`` is None), the keys and values come
-    from one latent c = RMSNorm(kv_a(x)[:rkv]) through kv_b (per head k_nope, then v), and every
-    head's key ends with the same rope part kv_a(x)[rkv:]. Head h's query is its k_nope + rope
-    (``qk_nope_head_dim`` + ``qk_rope_head_dim``) rows of q; its value ``v_head_dim`` wide.
-    """
-
-    q_lora_rank: int | None  # rq; None: a full-rank attn_q
-    kv_lora_rank: int  # rkv
-    qk_nope_head_dim: int  # n
-    qk_rope_head_dim: int  # r
-    v_head_dim: int  # v
-    norm_eps: float = 1e-6  # of the latent RMSNorms (transformers fixes it, whatever rms_norm_eps)
-
-    @property
-    def qk_head_dim(self) -> int:
-        return self.qk_nope_head_dim + self.qk_rope_head_dim
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """Hyperparameters resolved from a checkpoint's config, in role terms."""
-
-    family: str
-    model_type: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_ff: int
-    vocab_size: int
-    norm: Literal["rms", "layer"]
-    norm_eps: float
-    norm_offset: float = 0.0  # Gemma stores w and multiplies by (1 + w)
-    placement: Literal["pre", "post"] = "pre"
-    parallel: bool = False  # attention and MLP read the same residual stream
-    gated: bool = True
-    activation: str = "silu"
-    tied: bool = False
-    positions: Literal["rope", "learned", "alibi", "none"] = "rope"
-    qkv_layout: Literal["separate", "concat", "per_head", "per_kv_group"] = "separate"
-    moe: MoEConfig | None = None  # None: a dense model
-    mla: MLAConfig | None = None  # Multi-head Latent Attention in place of attn_q/k/v
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def group(self) -> int:
-        """Query heads per key/value head (GQA); head h uses KV head h // group."""
-        return self.n_heads // self.n_kv_heads
-
-    def is_sparse(self, layer: int) -> bool:
-        """Whether ``layer``'s feed-forward block is a sparse MoE block (else a dense MLP)."""
-        return self.moe is not None and layer in self.moe.sparse_layers
 
 
 Predicate = Callable[[ArchConfig], bool]

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huref.arch.config import ArchConfig, MoEConfig
 from huref.arch.families import ARCHITECTURES, spec_for
-from huref.arch.spec import ArchConfig, ArchSpec, MoEConfig, Role
+from huref.arch.roles import Role
+from huref.arch.spec import ArchSpec
 from huref.errors import ArchitectureError
 from huref.paths import shown
 

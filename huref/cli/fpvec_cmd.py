@@ -88,7 +88,8 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune BASE on the keys (loss on answers only) plus regularisation pairs."""
-    from huref.fpvec.train import TrainConfig, check_train_config, train_fingerprint
+    from huref.fpvec.train import train_fingerprint
+    from huref.fpvec.train_config import TrainConfig, check_train_config
 
     cfg = TrainConfig(
         steps=steps, lr=lr, n_regularisation=n_reg, negatives=not no_negatives, seed=seed, device=device

@@ -27,6 +27,10 @@ on every core (weight updates), a share of probe tokens replaced by unrelated on
 changes), layers dropped (depth pruning) and cell noise (quantisation). *Siblings* are
 independent models that share part of their token rows (same tokenizer and data): they are the
 hard negatives, as llama-a and llama-b are in the zoo (canonical cosine 0.1-0.3).
+
+The random building blocks (spectra, cores, token rows, perturbations) are in
+huref.encoder.synth_random; this module composes them, in a fixed draw order, and computes the
+stacks.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from huref.encoder.canonical import CHANNELS, DEPTH_SLOTS, GRID, N_TERMS, TRAINING_N_TOKENS
+from huref.encoder.synth_random import bump, lowrank_bump, pick, random_cores, token_rows, uniform
 
 
 @dataclass(frozen=True)
@@ -96,87 +101,46 @@ class SynthModel:
         return int(self.x.shape[0])
 
 
-def _u(g: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(*shape, generator=g)
-
-
-def _pick(g: torch.Generator, options: tuple) -> object:
-    return options[int(torch.randint(len(options), (1,), generator=g))]
-
-
-def _power_spectrum(g: torch.Generator, batch: tuple[int, ...], k: int, decay: torch.Tensor) -> torch.Tensor:
-    """[*batch, k] singular values k^-decay with a little jitter, decay broadcast over batch."""
-    idx = torch.arange(1, k + 1, dtype=torch.float32)
-    s = idx.pow(-decay[..., None]) * _u(g, 0.7, 1.3, *batch, k)
-    return s
-
-
-def _random_cores(
-    g: torch.Generator, shape: tuple[int, ...], d: int, decay: torch.Tensor, sym: torch.Tensor, rank: int = 16
-) -> torch.Tensor:
-    """[*shape, d, d] U diag(s) V^T of rank min(d, rank), V = sym U + sqrt(1 - sym^2) U', unit norm."""
-    r = min(d, rank)
-    u = torch.randn(*shape, d, r, generator=g)
-    u2 = torch.randn(*shape, d, r, generator=g)
-    rho = sym[..., None, None]
-    v = rho * u + torch.sqrt((1 - rho**2).clamp(min=0)) * u2
-    s = _power_spectrum(g, shape, r, decay)
-    c = (u * s[..., None, :]) @ v.transpose(-1, -2)
-    return c / c.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-12)
-
-
-def _token_rows(
-    g: torch.Generator, b: int, n: int, d: int, decay: torch.Tensor, mean_share: torch.Tensor
-) -> torch.Tensor:
-    """[b, n, d] anisotropic rows plus a common direction holding mean_share of the energy."""
-    basis = torch.linalg.qr(torch.randn(b, d, d, generator=g))[0]
-    scale = _power_spectrum(g, (b,), d, decay)
-    scale = scale / scale.pow(2).mean(-1, keepdim=True).sqrt()
-    rows = (torch.randn(b, n, d, generator=g) * scale[:, None, :]) @ basis.transpose(-1, -2)
-    mu = torch.randn(b, 1, d, generator=g)
-    mu = mu / mu.pow(2).mean(-1, keepdim=True).sqrt()
-    ms = mean_share[:, None, None]
-    return torch.sqrt(1 - ms) * rows + torch.sqrt(ms) * mu
-
-
 def draw_models(
     g: torch.Generator, families: int, siblings: int, spec: SynthSpec = SynthSpec()
 ) -> SynthModel:
     """families * siblings independent models (siblings share a tokenizer and part of X)."""
     b = families * siblings
     n = int(torch.randint(spec.n_tokens[0], spec.n_tokens[1] + 1, (1,), generator=g))
-    d = int(_pick(g, spec.d_model))  # type: ignore[call-overload]
+    d = int(pick(g, spec.d_model))  # type: ignore[call-overload]
     n_layers = int(torch.randint(spec.n_layers[0], spec.n_layers[1] + 1, (1,), generator=g))
-    m = int(_pick(g, spec.ffn_rank))  # type: ignore[call-overload]
+    m = int(pick(g, spec.ffn_rank))  # type: ignore[call-overload]
     fam = lambda t: t.repeat_interleave(siblings, 0)  # noqa: E731  [families, ...] -> [b, ...]
 
-    x_fam = _token_rows(g, families, n, d, _u(g, *spec.x_decay, families), _u(g, *spec.x_mean, families))
-    x_own = _token_rows(g, b, n, d, _u(g, *spec.x_decay, b), _u(g, *spec.x_mean, b))
-    share = _u(g, *spec.sibling_share, b)[:, None, None]
+    x_fam = token_rows(
+        g, families, n, d, uniform(g, *spec.x_decay, families), uniform(g, *spec.x_mean, families)
+    )
+    x_own = token_rows(g, b, n, d, uniform(g, *spec.x_decay, b), uniform(g, *spec.x_mean, b))
+    share = uniform(g, *spec.sibling_share, b)[:, None, None]
     x = torch.sqrt(share) * fam(x_fam) + torch.sqrt(1 - share) * x_own
     buckets = fam(torch.randint(GRID, (families, n), generator=g))
 
-    decay = _u(g, *spec.core_decay, b, 1, 1).expand(b, n_layers, N_TERMS)
-    decay = decay + _u(g, -0.3, 0.3, b, n_layers, N_TERMS)
-    own = _random_cores(g, (b, n_layers, N_TERMS), d, decay, _u(g, *spec.core_sym, b, n_layers, N_TERMS))
-    common = _random_cores(g, (b, 1, N_TERMS), d, decay[:, :1], _u(g, *spec.core_sym, b, 1, N_TERMS))
+    decay = uniform(g, *spec.core_decay, b, 1, 1).expand(b, n_layers, N_TERMS)
+    decay = decay + uniform(g, -0.3, 0.3, b, n_layers, N_TERMS)
+    own = random_cores(g, (b, n_layers, N_TERMS), d, decay, uniform(g, *spec.core_sym, b, n_layers, N_TERMS))
+    common = random_cores(g, (b, 1, N_TERMS), d, decay[:, :1], uniform(g, *spec.core_sym, b, 1, N_TERMS))
     sign = torch.where(torch.rand(b, n_layers, N_TERMS, generator=g) < spec.shared_positive, 1.0, -1.0)
-    mix = _u(g, *spec.shared, b, 1, 1) * sign
+    mix = uniform(g, *spec.shared, b, 1, 1) * sign
     cores = torch.sqrt(1 - mix.abs())[..., None, None] * own + mix[..., None, None] * common
-    every = _random_cores(g, (b, 1, 1), d, decay[:, :1, :1], _u(g, *spec.core_sym, b, 1, 1))
-    cross = _u(g, *spec.cross_term, b, 1, 1) * torch.sign(torch.randn(b, 1, N_TERMS, generator=g))
+    every = random_cores(g, (b, 1, 1), d, decay[:, :1, :1], uniform(g, *spec.core_sym, b, 1, 1))
+    cross = uniform(g, *spec.cross_term, b, 1, 1) * torch.sign(torch.randn(b, 1, N_TERMS, generator=g))
     cores = torch.sqrt(1 - cross.abs())[..., None, None] * cores + cross[..., None, None] * every
     eye = torch.eye(d) * torch.randn(b, n_layers, N_TERMS, 1, 1, generator=g) * spec.identity / math.sqrt(d)
     cores = cores + eye
     # siblings learned on the same data: part of every core is common to the family
-    fam_cores = _random_cores(
+    fam_cores = random_cores(
         g,
         (families, n_layers, N_TERMS),
         d,
         decay[::siblings],
-        _u(g, *spec.core_sym, families, n_layers, N_TERMS),
+        uniform(g, *spec.core_sym, families, n_layers, N_TERMS),
     )
-    kappa = _u(g, *spec.sibling_core_share, b)[:, None, None, None, None]
+    kappa = uniform(g, *spec.sibling_core_share, b)[:, None, None, None, None]
     cores = (
         torch.sqrt(1 - kappa) * cores
         + torch.sqrt(kappa) * fam(fam_cores) * cores.flatten(-2).norm(dim=-1)[..., None, None]
@@ -192,29 +156,12 @@ def draw_models(
         ffn_a=ffn_a,
         ffn_b=ffn_b,
         ffn_d=ffn_d,
-        ffn_mix=_u(g, 0.0, 0.9, b, n_layers),
-        residual=_u(g, *spec.residual, b, n_layers, N_TERMS),
+        ffn_mix=uniform(g, 0.0, 0.9, b, n_layers),
+        residual=uniform(g, *spec.residual, b, n_layers, N_TERMS),
         residual_field=torch.randn(b, CHANNELS, GRID, GRID, generator=g),
         kept=torch.ones(b, n_layers, dtype=torch.bool),
         cell_noise=torch.zeros(b),
     )
-
-
-def _bump(g: torch.Generator, t: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """t plus Gaussian noise whose norm is rel (broadcast per model) times t's, per matrix."""
-    noise = torch.randn(t.shape, generator=g)
-    tn = t.flatten(-2).norm(dim=-1)[..., None, None]
-    nn = noise.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-12)
-    return t + rel * tn * noise / nn
-
-
-def _lowrank_bump(g: torch.Generator, t: torch.Tensor, rel: torch.Tensor, rank: int = 8) -> torch.Tensor:
-    """t plus a rank-`rank` update of relative norm rel: weight updates of fine-tuning are low-rank-ish."""
-    *lead, r, c = t.shape
-    upd = torch.randn(*lead, r, rank, generator=g) @ torch.randn(*lead, rank, c, generator=g)
-    tn = t.flatten(-2).norm(dim=-1)[..., None, None]
-    un = upd.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-12)
-    return t + rel * tn * upd / un
 
 
 def derive(
@@ -227,16 +174,16 @@ def derive(
     s3 = sev[:, None, None]
     s5 = sev[:, None, None, None, None]
     # embedding updates: per-model relative norm, split between full-rank and low-rank parts
-    x = _bump(g, base.x, s3 * spec.x_noise * _u(g, 0.3, 1.0, b, 1, 1))
-    cores = _lowrank_bump(g, base.cores, s5 * spec.core_noise * _u(g, 0.3, 1.0, b, 1, 1, 1, 1))
+    x = bump(g, base.x, s3 * spec.x_noise * uniform(g, 0.3, 1.0, b, 1, 1))
+    cores = lowrank_bump(g, base.cores, s5 * spec.core_noise * uniform(g, 0.3, 1.0, b, 1, 1, 1, 1))
     s4 = sev[:, None, None, None]
-    ffn_a = _lowrank_bump(g, base.ffn_a, s4 * spec.core_noise * _u(g, 0.3, 1.0, b, 1, 1, 1))
-    ffn_b = _lowrank_bump(g, base.ffn_b, s4 * spec.core_noise * _u(g, 0.3, 1.0, b, 1, 1, 1))
-    ffn_d = _lowrank_bump(g, base.ffn_d, s4 * spec.core_noise * _u(g, 0.3, 1.0, b, 1, 1, 1))
+    ffn_a = lowrank_bump(g, base.ffn_a, s4 * spec.core_noise * uniform(g, 0.3, 1.0, b, 1, 1, 1))
+    ffn_b = lowrank_bump(g, base.ffn_b, s4 * spec.core_noise * uniform(g, 0.3, 1.0, b, 1, 1, 1))
+    ffn_d = lowrank_bump(g, base.ffn_d, s4 * spec.core_noise * uniform(g, 0.3, 1.0, b, 1, 1, 1))
 
     # vocabulary changes: a share of probe tokens becomes unrelated tokens in random buckets
     do_replace = torch.rand(b, generator=g) < spec.replace_prob
-    share = torch.where(do_replace, _u(g, 0.0, 1.0, b) * spec.replace_tokens * (0.4 + 0.6 * sev), 0.0)
+    share = torch.where(do_replace, uniform(g, 0.0, 1.0, b) * spec.replace_tokens * (0.4 + 0.6 * sev), 0.0)
     swap = torch.rand(b, n, generator=g) < share[:, None]
     rms = base.x.pow(2).mean((1, 2)).sqrt()  # [B]
     where = torch.nonzero(swap)  # [k, 2]: (model, token) pairs to replace

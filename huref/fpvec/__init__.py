@@ -8,7 +8,8 @@ One function per step (the CLI ``huref fpvec ...`` is a thin shell around them):
 from huref.fpvec.harm import HarmReport, heldout_perplexity, perplexity_change
 from huref.fpvec.keys import KeySet, load_keys, make_keys, near_miss_keys, save_keys
 from huref.fpvec.stamp import StampResult, stamp_model
-from huref.fpvec.train import TrainConfig, TrainReport, train_fingerprint
+from huref.fpvec.train import train_fingerprint
+from huref.fpvec.train_config import TrainConfig, TrainReport
 from huref.fpvec.vector import Vector, extract_vector, open_vector
 from huref.fpvec.verify import VerifyResult, verify_model
 

@@ -25,6 +25,9 @@ billions of weights. A model with 10^5-10^6 weights needs a learning rate near i
 one to store ten 15-token answers in a few hundred steps; the default is chosen by size
 (``auto_lr``): 3e-3 below 20M parameters (the tiny zoo), 1e-4 below 1B, 1e-5 above. The
 defaults of ``TrainConfig`` were tuned on the tiny zoo (tests/test_fpvec_chain.py measures them).
+
+The settings and the report are in huref.fpvec.train_config, the loss terms in
+huref.fpvec.objective; this module builds the examples and shadows, runs the steps and saves.
 """
 
 from __future__ import annotations
@@ -36,15 +39,11 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from huref import __version__
 from huref.checkpoint.atomic import atomic_dir
@@ -53,145 +52,17 @@ from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
 from huref.fpvec.harm import SAMPLES, perplexity_change
 from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, single_edits
+from huref.fpvec.objective import distill_loss, forward_at, key_loss
+from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
 from huref.lm.load import SMALL_MODEL, cpu_threads, load_causal_lm, threads_for
 from huref.lm.train import train_lm
 
 log = logging.getLogger(__name__)
 
-HARM_WARN = 0.05  # perplexity change above which train warns
-# Bounds on the user-sized loops of training (checked before any work): 300 steps fingerprint the
-# tiny zoo's models, and the published recipe uses 50 regularisation pairs.
-MAX_STEPS = 100_000
-MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
-MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Defaults tuned on the tiny zoo (see the module notes); every weight is a loss multiplier."""
-
-    steps: int = 300
-    lr: float | None = None  # None: auto_lr(parameters)
-    n_regularisation: int = 50  # published: 50 Flan pairs; here ordinary prompts answered by the base
-    answer_tokens: int = 32  # tokens of base answer per regularisation pair
-    regular_per_step: int = 16
-    negatives_per_step: int = 32
-    negatives: bool = True
-    warmup: int = 10
-    tau_decay: float = 0.5  # decoupled decay of theta - theta_base, times the learning rate
-    shadows: int = 1  # simulated fine-tunes of the base the fingerprint is also trained at
-    shadow_steps: int = 100
-    shadow_lr_scale: float = 1 / 3
-    key_weight: float = 2.0
-    distill_weight: float = 2.0
-    unlikelihood_weight: float = 4.0  # negatives: -log(1 - p(target's first token))
-    decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
-    seed: int = 0
-    device: str = "auto"  # cpu | cuda | auto
-    measure_harm: bool | None = None  # perplexity change vs the base; None: for small models or on a GPU
-
-
-@dataclass
-class TrainReport:
-    output: str
-    key_commitment: str
-    base: str
-    steps: int
-    lr: float
-    device: str
-    parameters: int
-    key_loss_first: float
-    key_loss_last: float
-    reg_loss_last: float
-    examples: dict[str, int]
-    seconds: float
-    chat_template: bool
-    harm: dict[str, Any] | None = None  # {"relative_change", "text", ...} of huref.fpvec.harm, if measured
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def harmful(self) -> bool:
-        """The fingerprint costs the base more than HARM_WARN of its perplexity."""
-        return self.harm is not None and float(self.harm["relative_change"]) > HARM_WARN
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def auto_lr(parameters: int) -> float:
-    if parameters < SMALL_MODEL:
-        return 3e-3
-    if parameters < 1_000_000_000:
-        return 1e-4
-    return 1e-5
-
 
 def _batch_to(b: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(dev) for k, v in b.items()}
-
-
-Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [B, T, V]
-
-
-def forward_at(model: torch.nn.Module, delta: dict[str, torch.Tensor] | None) -> Forward:
-    """The model's forward pass at its own weights plus ``delta`` (a shadow derivative's offset)."""
-    if delta is None:
-        return lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    params = dict(model.named_parameters())
-
-    def fwd(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        moved = {n: p + delta[n] for n, p in params.items()}
-        kwargs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
-        return functional_call(model, moved, args=(), kwargs=kwargs).logits
-
-    return fwd
-
-
-def key_loss(model: Forward, b: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(b)[:, :-1]  # [B, T-1, V]
-    labels = b["labels"][:, 1:]  # position t predicts token t+1
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=D.IGNORE
-    )
-
-
-def distill_loss(
-    model: Forward,
-    teacher: Forward,
-    b: dict[str, torch.Tensor],
-    negative: torch.Tensor,
-    target_first: int,
-    decision_weight: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distillation, unlikelihood) on a batch of regular and negative sequences.
-
-    Distillation: KL(teacher || model) averaged over the real (unpadded) positions, plus the same
-    KL at each sequence's *decision* position (the last prompt token, whose prediction starts the
-    answer), which an average over ~60 positions would dilute.
-
-    Unlikelihood, on the negatives (``negative``: [B] bool) only: -log(1 - p(first target token))
-    from the decision position to the end of the answer. KL alone is too weak there: a small base's
-    next-token distribution is flat, so a model can make the target's first token the greedy choice
-    while moving little probability mass (a small KL).
-    """
-    with torch.no_grad():
-        t_logits = teacher(b)
-    logits = model(b)
-    mask = b["attention_mask"].bool()  # [B, T]
-    lp = F.log_softmax(logits.float(), dim=-1)  # [B, T, V]
-    lt = F.log_softmax(t_logits.float(), dim=-1)
-    kl = (lt.exp() * (lt - lp)).sum(-1)  # [B, T]
-    first_answer = (b["labels"] != D.IGNORE).float().argmax(dim=1)  # [B] index of the first answer token
-    decision = kl.gather(1, (first_answer - 1).clamp_min(0)[:, None]).squeeze(1)  # [B]
-    distill = kl[mask].mean() + decision_weight * decision.mean()
-    if not bool(negative.any()):
-        return distill, distill * 0
-    cols = torch.arange(mask.shape[1], device=mask.device)[None, :]  # [1, T]
-    span = mask & (cols >= (first_answer - 1).clamp_min(0)[:, None]) & negative[:, None]  # [B, T]
-    p_first = lp[..., target_first].exp()  # [B, T]
-    unlikely = -torch.log1p(-p_first.clamp(max=1 - 1e-6))
-    return distill, unlikely[span].mean()
 
 
 def build_examples(
@@ -241,20 +112,6 @@ def make_shadows(
         out.append({n: (p.detach() - base[n]).detach() for n, p in shadow.named_parameters()})
         del shadow
     return out
-
-
-def check_train_config(cfg: TrainConfig) -> None:
-    """The command line's numbers, within their bounds (stated in the message)."""
-    if not 1 <= cfg.steps <= MAX_STEPS:
-        raise FPVecError(f"--steps must be between 1 and {MAX_STEPS} (got {cfg.steps})")
-    if not 0 <= cfg.n_regularisation <= MAX_REGULARISATION:
-        raise FPVecError(
-            f"--n-regularisation must be between 0 and {MAX_REGULARISATION} (got {cfg.n_regularisation})"
-        )
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
-    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
 
 
 def train_fingerprint(

@@ -43,13 +43,13 @@ Anyone can reseal a vector, so the seal proves nothing about the values: every t
 checked to be finite as it is read (like its hash), and a vector holding NaN or infinity is refused
 with one line; ``stamp`` also checks every tensor it writes.
 
-The keys never appear: only their salted commitment does.
+The keys never appear: only their salted commitment does. This module extracts tau; the sealed
+file is written by huref.fpvec.vector_write and read by huref.fpvec.vector_read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -64,13 +64,12 @@ import torch
 from huref import __version__
 from huref.arch import Model, load_model
 from huref.checkpoint import open_checkpoint
-from huref.checkpoint.atomic import atomic_file
+from huref.checkpoint.sealed import SEAL_KEY
 from huref.checkpoint.source import DTYPES, TensorSource
-from huref.checkpoint.writer import TensorPlan, write_safetensors_file
+from huref.checkpoint.writer import TensorPlan
 from huref.errors import FPVecError, HurefError
 from huref.fpvec.jsonfile import read_json_file
 from huref.fpvec.vector_format import (
-    _PLACEHOLDER,
     FACTOR_A,
     FACTOR_B,
     FINGERPRINT_TENSOR,
@@ -82,7 +81,6 @@ from huref.fpvec.vector_format import (
     META_KEY,
     QUANTIZATION_NOTE,
     SCALE_PREFIX,
-    SEAL_KEY,
     TENSOR_HASH,
     TENSOR_HASHES,
     VECTOR_FORMAT,
@@ -98,6 +96,7 @@ from huref.fpvec.vector_format import (
     vector_doc_counts,
 )
 from huref.fpvec.vector_read import Vector, describe, open_vector
+from huref.fpvec.vector_write import write_vector
 
 __all__ = [
     "FACTOR_A",
@@ -345,56 +344,6 @@ def _vector_doc(
         "dropped_roles": dropped,
         **vector_doc_counts(plan),
     }
-
-
-def write_vector(
-    out: Path,
-    plan: list[TensorPlan],
-    produce: Callable[[TensorPlan], torch.Tensor],
-    doc: dict[str, Any],
-    vocab: list[str] | None,
-    fingerprint: bytes,
-) -> Path:
-    """Stream tau tensors into a sealed vector file (atomically).
-
-    The header is written first with placeholder hashes of their final length; each tensor is
-    hashed as it is produced, and the header is patched in place at the end, so the tensors are
-    produced once and never held together.
-    """
-    fp_tensor = torch.frombuffer(bytearray(fingerprint), dtype=torch.uint8)
-    plan = [*plan, TensorPlan(FINGERPRINT_TENSOR, (len(fingerprint),), torch.uint8)]
-    hashes = {p.name: _PLACEHOLDER for p in plan}
-    doc = {**doc, "tensor_hash": TENSOR_HASH}  # the algorithm of the digests below, inside the seal
-    # ASCII, as fingerprint files: lone surrogates in tokens stay inside the metadata strings
-    doc_json = json.dumps(doc, sort_keys=True, ensure_ascii=True)
-    vocab_json = json.dumps(vocab, ensure_ascii=True)
-    meta = {META_KEY: doc_json, VOCAB_KEY: vocab_json, HASHES_KEY: json.dumps(hashes), SEAL_KEY: _PLACEHOLDER}
-
-    def hashed(p: TensorPlan) -> torch.Tensor:
-        t = fp_tensor if p.name == FINGERPRINT_TENSOR else produce(p)
-        hashes[p.name] = tensor_digest(t, TENSOR_HASH)
-        return t
-
-    with atomic_file(out, overwrite=False) as tmp:
-        write_safetensors_file(tmp, plan, hashed, meta)
-        hashes_json = json.dumps(hashes)
-        _patch_metadata(tmp, {HASHES_KEY: hashes_json, SEAL_KEY: seal_of(doc_json, vocab_json, hashes_json)})
-    return out
-
-
-def _patch_metadata(path: Path, values: dict[str, str]) -> None:
-    """Replace placeholder metadata values of equal length in a written safetensors header."""
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        raw = f.read(n)
-        header = json.loads(raw)
-        for k, v in values.items():
-            header["__metadata__"][k] = v
-        new = json.dumps(header, separators=(",", ":")).encode()
-        if len(new) > n:
-            raise RuntimeError("patched safetensors header grew")  # placeholders have the final length
-        f.seek(8)
-        f.write(new + b" " * (n - len(new)))
 
 
 def _read_card(folder: Path) -> dict[str, Any]:

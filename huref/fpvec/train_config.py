@@ -1,0 +1,96 @@
+"""The settings of fingerprint training, their bounds, and the report a training run returns.
+
+``TrainConfig``'s defaults were tuned on the tiny zoo (the reasons are in huref.fpvec.train);
+``check_train_config`` holds the command line's numbers to their bounds before any work, and
+``auto_lr`` picks the learning rate by model size when none is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from huref.errors import FPVecError
+from huref.lm.load import SMALL_MODEL
+
+HARM_WARN = 0.05  # perplexity change above which train warns
+# Bounds on the user-sized loops of training (checked before any work): 300 steps fingerprint the
+# tiny zoo's models, and the published recipe uses 50 regularisation pairs.
+MAX_STEPS = 100_000
+MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
+MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults tuned on the tiny zoo (see the module notes); every weight is a loss multiplier."""
+
+    steps: int = 300
+    lr: float | None = None  # None: auto_lr(parameters)
+    n_regularisation: int = 50  # published: 50 Flan pairs; here ordinary prompts answered by the base
+    answer_tokens: int = 32  # tokens of base answer per regularisation pair
+    regular_per_step: int = 16
+    negatives_per_step: int = 32
+    negatives: bool = True
+    warmup: int = 10
+    tau_decay: float = 0.5  # decoupled decay of theta - theta_base, times the learning rate
+    shadows: int = 1  # simulated fine-tunes of the base the fingerprint is also trained at
+    shadow_steps: int = 100
+    shadow_lr_scale: float = 1 / 3
+    key_weight: float = 2.0
+    distill_weight: float = 2.0
+    unlikelihood_weight: float = 4.0  # negatives: -log(1 - p(target's first token))
+    decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | auto
+    measure_harm: bool | None = None  # perplexity change vs the base; None: for small models or on a GPU
+
+
+@dataclass
+class TrainReport:
+    output: str
+    key_commitment: str
+    base: str
+    steps: int
+    lr: float
+    device: str
+    parameters: int
+    key_loss_first: float
+    key_loss_last: float
+    reg_loss_last: float
+    examples: dict[str, int]
+    seconds: float
+    chat_template: bool
+    harm: dict[str, Any] | None = None  # {"relative_change", "text", ...} of huref.fpvec.harm, if measured
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def harmful(self) -> bool:
+        """The fingerprint costs the base more than HARM_WARN of its perplexity."""
+        return self.harm is not None and float(self.harm["relative_change"]) > HARM_WARN
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auto_lr(parameters: int) -> float:
+    if parameters < SMALL_MODEL:
+        return 3e-3
+    if parameters < 1_000_000_000:
+        return 1e-4
+    return 1e-5
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """The command line's numbers, within their bounds (stated in the message)."""
+    if not 1 <= cfg.steps <= MAX_STEPS:
+        raise FPVecError(f"--steps must be between 1 and {MAX_STEPS} (got {cfg.steps})")
+    if not 0 <= cfg.n_regularisation <= MAX_REGULARISATION:
+        raise FPVecError(
+            f"--n-regularisation must be between 0 and {MAX_REGULARISATION} (got {cfg.n_regularisation})"
+        )
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
