@@ -16,9 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from huref.zoo import calibration
-from huref.zoo.build import Ctx, job_base, job_llama_trained, job_merges, plan
 from huref.zoo.derive import relative_change
+from huref.zoo.edit_jobs import job_merges
+from huref.zoo.jobctx import Ctx
+from huref.zoo.phases import plan
 from huref.zoo.presets import PRESETS
+from huref.zoo.train_jobs import job_base, job_llama_trained
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
