@@ -98,14 +98,6 @@ def run_audit(
         if missing:
             raise UsageError(f"no such file, and not a registered base: {', '.join(sorted(missing))}")
         candidates += [c for c in reg_cands if c.name not in {x.name for x in candidates}]
-    active = [_active(suspect, v, k) for v, k in vectors]
-    ev = gather(subject, candidates, settings, null, active, argv, with_pcs=with_pcs, with_dogs=with_dogs)
+    ev = gather(subject, candidates, settings, null, vectors, argv, with_pcs=with_pcs, with_dogs=with_dogs)
     html_path, json_path = write_report(ev, out)
     return ev, html_path, json_path
-
-
-def _active(suspect: str | Path, vector: Path, keys: Path) -> dict[str, Any]:
-    """FP-Vec verification of the suspect with one vector's keys."""
-    from huref.fpvec.report import active_evidence
-
-    return active_evidence(suspect, vector, keys)

@@ -1,13 +1,14 @@
 """Gathering the evidence of one audit into a JSON-ready record (report.json).
 
 The HTML report is rendered from this record alone, so the JSON file and the page can never
-disagree. Every section is filled only when its evidence exists: passive comparisons always,
-dog images when the encoder is available, active (FP-Vec) checks when vectors and keys are given.
+disagree. The record's core (the suspect's identity, the settings, the overall verdict) is
+built here; every other part is a registered report section (``huref.report.sections``: passive
+comparisons, dog images, active FP-Vec checks, the model card's claims), which decides from the
+audit's inputs whether it has anything to show.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,17 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from huref import __version__
 from huref.arch import Model, load_model
-from huref.checkpoint.card import read_claims, weigh_claims
-from huref.errors import FingerprintError, HurefError, ReportError
-from huref.invariants import Fingerprint, Settings, compare_fingerprints, fingerprint_model
+from huref.errors import ReportError
+from huref.invariants import Fingerprint, Settings, fingerprint_model
 from huref.invariants.calibration import BUILTIN_NULL, NullModel, format_log10_p, format_p
-from huref.invariants.compare import expert_summary, match_summary
 from huref.invariants.verdict import P_DERIVED, P_INDEPENDENT, VERDICT_RULE
+from huref.report.sections import AuditInputs, gather_all
 
 if TYPE_CHECKING:
     from huref.checkpoint import Checkpoint
 
-log = logging.getLogger(__name__)
 SCHEMA_ID = "huref-report/1"
 
 
@@ -127,70 +126,38 @@ def gather(
     candidates: list[Candidate],
     settings: Settings | None = None,
     null: NullModel | None = None,
-    active: list[dict[str, Any]] | None = None,
+    vectors: list[tuple[Path, Path]] | None = None,
     argv: list[str] | None = None,
     with_pcs: bool = True,
     with_dogs: bool = True,
 ) -> dict[str, Any]:
-    """The whole evidence record of one audit."""
+    """The whole evidence record of one audit: the core (identity, settings, verdict) and the
+    value of every registered report section (``huref.report.sections``).
+
+    ``vectors``: FP-Vec (vector file, key file) pairs, already checked to belong together."""
     settings = settings or Settings()
     started = datetime.now(timezone.utc)
-    if not candidates and not active:
+    if not candidates and not vectors:
         raise ReportError("nothing to compare the suspect with: give --base, --registry or --fpvec")
     sm = load_model(suspect)
     sfp = fingerprint_model(sm, settings)
     null = null or BUILTIN_NULL
-    passive: list[dict[str, Any]] = []
-    for c in candidates:
-        try:
-            cmp = compare_fingerprints(
-                c.fingerprint,
-                sfp,
-                null,
-                c.model.ckpt if (with_pcs and c.model) else None,
-                sm.ckpt if with_pcs and c.model else None,
-            )
-        except FingerprintError as e:
-            passive.append(
-                {
-                    "base": c.name,
-                    "source": c.source,
-                    "comparable": False,
-                    "error": str(e),
-                    "verdict": None,
-                    "ics": None,
-                    "ics_paper": None,
-                    "pcs": None,
-                    "z": None,
-                    "p_value": None,
-                    "log10_p_value": None,
-                    "layer_alignment": [],
-                    "layer_similarity": [],
-                    "shared_tokens": 0,
-                    "base_layers": c.fingerprint.n_layers,
-                }
-            )
-            continue
-        row = cmp.to_json()
-        row.update(
-            {
-                "base": c.name,
-                "source": c.source,
-                "comparable": True,
-                "error": None,
-                "base_layers": c.fingerprint.n_layers,
-            }
-        )
-        row.pop("a", None)
-        row.pop("b", None)
-        if row.get("expert_origin"):  # a dense base against an MoE suspect, or the reverse
-            row["expert_summary"] = expert_summary(row["expert_origin"])
-        if row.get("expert_matches"):  # an MoE base against an MoE suspect
-            row["match_summary"] = match_summary(row["expert_matches"])
-        passive.append(row)
-    comparable = [p for p in passive if p["comparable"]]
-    dogs = _dogs(sfp, candidates, passive) if with_dogs else None
-    active = active or []
+    inputs = AuditInputs(
+        subject=suspect,
+        suspect=sm,
+        fingerprint=sfp,
+        candidates=tuple(candidates),
+        settings=settings,
+        null=null,
+        vectors=tuple(vectors or ()),
+        with_pcs=with_pcs,
+        with_dogs=with_dogs,
+        gathered={},
+    )
+    values = gather_all(inputs)
+    evidence, notes = values["evidence"], values["verdict"]
+    # the verdict's rule reads these two sections by name; a section added later does not change it
+    comparable = [p for p in evidence["passive"] if p["comparable"]]
     return {
         "schema": SCHEMA_ID,
         "huref_version": __version__,
@@ -205,47 +172,6 @@ def gather(
             "null": {"mean": null.mean, "std": null.std, "n_pairs": null.n_pairs, "source": null.source},
         },
         "suspect": {**_identity(sm), "n_layers": sm.cfg.n_layers},
-        "verdict": {
-            **overall_verdict(comparable, active),
-            "rule": VERDICT_RULE,
-            # the model card's claimed base against the per-base verdicts (huref.checkpoint.card)
-            "claim": weigh_claims(read_claims(sm.ckpt.path), passive),
-        },
-        "passive": passive,
-        "dogs": dogs,
-        "active": active,
+        "verdict": {**overall_verdict(comparable, evidence["active"]), "rule": VERDICT_RULE, **notes},
+        **evidence,
     }
-
-
-def _dogs(
-    sfp: Fingerprint, candidates: list[Candidate], passive: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """Dog images (PNG data) of the suspect and every base, when the encoder is available."""
-    try:
-        from huref import dogs
-    except ImportError:
-        return None
-    import base64
-
-    import numpy as np
-
-    try:
-        zs = dogs.dog_vector(sfp)
-        out: dict[str, Any] = {
-            "suspect": {"png": base64.b64encode(dogs.dog_png_bytes(sfp)).decode()},
-            "bases": [],
-        }
-        for c in candidates:
-            zb = dogs.dog_vector(c.fingerprint)
-            cos = float(np.dot(zs, zb) / (np.linalg.norm(zs) * np.linalg.norm(zb)))
-            out["bases"].append(
-                {
-                    "base": c.name,
-                    "png": base64.b64encode(dogs.dog_png_bytes(c.fingerprint)).decode(),
-                    "cosine": cos,
-                }
-            )
-        return out
-    except HurefError as e:  # a dog that cannot be drawn must not sink the audit; the page says why
-        log.warning("dog images skipped: %s", e)
-        return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}

@@ -3,18 +3,19 @@
 Everything that comes from a model (names, paths, config strings, generated text) reaches the
 page only through autoescaped template fields or the escaping SVG builders; the page loads
 nothing from the network (a Content-Security-Policy forbids it) and embeds images as data URIs.
+The page iterates over the registered report sections (``huref.report.sections``); their
+partials are rendered by the same autoescaping environment.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FunctionLoader, PackageLoader, StrictUndefined
 
 from huref.checkpoint.atomic import atomic_file
 from huref.errors import ReportError
@@ -22,16 +23,27 @@ from huref.invariants.calibration import format_log10_p, format_p
 from huref.invariants.statistics import report_rows, schema_properties
 from huref.report import load_schema
 from huref.report.plots import alignment_svg, heatmap_svg
+from huref.report.sections import SECTIONS, in_slot
 
 
 def _fmt(v: float | None, d: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{d}f}"
 
 
+def _section_partial(name: str) -> str | None:
+    """The source of a registered section's partial (``section:NAME``) or method notes
+    (``section-method:NAME``)."""
+    part, _, section = name.partition(":")
+    if part not in ("section", "section-method") or section not in SECTIONS:
+        return None
+    # Jinja drops one final newline of a template's source: one more keeps the partial's own
+    return SECTIONS.get(section).source(part) + "\n"
+
+
 def _env() -> Environment:
     env = Environment(
-        loader=PackageLoader("huref.report", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
+        loader=ChoiceLoader([PackageLoader("huref.report", "templates"), FunctionLoader(_section_partial)]),
+        autoescape=True,  # every template is HTML, a section's partial given as a string included
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -43,6 +55,7 @@ def _env() -> Environment:
         heatmap=_heatmap,
         alignment=_alignment,
         statistics=report_rows,  # the registered statistics of a passive row (huref.invariants.statistics)
+        sections=in_slot,  # the registered report sections of a slot, huref's own loaded (huref.report.sections)
     )
     return env
 
@@ -120,12 +133,10 @@ EvidenceValidator = jsonschema.validators.extend(
 
 
 def evidence_schema() -> dict[str, Any]:
-    """The shipped schema with the registered statistics' fragments merged into the passive row."""
-    extra = schema_properties()
-    if not extra:
-        return load_schema()
-    doc = copy.deepcopy(load_schema())  # load_schema's document is cached: never edit it in place
-    doc["$defs"]["passive_row"]["properties"].update(extra)
+    """The report schema (the core and every registered section's fragment) with the registered
+    statistics' fragments merged into the passive row."""
+    doc = load_schema()  # a fresh document: it may be edited
+    doc["$defs"]["passive_row"]["properties"].update(schema_properties())
     return doc
 
 
