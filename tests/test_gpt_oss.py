@@ -27,7 +27,7 @@ from huref.checkpoint import open_checkpoint
 from huref.cli import main
 from huref.errors import ArchitectureError
 from huref.invariants import Settings, compare_fingerprints, fingerprint_model
-from huref.invariants.extract import _route, _Weights
+from huref.invariants.layer_terms import LayerWeights, routing
 
 SETTINGS = Settings(modes=("robust",), n=64, n_responses=32)
 E, TOP_K, F, D = 4, 2, 24, 32
@@ -143,11 +143,13 @@ def test_gpt_oss_routing_equals_the_router_module_bias_included(saved) -> None: 
         with torch.no_grad():
             logits, scores, idx = layer.mlp.router(x)
         torch.testing.assert_close(x @ w_r.t() + b_r, logits)
-        route = _route(m, _Weights(m, L, {"moe_router": w_r, "moe_router_bias": b_r}, x.device), x)
+        route = routing(m, LayerWeights(m, L, {"moe_router": w_r, "moe_router_bias": b_r}, x.device), x)
         want = torch.zeros(x.shape[0], E).scatter_(-1, idx, scores)
         torch.testing.assert_close(route, want)
         # the bias is a real part of the routing here: without it some tokens go elsewhere
-        unbiased = _route(m, _Weights(m, L, {"moe_router": w_r, "moe_router_bias": 0 * b_r}, x.device), x)
+        unbiased = routing(
+            m, LayerWeights(m, L, {"moe_router": w_r, "moe_router_bias": 0 * b_r}, x.device), x
+        )
         assert not torch.equal((unbiased > 0), (route > 0))
 
 
@@ -202,7 +204,7 @@ def test_gpt_oss_block_from_huref_weights_and_routing_equals_the_moe_module(save
     cfg = model.config
     for L, layer in enumerate(model.model.layers):
         w_r, b_r = m.tensor("moe_router", L), m.tensor("moe_router_bias", L)
-        route = _route(m, _Weights(m, L, {"moe_router": w_r, "moe_router_bias": b_r}, x.device), x)
+        route = routing(m, LayerWeights(m, L, {"moe_router": w_r, "moe_router_bias": b_r}, x.device), x)
         y = torch.zeros_like(x)
         for e in range(E):
             w = _expert(m, L, e)

@@ -19,13 +19,26 @@ not, at some block sizes, so W_down is used whole).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeAlias
 
 import torch
 
 FFN_BLOCK = 1024
 """Rows of an FFN weight matrix widened to float32 at a time by ``hadamard_ffn``."""
+
+WIDEN_BYTES = 64 << 20
+"""``times_t`` widens as many weight rows at a time as fit this many float32 bytes (at least
+``FFN_BLOCK``): taller blocks make fewer, larger products (Mixtral-8x7B's experts: 4096 rows of
+W_gate / W_up, 1170 of W_down)."""
+
+Weight: TypeAlias = "torch.Tensor | Callable[[], torch.Tensor]"
+"""A weight matrix, or a function returning it when a kernel first needs it (so a caller can
+stream an expert's weights one at a time; the kernel drops each as soon as it is used)."""
+
+
+def _take(w: Weight) -> torch.Tensor:
+    return w if isinstance(w, torch.Tensor) else w()
 
 
 def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +67,8 @@ def attn_qk(
 ) -> torch.Tensor:
     """sum over heads of (xq W_Q,h)(xk W_K,g(h))^T  ->  [n, n]. Summing heads removes any
     per-head mixing C with W_Q C, W_K C^-T and any head permutation within a KV group."""
-    q = xq @ w_q.t()  # [n, H*hd]
-    k = expand_kv(xk @ w_k.t(), n_heads, n_kv, head_dim)  # [n, H*hd]
+    q = times_t(xq, w_q)  # [n, H*hd]
+    k = expand_kv(times_t(xk, w_k), n_heads, n_kv, head_dim)  # [n, H*hd]
     return q @ k.t()
 
 
@@ -69,8 +82,8 @@ def attn_vo(
     head_dim: int,
 ) -> torch.Tensor:
     """(xv W_V W_O) xo^T with GQA expansion of V heads -> [n, n]; V/O mixing per head cancels."""
-    v = expand_kv(xv @ w_v.t(), n_heads, n_kv, head_dim)  # [n, H*hd]
-    vo = v @ w_o.t()  # [n, d]
+    v = expand_kv(times_t(xv, w_v), n_heads, n_kv, head_dim)  # [n, H*hd]
+    vo = times_t(v, w_o)  # [n, d]
     del v
     return vo @ xo.t()  # [n, d] @ [d, n]
 
@@ -81,15 +94,26 @@ def ffn_hidden(xf: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None
     Neuron permutations permute columns and up/down rescalings scale them; both cancel in
     ffn_out. Residual transforms never enter because x is already the layer's normalised input.
     """
-    up = xf @ w_up.t()
+    up = times_t(xf, w_up)
     if w_gate is None:
         return up
-    return (xf @ w_gate.t()).mul_(up)  # in place on the fresh gate product: one [n, d_ff] fewer
+    return times_t(xf, w_gate).mul_(up)  # in place on the fresh gate product: one [n, d_ff] fewer
+
+
+def gated_hidden(
+    xf: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor, n_probe: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ffn_hidden`` of a gated FFN, with the first ``n_probe`` rows of x W_gate and x W_up (the
+    neurons' two views) taken from the same products: each weight is widened once."""
+    up = times_t(xf, w_up)
+    gate = times_t(xf, w_gate)
+    va, vb = gate[:n_probe].clone(), up[:n_probe].clone()
+    return gate.mul_(up), va, vb
 
 
 def ffn_out(h: torch.Tensor, w_down: torch.Tensor, xo: torch.Tensor) -> torch.Tensor:
     """H W_down xo^T -> [n, n]."""
-    return (h @ w_down.t()) @ xo.t()
+    return times_t(h, w_down) @ xo.t()
 
 
 def hadamard_ffn(
@@ -121,20 +145,26 @@ def hadamard_hidden(x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | 
 
 
 def times_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w^T in ``x``'s dtype with ``w`` in any stored dtype, widened ``FFN_BLOCK`` rows at a
-    time: no float32 copy of a whole weight matrix (experts are read in their stored bf16)."""
+    """x @ w^T in ``x``'s dtype with ``w`` in any stored dtype, widened block by block into one
+    reused buffer (``WIDEN_BYTES``): no float32 copy of a whole weight matrix (experts are read in
+    their stored bf16). Each block's columns come from the same full reduction, so the values do
+    not depend on the block height (checked against 1024-row blocks at Mixtral-8x7B shapes)."""
     out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
-    for s in range(0, w.shape[0], FFN_BLOCK):
-        out[:, s : s + FFN_BLOCK] = x @ _like(w[s : s + FFN_BLOCK], x).t()
+    rows = max(FFN_BLOCK, WIDEN_BYTES // max(1, w.shape[1] * x.element_size()))
+    same = w.dtype == x.dtype and w.device == x.device  # nothing to widen: views of w
+    buf = None if same else torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=x.dtype, device=x.device)
+    for s in range(0, w.shape[0], rows):
+        blk = w[s : s + rows] if buf is None else buf[: min(rows, w.shape[0] - s)].copy_(w[s : s + rows])
+        out[:, s : s + blk.shape[0]] = x @ blk.t()
     return out
 
 
-def expert_hadamard(
-    x: torch.Tensor, w_up: torch.Tensor, w_gate: torch.Tensor | None, w_down: torch.Tensor
-) -> torch.Tensor:
+def expert_hadamard(x: torch.Tensor, w_up: Weight, w_gate: Weight | None, w_down: Weight) -> torch.Tensor:
     """``hadamard_ffn`` for one expert, with W_down widened in blocks too (its values may differ
-    from hadamard_ffn's in the last float32 bits; memory: no float32 copy of any weight)."""
-    return times_t(hadamard_hidden(x, w_up, w_gate), w_down) @ x.t()
+    from hadamard_ffn's in the last float32 bits; memory: no float32 copy of any weight). Weights
+    given as functions are asked for in the order up, gate, down."""
+    h = hadamard_hidden(x, _take(w_up), None if w_gate is None else _take(w_gate))
+    return times_t(h, _take(w_down)) @ x.t()
 
 
 def standardise(m: torch.Tensor) -> torch.Tensor:
@@ -161,23 +191,25 @@ def moe_route(logits: torch.Tensor, top_k: int, renormalise: bool) -> torch.Tens
 def expert_response(
     xf: torch.Tensor,
     weight: torch.Tensor,
-    gate: torch.Tensor | None,
-    up: torch.Tensor,
-    down: torch.Tensor,
+    gate: Weight | None,
+    up: Weight,
+    down: Weight,
     probe: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One expert on the rows routed to it: (their indices, weight * h W_down on them [r, d]) with
     h = x W_gate ⊙ x W_up (no activation, as the dense FFN term; gate None: a non-gated expert),
     ``weight`` the routing weights of every row [n]. With ``probe`` rows [p, d], also their
     x W_gate and x W_up responses (else None): routed and probe rows go through each weight in one
-    product, so a weight in its stored dtype is widened once (``times_t``)."""
+    product, so a weight in its stored dtype is widened once (``times_t``). Weights given as
+    functions are asked for in the order up, gate, down, and each is dropped after its product,
+    so a streamed expert holds one matrix at a time."""
     rows = weight.nonzero().flatten()
     x = xf[rows] if probe is None else torch.cat([probe, xf[rows]])
     k = 0 if probe is None else probe.shape[0]
-    u = times_t(x, up)
-    g = None if gate is None else times_t(x, gate)
+    u = times_t(x, _take(up))
+    g = None if gate is None else times_t(x, _take(gate))
     h = u[k:] if g is None else g[k:] * u[k:]
-    out = times_t(h, down).mul_(weight[rows, None].to(xf.dtype))
+    out = times_t(h, _take(down)).mul_(weight[rows, None].to(xf.dtype))
     if probe is None:
         return rows, out, None, None
     return rows, out, None if g is None else g[:k], u[:k]
@@ -335,7 +367,7 @@ def deepseek_route(
     scale: float = 1.0,
 ) -> torch.Tensor:
     """Routing weights [n, E] of any sparse layer from its router logits [n, E], as the model
-    computes them, DeepSeek's choices included (huref.arch.spec.MoEConfig names them; the
+    computes them, DeepSeek's choices included (huref.arch.config.MoEConfig names them; the
     defaults are plain softmax top-k, ``moe_route``).
 
     Scores are softmax (V2) or sigmoid (V3) of the logits. 'greedy' takes the ``top_k`` best
