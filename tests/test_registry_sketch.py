@@ -14,6 +14,7 @@ import pytest
 from huref.invariants import Settings, compare_fingerprints, fingerprint_model
 from huref.invariants.calibration import BUILTIN_NULL
 from huref.registry import sketch as sk
+from huref.registry import sketch_rule as rule
 from huref.registry.enroll import add_base
 from huref.registry.store import Store
 from huref.scan import ScanConfig, run_scan
@@ -56,22 +57,66 @@ def test_sketch_estimates_the_layer_similarities_of_the_full_comparison(
     for a, b in (("llama-a-sft", "llama-a"), ("llama-b", "llama-c"), ("stories260k-cpt", "stories260k")):
         ta, tb, _ = shared_terms(robust_fps[a].robust, robust_fps[b].robust)
         exact = layer_similarity(ta, tb)  # [La, Lb] numpy
-        est, _ = sk.estimates(sketches[a], sketches[b])
-        assert abs(est - exact).max() < sk.EST_MARGIN / 1.5, (a, b)
+        est, _ = rule.estimates(sketches[a], sketches[b])
+        assert abs(est - exact).max() < rule.EST_MARGIN / 1.5, (a, b)
 
 
-def test_vocabulary_changes_that_alter_the_token_set_send_the_pair_to_the_exact_comparison(
+def test_a_vocabulary_expansion_is_bounded_on_the_shared_tokens_and_unrelated_bases_are_ruled_out(
     robust_fps: dict, sketches: dict
 ) -> None:
     # the permutation keeps the token strings: the sketch (keyed by string) is the base's own
     perm, base = sketches["llama-a-attack-vocab-perm"], sketches["llama-a"]
     assert perm.tokens == base.tokens and abs(perm.terms - base.terms).max() < 1e-9
-    # the expansion brings new strings among the probes: no bound, never ruled out
+    # the expansion brings new strings among the probes: the bound is taken on the shared tokens,
+    # it holds the exact ICS (which is computed on them), the root is kept and unrelated bases go
     exp = sketches["llama-a-attack-vocab-expand"]
-    assert exp.tokens != base.tokens
-    ics_b, _, why = sk.bounds(exp, base)
-    assert ics_b is None and "probe-token sets differ" in why
-    assert not sk.rule_out(exp, sketches["llama-b"], BUILTIN_NULL).ruled_out
+    assert exp.tokens != base.tokens and len(exp.tokens & base.tokens) < len(exp.tokens)
+    for other in ("llama-a", "llama-b", "llama-c", "gpt2-a"):
+        ics_b, _, why = rule.bounds(exp, sketches[other])
+        exact = compare_fingerprints(robust_fps["llama-a-attack-vocab-expand"], robust_fps[other]).ics
+        assert ics_b is not None and ics_b >= exact, (other, ics_b, exact, why)
+    assert not rule.rule_out(exp, base, BUILTIN_NULL).ruled_out
+    assert rule.rule_out(exp, sketches["llama-b"], BUILTIN_NULL).ruled_out
+    assert rule.rule_out(exp, sketches["gpt2-a"], BUILTIN_NULL).ruled_out
+
+
+def test_the_restricted_bound_holds_the_cosine_of_the_shared_sub_matrices() -> None:
+    """Random pairs of matrices whose token sets differ by a few tokens, from unrelated to nearly
+    equal: the bound from the whole matrices' sketches and energy shares is at least the cosine
+    the full comparison computes on the shared tokens (re-centred), and gives up (None) when most
+    of a matrix lies outside them."""
+    import numpy as np
+
+    from huref.registry.sketch import _buckets, _sketch_matrix
+
+    rng = np.random.default_rng(0)
+    m, extra, k = 96, 6, sk.BUCKETS
+    names = [f"tok{i}" for i in range(m + extra)]
+    a_names, b_names = names[:m], names[extra:]  # 90 shared tokens
+    shared = list(range(extra, m))
+    worst = np.inf
+    for mix in (0.0, 0.3, 0.7, 0.95, 1.0):
+        for _ in range(8):
+            base = rng.standard_normal((m + extra, m + extra))
+            other = rng.standard_normal((m + extra, m + extra))
+            a = base[:m, :m]
+            b = (mix * base + (1 - mix) * other)[extra:, extra:]
+            sa, ea = _sketch_matrix(a, _buckets(a_names, 1, k), k)
+            sb, eb = _sketch_matrix(b, _buckets(b_names, 1, k), k)
+            sa_out = ea[:extra].sum()
+            sb_out = eb[m - extra :].sum()
+            bound = rule.restricted_bound(np.array(sa @ sb), sa_out, sb_out, m, m, len(shared))
+            assert bound is not None
+            ra = a[extra:, extra:] - a[extra:, extra:].mean()
+            rb = b[: m - extra, : m - extra] - b[: m - extra, : m - extra].mean()
+            exact = 100 * float((ra * rb).sum() / np.linalg.norm(ra) / np.linalg.norm(rb))
+            worst = min(worst, float(bound) - exact)
+    assert worst > 0, worst
+    # a matrix whose energy sits on the tokens the other lacks: no bound
+    a = np.zeros((m, m))
+    a[:extra] = rng.standard_normal((extra, m))
+    _, ea = _sketch_matrix(a, _buckets(a_names, 1, k), k)
+    assert rule.restricted_bound(np.array(0.0), ea[:extra].sum(), 0.0, m, m, len(shared)) is None
 
 
 def test_a_pair_sharing_too_few_tokens_gets_the_error_of_the_full_comparison(
@@ -79,19 +124,21 @@ def test_a_pair_sharing_too_few_tokens_gets_the_error_of_the_full_comparison(
 ) -> None:
     from huref.errors import FingerprintError
 
-    k = sk.shared_too_few(sketches["gpt2-a"], sketches["stories260k"])
+    k = rule.shared_too_few(sketches["gpt2-a"], sketches["stories260k"])
     assert k is not None
     with pytest.raises(FingerprintError) as e:
         compare_fingerprints(robust_fps["gpt2-a"], robust_fps["stories260k"])
-    assert str(e.value) == sk.too_few_message(k)
+    assert str(e.value) == rule.too_few_message(k)
 
 
 def test_sketch_round_trips_through_bytes_and_refuses_damage(sketches: dict) -> None:
     s = sketches["llama-a"]
     data = sk.to_bytes(s)
     back = sk.from_bytes(data)
-    assert back is not None and back.tokens == s.tokens and back.views == s.views
+    assert back is not None and back.token_order == s.token_order and back.views == s.views
+    assert back.response_order == s.response_order
     assert abs(back.terms - s.terms).max() < 1e-3  # stored as float16
+    assert abs(back.energy - s.energy).max() < 1e-6 and back.energy.shape == s.energy.shape
     assert sk.from_bytes(data[:-7]) is None and sk.from_bytes(b"\x00\x01") is None
 
 

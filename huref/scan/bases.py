@@ -69,7 +69,7 @@ def check_sketches_if_needed(
 def _null_sensitive(store: Store, states: list[_State], bases: list[Base]) -> bool:
     """Whether a cached sketch bound might not rule its base out under this scan's null (then
     the base is compared exactly, and the sketches are needed); pure Python, no tensors."""
-    from huref.registry.sketch import decide
+    from huref.registry.sketch_rule import decide
 
     null = store.null() or BUILTIN_NULL
     for st in states:
@@ -84,7 +84,7 @@ def _null_sensitive(store: Store, states: list[_State], bases: list[Base]) -> bo
 
 def cached_rule_outs(store: Store, fingerprint: str, shas: tuple[str, ...], null: Any) -> dict[str, float]:
     """The bases whose cached sketch bound rules them out for ``fingerprint`` (base -> bound ICS)."""
-    from huref.registry.sketch import decide
+    from huref.registry.sketch_rule import decide
 
     cmps = cache.stored_comparisons(store, fingerprint)
     out: dict[str, float] = {}

@@ -69,18 +69,18 @@ def model_sketch(store: Store, fingerprint: str) -> Any:
 def _new_bounds(
     model: Any, shas: Sequence[str], sketches: dict[str, Any]
 ) -> tuple[dict[str, SketchBounds], list[Cmp]]:
-    from huref.registry import sketch as sk
+    from huref.registry import sketch_rule as rule
 
     out: dict[str, SketchBounds] = {}
     known: list[Cmp] = []
     for sha in shas:
         base = sketches[sha]
-        k = sk.shared_too_few(model, base)
+        k = rule.shared_too_few(model, base)
         if k is not None:
-            known.append(Cmp(sha, None, None, 0, one_line(sk.too_few_message(k))))
+            known.append(Cmp(sha, None, None, 0, one_line(rule.too_few_message(k))))
             continue
-        ics_b, resp_b, why = sk.bounds(model, base)
-        out[sha] = SketchBounds(ics_b, resp_b, sk.runs_neuron_test(model, base), why)
+        ics_b, resp_b, why = rule.bounds(model, base)
+        out[sha] = SketchBounds(ics_b, resp_b, rule.runs_neuron_test(model, base), why)
     return out, known
 
 
@@ -90,7 +90,7 @@ def select_bases(
     """(bases to compare exactly, {base: ICS bound} of the bases ruled out) for one model.
 
     Bases with a stored exact comparison are neither: their comparison stands."""
-    from huref.registry.sketch import decide
+    from huref.registry.sketch_rule import decide
 
     cmps = cache.stored_comparisons(store, fingerprint)
     bounds = cache.stored_bounds(store, fingerprint)
