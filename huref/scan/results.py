@@ -87,6 +87,37 @@ def report_relpath(name: str) -> str:
     return f"reports/{name}.html"
 
 
+def _comparison_row(base: str, cmp: Any, null: NullModel) -> dict[str, Any]:
+    """One base's row of a model's results: the comparison's figures and the verdict of
+    ``huref compare``'s rule, or the reason there is none."""
+    if cmp is None:  # cannot happen after a completed scan; guarded so a report never lies
+        return {"base": base, "error": "not compared"}
+    if cmp.error is not None or cmp.ics is None:
+        return {"base": base, "error": cmp.error or "no robust ICS"}
+    z, verdict = judge(cmp.ics, cmp.log10_p, null)  # the rule of huref compare
+    return {
+        "base": base,
+        "ics": _finite(cmp.ics),
+        "z": _finite(z),
+        "log10_p_value": _finite(cmp.log10_p),
+        "p_value": None if cmp.log10_p is None else 10.0**cmp.log10_p,
+        "verdict": verdict,
+        "shared_tokens": cmp.shared_tokens,
+        **scan_values((cmp.detail or {}).get("stats")),  # registered statistics kept by the scan
+    }
+
+
+def _no_verdict_note(ruled_out: int, registered_as: str | None, n_rows: int) -> str:
+    """Why a model with no usable comparison is called independent."""
+    if ruled_out:
+        return RULED_OUT_NOTE.format(n=ruled_out)
+    if not registered_as:
+        return NO_BASE_NOTE.format(n=n_rows)
+    if not n_rows:
+        return f"{_self_note(registered_as)}; no other base is registered to compare it with"
+    return f"{_self_note(registered_as)}; " + NO_BASE_NOTE.format(n=f"{n_rows} other")
+
+
 def model_entry(
     r: ModelResult, bases: Sequence[Base], null: NullModel, out_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -131,39 +162,14 @@ def model_entry(
             # the scan counts a ruled-out base as independent (its verdict below); so does the claim
             ruled_rows.append({"base": b.name, "verdict": "independent", "ruled_out_by_sketch": True})
             continue
-        if cmp is None:  # cannot happen after a completed scan; guarded so a report never lies
-            rows.append({"base": b.name, "error": "not compared"})
-            continue
-        if cmp.error is not None or cmp.ics is None:
-            rows.append({"base": b.name, "error": cmp.error or "no robust ICS"})
-            continue
-        z, verdict = judge(cmp.ics, cmp.log10_p, null)  # the rule of huref compare
-        rows.append(
-            {
-                "base": b.name,
-                "ics": _finite(cmp.ics),
-                "z": _finite(z),
-                "log10_p_value": _finite(cmp.log10_p),
-                "p_value": None if cmp.log10_p is None else 10.0**cmp.log10_p,
-                "verdict": verdict,
-                "shared_tokens": cmp.shared_tokens,
-                **scan_values((cmp.detail or {}).get("stats")),  # registered statistics kept by the scan
-            }
-        )
+        rows.append(_comparison_row(b.name, cmp, null))
     e["comparisons"] = rows
     e["claim"] = weigh_claims(read_claims(c.path), rows + ruled_rows)
     e["bases_compared"] = sum(1 for x in rows if x.get("error") != "not compared")
     usable = [x for x in rows if "verdict" in x]
     if not usable:
         e["verdict"] = "independent"
-        if e["bases_ruled_out"]:
-            e["note"] = RULED_OUT_NOTE.format(n=e["bases_ruled_out"])
-        elif not e["registered_as"]:
-            e["note"] = NO_BASE_NOTE.format(n=len(rows))
-        elif not rows:
-            e["note"] = f"{_self_note(e['registered_as'])}; no other base is registered to compare it with"
-        else:
-            e["note"] = f"{_self_note(e['registered_as'])}; " + NO_BASE_NOTE.format(n=f"{len(rows)} other")
+        e["note"] = _no_verdict_note(e["bases_ruled_out"], e["registered_as"], len(rows))
         return e
     best = max(usable, key=lambda x: (_RANK[x["verdict"]], x["ics"]))
     e.update(
