@@ -109,26 +109,21 @@ class LayerWeights:
     def __contains__(self, role: str) -> bool:
         return role in self.raw
 
-    def f32(self, role: str, expert: int | None = None) -> torch.Tensor:
+    def stored(self, role: str, expert: int | None = None) -> torch.Tensor:
+        """A matrix as stored (bf16 stays bf16), checked finite, on the device: for the kernels
+        that widen it block by block (``kernels.times_t``), so no float32 copy of it exists."""
         t = self.raw[weight_key(role, expert)]
         if not all_finite(t):  # bf16/fp16 -> fp32 widens: checking the stored values suffices
             name = self.m.binding(role, self.layer, expert).name
             raise ArchitectureError(
                 f"{shown(self.m.ckpt.path)}: tensor {shown(name)} contains NaN or infinite values"
             )
-        out = torch.empty(t.shape, dtype=torch.float32, device=self.dev)
-        return out.copy_(t)  # always a copy: the read buffer is reused for a later layer
-
-    def stored(self, role: str) -> torch.Tensor:
-        """A matrix as stored (bf16 stays bf16), checked finite, on the device: for the kernels
-        that widen it block by block (``kernels.times_t``), so no float32 copy of it exists."""
-        t = self.raw[role]
-        if not all_finite(t):
-            name = self.m.binding(role, self.layer).name
-            raise ArchitectureError(
-                f"{shown(self.m.ckpt.path)}: tensor {shown(name)} contains NaN or infinite values"
-            )
         return t.to(self.dev)
+
+    def f32(self, role: str, expert: int | None = None) -> torch.Tensor:
+        """A float32 copy of a matrix (always a copy: the read buffer is reused for a later layer)."""
+        t = self.stored(role, expert)
+        return torch.empty(t.shape, dtype=torch.float32, device=self.dev).copy_(t)
 
     def hadamard_in(self) -> torch.Tensor:
         """W_gate * W_up (or W_1) in one float32 buffer; the products of bf16 values are exact."""

@@ -177,7 +177,7 @@ def _response_bound(model: Sketch, base: Sketch) -> float | None:
     """The largest response-Gram cosine bound over layer pairs (x100), margin included."""
     if not (len(model.responses) and len(base.responses)):
         return None
-    if model.response_order == base.response_order or model.response_tokens == base.response_tokens:
+    if model.response_tokens == base.response_tokens:
         _, r = estimates(model, base)
         return None if r is None else float(r.max()) + EST_MARGIN
     shared = model.response_tokens & base.response_tokens
