@@ -107,3 +107,4 @@ def test_separation_scores_on_known_sets() -> None:
     neg = list(range(100))  # at 1% FPR one negative (99) may score above the threshold (98)
     assert tpr_at_fpr([98.5, 99.5, 50], neg) == 2 / 3
     assert margin([10, 12], [0, 2]) == pytest.approx(8 / 2**0.5)
+    assert margin([10, 12], [0, 0, 0]) == float("inf") and margin([0], [0, 0]) == 0.0

@@ -31,10 +31,14 @@ def tpr_at_fpr(pos: Sequence[float], neg: Sequence[float], fpr: float = 0.01) ->
 
 
 def margin(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """Gap between the weakest derived pair and the strongest independent one, in null sds."""
+    """Gap between the weakest derived pair and the strongest independent one, in null sds; +-inf
+    when the independent scores do not spread at all (every neuron-test p at 1, say)."""
     if not pos or len(neg) < 2:
         return float("nan")
-    return float((min(pos) - max(neg)) / max(float(np.std(neg, ddof=1)), 1e-12))
+    gap, sd = min(pos) - max(neg), float(np.std(neg, ddof=1))
+    if sd < 1e-9:
+        return math.copysign(math.inf, gap) if gap else 0.0
+    return float(gap / sd)
 
 
 def zoo_pairs(manifest: dict) -> list[tuple[str, str, str, bool]]:

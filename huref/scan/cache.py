@@ -45,7 +45,7 @@ from huref.registry.store import Store
 from huref.scan.discover import Candidate, one_line
 from huref.scan.store import scan_conn
 
-METHOD = f"huref-{__version__}/robust-ics+neuron-test"
+METHOD = f"huref-{__version__}/robust-ics+neuron-test/convergent-null"  # cached verdicts of the old null are not reused
 FPVEC_METHOD = f"huref-{__version__}/fpvec-greedy+near-miss"
 # rows of ``comparisons`` that hold what a base's sketch says about a model, not a comparison:
 # ics = ICS bound, log10_p = response bound, shared_tokens = 1 when a neuron test would run,
