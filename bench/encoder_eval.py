@@ -26,12 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _zoo(path: Path | None) -> tuple[Path, list[dict]]:
-    from huref.zoo.build import build_zoo
+    from huref.zoo.build import existing_or_built
 
-    stories = REPO.parent / "shared" / "models" / "stories260K" / "stories260K.bin"
-    zoo = build_zoo(
-        path or REPO / ".zoo" / "tiny", "tiny", stories=stories if stories.is_file() else None, workers=2
-    )
+    zoo = existing_or_built(path or REPO / ".zoo" / "tiny")  # a zoo already there is read as it is
     return zoo, json.loads((zoo / "zoo.json").read_text())["models"]
 
 

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from huref.zoo.build import build_zoo, default_stories, load_manifest
+    from huref.zoo.build import existing_or_built, load_manifest
 
     t0 = time.time()
     # the pairs file and the folders are checked before the zoo is built or anything fingerprinted
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--models-dir {args.models_dir}: not a folder")
     settings = Settings(n=args.n)
 
-    zoo = build_zoo(args.zoo, "tiny", stories=default_stories())
+    zoo = existing_or_built(args.zoo)  # a zoo already there is read as it is, never rebuilt
     manifest = load_manifest(zoo)
     fps = {m["name"]: fingerprint_model(zoo / m["path"], settings) for m in manifest["models"]}
     rows = [Row(a, b, rel, y, fps[a], fps[b], zoo=True) for a, b, rel, y in zoo_pairs(manifest)]

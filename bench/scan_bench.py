@@ -39,10 +39,9 @@ def main() -> int:
         "--keep-home", type=Path, default=None, help="use (and keep) this HUREF_HOME instead of a temp dir"
     )
     args = ap.parse_args()
-    if not (args.zoo / "zoo.json").is_file():
-        from huref.zoo.build import build_zoo, default_stories
+    from huref.zoo.build import existing_or_built
 
-        build_zoo(args.zoo, "tiny", default_stories(), workers=2)
+    existing_or_built(args.zoo)
     manifest = json.loads((args.zoo / "zoo.json").read_text())
     with tempfile.TemporaryDirectory(prefix="huref-scan-bench-") as tmp:
         home = args.keep_home or Path(tmp) / "home"

@@ -22,13 +22,20 @@ from huref.errors import UsageError
 from huref.lm.corpus import corpus_text
 from huref.zoo import calibration
 from huref.zoo.jobctx import Ctx
-from huref.zoo.manifest import built_with, load_manifest, manifest_doc, recipe_hash, write_manifest
+from huref.zoo.manifest import (
+    built_preset,
+    built_with,
+    load_manifest,
+    manifest_doc,
+    recipe_hash,
+    write_manifest,
+)
 from huref.zoo.phases import plan, run_phase
 from huref.zoo.presets import PRESETS, Preset
 from huref.zoo.tokenizer import save_tokenizer, train_tokenizer
 
 # load_manifest is read here by the zoo's users beside build_zoo
-__all__ = ["build_zoo", "default_stories", "load_manifest"]
+__all__ = ["build_zoo", "default_stories", "existing_or_built", "load_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,12 @@ def build_zoo(
     if not force and built_with(dest, want):
         log.info("reusing zoo at %s", dest)
         return dest
+    held = built_preset(dest)
+    if held is not None and held != preset and not force:
+        raise UsageError(
+            f"{dest} holds a {held!r} zoo; building {preset!r} there would replace it "
+            "(choose another folder, or pass --force)"
+        )
     if dest.exists() and any(dest.iterdir()) and not (dest / "zoo.json").is_file():
         raise UsageError(f"{dest} exists and is not a huref zoo; choose an empty or new folder")
     t0 = time.time()
@@ -78,6 +91,16 @@ def build_zoo(
         write_manifest(root, manifest_doc(p, want, entries, round(time.time() - t0, 1)))
     log.info("zoo built in %.1f s at %s", time.time() - t0, dest)
     return dest
+
+
+def existing_or_built(dest: str | Path, preset: str = "tiny", workers: int = 2) -> Path:
+    """The zoo in ``dest`` as it is, whatever its preset or recipe (an evaluation reads the zoo
+    it is pointed at, and never rebuilds or replaces it); a folder without a finished zoo gets
+    ``preset`` built."""
+    dest = Path(dest)
+    if built_preset(dest) is not None:
+        return dest
+    return build_zoo(dest, preset, stories=default_stories(), workers=workers)
 
 
 def default_stories() -> Path | None:

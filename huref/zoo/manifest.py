@@ -62,6 +62,15 @@ def write_manifest(root: Path, doc: dict) -> None:
     (root / "zoo.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def built_preset(dest: Path) -> str | None:
+    """The preset of the finished zoo in ``dest``, or None (no zoo, or an unreadable manifest)."""
+    try:
+        preset = json.loads((dest / "zoo.json").read_text()).get("preset")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return preset if isinstance(preset, str) else None
+
+
 def load_manifest(zoo: str | Path) -> dict:
     path = Path(zoo) / "zoo.json"
     if not path.is_file():
