@@ -91,6 +91,7 @@ def contact_sheet(zoo_dir: Path | None, encoder: Path | None, out: Path, cell: i
 
 
 def zoo_table(zoo_dir: Path | None, encoder: Path | None) -> int:
+    from huref.encoder.closeness import closeness
     from huref.encoder.evaluate import (
         DERIVED_MIN,
         INDEPENDENT_MAX,
@@ -109,7 +110,9 @@ def zoo_table(zoo_dir: Path | None, encoder: Path | None) -> int:
     rows = zoo_rows(fps, manifest, load_encoder(encoder))
     t2 = time.perf_counter()
     print(f"{len(fps)} zoo models fingerprinted in {t1 - t0:.1f} s, encoded in {t2 - t1:.2f} s\n")
-    print(f"{'model':40s} {'relation':28s} {'vs':18s} {'canon':>7s} {'z cos':>7s}  claim")
+    print(
+        f"{'model':40s} {'relation':28s} {'vs':18s} {'canon':>7s} {'z cos':>7s} {'caption band':>14s}  claim"
+    )
     for r in rows:
         if r.relation == "independent":
             claim = f"|z| <= {INDEPENDENT_MAX}"
@@ -123,7 +126,8 @@ def zoo_table(zoo_dir: Path | None, encoder: Path | None) -> int:
             else "FAIL" + (" (known near miss)" if (r.root, r.model) in KNOWN_NEAR_MISSES else "")
         )
         print(
-            f"{r.model:40s} {r.relation:28s} {r.root:18s} {r.canonical_cos:7.3f} {r.z_cos:7.3f}  {claim} {mark}"
+            f"{r.model:40s} {r.relation:28s} {r.root:18s} {r.canonical_cos:7.3f} {r.z_cos:7.3f} "
+            f"{closeness(r.z_cos).band:>14s}  {claim} {mark}"
         )
     derived = [r for r in rows if r.relation != "independent" and r.claimed]
     indep = [r for r in rows if r.relation == "independent"]

@@ -354,3 +354,23 @@ def test_the_page_shows_p_values_either_side_of_1e_6_apart(report: Path) -> None
     page = render_html(ev)
     assert ">1.1e-6<" in page and ">9.1e-7<" in page and ">9.9e-7<" in page
     assert "1e-6.0" not in page and "1.0e-06" not in page
+
+
+def test_each_dog_is_captioned_with_what_its_cosine_means(report: Path) -> None:
+    """The SFT suspect's dog sits with its base's (derived-like) and apart from the independent
+    base's, and the page says so in words; a report written before the caption still renders."""
+    from huref.encoder.closeness import closeness
+    from huref.report.html import render_html
+
+    ev = json.loads(report.with_name("report.json").read_text())
+    dogs = {d["base"]: d for d in ev["dogs"]["bases"]}
+    for d in dogs.values():
+        assert d["closeness"] == {"band": closeness(d["cosine"]).band, "text": closeness(d["cosine"]).text}
+    assert dogs["llama-a"]["closeness"]["band"] == "derived-like"
+    assert dogs["llama-b"]["closeness"]["band"] == "unrelated-like"
+    page = render_html(ev)
+    assert f"cosine {dogs['llama-a']['closeness']['text']}" in page
+    for d in ev["dogs"]["bases"]:
+        del d["closeness"]
+    old = render_html(ev)
+    assert 'class="closeness' not in old and "(cosine " in old

@@ -1,4 +1,5 @@
-"""Dog images: the suspect's and every candidate base's, with the cosine of their dog vectors.
+"""Dog images: the suspect's and every candidate base's, with the cosine of their dog vectors and
+what that cosine means among pairs of known lineage (huref.encoder.closeness).
 
 Drawn when the auditor asks for them (``huref audit`` without ``--no-dogs``) and huref's dog
 module can be imported; a dog that cannot be drawn (a fingerprint without robust terms, missing
@@ -12,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from huref.encoder.closeness import BANDS, closeness
 from huref.errors import HurefError
 from huref.report.sections import AuditInputs, Section, register
 
@@ -40,11 +42,13 @@ def gather(inputs: AuditInputs) -> dict[str, Any] | None:
         for c in inputs.candidates:
             zb = dogs.dog_vector(c.fingerprint)
             cos = float(np.dot(zs, zb) / (np.linalg.norm(zs) * np.linalg.norm(zb)))
+            near = closeness(cos)
             out["bases"].append(
                 {
                     "base": c.name,
                     "png": base64.b64encode(dogs.dog_png_bytes(c.fingerprint)).decode(),
                     "cosine": cos,
+                    "closeness": {"band": near.band, "text": near.text},
                 }
             )
         return out
@@ -68,7 +72,19 @@ SCHEMA = {
                 },
                 "bases": {
                     "type": "array",
-                    "items": {"type": "object", "required": ["base", "png", "cosine"]},
+                    "items": {
+                        "type": "object",
+                        "required": ["base", "png", "cosine"],
+                        "properties": {
+                            # what the cosine means among pairs of known lineage (reports written
+                            # before the caption have none)
+                            "closeness": {
+                                "type": "object",
+                                "required": ["band", "text"],
+                                "properties": {"band": {"enum": list(BANDS)}, "text": {"type": "string"}},
+                            }
+                        },
+                    },
                 },
             },
         },
