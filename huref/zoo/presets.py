@@ -124,11 +124,17 @@ PRESETS = {
         heal_lr=3e-4,
         stories_sft_lr=3e-4,
         stories_cpt_lr=3e-4,
+        # the c and d bases are more independent models of one corpus and tokenizer: convergent
+        # learning makes such models share a few neurons (docs/method.md, the p-value), and the
+        # neuron test's null and the dog captions are checked on them
         bases=(
             ("llama", "llama-a", 1),
             ("llama", "llama-b", 2),
+            ("llama", "llama-c", 13),
             ("gpt2", "gpt2-a", 4),
             ("gpt2", "gpt2-b", 8),
+            ("gpt2", "gpt2-c", 12),
+            ("gpt2", "gpt2-d", 16),
         ),
         sections=("merges",),
         regime="realistic",
