@@ -23,7 +23,7 @@ of 256 neurons per layer (2.3-4.3%), which the injection null alone puts at p = 
 layers. The null therefore allows a share ``CONVERGENT_SHARE`` of the matched neurons to agree by
 convergence: of k agreements, floor(share * m) are granted, and the rest are tested as fixed points
 of a random injection of the remaining neurons (``log10_agreement_p``). Derivation keeps far more:
-the least-preserved derived layers in the zoos agree on 16-17% (stress CPT of a GPT-2 base),
+the least-preserved derived layers in the zoos agree on 16-19% (stress CPT of a GPT-2 base),
 most derived pairs on 100%.
 """
 
