@@ -45,3 +45,12 @@ def test_evaluations_read_an_existing_zoo_of_any_preset_without_building(
         assert existing_or_built(zoo) == zoo
     with pytest.raises(AssertionError, match="rebuilt"):  # an empty folder does get built
         existing_or_built(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"preset": 3, "recipe": null}'])
+def test_an_unreadable_manifest_is_no_finished_zoo(text: str, tmp_path: Path) -> None:
+    from huref.zoo.manifest import built_preset, built_with
+
+    (tmp_path / "zoo.json").write_text(text)
+    assert built_preset(tmp_path) is None and not built_with(tmp_path, "0" * 16)
+    assert built_preset(tmp_path / "missing") is None and not built_with(tmp_path / "missing", "0" * 16)

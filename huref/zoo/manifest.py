@@ -31,15 +31,20 @@ def recipe_hash(preset: Preset, stories: Path | None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _finished(dest: Path, key: str) -> str | None:
+    """A text field of the finished zoo's manifest in ``dest``; None when there is no zoo, the
+    manifest is unreadable, or the field is missing or not text."""
+    try:
+        doc = json.loads((dest / "zoo.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def built_with(dest: Path, recipe: str) -> bool:
     """Whether ``dest`` holds a finished zoo of this recipe (an unreadable manifest is not one)."""
-    manifest = dest / "zoo.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return bool(json.loads(manifest.read_text()).get("recipe") == recipe)
-    except json.JSONDecodeError:
-        return False
+    return _finished(dest, "recipe") == recipe
 
 
 def manifest_doc(preset: Preset, recipe: str, entries: list[dict], build_seconds: float) -> dict:
@@ -64,11 +69,7 @@ def write_manifest(root: Path, doc: dict) -> None:
 
 def built_preset(dest: Path) -> str | None:
     """The preset of the finished zoo in ``dest``, or None (no zoo, or an unreadable manifest)."""
-    try:
-        preset = json.loads((dest / "zoo.json").read_text()).get("preset")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    return preset if isinstance(preset, str) else None
+    return _finished(dest, "preset")
 
 
 def load_manifest(zoo: str | Path) -> dict:
