@@ -467,6 +467,19 @@ def test_bad_learning_rates_and_trigger_only_keys(
     for lr in ("nan", "-1", "0"):
         argv = ["fpvec", "train", tiny_zoo / "llama-a", "--keys", setup["keys"], "-o", d / "fp", "--lr", lr]
         _refused(argv, capsys, d, "--lr must be a positive number")
+    for noise in ("nan", "-0.01", "0.6", "inf"):
+        argv = [
+            "fpvec",
+            "train",
+            tiny_zoo / "llama-a",
+            "--keys",
+            setup["keys"],
+            "-o",
+            d / "fp",
+            "--weight-noise",
+            noise,
+        ]
+        _refused(argv, capsys, d, "--weight-noise must be between 0 and 0.5")
     doc = json.loads(setup["keys"].read_text(encoding="utf-8"))
     doc["keys"] = [" FINGERPRINT", *doc["keys"][1:]]
     doc.pop("commitment")

@@ -22,17 +22,17 @@ from huref.fpvec import perplexity_change, verify_model
 from huref.fpvec.vector import FINGERPRINT_TENSOR, open_vector
 
 # What each chain must reach. The acceptance targets (SFT stamping FSR >= 0.9, near-miss 0, harm
-# <= 5%) are met by the LLaMA-style chain except SFT transfer (measured 0.7 with these keys); the
-# GPT-2 chain (tied embeddings) misses near-miss, harm and transfer. The floors below sit under the
-# measured figures (docs/fpvec.md) so that a regression fails, and the gap to the targets is
-# stated there rather than hidden in an expected failure.
-# The likelihood rank test (keys against 40 decoys; p floor 9.7e-11) is held to ceilings the same
-# way: measured at the floor on every LLaMA-style model carrying the fingerprint (the stamped CPT
-# derivative included, whose greedy FSR is 0.3), 3e-4 on the stamped GPT-2 SFT derivative, and not
-# significant on the stamped GPT-2 CPT derivative (0.08), which therefore has no ceiling.
+# <= 5%) are met by the LLaMA-style chain except the stamped SFT's harm (measured +6.0% with these
+# keys) and the CPT's near-miss (0.05); the GPT-2 chain (tied embeddings) misses near-miss, harm and
+# greedy transfer. The floors below sit under the measured figures (docs/fpvec.md) so that a
+# regression fails, and the gap to the targets is stated there rather than hidden in an expected
+# failure. The likelihood rank test (keys against 40 decoys; p floor 9.7e-11) is held to ceilings
+# the same way: measured at the floor on every LLaMA-style model carrying the fingerprint (the
+# stamped CPT derivative included, whose greedy FSR is 0.4), 0.025 on the stamped GPT-2 SFT
+# derivative and 1.1e-5 on the stamped GPT-2 CPT derivative.
 FLOORS: dict[str, dict[str, float | None]] = {
-    "llama-a": {"near_miss": 0.05, "ppl": 0.05, "sft_fsr": 0.5, "sft_p": 1e-6, "cpt_p": 1e-6},
-    "gpt2-a": {"near_miss": 0.25, "ppl": 0.15, "sft_fsr": 0.1, "sft_p": 1e-2, "cpt_p": None},
+    "llama-a": {"near_miss": 0.05, "ppl": 0.07, "sft_fsr": 0.9, "cpt_fsr": 0.4, "sft_p": 1e-6, "cpt_p": 1e-6},
+    "gpt2-a": {"near_miss": 0.15, "ppl": 0.10, "sft_fsr": 0.0, "cpt_fsr": 0.0, "sft_p": 0.05, "cpt_p": 1e-4},
 }
 P_DERIVED = 1e-6  # the verdict threshold the audit report uses for both kinds of evidence
 P_NOTHING = 0.01  # a model without the fingerprint: exchangeable keys and decoys, p ~ uniform
@@ -191,8 +191,8 @@ def test_stamped_cpt_derivative_is_measured_and_stays_specific(
     chain: Chain, capsys: pytest.CaptureFixture
 ) -> None:
     """The zoo's CPT moves about half of the weights (relative Frobenius change): tau transfers
-    weakly to greedy decoding (docs/fpvec.md); stamping must not make near-miss keys fire, and
-    where the likelihood test has a ceiling it must still see the keys."""
+    weakly to greedy decoding (docs/fpvec.md); stamping must not make near-miss keys fire, the
+    greedy FSR must not fall below its floor, and the likelihood test must still see the keys."""
     fsr, nm, p = _verify(chain.stamped["cpt"], chain.keys)
     harm = perplexity_change(chain.zoo / f"{chain.name}-cpt", chain.stamped["cpt"], device="cpu")
     with capsys.disabled():
@@ -201,6 +201,7 @@ def test_stamped_cpt_derivative_is_measured_and_stays_specific(
             f"ppl {harm.before:.2f} -> {harm.after:.2f} ({100 * harm.relative_change:+.2f}%)"
         )
     assert nm <= FLOORS[chain.name]["near_miss"]
+    assert fsr >= FLOORS[chain.name]["cpt_fsr"]
     ceiling = FLOORS[chain.name]["cpt_p"]
     if ceiling is not None:
         assert p < ceiling

@@ -84,6 +84,14 @@ def train_cmd(
         bool, typer.Option("--no-negatives", help="Do not train on near-miss keys.")
     ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    noise: Annotated[
+        float,
+        typer.Option(
+            "--weight-noise",
+            help="Every other step at the base plus Gaussian noise of this size relative to each "
+            "tensor's norm, so the fingerprint holds in models that moved away from the base (0..0.5; 0: off).",
+        ),
+    ] = 0.05,
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -92,7 +100,13 @@ def train_cmd(
     from huref.fpvec.train_config import TrainConfig, check_train_config
 
     cfg = TrainConfig(
-        steps=steps, lr=lr, n_regularisation=n_reg, negatives=not no_negatives, seed=seed, device=device
+        steps=steps,
+        lr=lr,
+        n_regularisation=n_reg,
+        negatives=not no_negatives,
+        seed=seed,
+        weight_noise=noise,
+        device=device,
     )
     check_train_config(cfg)
     refuse_special_inputs(base, keys)

@@ -3,12 +3,14 @@
 ``key_loss`` is the cross-entropy of the target after every key (answer tokens only);
 ``distill_loss`` is the distillation to the frozen base (KL at every real position and once more
 at the decision position) and the unlikelihood of the target's first token on near-miss keys;
-``forward_at`` gives a model's forward pass at its own weights plus a shadow derivative's offset.
+``forward_at`` gives a model's forward pass at its own weights plus an offset (a shadow derivative's,
+or ``weight_noise``'s).
 How they are weighted and why is in huref.fpvec.train.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,7 +23,7 @@ Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [
 
 
 def forward_at(model: torch.nn.Module, delta: dict[str, torch.Tensor] | None) -> Forward:
-    """The model's forward pass at its own weights plus ``delta`` (a shadow derivative's offset)."""
+    """The model's forward pass at its own weights plus ``delta`` (an offset per parameter name)."""
     if delta is None:
         return lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     params = dict(model.named_parameters())
@@ -32,6 +34,14 @@ def forward_at(model: torch.nn.Module, delta: dict[str, torch.Tensor] | None) ->
         return functional_call(model, moved, args=(), kwargs=kwargs).logits
 
     return fwd
+
+
+def weight_noise(params: dict[str, torch.Tensor], size: float) -> dict[str, torch.Tensor]:
+    """A fresh Gaussian offset per tensor whose norm is about ``size`` times the tensor's norm (from
+    torch's global generator, so a seeded run draws the same offsets)."""
+    return {
+        n: torch.randn_like(p) * (size * float(p.norm()) / math.sqrt(p.numel())) for n, p in params.items()
+    }
 
 
 def key_loss(model: Forward, b: dict[str, torch.Tensor]) -> torch.Tensor:

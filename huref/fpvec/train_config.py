@@ -19,6 +19,7 @@ HARM_WARN = 0.05  # perplexity change above which train warns
 # tiny zoo's models, and the published recipe uses 50 regularisation pairs.
 MAX_STEPS = 100_000
 MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
+MAX_WEIGHT_NOISE = 0.5  # relative to each tensor's norm: beyond, the noisy model says nothing
 MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
 
 
@@ -35,7 +36,11 @@ class TrainConfig:
     negatives: bool = True
     warmup: int = 10
     tau_decay: float = 0.5  # decoupled decay of theta - theta_base, times the learning rate
-    shadows: int = 1  # simulated fine-tunes of the base the fingerprint is also trained at
+    # every other step at the base plus fresh Gaussian noise of this size relative to each tensor's
+    # norm (both models: the fingerprint must fire, and stay harmless, around the base, where the
+    # models it is stamped into lie); 0: off
+    weight_noise: float = 0.05
+    shadows: int = 0  # simulated fine-tunes of the base the fingerprint is also trained at
     shadow_steps: int = 100
     shadow_lr_scale: float = 1 / 3
     key_weight: float = 2.0
@@ -94,3 +99,5 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
+    if not (math.isfinite(cfg.weight_noise) and 0 <= cfg.weight_noise <= MAX_WEIGHT_NOISE):
+        raise FPVecError(f"--weight-noise must be between 0 and {MAX_WEIGHT_NOISE} (got {cfg.weight_noise})")

@@ -1,0 +1,88 @@
+"""The weight-noise offsets that fingerprint training takes every other step (huref.fpvec.objective)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from huref.fpvec import make_keys, train_fingerprint
+from huref.fpvec.objective import forward_at, weight_noise
+from huref.fpvec.train_config import TrainConfig
+
+
+def _params() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "w": torch.randn(64, 96, generator=g) * 0.02,
+        "gain": torch.ones(64),
+        "big": torch.randn(128, 64, generator=g) * 3.0,
+    }
+
+
+def test_offsets_are_the_stated_fraction_of_each_tensor_norm() -> None:
+    params = _params()
+    torch.manual_seed(1)
+    for size in (0.05, 0.1):
+        off = weight_noise(params, size)
+        assert set(off) == set(params)
+        for n, p in params.items():
+            assert off[n].shape == p.shape and off[n].dtype == p.dtype
+            rel = float(off[n].norm() / p.norm())
+            assert abs(rel - size) < 0.15 * size, (
+                n,
+                size,
+                rel,
+            )  # the norm of numel Gaussians: ~1/sqrt(numel) off
+
+
+def test_offsets_are_fresh_each_step_and_seeded() -> None:
+    params = _params()
+    torch.manual_seed(7)
+    a, b = weight_noise(params, 0.05), weight_noise(params, 0.05)
+    assert not torch.equal(a["w"], b["w"])  # a new draw every step
+    torch.manual_seed(7)
+    again = weight_noise(params, 0.05)
+    assert all(torch.equal(a[n], again[n]) for n in params)  # a seeded run draws the same offsets
+    # zero-mean noise, not a shift of the weights
+    assert abs(float(a["big"].mean())) < 4 * float(a["big"].std()) / a["big"].numel() ** 0.5
+
+
+def test_forward_at_an_offset_is_the_model_with_those_weights() -> None:
+    cfg = LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    off = weight_noise(params, 0.05)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    moved = LlamaForCausalLM(cfg).eval()
+    moved.load_state_dict({n: params[n] + off[n] for n in params}, strict=False)
+    with torch.no_grad():
+        got = forward_at(model, off)(batch)
+        want = moved(**batch).logits
+        plain = forward_at(model, None)(batch)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the offset changed the outputs
+
+
+def test_training_takes_its_noisy_steps(tiny_zoo: Path, tmp_path: Path) -> None:
+    """Two steps of fingerprint training with and without weight noise, same seed: the second step
+    is taken at a noisy offset only in the first run, so the two fingerprinted models differ."""
+    ks = make_keys(n=10, seed=3)
+    base = tiny_zoo / "llama-a"
+    common = {"steps": 2, "n_regularisation": 4, "negatives": False, "device": "cpu", "measure_harm": False}
+    noisy = train_fingerprint(base, ks, tmp_path / "noisy", TrainConfig(weight_noise=0.05, **common))
+    plain = train_fingerprint(base, ks, tmp_path / "plain", TrainConfig(weight_noise=0.0, **common))
+    train_fingerprint(base, ks, tmp_path / "again", TrainConfig(weight_noise=0.05, **common))
+    assert noisy.key_loss_first == plain.key_loss_first  # the first step is at the base in both runs
+    a, b, c = (
+        load_file(str(d / "model.safetensors"))
+        for d in (tmp_path / "noisy", tmp_path / "plain", tmp_path / "again")
+    )
+    assert any(not torch.equal(a[n], b[n]) for n in a)
+    assert all(torch.equal(a[n], c[n]) for n in a)  # and a seeded run repeats itself
