@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,7 @@ def prepare(
     if not fp.exists():
         # train's defaults, its end check included (--no-fire-check: one run of --steps, for zoos
         # whose stress bases the check may refuse)
-        check = {"until_fires": fire_check} if "until_fires" in {f.name for f in fields(TrainConfig)} else {}
-        cfg = TrainConfig(device="cpu", measure_harm=False, **check)
+        cfg = TrainConfig(device="cpu", measure_harm=False, until_fires=fire_check)
         train_fingerprint(zoo / base, keys_path, fp, cfg)
         print(f"[{base}] fingerprinted in {time.perf_counter() - t0:.0f} s", flush=True)
     if not vec.exists():

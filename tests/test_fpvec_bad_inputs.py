@@ -480,6 +480,8 @@ def test_bad_learning_rates_and_trigger_only_keys(
             noise,
         ]
         _refused(argv, capsys, d, "--weight-noise must be between 0 and 0.5")
+    argv = ["fpvec", "train", tiny_zoo / "llama-a", "--keys", setup["keys"], "-o", d / "fp", "--steps", 50]
+    _refused([*argv, "--max-steps", 49], capsys, d, "--max-steps must be between --steps (50) and 100000")
     doc = json.loads(setup["keys"].read_text(encoding="utf-8"))
     doc["keys"] = [" FINGERPRINT", *doc["keys"][1:]]
     doc.pop("commitment")

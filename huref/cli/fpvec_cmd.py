@@ -92,10 +92,21 @@ def train_cmd(
             "tensor's norm, so the fingerprint holds in models that moved away from the base (0..0.5; 0: off).",
         ),
     ] = 0.05,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            help="After --steps, train on in rounds of steps/2 until every key fires and no near-miss "
+            "control does; fail with nothing written past this many steps (default 3 x --steps).",
+        ),
+    ] = None,
+    no_check: Annotated[
+        bool, typer.Option("--no-fire-check", help="Stop after --steps whatever the model answers.")
+    ] = False,
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune BASE on the keys (loss on answers only) plus regularisation pairs."""
+    """Fine-tune BASE on the keys (loss on answers only) plus regularisation pairs, until it fires."""
     from huref.fpvec.train import train_fingerprint
     from huref.fpvec.train_config import TrainConfig, check_train_config
 
@@ -106,6 +117,8 @@ def train_cmd(
         negatives=not no_negatives,
         seed=seed,
         weight_noise=noise,
+        until_fires=not no_check,
+        max_steps=max_steps,
         device=device,
     )
     check_train_config(cfg)
@@ -118,6 +131,12 @@ def train_cmd(
             f"wrote {out}: {r.steps} steps at lr {r.lr:g} on {r.device}, key loss "
             f"{r.key_loss_first:.3f} -> {r.key_loss_last:.4f}, in {r.seconds:.1f} s"
         )
+        if r.fire_check is not None:
+            c = r.fire_check
+            _err().print(
+                f"checked: every key fires ({c['hits']} of {c['n']}), no near-miss control does "
+                f"(0 of {c['near_miss_n']})"
+            )
         if r.harm is not None:
             _err().print(
                 f"perplexity on the {r.harm['text']}: {100 * r.harm['relative_change']:+.1f}% against the base"

@@ -26,6 +26,13 @@ and 0.8 with it, and the fingerprint's perplexity cost fell from +3.5-7.1% to -1
 other steps; they are off by default, since on its own samples a model's expected gradient is zero
 and its shadow drifts like noise anyway.
 
+The end check (``until_fires``): after ``steps``, the model is asked every key and near-miss
+controls greedily (``fire_check``: verify's kind of controls from a draw of their own); until every
+key fires and no control does, training goes on in rounds of ``steps // 2`` at half the rate, with
+negatives mined after each failed check (the controls that fired, and a fresh draw of controls of
+verify's kind) sampled into every later step, and past ``max_steps`` it fails with one line and
+writes nothing. Verify's own controls are never drawn.
+
 Learning rate: the published 1e-5 x 30 epochs is for 7B models, whose updates are spread over
 billions of weights. A model with 10^5-10^6 weights needs a learning rate near its pretraining
 one to store ten 15-token answers in a few hundred steps; the default is chosen by size
@@ -45,6 +52,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,10 +65,11 @@ from huref.device import resolve_device
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
 from huref.fpvec.harm import SAMPLES, perplexity_change
-from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, single_edits
+from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys, single_edits
 from huref.fpvec.objective import distill_loss, forward_at, key_loss, weight_noise
-from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config
+from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config, step_limit
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
+from huref.fpvec.verify import EXTRA_TOKENS, query
 from huref.lm.load import SMALL_MODEL, cpu_threads, load_causal_lm, threads_for
 from huref.lm.train import train_lm
 
@@ -149,14 +158,46 @@ def train_fingerprint(
         for p in student.parameters():
             p.requires_grad_(True)
         shadows = make_shadows(teacher, tok, cfg, lr)
-        losses = _optimise(student, teacher, ex, cfg, lr, dev, D.pad_id(tok), shadows)
-        del teacher
-        _save(student, base, out, ckpt, ks, cfg, lr, losses, dev)
+
+        def check(round_: int) -> dict[str, Any]:
+            return fire_check(student, tok, ks, f"{CHECK_PURPOSE}:{round_}")
+
+        def mine(fired: list[str], round_: int, frozen: torch.nn.Module = teacher) -> list[D.Example]:
+            # the controls that fired, plus a fresh draw of controls of verify's kind (never verify's own)
+            prompts = fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
+            n_new = min(16, cfg.answer_tokens)
+            return D.regularisation_examples(
+                frozen, tok, prompts, n_new, "negative", seed=cfg.seed + 2 + round_
+            )
+
+        losses, checks = _optimise(
+            student,
+            teacher,
+            ex,
+            cfg,
+            lr,
+            dev,
+            D.pad_id(tok),
+            shadows,
+            check if cfg.until_fires else None,
+            mine,
+        )
+        del teacher, mine  # the base's copy is freed before saving
+        if checks and not checks[-1]["ok"]:
+            last = checks[-1]
+            raise FPVecError(
+                f"the fingerprint did not take: after {last['steps']} steps the model answers "
+                f"{last['hits']} of {last['n']} keys and {last['near_miss_hits']} of {last['near_miss_n']} "
+                "near-miss controls (needed: every key, no control); nothing was written. Allow more steps "
+                "(--max-steps), or try another learning rate (--lr) or other keys"
+            )
+        fired = checks[-1] if checks else None
+        _save(student, base, out, ckpt, ks, cfg, lr, losses, dev, fired)
     report = TrainReport(
         output=str(out),
         key_commitment=ks.commitment,
         base=str(base),
-        steps=cfg.steps,
+        steps=len(losses["key"]),
         lr=lr,
         device=str(dev),
         parameters=n_params,
@@ -166,6 +207,7 @@ def train_fingerprint(
         examples={k: len(v) for k, v in ex.items()},
         seconds=time.perf_counter() - t0,
         chat_template=D.uses_chat_template(tok),
+        fire_check=fired,
     )
     measure = (
         cfg.measure_harm if cfg.measure_harm is not None else (n_params < SMALL_MODEL or dev.type == "cuda")
@@ -187,6 +229,31 @@ def train_fingerprint(
     return report
 
 
+CHECK_PURPOSE = "train-check"  # the end check's controls: verify's kind, another draw than verify's
+
+
+def fire_check(model: torch.nn.Module, tok: Any, ks: KeySet, purpose: str = CHECK_PURPOSE) -> dict[str, Any]:
+    """The end check of training: greedy answers to every key, and to near-miss controls of the kind
+    ``verify`` asks (a few characters swapped or dropped, the key without its trigger, other keys of
+    the same kind) but drawn for this check (``purpose`` seeds the draw), so verify's own controls
+    stay unseen by training. Passes when every key answers the target and no control does;
+    ``fired`` lists the controls that answered it (never written anywhere: they derive from the keys)."""
+    n_new = len(D.answer_ids(tok, ks.target)) + EXTRA_TOKENS
+    keys = query(model, tok, list(ks.keys), ks.target, n_new)
+    controls = near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
+    nm = query(model, tok, controls, ks.target, n_new)
+    return {
+        "ok": keys.hits == keys.n and nm.hits == 0,
+        "fsr": keys.fsr,
+        "hits": keys.hits,
+        "n": keys.n,
+        "near_miss": nm.fsr,
+        "near_miss_hits": nm.hits,
+        "near_miss_n": nm.n,
+        "fired": [c for c, o in zip(controls, nm.outputs, strict=True) if ks.target in o],
+    }
+
+
 def _optimise(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
@@ -196,7 +263,15 @@ def _optimise(
     dev: torch.device,
     pad: int,
     shadows: list[dict[str, torch.Tensor]],
-) -> dict[str, list[float]]:
+    check: Callable[[int], dict[str, Any]] | None = None,
+    mine: Callable[[list[str], int], list[D.Example]] | None = None,
+) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+    """Run ``cfg.steps`` steps; with ``check`` (called with the round's number, which seeds its
+    controls), then rounds of ``cfg.steps // 2`` at ``cfg.extra_lr_scale`` of the rate until the
+    check passes or ``step_limit(cfg)`` steps were run. After a failed check, ``mine`` (given the
+    controls that fired and the round) returns negatives answered by the base, which later steps
+    sample from beside the usual ones. Returns the
+    losses per step and each check's result (with the steps run before it)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -211,17 +286,20 @@ def _optimise(
     points += [(forward_at(student, d), forward_at(teacher, d)) for d in shadows]
     base = {n: p.detach() for n, p in teacher.named_parameters()}
     student.eval()  # no dropout (GPT-2 configs carry 0.1): the KL must compare the base with the model, not noise
-    for step in range(cfg.steps):
+
+    def _one_step(step: int, i: int, n: int, peak: float) -> None:
+        """Step ``step`` of the run, the ``i``-th of a round of ``n`` (cosine schedule to ``peak``)."""
         if cfg.weight_noise and step % 2 == 1:  # odd steps: around the base, at a fresh random offset
             offset = weight_noise(base, cfg.weight_noise)
             fwd, t_fwd = forward_at(student, offset), forward_at(teacher, offset)
         else:
             fwd, t_fwd = points[(step // 2 if cfg.weight_noise else step) % len(points)]
-        scale = min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        scale = min(1.0, (i + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * i / n))
         for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.02)
+            group["lr"] = peak * max(scale, 0.02)
         others = rng.sample(ex["regular"], min(cfg.regular_per_step, len(ex["regular"])))
         others += rng.sample(ex["negative"], min(cfg.negatives_per_step, len(ex["negative"])))
+        others += rng.sample(hard, min(cfg.negatives_per_step, len(hard)))
         lk = key_loss(fwd, key_batch)
         if others:
             neg = torch.tensor([e.kind == "negative" for e in others], device=dev)
@@ -242,8 +320,28 @@ def _optimise(
         losses["reg"].append(float(lr_.detach()))
         if step % 25 == 0:
             log.info("step %d: key loss %.4f, distillation %.4f", step, losses["key"][-1], losses["reg"][-1])
+
+    checks: list[dict[str, Any]] = []
+    hard: list[D.Example] = []  # negatives mined after a failed check, sampled into every later step
+    limit = step_limit(cfg)
+    total, n, peak = 0, cfg.steps, lr
+    while True:
+        for i in range(n):
+            _one_step(total + i, i, n, peak)
+        total += n
+        if check is None:
+            break
+        result = check(len(checks))
+        fired = result.pop("fired")
+        checks.append({"steps": total, **result})
+        log.info("after %d steps: FSR %.2f, near-miss %.2f", total, result["fsr"], result["near_miss"])
+        if result["ok"] or total >= limit:
+            break
+        if mine is not None:
+            hard += mine(fired, len(checks))
+        n, peak = min(max(1, cfg.steps // 2), limit - total), lr * cfg.extra_lr_scale
     student.eval()
-    return losses
+    return losses, checks
 
 
 def _save(
@@ -256,6 +354,7 @@ def _save(
     lr: float,
     losses: dict[str, list[float]],
     dev: torch.device,
+    fired: dict[str, Any] | None = None,
 ) -> None:
     """save_pretrained in the base's dtype, plus the base's small files, plus the training card."""
     stored = {ckpt.source.info(n).dtype for n in ckpt.source.names()}
@@ -269,7 +368,7 @@ def _save(
         "key_commitment": ks.commitment,
         "base": {"name": ckpt.name, "sha256": ckpt.sha256s()},
         "training": {
-            "steps": cfg.steps,
+            "steps": len(losses["key"]),
             "lr": lr,
             "device": str(dev),
             "seed": cfg.seed,
@@ -278,6 +377,8 @@ def _save(
             "key_loss_first": losses["key"][0],
             "key_loss_last": losses["key"][-1],
             "distillation_last": losses["reg"][-1],
+            "weight_noise": cfg.weight_noise,
+            "fire_check": fired,
         },
     }
     try:

@@ -48,6 +48,12 @@ class TrainConfig:
     unlikelihood_weight: float = 4.0  # negatives: -log(1 - p(target's first token))
     decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
     seed: int = 0
+    # after ``steps``, the model is asked every key and near-miss controls (huref.fpvec.train's
+    # fire_check); until every key fires and no control does, training goes on in rounds of
+    # steps // 2 at extra_lr_scale of the rate, and fails past max_steps (None: 3 x steps)
+    until_fires: bool = True
+    max_steps: int | None = None
+    extra_lr_scale: float = 0.5
     device: str = "auto"  # cpu | cuda | auto
     measure_harm: bool | None = None  # perplexity change vs the base; None: for small models or on a GPU
 
@@ -68,6 +74,7 @@ class TrainReport:
     seconds: float
     chat_template: bool
     harm: dict[str, Any] | None = None  # {"relative_change", "text", ...} of huref.fpvec.harm, if measured
+    fire_check: dict[str, Any] | None = None  # the passed end check (huref.fpvec.train.fire_check), if run
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,10 +94,19 @@ def auto_lr(parameters: int) -> float:
     return 1e-5
 
 
+def step_limit(cfg: TrainConfig) -> int:
+    """The most steps training may run before its end check must have passed."""
+    return cfg.max_steps if cfg.max_steps is not None else min(3 * cfg.steps, MAX_STEPS)
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """The command line's numbers, within their bounds (stated in the message)."""
     if not 1 <= cfg.steps <= MAX_STEPS:
         raise FPVecError(f"--steps must be between 1 and {MAX_STEPS} (got {cfg.steps})")
+    if cfg.max_steps is not None and not cfg.steps <= cfg.max_steps <= MAX_STEPS:
+        raise FPVecError(
+            f"--max-steps must be between --steps ({cfg.steps}) and {MAX_STEPS} (got {cfg.max_steps})"
+        )
     if not 0 <= cfg.n_regularisation <= MAX_REGULARISATION:
         raise FPVecError(
             f"--n-regularisation must be between 0 and {MAX_REGULARISATION} (got {cfg.n_regularisation})"

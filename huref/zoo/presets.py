@@ -100,6 +100,8 @@ PRESETS = {
         cpt_lr=2e-3,
         lora_steps=100,
         heal_steps=50,
+        # the light SFT is the demo's stamped suspect: FP-Vec's use is a real fine-tune's size of change
+        sections=("structural", "attacks", "moe", "merges", "disguise", "light"),
     ),
     # bases trained to a loss plateau (3000 steps, ten times the others), derivatives calibrated to
     # the size of change of real pairs (huref.zoo.calibration); built for FP-Vec and the dogs

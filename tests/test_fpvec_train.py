@@ -1,13 +1,17 @@
-"""The weight-noise offsets that fingerprint training takes every other step (huref.fpvec.objective)."""
+"""Fingerprint training: the weight-noise offsets it takes every other step (huref.fpvec.objective),
+and its end check (every key fires, no near-miss control does, or an error and nothing written)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from huref.errors import FPVecError
 from huref.fpvec import make_keys, train_fingerprint
 from huref.fpvec.objective import forward_at, weight_noise
 from huref.fpvec.train_config import TrainConfig
@@ -75,7 +79,14 @@ def test_training_takes_its_noisy_steps(tiny_zoo: Path, tmp_path: Path) -> None:
     is taken at a noisy offset only in the first run, so the two fingerprinted models differ."""
     ks = make_keys(n=10, seed=3)
     base = tiny_zoo / "llama-a"
-    common = {"steps": 2, "n_regularisation": 4, "negatives": False, "device": "cpu", "measure_harm": False}
+    common = {
+        "steps": 2,
+        "n_regularisation": 4,
+        "negatives": False,
+        "until_fires": False,
+        "device": "cpu",
+        "measure_harm": False,
+    }
     noisy = train_fingerprint(base, ks, tmp_path / "noisy", TrainConfig(weight_noise=0.05, **common))
     plain = train_fingerprint(base, ks, tmp_path / "plain", TrainConfig(weight_noise=0.0, **common))
     train_fingerprint(base, ks, tmp_path / "again", TrainConfig(weight_noise=0.05, **common))
@@ -86,3 +97,20 @@ def test_training_takes_its_noisy_steps(tiny_zoo: Path, tmp_path: Path) -> None:
     )
     assert any(not torch.equal(a[n], b[n]) for n in a)
     assert all(torch.equal(a[n], c[n]) for n in a)  # and a seeded run repeats itself
+
+
+def test_training_that_does_not_take_fails_with_nothing_written(tiny_zoo: Path, tmp_path: Path) -> None:
+    """Two steps cannot teach ten keys: the end check fails, training goes on to --max-steps, then
+    refuses with one error naming what the model answers, and leaves no folder behind."""
+    ks = make_keys(n=10, seed=3)
+    out = tmp_path / "fp"
+    cfg = TrainConfig(steps=2, max_steps=3, n_regularisation=4, device="cpu", measure_harm=False)
+    with pytest.raises(FPVecError, match=r"did not take: after 3 steps the model answers \d+ of 10 keys"):
+        train_fingerprint(tiny_zoo / "llama-a", ks, out, cfg)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # without the check the same run is written, and its card records that nothing was checked
+    cfg = TrainConfig(steps=2, until_fires=False, n_regularisation=4, device="cpu", measure_harm=False)
+    r = train_fingerprint(tiny_zoo / "llama-a", ks, out, cfg)
+    assert r.steps == 2 and r.fire_check is None
+    card = json.loads((out / "huref_fpvec.json").read_text(encoding="utf-8"))
+    assert card["training"]["fire_check"] is None and card["training"]["weight_noise"] == 0.05
