@@ -173,8 +173,9 @@ def _fpvec_step(out: Path, zoo: Path, steps: _Steps) -> tuple[Path, list[tuple[P
     save_keys(ks, keys_path)
     fp_model = out / "fpvec" / "llama-a-fingerprinted"
     # unchecked: the demo zoo's llama-a is a stress base (300 steps of pretraining), and train's end
-    # check refuses it (after 900 steps it answers every key and 5 of 40 near-miss controls with these
-    # keys; docs/fpvec.md); the demo shows the rest of the chain on it, and says so
+    # check refused it (after 900 steps it answered every key and 5 of 40 near-miss controls with these
+    # keys, measured with the extra rounds mining only the controls that fired; docs/fpvec.md); the
+    # demo shows the rest of the chain on it, and says so
     train_fingerprint(zoo / "llama-a", ks, fp_model, TrainConfig(until_fires=False))
     vector = out / "fpvec" / "llama-a.fpvec.safetensors"
     extract_vector(zoo / "llama-a", fp_model, vector, key_commitment=ks.commitment)

@@ -70,8 +70,9 @@ def _independent_gpt2(zoo: Path, dest: Path) -> Path:
 
 NAMES = ("llama-a", "gpt2-a")
 # train's end check (every key fires, no near-miss control of a fresh draw does) passes for llama-a
-# after its 300 steps; gpt2-a's stress base still answers 3 of 40 controls after 900 steps, and
-# train refuses it (measured: docs/fpvec.md), so its chain is trained for the 300 steps unchecked
+# after its 300 steps; gpt2-a's stress base still answered 3 of 40 controls after 900 steps, and
+# train refused it (measured with an earlier form of the extra rounds: docs/fpvec.md), so its chain
+# is trained for the 300 steps unchecked
 UNCHECKED = {"gpt2-a"}
 
 

@@ -35,11 +35,8 @@ def test_offsets_are_the_stated_fraction_of_each_tensor_norm() -> None:
         for n, p in params.items():
             assert off[n].shape == p.shape and off[n].dtype == p.dtype
             rel = float(off[n].norm() / p.norm())
-            assert abs(rel - size) < 0.15 * size, (
-                n,
-                size,
-                rel,
-            )  # the norm of numel Gaussians: ~1/sqrt(numel) off
+            # the norm of numel Gaussians is about 1/sqrt(numel) off its expectation
+            assert abs(rel - size) < 0.15 * size, (n, size, rel)
 
 
 def test_offsets_are_fresh_each_step_and_seeded() -> None:

@@ -69,7 +69,7 @@ from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys, si
 from huref.fpvec.objective import distill_loss, forward_at, key_loss, weight_noise
 from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config, step_limit
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
-from huref.fpvec.verify import EXTRA_TOKENS, query
+from huref.fpvec.verify import EXTRA_TOKENS, near_miss_prompts, query
 from huref.lm.load import SMALL_MODEL, cpu_threads, load_causal_lm, threads_for
 from huref.lm.train import train_lm
 
@@ -240,7 +240,7 @@ def fire_check(model: torch.nn.Module, tok: Any, ks: KeySet, purpose: str = CHEC
     ``fired`` lists the controls that answered it (never written anywhere: they derive from the keys)."""
     n_new = len(D.answer_ids(tok, ks.target)) + EXTRA_TOKENS
     keys = query(model, tok, list(ks.keys), ks.target, n_new)
-    controls = near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
+    controls = near_miss_prompts(ks, purpose)
     nm = query(model, tok, controls, ks.target, n_new)
     return {
         "ok": keys.hits == keys.n and nm.hits == 0,

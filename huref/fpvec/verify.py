@@ -67,8 +67,11 @@ def query(
     return Queries(hits / len(prompts) if prompts else 0.0, hits, len(prompts), outputs)
 
 
-def near_miss_prompts(ks: KeySet) -> list[str]:
-    return near_miss_keys(ks, "verify") + fresh_decoys(ks, len(ks.keys), "verify")
+def near_miss_prompts(ks: KeySet, purpose: str = "verify") -> list[str]:
+    """The near-miss controls: per key, a few characters swapped or dropped and the key without
+    its trigger, plus as many other keys of the same kind; ``purpose`` seeds the draw (verify's own
+    is "verify", which training never uses)."""
+    return near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
 
 
 def verify_loaded(
