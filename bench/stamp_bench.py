@@ -18,8 +18,8 @@ subprocess so that its peak RSS is its own:
 - ``stamp (low-rank vector, rank R)``: the same with a low-rank vector (``extract --rank R``,
   ``--rank``, default 16): every matrix as bf16 factors A [out x R], B [R x in] (random, product
   values ~2e-4 like the dense vector's), 1-D tensors dense; the stamp reads the checkpoint and
-  ~0.1 GB of factors and forms each A @ B in float32 a block of rows at a time, and runs the
-  compatibility check beside the stream. Its size and its fraction of the checkpoint are printed
+  ~0.1 GB of factors and adds each A @ B (in place by the CPU's bf16 units where it has them, else
+  in float32 a block of rows at a time), and runs the compatibility check beside the stream. Its size and its fraction of the checkpoint are printed
   (target < 1%), and its ratio to ``cp`` (target <= 1.2).
 
 ``--phases`` picks the stamp phases to run (default all; ``cp`` always runs): e.g.

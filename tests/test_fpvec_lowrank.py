@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from huref.checkpoint import open_checkpoint
 from huref.cli import main
+from huref.fpvec import lowrank
 from huref.fpvec.keys import KeySet, make_keys, save_keys
 from huref.fpvec.lowrank import add_product, factors_smaller, truncate
 from huref.fpvec.vector import FACTOR_A, FACTOR_B, LOWRANK_FORMAT, VECTOR_FORMAT, describe, open_vector
@@ -90,6 +91,27 @@ def test_truncation_error_is_the_svd_tail() -> None:
     assert (
         factors_smaller((96, 40), 27) and not factors_smaller((96, 40), 29) and not factors_smaller((96,), 1)
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_product_is_added_with_one_rounding_on_either_path(native: bool, monkeypatch) -> None:
+    """bf16 models with bf16 factors take one in-place bf16 GEMM on CPUs with bf16 units, float32
+    blocks elsewhere: both give (t + lam A B) rounded once, up to the order of the rank's sums
+    (an odd row count and a width that is not a block multiple cover the blocks' edges)."""
+    monkeypatch.setattr(lowrank, "native_bf16_gemm", lambda: native)
+    g = torch.Generator().manual_seed(5)
+    t = torch.randn(1031, 300, generator=g).to(torch.bfloat16)
+    a = (torch.randn(1031, 16, generator=g) * 0.05).to(torch.bfloat16)
+    b = (torch.randn(16, 300, generator=g) * 0.05).to(torch.bfloat16)
+    want = (t.float() + 0.7 * (a.float() @ b.float())).to(torch.bfloat16)
+    got = t.clone()
+    add_product(got, a, b, lam=0.7)
+    step = torch.finfo(torch.bfloat16).eps * want.float().abs()  # one bf16 step at each value
+    assert ((got.float() - want.float()).abs() <= step).all()
+    assert (got != want).float().mean() < 1e-3
+    assert not torch.equal(got, t)  # the product was added
+    with pytest.raises(ValueError, match="do not make"):
+        add_product(got, a[:-1], b)
 
 
 def test_low_rank_vector_records_errors_and_is_smaller(vectors: dict[str, Path], tiny_zoo: Path) -> None:

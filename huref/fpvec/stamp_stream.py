@@ -4,9 +4,9 @@ Runs only after the plan (:mod:`huref.fpvec.stamp_plan`) and the provenance chec
 (:func:`huref.fpvec.stamp.check_derived`) passed. Peak memory is two tensors (the largest
 downstream tensor and its tau), never the model: each output tensor is read, has tau added in
 place and is written before the next is read, through huref's atomic writer. A tau stored as
-low-rank factors (``extract --rank``) is added as A @ B, formed in float32 a block of rows at a
-time (:func:`huref.fpvec.lowrank.add_product`): never more than one tensor's factors and ~4 MB of
-product besides the tensor.
+low-rank factors (``extract --rank``) is added as A @ B (:func:`huref.fpvec.lowrank.add_product`:
+in place by the CPU's bf16 units where it has them, else formed in float32 a block of rows at a
+time): never more than one tensor's factors and ~4 MB of product besides the tensor.
 """
 
 from __future__ import annotations
