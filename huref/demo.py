@@ -35,7 +35,10 @@ AUDITED = (
     "stories260k-cpt",
     "llama-a-upcycled",  # a Mixtral-style MoE upcycled from llama-a: the report names the experts
 )
-DOWNSTREAM = "llama-a-sft-light"  # an SFT as gentle as real instruction tuning (the zoo's "light" section)
+# the zoo's "light" section: a base trained to its loss plateau and an SFT as gentle as real
+# instruction tuning (FP-Vec's published setting), beside the stress cases
+FP_BASE = "llama-p"
+DOWNSTREAM = f"{FP_BASE}-sft"
 STAMPED = f"{DOWNSTREAM}-stamped"
 OUTPUT_DIRS = ("registry", "fpvec", "suspects", "scan")  # replaced on every run
 MARKER = ".huref-demo"  # written into --out: only a folder holding it has outputs to replace
@@ -163,29 +166,25 @@ def _register_step(home: Path, zoo: Path, manifest: dict[str, Any], steps: _Step
 
 
 def _fpvec_step(out: Path, zoo: Path, steps: _Steps) -> tuple[Path, list[tuple[Path, Path]]]:
-    """FP-Vec: make keys, fingerprint llama-a, extract its vector and stamp it into a light SFT of
-    llama-a. Returns the stamped model and its (vector, keys) pair for the audit."""
+    """FP-Vec: make keys, fingerprint the plateau base (train's defaults, its end check included),
+    extract its vector and stamp it into the base's light SFT. Returns the stamped model and its
+    (vector, keys) pair for the audit."""
     from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
-    from huref.fpvec.train_config import TrainConfig
 
     keys_path = out / "fpvec" / "keys.json"
     ks = make_keys(seed=2024)
     save_keys(ks, keys_path)
-    fp_model = out / "fpvec" / "llama-a-fingerprinted"
-    # unchecked: the demo zoo's llama-a is a stress base (300 steps of pretraining), and train's end
-    # check refused it (after 900 steps it answered every key and 5 of 40 near-miss controls with these
-    # keys, measured with the extra rounds mining only the controls that fired; docs/fpvec.md); the
-    # demo shows the rest of the chain on it, and says so
-    train_fingerprint(zoo / "llama-a", ks, fp_model, TrainConfig(until_fires=False))
-    vector = out / "fpvec" / "llama-a.fpvec.safetensors"
-    extract_vector(zoo / "llama-a", fp_model, vector, key_commitment=ks.commitment)
+    fp_model = out / "fpvec" / f"{FP_BASE}-fingerprinted"
+    tr = train_fingerprint(zoo / FP_BASE, ks, fp_model)
+    vector = out / "fpvec" / f"{FP_BASE}.fpvec.safetensors"
+    extract_vector(zoo / FP_BASE, fp_model, vector, key_commitment=ks.commitment)
     stamped = out / "suspects" / STAMPED
     stamp_model(zoo / DOWNSTREAM, vector, stamped)
     v = verify_model(stamped, ks)
     lt = v.likelihood
     steps.mark(
-        f"FP-Vec: fingerprinted llama-a (300 steps, end check off), stamped {DOWNSTREAM} (FSR {v.fsr:.2f}"
-        + (f", key likelihood p {lt.p_value:.1e})" if lt is not None else ")")
+        f"FP-Vec: fingerprinted {FP_BASE} ({tr.steps} steps, end check passed), stamped {DOWNSTREAM} "
+        f"(FSR {v.fsr:.2f}" + (f", key likelihood p {lt.p_value:.1e})" if lt is not None else ")")
     )
     return stamped, [(vector, keys_path)]
 

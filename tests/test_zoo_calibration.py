@@ -85,6 +85,16 @@ def test_presets_choose_sections_and_the_realistic_plan_is_small() -> None:
     tiny = [fn.__name__ for phase in plan(Ctx(Path("zoo"), PRESETS["tiny"], None)) for fn, _ in phase]
     assert {"job_attacks", "job_disguised", "job_moe_derivs", "job_llama_structural"} <= set(tiny)
     assert "job_stories" not in tiny  # no stories260K given
+    # the demo's light section: a base trained as long as the realistic ones (first, the longest
+    # job), and its light SFT; the tiny zoo has neither
+    demo = PRESETS["demo"]
+    first_fn, first_args = plan(Ctx(Path("zoo"), demo, None))[0][0]
+    assert first_fn is job_base and first_args[1:] == (*demo.plateau_base, realistic.base_steps)
+    assert demo.plateau_steps == realistic.base_steps and demo.plateau_base[1] not in {
+        b for _, b, _ in demo.bases
+    }
+    assert "job_light_sft" in {fn.__name__ for phase in plan(Ctx(Path("zoo"), demo, None)) for fn, _ in phase}
+    assert "job_light_sft" not in tiny
 
 
 def test_targets_follow_from_the_published_distances() -> None:

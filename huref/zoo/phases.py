@@ -39,6 +39,8 @@ def plan(ctx: Ctx) -> list[list[Job]]:
     phase1: list[Job] = [(job_base, (ctx, arch, name, seed)) for arch, name, seed in p.bases]
     if stories:
         phase1.insert(1, (job_stories, (ctx,)))
+    if "light" in p.sections:  # the longest job first, so that the other bases share the other worker
+        phase1.insert(0, (job_base, (ctx, *p.plateau_base, p.plateau_steps)))
     phase2: list[Job] = [(job_llama_trained, (ctx,))]
     if "gpt2-a" in names:
         phase2.append((job_gpt2_derivs, (ctx,)))

@@ -50,8 +50,11 @@ class Preset:
     heal_lr: float = 1e-3  # vocabulary expansion's training after the new rows are added
     stories_sft_lr: float = 5e-4
     stories_cpt_lr: float = 2e-3
-    # the "light" section: an SFT of llama-a whose size of change is a real SFT's (see
-    # huref.zoo.calibration), beside the stress SFT; the demo stamps its FP-Vec vector into it
+    # the "light" section, real lineage beside the stress cases: a LLaMA base trained to a loss
+    # plateau (the realistic preset's budget) and an SFT of it whose size of change is a real SFT's
+    # (see huref.zoo.calibration); the demo fingerprints that base and stamps the SFT
+    plateau_base: tuple[str, str, int] = ("llama", "llama-p", 9)
+    plateau_steps: int = 3000
     light_sft_steps: int = 200
     light_sft_lr: float = 3e-4
     attacks_on: tuple[str, ...] = ("llama-a", "stories260k")
@@ -100,7 +103,7 @@ PRESETS = {
         cpt_lr=2e-3,
         lora_steps=100,
         heal_steps=50,
-        # the light SFT is the demo's stamped suspect: FP-Vec's use is a real fine-tune's size of change
+        # the light section is the demo's FP-Vec chain: a base at its plateau, a real SFT's size of change
         sections=("structural", "attacks", "moe", "merges", "disguise", "light"),
     ),
     # bases trained to a loss plateau (3000 steps, ten times the others), derivatives calibrated to

@@ -27,12 +27,13 @@ from huref.zoo.rolestate import RoleState
 from huref.zoo.tokenizer import id_named_tokenizer, save_tokenizer
 
 
-def job_base(ctx: Ctx, arch: str, name: str, seed: int) -> list[dict]:
+def job_base(ctx: Ctx, arch: str, name: str, seed: int, steps: int | None = None) -> list[dict]:
+    """A base trained from scratch (``steps``: the preset's base budget unless given)."""
     t0 = time.time()
     p = ctx.preset
     s = ctx.streams()
     model = new_model(arch, p, p.vocab, seed)
-    losses = train_lm(model, s["pretrain"], p.base_steps, p.base_lr, seed, p.batch, p.seq)
+    losses = train_lm(model, s["pretrain"], steps or p.base_steps, p.base_lr, seed, p.batch, p.seq)
     save_hf(model, ctx.root / name, ctx.tokenizer_dir)
     return [
         entry(
@@ -199,19 +200,11 @@ def _vocab_expand_trained(ctx: Ctx) -> dict:
 
 
 def job_light_sft(ctx: Ctx) -> list[dict]:
-    """llama-a fine-tuned as gently as real instruction tuning moves a model (beside the stress SFT)."""
+    """The plateau base fine-tuned as gently as real instruction tuning moves a model."""
     p, s = ctx.preset, ctx.streams()
+    arch, base, _ = p.plateau_base
     e = train_derivative(
-        ctx,
-        "llama-a",
-        "llama-a-sft-light",
-        s["sft"],
-        p.light_sft_steps,
-        p.light_sft_lr,
-        26,
-        "sft",
-        "llama",
-        "llama-a",
+        ctx, base, f"{base}-sft", s["sft"], p.light_sft_steps, p.light_sft_lr, 26, "sft", arch, base
     )
     return [e]
 
