@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
-from huref.errors import UsageError
+from huref.errors import FPVecError, UsageError
 from huref.invariants import Settings
 
 if TYPE_CHECKING:
@@ -170,12 +170,22 @@ def _fpvec_step(out: Path, zoo: Path, steps: _Steps) -> tuple[Path, list[tuple[P
     extract its vector and stamp it into the base's light SFT. Returns the stamped model and its
     (vector, keys) pair for the audit."""
     from huref.fpvec import extract_vector, make_keys, save_keys, stamp_model, train_fingerprint, verify_model
+    from huref.fpvec.train_config import TrainConfig
 
     keys_path = out / "fpvec" / "keys.json"
     ks = make_keys(seed=2024)
     save_keys(ks, keys_path)
     fp_model = out / "fpvec" / f"{FP_BASE}-fingerprinted"
-    tr = train_fingerprint(zoo / FP_BASE, ks, fp_model)
+    try:
+        tr = train_fingerprint(zoo / FP_BASE, ks, fp_model)
+        how = "end check passed"
+    except FPVecError as e:
+        # the check passed here after 450 of its 900 steps (2026-12-06); other arithmetic may end
+        # elsewhere: the refused run wrote nothing, and the demo shows the rest of the chain on an
+        # unchecked run rather than stopping, and says so
+        steps.con.print(Text(f"FP-Vec: {e}; training again without the end check"))
+        tr = train_fingerprint(zoo / FP_BASE, ks, fp_model, TrainConfig(until_fires=False))
+        how = "end check off: it refused the checked run"
     vector = out / "fpvec" / f"{FP_BASE}.fpvec.safetensors"
     extract_vector(zoo / FP_BASE, fp_model, vector, key_commitment=ks.commitment)
     stamped = out / "suspects" / STAMPED
@@ -183,7 +193,7 @@ def _fpvec_step(out: Path, zoo: Path, steps: _Steps) -> tuple[Path, list[tuple[P
     v = verify_model(stamped, ks)
     lt = v.likelihood
     steps.mark(
-        f"FP-Vec: fingerprinted {FP_BASE} ({tr.steps} steps, end check passed), stamped {DOWNSTREAM} "
+        f"FP-Vec: fingerprinted {FP_BASE} ({tr.steps} steps, {how}), stamped {DOWNSTREAM} "
         f"(FSR {v.fsr:.2f}" + (f", key likelihood p {lt.p_value:.1e})" if lt is not None else ")")
     )
     return stamped, [(vector, keys_path)]
