@@ -15,12 +15,15 @@ Printed per base: one row per model, with FSR minimum and median over the seeds,
 near-miss FSR and the largest perplexity change. Run it on ``--zoo .zoo/realistic`` (derivatives
 calibrated to real pairs: the acceptance table) and on ``--zoo .zoo/tiny`` (the stress
 derivatives: the same table, reported beside it). Work is cached under ``--work`` per zoo, base
-and seed, so a rerun only redoes what is missing.
+and seed, so a rerun only redoes what is missing. Each row also gives the smallest dog cosine to the
+base (``huref.dogs``, the shipped encoder): seeds cached before it was measured get it by stamping
+their kept vector again (into the base itself for the fingerprinted row: base + tau).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -54,11 +57,50 @@ def _derivatives(zoo: Path, base: str) -> list[str]:
     return [f"{base}-{r}" for r in STAMPED if f"{base}-{r}" in models]
 
 
+@functools.cache
+def _base_dog(base: Path) -> Any:
+    from huref.dogs import dog_vector, fingerprint_of
+
+    return dog_vector(fingerprint_of(base))
+
+
+def dog_cosine(base: Path, model: Path) -> float:
+    """Cosine of the two models' dog vectors (the shipped encoder)."""
+    import numpy as np
+
+    from huref.dogs import dog_vector, fingerprint_of
+
+    a, b = _base_dog(base), dog_vector(fingerprint_of(model))
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def fill_dogs(zoo: Path, base: str, d: Path, fig: dict[str, Any]) -> dict[str, Any]:
+    """Dog cosines for a seed cached without them: its kept vector stamped again into the base (the
+    fingerprinted model, up to rounding) and into each derivative; unstamped models as they are."""
+    if "refused" in fig or all("dog_cos" in r for r in fig["models"].values()):
+        return fig
+    vec, root = d / "tau.safetensors", zoo / base
+    for kind, row in fig["models"].items():
+        if kind == "independent":
+            row["dog_cos"] = dog_cosine(root, zoo / INDEPENDENT[base])
+        elif kind.startswith("unstamped "):
+            row["dog_cos"] = dog_cosine(root, zoo / f"{base}-{kind.split(' ', 1)[1]}")
+        else:
+            target = root if kind == "fingerprinted" else zoo / f"{base}-{kind.split(' ', 1)[1]}"
+            out = d / "dog-stamped"
+            shutil.rmtree(out, ignore_errors=True)
+            _run(["fpvec", "stamp", target, vec, "-o", out])
+            row["dog_cos"] = dog_cosine(root, out)
+            shutil.rmtree(out)
+    (d / "figures.json").write_text(json.dumps(fig, indent=2) + "\n")
+    return fig
+
+
 def one_seed(zoo: Path, base: str, seed: int, work: Path) -> dict[str, Any]:
     d = work / f"{base}-seed{seed}"
     done = d / "figures.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return fill_dogs(zoo, base, d, json.loads(done.read_text()))
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     keys, fp, vec = d / "keys.json", d / "fp", d / "tau.safetensors"
@@ -89,6 +131,7 @@ def one_seed(zoo: Path, base: str, seed: int, work: Path) -> dict[str, Any]:
         row["p"] = r.likelihood.p_value if r.likelihood else None
         if harm_against is not None:
             row["ppl_change"] = perplexity_change(harm_against, path, device="cpu").relative_change
+        row["dog_cos"] = dog_cosine(zoo / base, path)
         fig["models"][kind] = row
 
     verify("fingerprinted", fp, harm_against=zoo / base)
@@ -116,16 +159,19 @@ def table(base: str, all_figs: list[dict[str, Any]]) -> list[str]:
         f"{head}; tau / ||theta_base|| {min(taus):.3f}-{max(taus):.3f}; steps "
         f"{min(f['steps'] for f in figs)}-{max(f['steps'] for f in figs)}; "
         f"train {median(f['train_seconds'] for f in figs):.0f} s (median)",
-        f"  {'model':<24} {'FSR min':>8} {'median':>7} {'near-miss max':>14} {'ppl change max':>15}",
+        f"  {'model':<24} {'FSR min':>8} {'median':>7} {'near-miss max':>14} {'ppl change max':>15} "
+        f"{'dog cos min':>12}",
     ]
     for kind in figs[0]["models"]:
         rows = [f["models"][kind] for f in figs if kind in f["models"]]
         fsr = [r["fsr"] for r in rows]
         nm = [r["near_miss"] for r in rows if r["near_miss"] is not None]
         ppl = [r["ppl_change"] for r in rows if "ppl_change" in r]
+        dogs = [r["dog_cos"] for r in rows if "dog_cos" in r]
         lines.append(
             f"  {kind:<24} {min(fsr):>8.2f} {median(fsr):>7.2f} {max(nm) if nm else float('nan'):>14.2f} "
             + (f"{100 * max(ppl):>+14.2f}%" if ppl else f"{'':>15}")
+            + (f" {min(dogs):>12.3f}" if dogs else "")
         )
     return lines
 
