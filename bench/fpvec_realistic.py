@@ -42,7 +42,18 @@ from huref.fpvec import perplexity_change, verify_model  # noqa: E402
 from huref.zoo.build import load_manifest  # noqa: E402
 from huref.zoo.derive import relative_change  # noqa: E402
 
-INDEPENDENT = {"llama-a": "llama-b", "gpt2-a": "gpt2-b", "stories260k": "stories260k-indep"}
+# an independent base per base, the first of these the zoo holds (the tiny zoo has no gpt2-b)
+INDEPENDENT = {
+    "llama-a": ("llama-b",),
+    "gpt2-a": ("gpt2-b", "llama-b"),
+    "stories260k": ("stories260k-indep",),
+}
+
+
+def independent(zoo: Path, base: str) -> Path:
+    return next(zoo / n for n in INDEPENDENT[base] if (zoo / n).is_dir())
+
+
 STAMPED = ("sft", "cpt", "lora", "merge-linear", "vocab-expand")
 
 
@@ -82,7 +93,7 @@ def fill_dogs(zoo: Path, base: str, d: Path, fig: dict[str, Any]) -> dict[str, A
     vec, root = d / "tau.safetensors", zoo / base
     for kind, row in fig["models"].items():
         if kind == "independent":
-            row["dog_cos"] = dog_cosine(root, zoo / INDEPENDENT[base])
+            row["dog_cos"] = dog_cosine(root, independent(zoo, base))
         elif kind.startswith("unstamped "):
             row["dog_cos"] = dog_cosine(root, zoo / f"{base}-{kind.split(' ', 1)[1]}")
         else:
@@ -135,7 +146,7 @@ def one_seed(zoo: Path, base: str, seed: int, work: Path) -> dict[str, Any]:
         fig["models"][kind] = row
 
     verify("fingerprinted", fp, harm_against=zoo / base)
-    verify("independent", zoo / INDEPENDENT[base])
+    verify("independent", independent(zoo, base))
     for name in _derivatives(zoo, base):
         rel = name[len(base) + 1 :]
         out = d / f"{name}-stamped"

@@ -69,7 +69,7 @@ from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys, si
 from huref.fpvec.objective import distill_loss, forward_at, key_loss, weight_noise
 from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config, step_limit
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
-from huref.fpvec.verify import EXTRA_TOKENS, near_miss_prompts, query
+from huref.fpvec.verify import CHECK_PURPOSE, fire_check
 from huref.lm.load import SMALL_MODEL, cpu_threads, load_causal_lm, threads_for
 from huref.lm.train import train_lm
 
@@ -227,31 +227,6 @@ def train_fingerprint(
     card["training"]["harm"] = report.harm
     card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
-
-
-CHECK_PURPOSE = "train-check"  # the end check's controls: verify's kind, another draw than verify's
-
-
-def fire_check(model: torch.nn.Module, tok: Any, ks: KeySet, purpose: str = CHECK_PURPOSE) -> dict[str, Any]:
-    """The end check of training: greedy answers to every key, and to near-miss controls of the kind
-    ``verify`` asks (a few characters swapped or dropped, the key without its trigger, other keys of
-    the same kind) but drawn for this check (``purpose`` seeds the draw), so verify's own controls
-    stay unseen by training. Passes when every key answers the target and no control does;
-    ``fired`` lists the controls that answered it (never written anywhere: they derive from the keys)."""
-    n_new = len(D.answer_ids(tok, ks.target)) + EXTRA_TOKENS
-    keys = query(model, tok, list(ks.keys), ks.target, n_new)
-    controls = near_miss_prompts(ks, purpose)
-    nm = query(model, tok, controls, ks.target, n_new)
-    return {
-        "ok": keys.hits == keys.n and nm.hits == 0,
-        "fsr": keys.fsr,
-        "hits": keys.hits,
-        "n": keys.n,
-        "near_miss": nm.fsr,
-        "near_miss_hits": nm.hits,
-        "near_miss_n": nm.n,
-        "fired": [c for c, o in zip(controls, nm.outputs, strict=True) if ks.target in o],
-    }
 
 
 def _optimise(

@@ -74,7 +74,7 @@ class TrainReport:
     seconds: float
     chat_template: bool
     harm: dict[str, Any] | None = None  # {"relative_change", "text", ...} of huref.fpvec.harm, if measured
-    fire_check: dict[str, Any] | None = None  # the passed end check (huref.fpvec.train.fire_check), if run
+    fire_check: dict[str, Any] | None = None  # the passed end check (huref.fpvec.verify.fire_check), if run
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -8,6 +8,9 @@ fires on the keys and on nothing else, and a model without it scores 0 on both.
 Beside the count, a graded test (``huref.fpvec.likelihood``): the target's likelihood after the keys
 ranked against fresh decoys, with an exact p-value; it still sees a fingerprint that drifted too
 far for greedy decoding to reproduce the whole target.
+
+``fire_check`` is ``train``'s end check: the same greedy query, on the keys and on controls of the
+near-miss kind drawn for the check, so that verify's own controls stay unseen by training.
 """
 
 from __future__ import annotations
@@ -125,3 +128,28 @@ def verify_model(
         time.perf_counter() - t0,
         lt,
     )
+
+
+CHECK_PURPOSE = "train-check"  # the end check's controls: verify's kind, another draw than verify's
+
+
+def fire_check(model: Any, tok: Any, ks: KeySet, purpose: str = CHECK_PURPOSE) -> dict[str, Any]:
+    """The end check of training: greedy answers to every key, and to near-miss controls of the kind
+    ``verify`` asks (a few characters swapped or dropped, the key without its trigger, other keys of
+    the same kind) but drawn for this check (``purpose`` seeds the draw), so verify's own controls
+    stay unseen by training. Passes when every key answers the target and no control does;
+    ``fired`` lists the controls that answered it (never written anywhere: they derive from the keys)."""
+    n_new = len(D.answer_ids(tok, ks.target)) + EXTRA_TOKENS
+    keys = query(model, tok, list(ks.keys), ks.target, n_new)
+    controls = near_miss_prompts(ks, purpose)
+    nm = query(model, tok, controls, ks.target, n_new)
+    return {
+        "ok": keys.hits == keys.n and nm.hits == 0,
+        "fsr": keys.fsr,
+        "hits": keys.hits,
+        "n": keys.n,
+        "near_miss": nm.fsr,
+        "near_miss_hits": nm.hits,
+        "near_miss_n": nm.n,
+        "fired": [c for c, o in zip(controls, nm.outputs, strict=True) if ks.target in o],
+    }
