@@ -90,10 +90,15 @@ def build_examples(
     negatives: list[D.Example] = []
     if cfg.negatives:
         decoys = single_edits(ks, "train") + fresh_decoys(ks, 3 * len(ks.keys), "train")
-        negatives = D.regularisation_examples(
-            base, tok, decoys, min(16, cfg.answer_tokens), "negative", seed=cfg.seed + 1
-        )
+        negatives = negative_examples(base, tok, decoys, cfg, seed=cfg.seed + 1)
     return {"key": keys, "regular": regular, "negative": negatives}
+
+
+def negative_examples(
+    base: torch.nn.Module, tok: Any, prompts: list[str], cfg: TrainConfig, seed: int
+) -> list[D.Example]:
+    """Negatives: prompts that must not fire, each with the base's own short answer."""
+    return D.regularisation_examples(base, tok, prompts, min(16, cfg.answer_tokens), "negative", seed=seed)
 
 
 def make_shadows(
@@ -165,10 +170,7 @@ def train_fingerprint(
         def mine(fired: list[str], round_: int, frozen: torch.nn.Module = teacher) -> list[D.Example]:
             # the controls that fired, plus a fresh draw of controls of verify's kind (never verify's own)
             prompts = fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
-            n_new = min(16, cfg.answer_tokens)
-            return D.regularisation_examples(
-                frozen, tok, prompts, n_new, "negative", seed=cfg.seed + 2 + round_
-            )
+            return negative_examples(frozen, tok, prompts, cfg, seed=cfg.seed + 2 + round_)
 
         losses, checks = _optimise(
             student,

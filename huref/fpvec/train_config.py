@@ -48,7 +48,7 @@ class TrainConfig:
     unlikelihood_weight: float = 4.0  # negatives: -log(1 - p(target's first token))
     decision_weight: float = 1.0  # extra weight of the KL where a prompt's answer starts
     seed: int = 0
-    # after ``steps``, the model is asked every key and near-miss controls (huref.fpvec.train's
+    # after ``steps``, the model is asked every key and near-miss controls (huref.fpvec.verify's
     # fire_check); until every key fires and no control does, training goes on in rounds of
     # steps // 2 at extra_lr_scale of the rate, and fails past max_steps (None: 3 x steps)
     until_fires: bool = True
