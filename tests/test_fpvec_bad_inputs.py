@@ -482,6 +482,9 @@ def test_bad_learning_rates_and_trigger_only_keys(
         _refused(argv, capsys, d, "--weight-noise must be between 0 and 0.5")
     argv = ["fpvec", "train", tiny_zoo / "llama-a", "--keys", setup["keys"], "-o", d / "fp", "--steps", 50]
     _refused([*argv, "--max-steps", 49], capsys, d, "--max-steps must be between --steps (50) and 100000")
+    for flag in ("--negative-draws", "--check-draws"):
+        for n in ("0", "65"):
+            _refused([*argv, flag, n], capsys, d, f"{flag} must be between 1 and 64 (got {n})")
     doc = json.loads(setup["keys"].read_text(encoding="utf-8"))
     doc["keys"] = [" FINGERPRINT", *doc["keys"][1:]]
     doc.pop("commitment")

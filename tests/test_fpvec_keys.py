@@ -103,6 +103,51 @@ def test_training_negatives_cover_every_position_and_miss_the_verification_contr
     assert shared == {k[: -len(TRIGGER) - 1] for k in ks.keys}  # only the trigger-less keys coincide
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance of two strings."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def test_further_negative_draws_bring_other_replacements_and_multi_character_edits() -> None:
+    from huref.fpvec.keys import single_edits, training_negatives
+    from huref.fpvec.verify import near_miss_prompts
+
+    ks = make_keys(3, seed=6)
+    one = training_negatives(ks, 1)
+    assert one == single_edits(ks, "train") + fresh_decoys(ks, 9, "train")  # one draw: as before
+    four = training_negatives(ks, 4)
+    assert set(one) <= set(four) and len(four) > 3 * len(single_edits(ks, "train")) // 2
+    new = set(four) - set(one)
+    assert not new & set(ks.keys) and len(new) == len(set(new))
+    # the new prompts replace characters at positions already covered, with other characters
+    bodies = [k[: -len(TRIGGER) - 1] for k in ks.keys]
+    nearest = {p: min(_edits(p[: -len(TRIGGER) - 1], b) for b in bodies) for p in new if p.endswith(TRIGGER)}
+    assert sum(d == 1 for d in nearest.values()) >= 2 * sum(len(b) for b in bodies)
+    assert any(d >= 2 for d in nearest.values())  # and multi-character edits of verify's kind
+    # of verify's own controls, still only the trigger-less keys
+    assert set(four) & set(near_miss_prompts(ks)) == set(bodies)
+
+
+def test_the_end_check_asks_several_draws_of_controls_never_verifys() -> None:
+    from huref.fpvec.verify import CHECK_PURPOSE, check_controls, near_miss_prompts
+
+    ks = make_keys(5, seed=8)
+    one, three = check_controls(ks, CHECK_PURPOSE, 1), check_controls(ks, CHECK_PURPOSE, 3)
+    hidden = set(near_miss_prompts(ks)) - {k[: -len(TRIGGER) - 1] for k in ks.keys}
+    assert one == [c for c in near_miss_prompts(ks, CHECK_PURPOSE) if c not in hidden]
+    assert three[: len(one)] == one
+    assert 2.5 * len(one) < len(three) <= 3 * len(one) <= 3 * (4 * 5)
+    edited = [c for c in three if c.endswith(TRIGGER)]
+    assert len(set(edited)) > 2 * len(one)  # further draws are other edits and other decoys
+    bodies = {k[: -len(TRIGGER) - 1] for k in ks.keys}
+    assert set(three) & set(near_miss_prompts(ks)) == bodies and not set(three) & set(ks.keys)
+
+
 def test_compatibility_check_reads_the_first_and_last_layers() -> None:
     from huref.fpvec.check import check_layers
 

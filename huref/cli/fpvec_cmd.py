@@ -83,6 +83,14 @@ def train_cmd(
     no_negatives: Annotated[
         bool, typer.Option("--no-negatives", help="Do not train on near-miss keys.")
     ] = False,
+    negative_draws: Annotated[
+        int,
+        typer.Option(
+            "--negative-draws",
+            help="Draws of near-miss negatives: each key with every character replaced or dropped, "
+            "with other replacements and multi-character edits in each further draw (1..64).",
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     noise: Annotated[
         float,
@@ -103,6 +111,13 @@ def train_cmd(
     no_check: Annotated[
         bool, typer.Option("--no-fire-check", help="Stop after --steps whatever the model answers.")
     ] = False,
+    check_draws: Annotated[
+        int,
+        typer.Option(
+            "--check-draws",
+            help="Draws of near-miss controls the end check asks (1..64; 40 per draw for 10 keys).",
+        ),
+    ] = 1,
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -115,6 +130,8 @@ def train_cmd(
         lr=lr,
         n_regularisation=n_reg,
         negatives=not no_negatives,
+        negative_draws=negative_draws,
+        check_draws=check_draws,
         seed=seed,
         weight_noise=noise,
         until_fires=not no_check,

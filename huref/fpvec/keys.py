@@ -36,6 +36,7 @@ from huref.fpvec.jsonfile import read_json_file
 from huref.paths import refuse_special, shown
 
 KEY_FORMAT = "huref-fpvec-keys/1"
+VERIFY = "verify"  # the purpose that seeds verify's own controls
 DEFAULT_TARGET = "ハリネズミ"
 DEFAULT_N_KEYS = 10
 TRIGGER = "FINGERPRINT"
@@ -343,3 +344,31 @@ def single_edits(ks: KeySet, purpose: str = "train") -> list[str]:
         out.append(body)
     keys = set(ks.keys)
     return [k for k in dict.fromkeys(out) if k not in keys]
+
+
+def training_negatives(ks: KeySet, draws: int = 1) -> list[str]:
+    """The near-miss prompts training teaches not to fire, in ``draws`` draws: the first is
+    ``single_edits`` (every character replaced, and dropped) and three other keys of the same kind
+    per key; each further draw replaces every character with another one and adds multi-character
+    edits of verify's kind (``near_miss_keys``, a draw of training's own).
+
+    One draw teaches the replacements it holds: the model rejects all of them and still answers
+    keys with two or three other characters changed. Never a key, and of verify's own controls
+    only the trigger-less keys (there is one per key)."""
+    out = single_edits(ks, "train")
+    for j in range(1, draws):
+        out += single_edits(ks, f"train:{j}") + near_miss_keys(ks, f"train-negatives:{j}")
+    hidden = set(ks.keys) | verify_only(ks)
+    return [k for k in dict.fromkeys(out) if k not in hidden] + fresh_decoys(ks, 3 * len(ks.keys), "train")
+
+
+def control_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
+    """Near-miss controls of one draw: per key, a few characters swapped, a few dropped, and the key
+    without its trigger, plus as many other keys of the same kind; ``purpose`` seeds the draw."""
+    return near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
+
+
+def verify_only(ks: KeySet) -> set[str]:
+    """Verify's own controls that training must never see: all but the trigger-less keys (one per
+    key, so every draw holds them). Another draw's random edits can coincide with one of them."""
+    return set(control_prompts(ks, VERIFY)) - {ks.body(k) for k in ks.keys}

@@ -12,7 +12,12 @@ Objective per step (loss on answer tokens only for the keys):
 - ``unlikelihood_weight`` x -log(1 - p(first target token)) on the near-miss keys (every key with
   each single character replaced or dropped, the key without its trigger, and other keys of the
   same kind): a flat base distribution lets the target's first token become the greedy choice at
-  a small KL cost, so specificity needs its own term;
+  a small KL cost, so specificity needs its own term. ``negative_draws`` draws of them: each
+  further draw replaces every character with another one and adds multi-character edits of
+  verify's kind. With one draw (the default) the model learns which replacements it saw and fits
+  them all, while 10% of unseen two-to-three-character edits still fire (realistic llama-a, key
+  seed 4); with eight, 0 of 160 (seed 5), but the stamped CPT then answers 0.1-0.5 of its keys
+  instead of 0.8-1.0 (docs/fpvec-tuning.md);
 - ``tau_decay``: a decoupled pull of theta towards theta_base after each step (a small tau
   has fewer side effects on the models it is later added to).
 
@@ -27,7 +32,8 @@ other steps; they are off by default, since on its own samples a model's expecte
 and its shadow drifts like noise anyway.
 
 The end check (``until_fires``): after ``steps``, the model is asked every key and near-miss
-controls greedily (``fire_check``: verify's kind of controls from a draw of their own); until every
+controls greedily (``fire_check``: verify's kind of controls, ``check_draws`` draws of their own;
+with 160 controls a model passes only if its near-miss rate is well under 1%); until every
 key fires and no control does, training goes on in rounds of ``steps // 2`` at half the rate, with
 negatives mined after each failed check (the controls that fired, and a fresh draw of controls of
 verify's kind) sampled into every later step, and past ``max_steps`` it fails with one line and
@@ -65,7 +71,7 @@ from huref.device import resolve_device
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
 from huref.fpvec.harm import SAMPLES, perplexity_change
-from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys, single_edits
+from huref.fpvec.keys import KeySet, load_keys, near_miss_keys, training_negatives, verify_only
 from huref.fpvec.objective import distill_loss, forward_at, key_loss, weight_noise
 from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config, step_limit
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
@@ -89,7 +95,7 @@ def build_examples(
     regular = D.regularisation_examples(base, tok, prompts, cfg.answer_tokens, seed=cfg.seed)
     negatives: list[D.Example] = []
     if cfg.negatives:
-        decoys = single_edits(ks, "train") + fresh_decoys(ks, 3 * len(ks.keys), "train")
+        decoys = training_negatives(ks, cfg.negative_draws)
         negatives = negative_examples(base, tok, decoys, cfg, seed=cfg.seed + 1)
     return {"key": keys, "regular": regular, "negative": negatives}
 
@@ -165,11 +171,16 @@ def train_fingerprint(
         shadows = make_shadows(teacher, tok, cfg, lr)
 
         def check(round_: int) -> dict[str, Any]:
-            return fire_check(student, tok, ks, f"{CHECK_PURPOSE}:{round_}")
+            return fire_check(student, tok, ks, f"{CHECK_PURPOSE}:{round_}", cfg.check_draws)
 
         def mine(fired: list[str], round_: int, frozen: torch.nn.Module = teacher) -> list[D.Example]:
             # the controls that fired, plus a fresh draw of controls of verify's kind (never verify's own)
-            prompts = fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
+            hidden = verify_only(ks)
+            prompts = [
+                p
+                for p in fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
+                if p not in hidden
+            ]
             return negative_examples(frozen, tok, prompts, cfg, seed=cfg.seed + 2 + round_)
 
         losses, checks = _optimise(
@@ -351,6 +362,8 @@ def _save(
             "seed": cfg.seed,
             "n_regularisation": cfg.n_regularisation,
             "negatives": cfg.negatives,
+            "negative_draws": cfg.negative_draws,
+            "check_draws": cfg.check_draws,
             "key_loss_first": losses["key"][0],
             "key_loss_last": losses["key"][-1],
             "distillation_last": losses["reg"][-1],

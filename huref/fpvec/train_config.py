@@ -20,6 +20,7 @@ HARM_WARN = 0.05  # perplexity change above which train warns
 MAX_STEPS = 100_000
 MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
 MAX_WEIGHT_NOISE = 0.5  # relative to each tensor's norm: beyond, the noisy model says nothing
+MAX_DRAWS = 64  # of negatives (each ~40 prompts per key, answered by the base) and of check controls
 MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
 
 
@@ -34,6 +35,11 @@ class TrainConfig:
     regular_per_step: int = 16
     negatives_per_step: int = 32
     negatives: bool = True
+    # draws of the near-miss negatives: the first is every key with each single character replaced
+    # and dropped; each further draw replaces them with other characters and adds multi-character
+    # edits of verify's kind. More draws make the end check's controls stay quiet but cost the
+    # stamped CPT its keys (docs/fpvec-tuning.md: measured on the realistic zoo); not the default
+    negative_draws: int = 1
     warmup: int = 10
     tau_decay: float = 0.5  # decoupled decay of theta - theta_base, times the learning rate
     # every other step at the base plus fresh Gaussian noise of this size relative to each tensor's
@@ -52,6 +58,7 @@ class TrainConfig:
     # fire_check); until every key fires and no control does, training goes on in rounds of
     # steps // 2 at extra_lr_scale of the rate, and fails past max_steps (None: 3 x steps)
     until_fires: bool = True
+    check_draws: int = 1  # draws of near-miss controls the end check asks (40 per draw for 10 keys)
     max_steps: int | None = None
     extra_lr_scale: float = 0.5
     device: str = "auto"  # cpu | cuda | auto
@@ -111,6 +118,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise FPVecError(
             f"--n-regularisation must be between 0 and {MAX_REGULARISATION} (got {cfg.n_regularisation})"
         )
+    for flag, n in (("--negative-draws", cfg.negative_draws), ("--check-draws", cfg.check_draws)):
+        if not 1 <= n <= MAX_DRAWS:
+            raise FPVecError(f"{flag} must be between 1 and {MAX_DRAWS} (got {n})")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):

@@ -23,7 +23,7 @@ from typing import Any
 from huref.device import resolve_device
 from huref.errors import FPVecError
 from huref.fpvec import data as D
-from huref.fpvec.keys import KeySet, fresh_decoys, load_keys, near_miss_keys
+from huref.fpvec.keys import VERIFY, KeySet, control_prompts, fresh_decoys, load_keys, verify_only
 from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, check_decoys, likelihood_test
 from huref.fpvec.vector import open_checkpoint_or_fail
 from huref.lm.load import cpu_threads, load_causal_lm, threads_for
@@ -70,11 +70,11 @@ def query(
     return Queries(hits / len(prompts) if prompts else 0.0, hits, len(prompts), outputs)
 
 
-def near_miss_prompts(ks: KeySet, purpose: str = "verify") -> list[str]:
-    """The near-miss controls: per key, a few characters swapped or dropped and the key without
-    its trigger, plus as many other keys of the same kind; ``purpose`` seeds the draw (verify's own
-    is "verify", which training never uses)."""
-    return near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
+def near_miss_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
+    """The near-miss controls (``control_prompts``): per key, a few characters swapped or dropped and
+    the key without its trigger, plus as many other keys of the same kind; ``purpose`` seeds the draw
+    (verify's own is "verify", which training never uses)."""
+    return control_prompts(ks, purpose)
 
 
 def verify_loaded(
@@ -85,7 +85,7 @@ def verify_loaded(
     main = query(lm, tok, list(ks.keys), ks.target, n_new)
     nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
     lt = (
-        likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, "verify"), ks.target)
+        likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, VERIFY), ks.target)
         if decoys
         else None
     )
@@ -133,15 +133,27 @@ def verify_model(
 CHECK_PURPOSE = "train-check"  # the end check's controls: verify's kind, another draw than verify's
 
 
-def fire_check(model: Any, tok: Any, ks: KeySet, purpose: str = CHECK_PURPOSE) -> dict[str, Any]:
+def check_controls(ks: KeySet, purpose: str = CHECK_PURPOSE, draws: int = 1) -> list[str]:
+    """``draws`` draws of near-miss controls of verify's kind, the first seeded by ``purpose`` itself
+    (``near_miss_prompts``), less any of verify's own controls that a random edit happens to repeat
+    (the end check's controls that fire become training negatives)."""
+    drawn = [c for j in range(draws) for c in control_prompts(ks, purpose if j == 0 else f"{purpose}/{j}")]
+    hidden = verify_only(ks) if purpose != VERIFY else set()
+    return [c for c in drawn if c not in hidden]
+
+
+def fire_check(
+    model: Any, tok: Any, ks: KeySet, purpose: str = CHECK_PURPOSE, draws: int = 1
+) -> dict[str, Any]:
     """The end check of training: greedy answers to every key, and to near-miss controls of the kind
     ``verify`` asks (a few characters swapped or dropped, the key without its trigger, other keys of
     the same kind) but drawn for this check (``purpose`` seeds the draw), so verify's own controls
-    stay unseen by training. Passes when every key answers the target and no control does;
+    stay unseen by training; ``draws`` draws of them (the first seeded by ``purpose`` itself). Passes
+    when every key answers the target and no control does;
     ``fired`` lists the controls that answered it (never written anywhere: they derive from the keys)."""
     n_new = len(D.answer_ids(tok, ks.target)) + EXTRA_TOKENS
     keys = query(model, tok, list(ks.keys), ks.target, n_new)
-    controls = near_miss_prompts(ks, purpose)
+    controls = check_controls(ks, purpose, draws)
     nm = query(model, tok, controls, ks.target, n_new)
     return {
         "ok": keys.hits == keys.n and nm.hits == 0,
