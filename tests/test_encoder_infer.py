@@ -111,7 +111,10 @@ def test_a_new_encoder_of_another_width_reads_back_into_numpy_equal_to_torch(tmp
         z_t = model.calibration(torch.as_tensor(raw)).numpy()
         raw_t = model.encoder(torch.as_tensor(stacks)).numpy()
     assert np.allclose(np_model.raw(stacks), raw_t, rtol=1e-4, atol=1e-5)
-    assert np.abs(np_model.calibrate(raw) - z_t).max() < 1e-9  # calibration alone: both float64
+    # calibration alone, both in float64: a transcription mistake moves z by O(1). Not to 1e-9: the
+    # raw outputs of this random network reach 2e10, and numpy's and torch's float64 matrix products
+    # sum in different orders (2e-4 apart in the whitened value, 5e-5 in z, on an AMD EPYC)
+    assert np.abs(np_model.calibrate(raw) - z_t).max() < 1e-3
 
 
 def test_state_shapes_are_the_torch_networks_state_dict() -> None:
