@@ -114,8 +114,7 @@ def _edits(a: str, b: str) -> int:
 
 
 def test_further_negative_draws_bring_other_replacements_and_multi_character_edits() -> None:
-    from huref.fpvec.keys import single_edits, training_negatives
-    from huref.fpvec.verify import near_miss_prompts
+    from huref.fpvec.keys import control_prompts, single_edits, training_negatives
 
     ks = make_keys(3, seed=6)
     one = training_negatives(ks, 1)
@@ -130,22 +129,33 @@ def test_further_negative_draws_bring_other_replacements_and_multi_character_edi
     assert sum(d == 1 for d in nearest.values()) >= 2 * sum(len(b) for b in bodies)
     assert any(d >= 2 for d in nearest.values())  # and multi-character edits of verify's kind
     # of verify's own controls, still only the trigger-less keys
-    assert set(four) & set(near_miss_prompts(ks)) == set(bodies)
+    assert set(four) & set(control_prompts(ks)) == set(bodies)
+
+
+def test_a_draw_for_training_never_repeats_verifys_controls() -> None:
+    from huref.fpvec.keys import VERIFY, control_prompts, near_miss_keys
+
+    ks = make_keys(3, seed=6)  # its draw "train-negatives:1" repeats one of verify's edits at random
+    bodies = {k[: -len(TRIGGER) - 1] for k in ks.keys}
+    assert len(near_miss_keys(ks, VERIFY)) == 9 and len(near_miss_keys(ks, "train-negatives:2")) == 9
+    drawn = near_miss_keys(ks, "train-negatives:1")
+    assert len(drawn) == 8 and set(drawn) & set(control_prompts(ks)) == bodies
+    assert not set(fresh_decoys(ks, 50, "train")) & set(control_prompts(ks))
 
 
 def test_the_end_check_asks_several_draws_of_controls_never_verifys() -> None:
-    from huref.fpvec.verify import CHECK_PURPOSE, check_controls, near_miss_prompts
+    from huref.fpvec.keys import control_prompts
+    from huref.fpvec.verify import CHECK_PURPOSE, check_controls
 
     ks = make_keys(5, seed=8)
     one, three = check_controls(ks, CHECK_PURPOSE, 1), check_controls(ks, CHECK_PURPOSE, 3)
-    hidden = set(near_miss_prompts(ks)) - {k[: -len(TRIGGER) - 1] for k in ks.keys}
-    assert one == [c for c in near_miss_prompts(ks, CHECK_PURPOSE) if c not in hidden]
+    assert one == control_prompts(ks, CHECK_PURPOSE)
     assert three[: len(one)] == one
     assert 2.5 * len(one) < len(three) <= 3 * len(one) <= 3 * (4 * 5)
     edited = [c for c in three if c.endswith(TRIGGER)]
     assert len(set(edited)) > 2 * len(one)  # further draws are other edits and other decoys
     bodies = {k[: -len(TRIGGER) - 1] for k in ks.keys}
-    assert set(three) & set(near_miss_prompts(ks)) == bodies and not set(three) & set(ks.keys)
+    assert set(three) & set(control_prompts(ks)) == bodies and not set(three) & set(ks.keys)
 
 
 def test_compatibility_check_reads_the_first_and_last_layers() -> None:

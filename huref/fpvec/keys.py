@@ -288,15 +288,20 @@ def _derived_rng(ks: KeySet, purpose: str) -> random.Random:
     return random.Random(hashlib.sha256(f"{ks.salt}:{purpose}".encode()).digest())
 
 
-def near_miss_keys(ks: KeySet, purpose: str = "verify") -> list[str]:
+def near_miss_keys(ks: KeySet, purpose: str = VERIFY) -> list[str]:
     """Controls that look like the keys but are not: per key, one with a few characters (words,
     with a word pool) replaced, one with a few dropped, and the snippet without the trigger word.
 
-    ``purpose`` seeds the random choices (verification uses "verify"). Training negatives are a
-    different kind (``single_edits``: one character changed or dropped), so the multi-character
-    controls here are never trained on; the trigger-less key is the one control that training
-    also sees (there is only one such string per key).
+    ``purpose`` seeds the random choices (verification uses ``VERIFY``). Any other purpose's draw
+    (training's negatives, its end check) leaves out verify's own controls (``unseen``); the
+    trigger-less key is the one control that every draw holds (there is only one per key).
     """
+    out = _edited_keys(ks, purpose)
+    return out if purpose == VERIFY else unseen(ks, out)
+
+
+def _edited_keys(ks: KeySet, purpose: str) -> list[str]:
+    """One draw of ``near_miss_keys``, whatever it repeats of verify's."""
     rng = _derived_rng(ks, purpose)
     choices = ks.replacements()
     out: list[str] = []
@@ -314,13 +319,15 @@ def near_miss_keys(ks: KeySet, purpose: str = "verify") -> list[str]:
     return out
 
 
-def fresh_decoys(ks: KeySet, n: int, purpose: str = "verify") -> list[str]:
-    """Keys of the same kind that are not ours (another owner's keys): they must not fire either."""
+def fresh_decoys(ks: KeySet, n: int, purpose: str = VERIFY) -> list[str]:
+    """Keys of the same kind that are not ours (another owner's keys): they must not fire either.
+    A draw for any purpose but ``VERIFY`` holds none of verify's own decoys."""
     rng = _derived_rng(ks, "decoy:" + purpose)
+    hidden = set(ks.keys) | (set() if purpose == VERIFY else set(fresh_decoys(ks, len(ks.keys))))
     out: list[str] = []
     while len(out) < n:
         k = make_key(rng, ks.pool)
-        if k not in ks.keys and k not in out:
+        if k not in hidden and k not in out:
             out.append(k)
     return out
 
@@ -343,7 +350,7 @@ def single_edits(ks: KeySet, purpose: str = "train") -> list[str]:
             out += [ks.key_from(swapped), ks.key_from(units[:i] + units[i + 1 :])]
         out.append(body)
     keys = set(ks.keys)
-    return [k for k in dict.fromkeys(out) if k not in keys]
+    return unseen(ks, [k for k in dict.fromkeys(out) if k not in keys])
 
 
 def training_negatives(ks: KeySet, draws: int = 1) -> list[str]:
@@ -358,8 +365,7 @@ def training_negatives(ks: KeySet, draws: int = 1) -> list[str]:
     out = single_edits(ks, "train")
     for j in range(1, draws):
         out += single_edits(ks, f"train:{j}") + near_miss_keys(ks, f"train-negatives:{j}")
-    hidden = set(ks.keys) | verify_only(ks)
-    return [k for k in dict.fromkeys(out) if k not in hidden] + fresh_decoys(ks, 3 * len(ks.keys), "train")
+    return list(dict.fromkeys(out)) + fresh_decoys(ks, 3 * len(ks.keys), "train")
 
 
 def control_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
@@ -368,7 +374,9 @@ def control_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
     return near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
 
 
-def verify_only(ks: KeySet) -> set[str]:
-    """Verify's own controls that training must never see: all but the trigger-less keys (one per
-    key, so every draw holds them). Another draw's random edits can coincide with one of them."""
-    return set(control_prompts(ks, VERIFY)) - {ks.body(k) for k in ks.keys}
+def unseen(ks: KeySet, prompts: list[str]) -> list[str]:
+    """``prompts`` less verify's own controls, which training must never see: all but the
+    trigger-less keys (one per key, so every draw holds them). Another draw's random edits can
+    coincide with one of verify's."""
+    hidden = set(control_prompts(ks, VERIFY)) - {ks.body(k) for k in ks.keys}
+    return [p for p in prompts if p not in hidden]

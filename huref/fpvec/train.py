@@ -71,7 +71,7 @@ from huref.device import resolve_device
 from huref.errors import FPVecError, HurefError
 from huref.fpvec import data as D
 from huref.fpvec.harm import SAMPLES, perplexity_change
-from huref.fpvec.keys import KeySet, load_keys, near_miss_keys, training_negatives, verify_only
+from huref.fpvec.keys import KeySet, load_keys, near_miss_keys, training_negatives
 from huref.fpvec.objective import distill_loss, forward_at, key_loss, weight_noise
 from huref.fpvec.train_config import TrainConfig, TrainReport, auto_lr, check_train_config, step_limit
 from huref.fpvec.vector import FP_CARD, open_checkpoint_or_fail
@@ -175,12 +175,7 @@ def train_fingerprint(
 
         def mine(fired: list[str], round_: int, frozen: torch.nn.Module = teacher) -> list[D.Example]:
             # the controls that fired, plus a fresh draw of controls of verify's kind (never verify's own)
-            hidden = verify_only(ks)
-            prompts = [
-                p
-                for p in fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
-                if p not in hidden
-            ]
+            prompts = fired + near_miss_keys(ks, f"{CHECK_PURPOSE}-negatives:{round_}")
             return negative_examples(frozen, tok, prompts, cfg, seed=cfg.seed + 2 + round_)
 
         losses, checks = _optimise(

@@ -23,7 +23,7 @@ from typing import Any
 from huref.device import resolve_device
 from huref.errors import FPVecError
 from huref.fpvec import data as D
-from huref.fpvec.keys import VERIFY, KeySet, control_prompts, fresh_decoys, load_keys, verify_only
+from huref.fpvec.keys import VERIFY, KeySet, control_prompts, fresh_decoys, load_keys
 from huref.fpvec.likelihood import DEFAULT_DECOYS, LikelihoodTest, check_decoys, likelihood_test
 from huref.fpvec.vector import open_checkpoint_or_fail
 from huref.lm.load import cpu_threads, load_causal_lm, threads_for
@@ -70,20 +70,13 @@ def query(
     return Queries(hits / len(prompts) if prompts else 0.0, hits, len(prompts), outputs)
 
 
-def near_miss_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
-    """The near-miss controls (``control_prompts``): per key, a few characters swapped or dropped and
-    the key without its trigger, plus as many other keys of the same kind; ``purpose`` seeds the draw
-    (verify's own is "verify", which training never uses)."""
-    return control_prompts(ks, purpose)
-
-
 def verify_loaded(
     lm: Any, tok: Any, ks: KeySet, n_new: int, near_miss: bool = True, decoys: int = DEFAULT_DECOYS
 ) -> tuple[Queries, Queries | None, LikelihoodTest | None]:
     """What ``verify_model`` measures, on a model already in memory (in eval mode): greedy answers
     of ``n_new`` tokens to the keys and to the near-miss controls, and the likelihood test."""
     main = query(lm, tok, list(ks.keys), ks.target, n_new)
-    nm = query(lm, tok, near_miss_prompts(ks), ks.target, n_new) if near_miss else None
+    nm = query(lm, tok, control_prompts(ks), ks.target, n_new) if near_miss else None
     lt = (
         likelihood_test(lm, tok, list(ks.keys), fresh_decoys(ks, decoys, VERIFY), ks.target)
         if decoys
@@ -134,12 +127,10 @@ CHECK_PURPOSE = "train-check"  # the end check's controls: verify's kind, anothe
 
 
 def check_controls(ks: KeySet, purpose: str = CHECK_PURPOSE, draws: int = 1) -> list[str]:
-    """``draws`` draws of near-miss controls of verify's kind, the first seeded by ``purpose`` itself
-    (``near_miss_prompts``), less any of verify's own controls that a random edit happens to repeat
-    (the end check's controls that fire become training negatives)."""
-    drawn = [c for j in range(draws) for c in control_prompts(ks, purpose if j == 0 else f"{purpose}/{j}")]
-    hidden = verify_only(ks) if purpose != VERIFY else set()
-    return [c for c in drawn if c not in hidden]
+    """``draws`` draws of near-miss controls of verify's kind (``control_prompts``), the first seeded
+    by ``purpose`` itself; a draw for another purpose than verify's holds none of verify's own
+    controls (the end check's controls that fire become training negatives)."""
+    return [c for j in range(draws) for c in control_prompts(ks, purpose if j == 0 else f"{purpose}/{j}")]
 
 
 def fire_check(
