@@ -485,6 +485,13 @@ def test_bad_learning_rates_and_trigger_only_keys(
     for flag in ("--negative-draws", "--check-draws"):
         for n in ("0", "65"):
             _refused([*argv, flag, n], capsys, d, f"{flag} must be between 1 and 64 (got {n})")
+    for w in ("0", "-1", "nan", "101"):
+        _refused(
+            [*argv, "--key-weight", w],
+            capsys,
+            d,
+            f"--key-weight must be above 0 and at most 100 (got {float(w)})",
+        )
     doc = json.loads(setup["keys"].read_text(encoding="utf-8"))
     doc["keys"] = [" FINGERPRINT", *doc["keys"][1:]]
     doc.pop("commitment")

@@ -111,3 +111,23 @@ def test_training_that_does_not_take_fails_with_nothing_written(tiny_zoo: Path, 
     assert r.steps == 2 and r.fire_check is None
     card = json.loads((out / "huref_fpvec.json").read_text(encoding="utf-8"))
     assert card["training"]["fire_check"] is None and card["training"]["weight_noise"] == 0.05
+
+
+def test_the_key_weight_reaches_training_from_the_command_line(tiny_zoo: Path, tmp_path: Path) -> None:
+    """--key-weight changes the balance of the keys' loss against the distillation (so the same
+    seeded steps give another model) and the card records it."""
+    from huref.cli import main
+    from huref.fpvec import save_keys
+
+    keys = save_keys(make_keys(n=10, seed=3), tmp_path / "keys.json")
+    common = ["fpvec", "train", str(tiny_zoo / "llama-a"), "--keys", str(keys), "--steps", "2"]
+    common += ["--n-regularisation", "4", "--no-negatives", "--no-fire-check", "--device", "cpu"]
+    for name, w in (("two", "2"), ("six", "6"), ("again", "6")):
+        assert main([*common, "-o", str(tmp_path / name), "--key-weight", w]) == 0
+    cards = {
+        n: json.loads((tmp_path / n / "huref_fpvec.json").read_text(encoding="utf-8")) for n in ("two", "six")
+    }
+    assert cards["two"]["training"]["key_weight"] == 2.0 and cards["six"]["training"]["key_weight"] == 6.0
+    two, six, again = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("two", "six", "again"))
+    assert any(not torch.equal(two[n], six[n]) for n in two)
+    assert all(torch.equal(six[n], again[n]) for n in six)

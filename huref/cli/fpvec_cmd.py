@@ -118,6 +118,14 @@ def train_cmd(
             help="Draws of near-miss controls the end check asks (1..64; 40 per draw for 10 keys).",
         ),
     ] = 1,
+    key_weight: Annotated[
+        float,
+        typer.Option(
+            "--key-weight",
+            help="Weight of the keys' cross-entropy beside the distillation (2) and the near-miss "
+            "unlikelihood (4) (0 < w <= 100).",
+        ),
+    ] = 2.0,
     device: DevOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -132,6 +140,7 @@ def train_cmd(
         negatives=not no_negatives,
         negative_draws=negative_draws,
         check_draws=check_draws,
+        key_weight=key_weight,
         seed=seed,
         weight_noise=noise,
         until_fires=not no_check,

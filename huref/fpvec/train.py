@@ -359,6 +359,7 @@ def _save(
             "negatives": cfg.negatives,
             "negative_draws": cfg.negative_draws,
             "check_draws": cfg.check_draws,
+            "key_weight": cfg.key_weight,
             "key_loss_first": losses["key"][0],
             "key_loss_last": losses["key"][-1],
             "distillation_last": losses["reg"][-1],

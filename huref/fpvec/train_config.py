@@ -20,6 +20,7 @@ HARM_WARN = 0.05  # perplexity change above which train warns
 MAX_STEPS = 100_000
 MAX_REGULARISATION = 10_000  # each pair is one sampled answer of the base
 MAX_WEIGHT_NOISE = 0.5  # relative to each tensor's norm: beyond, the noisy model says nothing
+MAX_KEY_WEIGHT = 100.0  # the keys' loss multiplier; beyond, the other terms say nothing
 MAX_DRAWS = 64  # of negatives (each ~40 prompts per key, answered by the base) and of check controls
 MAX_SEED = 2**63 - 1  # derived seeds (seed + 100 + i) stay inside torch.manual_seed's 2**64 - 1
 
@@ -125,5 +126,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise FPVecError(f"--seed must be between 0 and {MAX_SEED} (2**63 - 1), got {cfg.seed}")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise FPVecError(f"--lr must be a positive number (got {cfg.lr})")
+    if not (math.isfinite(cfg.key_weight) and 0 < cfg.key_weight <= MAX_KEY_WEIGHT):
+        raise FPVecError(
+            f"--key-weight must be above 0 and at most {MAX_KEY_WEIGHT:g} (got {cfg.key_weight})"
+        )
     if not (math.isfinite(cfg.weight_noise) and 0 <= cfg.weight_noise <= MAX_WEIGHT_NOISE):
         raise FPVecError(f"--weight-noise must be between 0 and {MAX_WEIGHT_NOISE} (got {cfg.weight_noise})")
