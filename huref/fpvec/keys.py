@@ -323,7 +323,7 @@ def fresh_decoys(ks: KeySet, n: int, purpose: str = VERIFY) -> list[str]:
     """Keys of the same kind that are not ours (another owner's keys): they must not fire either.
     A draw for any purpose but ``VERIFY`` holds none of verify's own decoys."""
     rng = _derived_rng(ks, "decoy:" + purpose)
-    hidden = set(ks.keys) | (set() if purpose == VERIFY else set(fresh_decoys(ks, len(ks.keys))))
+    hidden = set(ks.keys) | (set() if purpose == VERIFY else _verify_only(ks))
     out: list[str] = []
     while len(out) < n:
         k = make_key(rng, ks.pool)
@@ -374,9 +374,13 @@ def control_prompts(ks: KeySet, purpose: str = VERIFY) -> list[str]:
     return near_miss_keys(ks, purpose) + fresh_decoys(ks, len(ks.keys), purpose)
 
 
+def _verify_only(ks: KeySet) -> set[str]:
+    """Verify's own controls, which training must never see: all but the trigger-less keys (one per
+    key, so every draw holds them)."""
+    return set(control_prompts(ks, VERIFY)) - {ks.body(k) for k in ks.keys}
+
+
 def unseen(ks: KeySet, prompts: list[str]) -> list[str]:
-    """``prompts`` less verify's own controls, which training must never see: all but the
-    trigger-less keys (one per key, so every draw holds them). Another draw's random edits can
-    coincide with one of verify's."""
-    hidden = set(control_prompts(ks, VERIFY)) - {ks.body(k) for k in ks.keys}
+    """``prompts`` less verify's own controls (another draw's random edits can coincide with one)."""
+    hidden = _verify_only(ks)
     return [p for p in prompts if p not in hidden]
