@@ -77,9 +77,8 @@ NAMES = ("llama-a", "gpt2-a")
 # bases on some CPUs: gpt2-a still answered 3 of 40 controls after 900 steps (docs/fpvec.md), and
 # llama-a, which passed after its 300 steps on an Intel CPU, answered 2 of 40 after 900 on an AMD
 # EPYC (other float arithmetic, another model). So both chains are trained for the 300 steps
-# unchecked: this file measures transfer; the check's refusal and its card are tested in
-# test_fpvec_train.py and test_demo_fpvec.py
-UNCHECKED = {"gpt2-a", "llama-a"}
+# unchecked: this file measures transfer; the check's refusal, and the card and line of a passed
+# check, are tested in test_fpvec_train.py and test_demo_fpvec.py
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def trained(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         fp = tmp / f"{name}-fp"
         cmd = [sys.executable, "-m", "huref", "fpvec", "train", str(tiny_zoo / name)]
         cmd += ["--keys", str(keys), "-o", str(fp), "--device", "cpu"]
-        cmd += ["--no-fire-check"] if name in UNCHECKED else []
+        cmd += ["--no-fire-check"]
         jobs[name] = (
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
             keys,
@@ -151,17 +150,10 @@ def test_fingerprinted_model_answers_every_key(chain: Chain, capsys: pytest.Capt
     assert set(doc) >= {"fsr", "hits", "n", "outputs"}
     assert doc["n"] == 10 and len(doc["outputs"]) == 10
     assert doc["fsr"] == 1.0
-    # train checked that (on near-miss controls of its own draw) or was told not to, and says which
+    # train was told not to check, and its card says so (a passed check's card and line are tested
+    # in test_fpvec_train.py)
     card = json.loads((chain.fp / "huref_fpvec.json").read_text(encoding="utf-8"))
-    check = card["training"]["fire_check"]
-    if chain.name in UNCHECKED:
-        assert check is None and card["training"]["steps"] == 300
-    else:
-        assert (
-            check["ok"] and (check["hits"], check["near_miss_hits"]) == (10, 0) and check["near_miss_n"] >= 30
-        )
-        log = " ".join((chain.keys.parent / "train.log").read_text(encoding="utf-8").split())
-        assert "checked: every key fires (10 of 10), no near-miss control does" in log
+    assert card["training"]["fire_check"] is None and card["training"]["steps"] == 300
     assert lt["n_keys"] == 10 and lt["n_decoys"] == 40 and lt["p_value"] < P_DERIVED
 
 

@@ -131,3 +131,47 @@ def test_the_key_weight_reaches_training_from_the_command_line(tiny_zoo: Path, t
     two, six, again = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("two", "six", "again"))
     assert any(not torch.equal(two[n], six[n]) for n in two)
     assert all(torch.equal(six[n], again[n]) for n in six)
+
+
+def test_a_passed_check_is_recorded_and_said(
+    tiny_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Where the end check passes, training stops after --steps, the card records the check (counts,
+    never the controls) and the command says so. The check's verdict is stood in for here, asked of
+    the controls it would ask (--check-draws of them): whether a model of this zoo passes is a matter
+    of the CPU it is trained on (docs/fpvec.md)."""
+    import huref.fpvec.train as train_mod
+    from huref.cli import main
+    from huref.fpvec import save_keys
+    from huref.fpvec.keys import KeySet
+    from huref.fpvec.verify import check_controls
+
+    asked: list[tuple[str, int]] = []
+
+    def passes(model: object, tok: object, ks: KeySet, purpose: str, draws: int = 1) -> dict:
+        asked.append((purpose, draws))
+        n = len(check_controls(ks, purpose, draws))
+        return {
+            "ok": True,
+            "fsr": 1.0,
+            "hits": 10,
+            "n": 10,
+            "near_miss": 0.0,
+            "near_miss_hits": 0,
+            "near_miss_n": n,
+            "fired": [],
+        }
+
+    monkeypatch.setattr(train_mod, "fire_check", passes)
+    keys = save_keys(make_keys(n=10, seed=3), tmp_path / "keys.json")
+    argv = ["fpvec", "train", str(tiny_zoo / "llama-a"), "--keys", str(keys), "--steps", "2", "-o"]
+    argv += [str(tmp_path / "fp"), "--n-regularisation", "4", "--no-negatives", "--check-draws", "2"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert asked == [("train-check:0", 2)]
+    check = json.loads((tmp_path / "fp" / "huref_fpvec.json").read_text(encoding="utf-8"))["training"]
+    assert check["steps"] == 2 and check["check_draws"] == 2
+    fc = check["fire_check"]
+    assert fc["ok"] and (fc["hits"], fc["near_miss_hits"], fc["steps"]) == (10, 0, 2) and "fired" not in fc
+    assert 60 < fc["near_miss_n"] <= 80  # two draws of 40 controls, less any of verify's
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"checked: every key fires (10 of 10), no near-miss control does (0 of {fc['near_miss_n']})" in err
